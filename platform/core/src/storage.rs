@@ -1,0 +1,409 @@
+//! Object storage with one interface over a local directory (embedded default) and S3 or an
+//! S3-compatible server. Object keys are built from [`TenantId`]s only (`tenants/<id>/…`), so
+//! no slug or other personal data ends up in a key.
+//!
+//! This module reads, writes and deletes single objects. Deciding *which* objects make up a
+//! tenant's prefix and destroying it is provisioning's job.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use aws_sdk_s3::primitives::ByteStream;
+use tokio::io::AsyncWriteExt;
+
+use crate::ids::TenantId;
+use crate::settings::StorageSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid object key '{0}'")]
+    InvalidKey(String),
+    #[error("file storage at {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("S3 {operation} on bucket '{bucket}': {message}")]
+    S3 {
+        operation: &'static str,
+        bucket: String,
+        message: String,
+    },
+}
+
+/// A validated, relative object key: `/`-separated components of `[A-Za-z0-9._-]`, never `.`
+/// or `..`, never empty.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    pub fn parse(s: &str) -> Result<Self, StorageError> {
+        let ok = !s.is_empty()
+            && s.len() <= 900
+            && s.split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            });
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(StorageError::InvalidKey(s.to_owned()))
+        }
+    }
+
+    /// `tenants/<tenant-id>/<name>`.
+    pub fn tenant_object(tenant: TenantId, name: &str) -> Result<Self, StorageError> {
+        Self::parse(&format!("{}{name}", tenant_prefix(tenant)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `tenants/<tenant-id>/`: the storage prefix of one tenant.
+pub fn tenant_prefix(tenant: TenantId) -> String {
+    format!("tenants/{tenant}/")
+}
+
+/// Name of the object that marks a provisioned tenant prefix.
+pub const TENANT_MARKER: &str = ".portico-tenant";
+
+#[derive(Clone)]
+pub enum ObjectStore {
+    File(FileStore),
+    S3(S3Store),
+}
+
+impl std::fmt::Debug for ObjectStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl ObjectStore {
+    /// Builds the store named by the settings. S3 credentials and region come from the
+    /// standard AWS environment/config chain.
+    pub async fn from_settings(settings: &StorageSettings) -> Result<Self, StorageError> {
+        match settings {
+            StorageSettings::File { root } => Ok(Self::File(FileStore { root: root.clone() })),
+            StorageSettings::S3 {
+                bucket,
+                prefix,
+                endpoint,
+            } => {
+                let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                let mut builder = aws_sdk_s3::config::Builder::from(&config);
+                if let Some(endpoint) = endpoint {
+                    builder = builder
+                        .endpoint_url(endpoint.as_str().trim_end_matches('/'))
+                        .force_path_style(true);
+                }
+                let client = aws_sdk_s3::Client::from_conf(builder.build());
+                Ok(Self::S3(S3Store {
+                    client,
+                    bucket: bucket.clone(),
+                    prefix: if prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{prefix}/")
+                    },
+                }))
+            }
+        }
+    }
+
+    /// Human description without credentials (`file:///dir`, `s3://bucket/prefix`).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::File(f) => format!("file://{}", f.root.display()),
+            Self::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
+        }
+    }
+
+    pub async fn put(&self, key: &ObjectKey, bytes: Vec<u8>) -> Result<(), StorageError> {
+        match self {
+            Self::File(f) => f.put(key, &bytes).await,
+            Self::S3(s) => s.put(key, bytes).await,
+        }
+    }
+
+    /// The object's bytes, or `None` when it does not exist.
+    pub async fn get(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StorageError> {
+        match self {
+            Self::File(f) => f.get(key).await,
+            Self::S3(s) => s.get(key).await,
+        }
+    }
+
+    /// Keys of all objects under `prefix` (which should end in `/`), sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+        let mut keys = match self {
+            Self::File(f) => f.list(prefix).await?,
+            Self::S3(s) => s.list(prefix).await?,
+        };
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Deletes one object; deleting a missing object is not an error.
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        match self {
+            Self::File(f) => f.delete(key).await,
+            Self::S3(s) => s.delete(key).await,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FileStore {
+    root: PathBuf,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> StorageError {
+    StorageError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl FileStore {
+    fn path(&self, key: &ObjectKey) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+
+    async fn put(&self, key: &ObjectKey, bytes: &[u8]) -> Result<(), StorageError> {
+        let path = self.path(key);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io_err(&dir, e))?;
+        // Write to a temporary name and rename, so readers never see a partial object.
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| io_err(&tmp, e))?;
+        file.write_all(bytes).await.map_err(|e| io_err(&tmp, e))?;
+        file.sync_all().await.map_err(|e| io_err(&tmp, e))?;
+        drop(file);
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| io_err(&path, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StorageError> {
+        let path = self.path(key);
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let start = root.join(prefix.trim_end_matches('/'));
+            let mut stack = vec![start];
+            while let Some(dir) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&dir, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| io_err(&dir, e))?;
+                    let path = entry.path();
+                    let ft = entry.file_type().map_err(|e| io_err(&path, e))?;
+                    if ft.is_dir() {
+                        stack.push(path);
+                    } else if let Ok(rel) = path.strip_prefix(&root) {
+                        let rel = rel.to_string_lossy().replace('\\', "/");
+                        if rel.starts_with(&prefix) {
+                            if let Ok(k) = ObjectKey::parse(&rel) {
+                                out.push(k);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StorageError::Io {
+            path: self.root.display().to_string(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path, e)),
+        }
+        // Remove directories left empty, up to (not including) the root, so that a deleted
+        // prefix leaves nothing behind. A non-empty directory stops the walk.
+        let mut dir = path.parent().map(Path::to_path_buf);
+        while let Some(d) = dir {
+            if d == self.root || !d.starts_with(&self.root) {
+                break;
+            }
+            if tokio::fs::remove_dir(&d).await.is_err() {
+                break;
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    /// Deployment-wide key prefix ending in `/`, or empty.
+    prefix: String,
+}
+
+fn s3_err(
+    operation: &'static str,
+    bucket: &str,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    let message = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+    StorageError::S3 {
+        operation,
+        bucket: bucket.to_owned(),
+        message,
+    }
+}
+
+impl S3Store {
+    fn full(&self, key: &ObjectKey) -> String {
+        format!("{}{}", self.prefix, key.as_str())
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn put(&self, key: &ObjectKey, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| s3_err("PutObject", &self.bucket, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StorageError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let data = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| s3_err("GetObject", &self.bucket, e))?;
+                Ok(Some(data.into_bytes().to_vec()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(e) => Err(s3_err("GetObject", &self.bucket, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{}{prefix}", self.prefix))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| s3_err("ListObjectsV2", &self.bucket, e))?;
+            for obj in page.contents() {
+                if let Some(k) = obj.key().and_then(|k| k.strip_prefix(&self.prefix)) {
+                    if let Ok(k) = ObjectKey::parse(k) {
+                        out.push(k);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
+            .await
+            .map_err(|e| s3_err("DeleteObject", &self.bucket, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_keys_refuse_traversal() {
+        for bad in ["", "/abs", "a//b", "a/../b", "..", "a/./b", "a b", "a/"] {
+            assert!(ObjectKey::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        let t = TenantId::random();
+        let k = ObjectKey::tenant_object(t, TENANT_MARKER).unwrap();
+        assert_eq!(k.as_str(), format!("tenants/{t}/.portico-tenant"));
+    }
+
+    #[tokio::test]
+    async fn file_store_roundtrip_and_cleanup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::File(FileStore {
+            root: dir.path().to_path_buf(),
+        });
+        let t = TenantId::random();
+        let k = ObjectKey::tenant_object(t, "a/b/c.bin").unwrap();
+        store.put(&k, b"hello".to_vec()).await.unwrap();
+        assert_eq!(store.get(&k).await.unwrap().as_deref(), Some(&b"hello"[..]));
+        assert_eq!(
+            store.list(&tenant_prefix(t)).await.unwrap(),
+            vec![k.clone()]
+        );
+        store.delete(&k).await.unwrap();
+        store.delete(&k).await.unwrap();
+        assert_eq!(store.get(&k).await.unwrap(), None);
+        // Nothing is left behind: not even empty directories.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

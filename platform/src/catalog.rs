@@ -1,0 +1,613 @@
+//! The tenant catalog (control-plane database, sqlx). Store functions only: what to do with
+//! the rows is the workflows' business. Constraint violations that an operator can cause are
+//! mapped to [`PlatformError`] variants next to the query that can raise them.
+
+use portico_core::{DbServerName, Hostname, RunId, Slug, TenantId};
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{PlatformError, Result};
+
+/// The steps of a tenant create, in order.
+pub const CREATE_STEPS: &[&str] = &["key", "role", "database", "storage", "activate"];
+
+#[derive(Clone)]
+pub struct Catalog {
+    pool: PgPool,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DbServerRow {
+    pub id: Uuid,
+    pub name: String,
+    pub admin_url_ciphertext: Vec<u8>,
+    pub display_url: String,
+    pub max_connections: i32,
+    pub created_at: OffsetDateTime,
+    pub tenant_count: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantRow {
+    pub id: Uuid,
+    pub slug: String,
+    pub display_name: String,
+    pub status: String,
+    pub tier: String,
+    pub key_id: Option<String>,
+    pub storage_prefix: String,
+    pub schema_version: Option<i32>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl TenantRow {
+    pub fn tenant_id(&self) -> TenantId {
+        TenantId::from_uuid(self.id)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DomainRow {
+    pub hostname: String,
+    pub kind: String,
+    #[serde(rename = "primary")]
+    pub is_primary: bool,
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PlacementRow {
+    pub db_server_id: Uuid,
+    pub db_server: String,
+    pub database_name: String,
+    pub role_name: String,
+    pub role_password_ciphertext: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: Uuid,
+    pub status: String,
+    pub request: serde_json::Value,
+    pub error: Option<String>,
+    pub started_at: OffsetDateTime,
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StepRow {
+    pub step: String,
+    pub state: String,
+    pub attempts: i32,
+    pub error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// Everything recorded in one transaction when a tenant create starts.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub id: TenantId,
+    pub slug: Slug,
+    pub display_name: String,
+    pub storage_prefix: String,
+    pub subdomain: Hostname,
+    pub custom_domains: Vec<Hostname>,
+    pub db_server_id: Uuid,
+    pub database_name: String,
+    pub role_name: String,
+    pub request: serde_json::Value,
+}
+
+fn constraint(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}
+
+impl Catalog {
+    pub async fn connect(url: &portico_core::settings::DatabaseUrl) -> Result<Self> {
+        let options: PgConnectOptions = url.expose().parse().map_err(|_| {
+            PlatformError::InvalidInput(
+                "invalid setting PORTICO_DATABASE_URL: not a valid PostgreSQL URL".into(),
+            )
+        })?;
+        let options = options.application_name("portico-control-plane");
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| PlatformError::Catalog {
+                operation: "connecting to the control-plane database",
+                message: format!("{} ({})", e, url.redacted()),
+            })?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the control-plane migrations (`migrations/control-plane`).
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("../migrations/control-plane")
+            .run(&self.pool)
+            .await
+            .map_err(|e| PlatformError::Catalog {
+                operation: "migrating the control-plane database",
+                message: e.to_string(),
+            })
+    }
+
+    // ---- database servers -------------------------------------------------------------
+
+    pub async fn insert_db_server_with_id(
+        &self,
+        id: Uuid,
+        name: &DbServerName,
+        admin_url_ciphertext: &[u8],
+        display_url: &str,
+        max_connections: i32,
+    ) -> Result<Uuid> {
+        sqlx::query(
+            "insert into db_servers (id, name, admin_url_ciphertext, display_url, max_connections)
+             values ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(name.as_str())
+        .bind(admin_url_ciphertext)
+        .bind(display_url)
+        .bind(max_connections)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match constraint(&e) {
+            Some("db_servers_name_key") => PlatformError::ServerExists(name.to_string()),
+            _ => PlatformError::catalog("registering the database server", e),
+        })?;
+        Ok(id)
+    }
+
+    const SERVER_COLUMNS: &str = "s.id, s.name, s.admin_url_ciphertext, s.display_url,
+        s.max_connections, s.created_at,
+        (select count(*) from tenant_placements p where p.db_server_id = s.id) as tenant_count";
+
+    pub async fn list_db_servers(&self) -> Result<Vec<DbServerRow>> {
+        sqlx::query_as(&format!(
+            "select {} from db_servers s order by s.name",
+            Self::SERVER_COLUMNS
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("listing database servers", e))
+    }
+
+    pub async fn db_server_by_name(&self, name: &DbServerName) -> Result<Option<DbServerRow>> {
+        sqlx::query_as(&format!(
+            "select {} from db_servers s where s.name = $1",
+            Self::SERVER_COLUMNS
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("looking up the database server", e))
+    }
+
+    pub async fn db_server_by_id(&self, id: Uuid) -> Result<Option<DbServerRow>> {
+        sqlx::query_as(&format!(
+            "select {} from db_servers s where s.id = $1",
+            Self::SERVER_COLUMNS
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("looking up the database server", e))
+    }
+
+    // ---- tenants ----------------------------------------------------------------------
+
+    const TENANT_COLUMNS: &str = "id, slug, display_name, status, tier, key_id, storage_prefix,
+        schema_version, created_at, updated_at";
+
+    pub async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRow>> {
+        sqlx::query_as(&format!(
+            "select {} from tenants where slug = $1",
+            Self::TENANT_COLUMNS
+        ))
+        .bind(slug)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("looking up the tenant", e))
+    }
+
+    pub async fn tenant_by_id(&self, tenant: TenantId) -> Result<Option<TenantRow>> {
+        sqlx::query_as(&format!(
+            "select {} from tenants where id = $1",
+            Self::TENANT_COLUMNS
+        ))
+        .bind(tenant.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("looking up the tenant", e))
+    }
+
+    pub async fn list_tenants(&self) -> Result<Vec<TenantRow>> {
+        sqlx::query_as(&format!(
+            "select {} from tenants order by slug",
+            Self::TENANT_COLUMNS
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("listing tenants", e))
+    }
+
+    pub async fn domains(&self, tenant: TenantId) -> Result<Vec<DomainRow>> {
+        sqlx::query_as(
+            "select hostname, kind, is_primary, verified from tenant_domains
+             where tenant_id = $1 order by is_primary desc, hostname",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("listing tenant domains", e))
+    }
+
+    /// The slug of the tenant that owns `hostname`, if any.
+    pub async fn domain_owner(&self, hostname: &Hostname) -> Result<Option<String>> {
+        sqlx::query_scalar(
+            "select t.slug from tenant_domains d join tenants t on t.id = d.tenant_id
+             where d.hostname = $1",
+        )
+        .bind(hostname.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("looking up a domain", e))
+    }
+
+    pub async fn placement(&self, tenant: TenantId) -> Result<Option<PlacementRow>> {
+        sqlx::query_as(
+            "select p.db_server_id, s.name as db_server, p.database_name, p.role_name,
+                    p.role_password_ciphertext
+             from tenant_placements p join db_servers s on s.id = p.db_server_id
+             where p.tenant_id = $1",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("looking up the tenant placement", e))
+    }
+
+    /// Records a new tenant in `provisioning` state with its domains, placement and a create
+    /// run with all steps pending: all or nothing.
+    pub async fn reserve_tenant(&self, new: &NewTenant) -> Result<RunId> {
+        let run = RunId::random();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| PlatformError::catalog("starting the tenant record", e))?;
+        let map = |e: sqlx::Error| match constraint(&e) {
+            Some("tenants_slug_key") => PlatformError::SlugTaken(new.slug.to_string()),
+            Some("tenant_domains_pkey") => PlatformError::Conflict(
+                "one of the requested domains was taken by another tenant just now; try again"
+                    .into(),
+            ),
+            _ => PlatformError::catalog("recording the new tenant", e),
+        };
+        sqlx::query(
+            "insert into tenants (id, slug, display_name, status, storage_prefix)
+             values ($1, $2, $3, 'provisioning', $4)",
+        )
+        .bind(new.id.as_uuid())
+        .bind(new.slug.as_str())
+        .bind(&new.display_name)
+        .bind(&new.storage_prefix)
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
+        sqlx::query(
+            "insert into tenant_domains (hostname, tenant_id, kind, is_primary, verified)
+             values ($1, $2, 'subdomain', true, true)",
+        )
+        .bind(new.subdomain.as_str())
+        .bind(new.id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
+        for domain in &new.custom_domains {
+            sqlx::query(
+                "insert into tenant_domains (hostname, tenant_id, kind, is_primary, verified)
+                 values ($1, $2, 'custom', false, false)",
+            )
+            .bind(domain.as_str())
+            .bind(new.id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map)?;
+        }
+        sqlx::query(
+            "insert into tenant_placements (tenant_id, db_server_id, database_name, role_name)
+             values ($1, $2, $3, $4)",
+        )
+        .bind(new.id.as_uuid())
+        .bind(new.db_server_id)
+        .bind(&new.database_name)
+        .bind(&new.role_name)
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
+        sqlx::query(
+            "insert into provisioning_runs (id, tenant_id, kind, status, request)
+             values ($1, $2, 'create', 'running', $3)",
+        )
+        .bind(run.as_uuid())
+        .bind(new.id.as_uuid())
+        .bind(&new.request)
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
+        for (position, step) in CREATE_STEPS.iter().enumerate() {
+            sqlx::query(
+                "insert into provisioning_steps (run_id, position, step, state)
+                 values ($1, $2, $3, 'pending')",
+            )
+            .bind(run.as_uuid())
+            .bind(i32::try_from(position).unwrap_or(i32::MAX))
+            .bind(step)
+            .execute(&mut *tx)
+            .await
+            .map_err(map)?;
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(run)
+    }
+
+    pub async fn create_run(&self, tenant: TenantId) -> Result<Option<RunRow>> {
+        sqlx::query_as(
+            "select id, status, request, error, started_at, finished_at from provisioning_runs
+             where tenant_id = $1 and kind = 'create'",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("looking up the provisioning run", e))
+    }
+
+    pub async fn steps(&self, run: RunId) -> Result<Vec<StepRow>> {
+        sqlx::query_as(
+            "select step, state, attempts, error, started_at, finished_at
+             from provisioning_steps where run_id = $1 order by position",
+        )
+        .bind(run.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("listing provisioning steps", e))
+    }
+
+    /// Marks a step running and counts the attempt; returns the attempt number.
+    pub async fn step_started(&self, run: RunId, step: &str) -> Result<i32> {
+        let mut tx = self.begin("recording a step start").await?;
+        sqlx::query("update provisioning_runs set status = 'running', error = null where id = $1")
+            .bind(run.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| PlatformError::catalog("recording a step start", e))?;
+        let attempts: i32 = sqlx::query_scalar(
+            "update provisioning_steps
+             set state = 'running', attempts = attempts + 1, error = null,
+                 started_at = now(), finished_at = null
+             where run_id = $1 and step = $2 returning attempts",
+        )
+        .bind(run.as_uuid())
+        .bind(step)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| PlatformError::catalog("recording a step start", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| PlatformError::catalog("recording a step start", e))?;
+        Ok(attempts)
+    }
+
+    pub async fn step_done(&self, run: RunId, step: &str) -> Result<()> {
+        let mut tx = self.begin("recording a finished step").await?;
+        Self::step_done_in(&mut tx, run, step).await?;
+        tx.commit()
+            .await
+            .map_err(|e| PlatformError::catalog("recording a finished step", e))
+    }
+
+    async fn step_done_in(
+        tx: &mut Transaction<'_, Postgres>,
+        run: RunId,
+        step: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "update provisioning_steps set state = 'done', finished_at = now(), error = null
+             where run_id = $1 and step = $2",
+        )
+        .bind(run.as_uuid())
+        .bind(step)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| PlatformError::catalog("recording a finished step", e))?;
+        Ok(())
+    }
+
+    pub async fn step_failed(&self, run: RunId, step: &str, error: &str) -> Result<()> {
+        let mut tx = self.begin("recording a failed step").await?;
+        sqlx::query(
+            "update provisioning_steps set state = 'failed', finished_at = now(), error = $3
+             where run_id = $1 and step = $2",
+        )
+        .bind(run.as_uuid())
+        .bind(step)
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| PlatformError::catalog("recording a failed step", e))?;
+        sqlx::query(
+            "update provisioning_runs set status = 'failed', error = $2, finished_at = now()
+             where id = $1",
+        )
+        .bind(run.as_uuid())
+        .bind(format!("step '{step}' failed: {error}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| PlatformError::catalog("recording a failed step", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| PlatformError::catalog("recording a failed step", e))
+    }
+
+    /// Records the key step's result and finishes the step in one transaction.
+    pub async fn key_created(&self, run: RunId, tenant: TenantId, key_id: &str) -> Result<()> {
+        let mut tx = self.begin("recording the tenant key").await?;
+        sqlx::query("update tenants set key_id = $2, updated_at = now() where id = $1")
+            .bind(tenant.as_uuid())
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| PlatformError::catalog("recording the tenant key", e))?;
+        Self::step_done_in(&mut tx, run, "key").await?;
+        tx.commit()
+            .await
+            .map_err(|e| PlatformError::catalog("recording the tenant key", e))
+    }
+
+    /// Stores the role password (already encrypted under the tenant key) before the role is
+    /// created, so that a resumed run sets the same password.
+    pub async fn set_role_password(&self, tenant: TenantId, ciphertext: &[u8]) -> Result<()> {
+        sqlx::query(
+            "update tenant_placements set role_password_ciphertext = $2 where tenant_id = $1",
+        )
+        .bind(tenant.as_uuid())
+        .bind(ciphertext)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("recording the role password", e))?;
+        Ok(())
+    }
+
+    /// Final step: tenant `active` at `schema_version`, run succeeded, in one transaction.
+    pub async fn activate(&self, run: RunId, tenant: TenantId, schema_version: i32) -> Result<()> {
+        let mut tx = self.begin("activating the tenant").await?;
+        sqlx::query(
+            "update tenants set status = 'active', schema_version = $2, updated_at = now()
+             where id = $1 and status = 'provisioning'",
+        )
+        .bind(tenant.as_uuid())
+        .bind(schema_version)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| PlatformError::catalog("activating the tenant", e))?;
+        Self::step_done_in(&mut tx, run, "activate").await?;
+        sqlx::query(
+            "update provisioning_runs set status = 'succeeded', error = null, finished_at = now()
+             where id = $1",
+        )
+        .bind(run.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| PlatformError::catalog("activating the tenant", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| PlatformError::catalog("activating the tenant", e))
+    }
+
+    pub async fn mark_rolling_back(&self, run: RunId) -> Result<()> {
+        sqlx::query(
+            "update provisioning_runs set status = 'rolling_back', error = null where id = $1",
+        )
+        .bind(run.as_uuid())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("recording the rollback", e))?;
+        Ok(())
+    }
+
+    /// Moves a tenant from one status to another; `false` when it was not in `from`.
+    pub async fn transition(&self, tenant: TenantId, from: &str, to: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "update tenants set status = $3, updated_at = now() where id = $1 and status = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("changing the tenant status", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes every catalog row of the tenant (domains, placement, runs, steps cascade).
+    pub async fn delete_tenant(&self, tenant: TenantId) -> Result<()> {
+        sqlx::query("delete from tenants where id = $1")
+            .bind(tenant.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| PlatformError::catalog("removing the tenant record", e))?;
+        Ok(())
+    }
+
+    async fn begin(&self, operation: &'static str) -> Result<Transaction<'static, Postgres>> {
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| PlatformError::catalog(operation, e))
+    }
+
+    /// Holds a session-level advisory lock on the tenant for as long as the returned guard
+    /// lives (a dedicated connection; a crashed holder's lock dies with its connection). Waits
+    /// at most `wait` for another holder.
+    pub async fn lock_tenant(
+        &self,
+        tenant: TenantId,
+        wait: std::time::Duration,
+    ) -> Result<TenantLock> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| PlatformError::catalog("locking the tenant", e))?
+            .detach();
+        let key = advisory_key(tenant);
+        sqlx::query(&format!("set lock_timeout = '{}ms'", wait.as_millis()))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| PlatformError::catalog("locking the tenant", e))?;
+        match sqlx::query("select pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => Ok(TenantLock { _conn: conn }),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {
+                Err(PlatformError::Busy(
+                    "another process is working on this tenant right now; try again when it is done"
+                        .into(),
+                ))
+            }
+            Err(e) => Err(PlatformError::catalog("locking the tenant", e)),
+        }
+    }
+}
+
+/// A tenant's advisory-lock key: the first 8 bytes of its id.
+fn advisory_key(tenant: TenantId) -> i64 {
+    let b = tenant.as_uuid().into_bytes();
+    i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Holds a tenant's advisory lock; dropping it closes the dedicated connection, which releases
+/// the lock.
+pub struct TenantLock {
+    _conn: sqlx::PgConnection,
+}

@@ -1,0 +1,35 @@
+//! The control plane's handles, built once from settings: catalog, keyring, object store.
+
+use portico_core::Settings;
+use portico_core::keys::Keyring;
+use portico_core::storage::ObjectStore;
+
+use crate::catalog::Catalog;
+use crate::error::Result;
+
+pub struct Platform {
+    pub settings: Settings,
+    pub catalog: Catalog,
+    pub keyring: Keyring,
+    pub store: ObjectStore,
+}
+
+impl Platform {
+    /// Connects to the catalog (migrating it when `migrate` is set), opens the keyring (creating
+    /// the control-plane key under `aws-kms` if needed) and the object store.
+    pub async fn connect(settings: Settings, migrate: bool) -> Result<Self> {
+        let catalog = Catalog::connect(&settings.database_url).await?;
+        if migrate {
+            catalog.migrate().await?;
+        }
+        let keyring = Keyring::open(&settings.kms).await?;
+        portico_provisioning::keys::ensure_platform_key(&keyring).await?;
+        let store = ObjectStore::from_settings(&settings.storage).await?;
+        Ok(Self {
+            settings,
+            catalog,
+            keyring,
+            store,
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! Registering database servers that host tenant databases. Admin URLs are kept encrypted
+//! under the control-plane key; only a credential-free form is ever shown.
+
+use portico_core::DbServerName;
+use portico_core::settings::redact_url;
+use portico_provisioning::DbServer;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::catalog::DbServerRow;
+use crate::context::Platform;
+use crate::error::{PlatformError, Result};
+
+/// Name under which the control-plane server is registered when no other server exists.
+pub const DEFAULT_SERVER: &str = "default";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DbServerView {
+    pub id: Uuid,
+    pub name: String,
+    pub url: String,
+    pub max_connections: i32,
+    pub tenants: i64,
+}
+
+impl From<DbServerRow> for DbServerView {
+    fn from(r: DbServerRow) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            url: r.display_url,
+            max_connections: r.max_connections,
+            tenants: r.tenant_count,
+        }
+    }
+}
+
+fn purpose(id: Uuid) -> String {
+    format!("db-server-admin-url:{id}")
+}
+
+/// Checks the server (reachable, PostgreSQL ≥ 15, admin may create databases and roles) and
+/// records it. `max_connections` defaults to the server's own setting.
+pub async fn add(
+    platform: &Platform,
+    name: &DbServerName,
+    url: &str,
+    max_connections: Option<u32>,
+) -> Result<DbServerView> {
+    if platform.catalog.db_server_by_name(name).await?.is_some() {
+        return Err(PlatformError::ServerExists(name.to_string()));
+    }
+    let server = DbServer::from_url(url)?;
+    let info = server.check().await?;
+    let max_connections = match max_connections {
+        Some(0) => {
+            return Err(PlatformError::InvalidInput(
+                "--max-connections must be at least 1".into(),
+            ));
+        }
+        Some(n) => i32::try_from(n)
+            .map_err(|_| PlatformError::InvalidInput("--max-connections is too large".into()))?,
+        None => info.max_connections,
+    };
+    // The ciphertext is bound to the row id, so it cannot be swapped onto another server row.
+    let id = Uuid::new_v4();
+    let ciphertext = platform
+        .keyring
+        .encrypt_platform(&purpose(id), url.as_bytes())
+        .await?;
+    platform
+        .catalog
+        .insert_db_server_with_id(id, name, &ciphertext, &redact_url(url), max_connections)
+        .await?;
+    platform
+        .catalog
+        .db_server_by_id(id)
+        .await?
+        .map(DbServerView::from)
+        .ok_or_else(|| PlatformError::ServerNotFound(name.to_string()))
+}
+
+pub async fn list(platform: &Platform) -> Result<Vec<DbServerView>> {
+    Ok(platform
+        .catalog
+        .list_db_servers()
+        .await?
+        .into_iter()
+        .map(DbServerView::from)
+        .collect())
+}
+
+/// Opens an admin handle on a registered server (decrypting its URL).
+pub async fn connect(platform: &Platform, row: &DbServerRow) -> Result<DbServer> {
+    let url = platform
+        .keyring
+        .decrypt_platform(&purpose(row.id), &row.admin_url_ciphertext)
+        .await?;
+    let url = String::from_utf8(url)
+        .map_err(|_| PlatformError::InvalidState("stored server URL is not UTF-8".into()))?;
+    Ok(DbServer::from_url(&url)?)
+}
+
+/// The server for a new tenant: the named one, else the registered server with the fewest
+/// tenants per connection slot, else the control-plane server (registered as `default`).
+pub async fn choose(platform: &Platform, wanted: Option<&DbServerName>) -> Result<DbServerRow> {
+    if let Some(name) = wanted {
+        return platform
+            .catalog
+            .db_server_by_name(name)
+            .await?
+            .ok_or_else(|| PlatformError::ServerNotFound(name.to_string()));
+    }
+    let servers = platform.catalog.list_db_servers().await?;
+    if let Some(best) = servers.into_iter().min_by(|a, b| {
+        let load = |s: &DbServerRow| s.tenant_count as f64 / f64::from(s.max_connections.max(1));
+        load(a)
+            .total_cmp(&load(b))
+            .then_with(|| a.name.cmp(&b.name))
+    }) {
+        return Ok(best);
+    }
+    let default = DbServerName::parse(DEFAULT_SERVER)
+        .map_err(|e| PlatformError::InvalidState(e.to_string()))?;
+    let url = platform.settings.database_url.expose().to_owned();
+    match add(platform, &default, &url, None).await {
+        Ok(_) | Err(PlatformError::ServerExists(_)) => {}
+        Err(e) => return Err(e),
+    }
+    platform
+        .catalog
+        .db_server_by_name(&default)
+        .await?
+        .ok_or_else(|| PlatformError::ServerNotFound(DEFAULT_SERVER.into()))
+}

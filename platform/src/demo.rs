@@ -1,0 +1,123 @@
+//! `portico demo`: the whole control plane on embedded defaults. Starts a throwaway PostgreSQL
+//! cluster with the machine's binaries, uses `file://` storage and a `local` master key in a
+//! temporary directory, provisions two demo tenants, prints them, and cleans everything up on
+//! Ctrl-C (or SIGTERM).
+
+use anyhow::Context;
+use portico_core::settings::DatabaseUrl;
+use portico_core::{Hostname, KmsSettings, Settings, Slug, StorageSettings};
+use sqlx::Connection;
+
+use crate::cli::{print_tenant, print_tenant_table};
+use crate::context::Platform;
+use crate::pgcluster::PgCluster;
+use crate::tenants::{self, CreateTenant};
+
+pub async fn run() -> anyhow::Result<()> {
+    println!("portico demo: starting a throwaway PostgreSQL cluster…");
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .context("starting PostgreSQL")??;
+    let outcome = demo(&cluster).await;
+    println!("stopping PostgreSQL and removing the demo data…");
+    let data = tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .context("stopping PostgreSQL")?;
+    outcome?;
+    data?;
+    println!("demo stopped cleanly");
+    Ok(())
+}
+
+async fn demo(cluster: &PgCluster) -> anyhow::Result<()> {
+    let mut admin = sqlx::PgConnection::connect(&cluster.url("postgres"))
+        .await
+        .context("connecting to the demo cluster")?;
+    sqlx::query("create database portico")
+        .execute(&mut admin)
+        .await
+        .context("creating the control-plane database")?;
+    admin.close().await.ok();
+
+    let data = tempfile::Builder::new()
+        .prefix("portico-demo-")
+        .tempdir()
+        .context("creating the demo data directory")?;
+    let base_domain = Hostname::parse(
+        &std::env::var("PORTICO_BASE_DOMAIN").unwrap_or_else(|_| "portal.localhost".into()),
+    )
+    .context("PORTICO_BASE_DOMAIN")?;
+    let settings = Settings {
+        database_url: DatabaseUrl::parse(&cluster.url("portico"))
+            .map_err(|e| anyhow::anyhow!("demo database URL: {e}"))?,
+        base_domain,
+        storage: StorageSettings::File {
+            root: data.path().join("storage"),
+        },
+        kms: KmsSettings::Local {
+            master_key: data.path().join("keys/master.key"),
+        },
+        tenant_connection_limit: 20,
+        tenant_statement_timeout_ms: 30_000,
+    };
+    println!(
+        "  PostgreSQL:  127.0.0.1:{} (password auth)",
+        cluster.port()
+    );
+    println!("  storage:     file://{}/storage", data.path().display());
+    println!(
+        "  keys:        local://{}/keys/master.key",
+        data.path().display()
+    );
+    let platform = Platform::connect(settings, true).await?;
+
+    let demo_tenants = [
+        ("acme", "Acme Corporation", vec![]),
+        (
+            "globex",
+            "Globex Industries",
+            vec![Hostname::parse("portal.globex.example")?],
+        ),
+    ];
+    for (slug, name, domains) in demo_tenants {
+        println!("provisioning tenant '{slug}'…");
+        tenants::create(
+            &platform,
+            CreateTenant {
+                slug: Slug::parse(slug)?,
+                display_name: Some(name.into()),
+                domains,
+                db_server: None,
+            },
+        )
+        .await?;
+    }
+    println!();
+    let all = tenants::list(&platform).await?;
+    print_tenant_table(&all);
+    for t in &all {
+        println!();
+        print_tenant(t);
+    }
+    println!();
+    println!("demo ready: two tenants provisioned. Press Ctrl-C to stop and clean up.");
+    wait_for_shutdown().await;
+    platform.catalog.pool().close().await;
+    drop(data);
+    Ok(())
+}
+
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Portico's control plane: the tenant catalog (sqlx), lifecycle workflows (create, rollback,
+//! suspend, resume), database-server registry, and the `portico` command line and demo.
+//!
+//! The control plane decides and records; the `portico-provisioning` crate does every
+//! creation and destruction of tenant resources.
+
+pub mod catalog;
+pub mod cli;
+pub mod context;
+pub mod db_servers;
+pub mod demo;
+pub mod error;
+pub mod pgcluster;
+pub mod tenants;
+
+pub use context::Platform;
+pub use error::PlatformError;

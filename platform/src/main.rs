@@ -1,0 +1,5 @@
+//! The `portico` binary: all logic lives in the library.
+
+fn main() -> std::process::ExitCode {
+    portico_platform::cli::main()
+}

@@ -1,0 +1,390 @@
+//! Tenant databases and login roles on a database server, and the per-server template database
+//! they are copied from.
+//!
+//! Isolation model: each tenant gets a database `t_<id>` and a login role `t_<id>` that owns
+//! that database and every object in it, and nothing else. `CONNECT` on the database is revoked
+//! from `PUBLIC`, so other tenants' roles are refused at connection time. The role gets a
+//! `CONNECTION LIMIT` and a `statement_timeout`. Its password is set as a SCRAM-SHA-256 verifier
+//! computed here, so the plaintext never reaches the server (or its statement log).
+
+use portico_core::TenantId;
+use postgres_protocol::escape::{escape_identifier as ident, escape_literal as literal};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::error::SqlState;
+
+use crate::server::DbServer;
+use crate::{ProvisionError, migrations, pg_err};
+
+/// NOLOGIN role that owns the template's objects; `REASSIGN OWNED` hands them to the tenant.
+pub const TEMPLATE_OWNER: &str = "portico_template_owner";
+
+/// Deterministic names of a tenant's database and role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantDbNames {
+    pub database: String,
+    pub role: String,
+}
+
+impl TenantDbNames {
+    pub fn for_tenant(tenant: TenantId) -> Self {
+        let name = format!("t_{}", tenant.simple());
+        Self {
+            database: name.clone(),
+            role: name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RoleLimits {
+    pub connection_limit: u32,
+    pub statement_timeout_ms: u32,
+}
+
+/// What provisioning writes into the tenant's own `tenant_profile` row.
+#[derive(Debug, Clone)]
+pub struct TenantProfile {
+    pub tenant_id: TenantId,
+    pub slug: String,
+    pub display_name: String,
+}
+
+/// A fresh random role password (256 bits, URL-safe base64).
+pub fn generate_password() -> SecretString {
+    use base64::Engine;
+    let bytes = portico_core::keys::random_bytes::<32>();
+    SecretString::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Makes sure the server has a template database at the current tenant schema, building it
+/// when missing. Concurrent callers serialise on an advisory lock; a half-built template left by
+/// a crash is discarded and rebuilt.
+pub async fn ensure_template(server: &DbServer) -> Result<String, ProvisionError> {
+    let name = migrations::template_name();
+    let admin = server.admin().await?;
+    if template_ready(&admin, &name).await? {
+        return Ok(name);
+    }
+    admin
+        .execute("select pg_advisory_lock(hashtext('portico:template'))", &[])
+        .await
+        .map_err(|e| pg_err("locking the template build", e))?;
+    let result = build_template(server, &admin, &name).await;
+    // The lock is session-level; it is released when `admin` closes in any case.
+    let _ = admin
+        .execute(
+            "select pg_advisory_unlock(hashtext('portico:template'))",
+            &[],
+        )
+        .await;
+    result.map(|()| name)
+}
+
+async fn template_ready(
+    admin: &tokio_postgres::Client,
+    name: &str,
+) -> Result<bool, ProvisionError> {
+    let row = admin
+        .query_opt(
+            "select 1 from pg_database where datname = $1 and datistemplate",
+            &[&name],
+        )
+        .await
+        .map_err(|e| pg_err("looking up the template database", e))?;
+    Ok(row.is_some())
+}
+
+async fn build_template(
+    server: &DbServer,
+    admin: &tokio_postgres::Client,
+    name: &str,
+) -> Result<(), ProvisionError> {
+    if template_ready(admin, name).await? {
+        return Ok(());
+    }
+    let building = format!("{name}_build");
+    tracing::info!(
+        server = server.label(),
+        template = name,
+        "building tenant template database"
+    );
+    admin
+        .batch_execute(&format!(
+            "drop database if exists {b}",
+            b = ident(&building)
+        ))
+        .await
+        .map_err(|e| pg_err("removing a half-built template database", e))?;
+    admin
+        .batch_execute(&format!(
+            "do $$ begin
+               if not exists (select 1 from pg_roles where rolname = {owner_lit}) then
+                 create role {owner} nologin;
+               end if;
+             end $$;",
+            owner = ident(TEMPLATE_OWNER),
+            owner_lit = literal(TEMPLATE_OWNER),
+        ))
+        .await
+        .map_err(|e| pg_err("preparing the template database", e))?;
+    admin
+        .batch_execute(&format!(
+            "create database {b} template template0 encoding 'UTF8' strategy wal_log",
+            b = ident(&building),
+        ))
+        .await
+        .map_err(|e| pg_err("creating the template database", e))?;
+    {
+        let mut client = server.admin_in(&building).await?;
+        // Objects created by the migrations are owned by the template owner, whose ownership
+        // each tenant database later reassigns to the tenant role in one statement. The
+        // template database itself stays owned by the admin: `REASSIGN OWNED` also moves
+        // databases, and no tenant may ever own the template.
+        client
+            .batch_execute(&format!(
+                "revoke all on schema public from public;
+                 grant usage, create on schema public to {owner};
+                 set role {owner};",
+                owner = ident(TEMPLATE_OWNER)
+            ))
+            .await
+            .map_err(|e| pg_err("preparing the template schema", e))?;
+        migrations::runner()
+            .run_async(&mut client)
+            .await
+            .map_err(|e| ProvisionError::Migration(e.to_string()))?;
+        client
+            .batch_execute(&format!(
+                "reset role; revoke all on schema public from {owner};",
+                owner = ident(TEMPLATE_OWNER)
+            ))
+            .await
+            .map_err(|e| pg_err("sealing the template schema", e))?;
+    }
+    admin
+        .batch_execute(&format!(
+            "alter database {b} with is_template true allow_connections false",
+            b = ident(&building),
+        ))
+        .await
+        .map_err(|e| pg_err("finishing the template database", e))?;
+    // The rename is the commit point: a template under its final name is complete.
+    admin
+        .batch_execute(&format!(
+            "alter database {b} rename to {n}",
+            b = ident(&building),
+            n = ident(name),
+        ))
+        .await
+        .map_err(|e| pg_err("finishing the template database", e))?;
+    // Older templates are no longer needed. One still being copied from keeps its lock and
+    // is left for the next build to remove.
+    let stale = admin
+        .query(
+            "select datname from pg_database where datname like 'portico\\_tpl\\_%' and datname <> $1 and datname not like '%\\_build'",
+            &[&name],
+        )
+        .await
+        .map_err(|e| pg_err("listing old template databases", e))?;
+    for row in stale {
+        let old: String = row.get(0);
+        let unmarked = admin
+            .batch_execute(&format!(
+                "alter database {o} with is_template false",
+                o = ident(&old)
+            ))
+            .await;
+        if unmarked.is_ok() {
+            let _ = admin
+                .batch_execute(&format!("drop database {o}", o = ident(&old)))
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the tenant's login role, or brings an existing one (from an interrupted run) to the
+/// wanted password and limits.
+pub async fn ensure_role(
+    server: &DbServer,
+    names: &TenantDbNames,
+    password: &SecretString,
+    limits: RoleLimits,
+) -> Result<(), ProvisionError> {
+    let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
+    let mut admin = server.admin().await?;
+    let tx = admin
+        .transaction()
+        .await
+        .map_err(|e| pg_err("creating the tenant role", e))?;
+    let exists = tx
+        .query_opt("select 1 from pg_roles where rolname = $1", &[&names.role])
+        .await
+        .map_err(|e| pg_err("looking up the tenant role", e))?
+        .is_some();
+    let verb = if exists { "alter" } else { "create" };
+    tx.batch_execute(&format!(
+        "{verb} role {r} with login nosuperuser nocreatedb nocreaterole inherit noreplication
+             nobypassrls connection limit {limit} password {pw};
+         alter role {r} set statement_timeout = {timeout};
+         alter role {r} set idle_in_transaction_session_timeout = {idle};",
+        r = ident(&names.role),
+        limit = limits.connection_limit,
+        pw = literal(&verifier),
+        timeout = literal(&format!("{}ms", limits.statement_timeout_ms)),
+        idle = literal(&format!(
+            "{}ms",
+            limits.statement_timeout_ms.saturating_mul(2)
+        )),
+    ))
+    .await
+    .map_err(|e| pg_err("creating the tenant role", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| pg_err("creating the tenant role", e))?;
+    Ok(())
+}
+
+/// Creates the tenant database from the server's template (owned by the tenant role, `CONNECT`
+/// revoked from `PUBLIC`), and hands every object in it to the tenant role.
+pub async fn ensure_database(
+    server: &DbServer,
+    names: &TenantDbNames,
+    template: &str,
+) -> Result<(), ProvisionError> {
+    let admin = server.admin().await?;
+    let exists = admin
+        .query_opt(
+            "select 1 from pg_database where datname = $1",
+            &[&names.database],
+        )
+        .await
+        .map_err(|e| pg_err("looking up the tenant database", e))?
+        .is_some();
+    if !exists {
+        let created = admin
+            .batch_execute(&format!(
+                "create database {d} owner {r} template {t} strategy wal_log",
+                d = ident(&names.database),
+                r = ident(&names.role),
+                t = ident(template),
+            ))
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(pg_err("creating the tenant database", e)),
+        }
+    }
+    admin
+        .batch_execute(&format!(
+            "revoke all on database {d} from public; grant connect, temporary on database {d} to {r}",
+            d = ident(&names.database),
+            r = ident(&names.role),
+        ))
+        .await
+        .map_err(|e| pg_err("restricting access to the tenant database", e))?;
+    drop(admin);
+    let inside = server.admin_in(&names.database).await?;
+    let owner_exists = inside
+        .query_opt(
+            "select 1 from pg_roles where rolname = $1",
+            &[&TEMPLATE_OWNER],
+        )
+        .await
+        .map_err(|e| pg_err("looking up the template owner", e))?
+        .is_some();
+    if owner_exists {
+        let owns_databases: bool = inside
+            .query_one(
+                "select exists (select 1 from pg_database d join pg_roles r on r.oid = d.datdba
+                                 where r.rolname = $1)",
+                &[&TEMPLATE_OWNER],
+            )
+            .await
+            .map_err(|e| pg_err("checking the template owner", e))?
+            .get(0);
+        if owns_databases {
+            return Err(ProvisionError::Conflict(format!(
+                "role {TEMPLATE_OWNER} owns a database; refusing to reassign its objects to a tenant"
+            )));
+        }
+        inside
+            .batch_execute(&format!(
+                "reassign owned by {o} to {r}",
+                o = ident(TEMPLATE_OWNER),
+                r = ident(&names.role),
+            ))
+            .await
+            .map_err(|e| pg_err("handing the tenant schema to the tenant role", e))?;
+    }
+    Ok(())
+}
+
+/// Logs in as the tenant role to its own database (proving the credentials and grants work),
+/// writes the tenant's profile row, and returns the schema version found there.
+pub async fn verify_and_seed(
+    server: &DbServer,
+    names: &TenantDbNames,
+    password: &SecretString,
+    profile: &TenantProfile,
+) -> Result<i32, ProvisionError> {
+    let client = server
+        .connect_as(&names.database, &names.role, password.expose_secret())
+        .await?;
+    client
+        .execute(
+            "insert into tenant_profile (tenant_id, slug, display_name) values ($1, $2, $3)
+             on conflict on constraint tenant_profile_pkey
+             do update set slug = excluded.slug, display_name = excluded.display_name, updated_at = now()",
+            &[&profile.tenant_id.as_uuid(), &profile.slug, &profile.display_name],
+        )
+        .await
+        .map_err(|e| pg_err("writing the tenant profile", e))?;
+    let row = client
+        .query_one(
+            "select coalesce(max(version), 0)::int4 from refinery_schema_history",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_err("reading the tenant schema version", e))?;
+    Ok(row.get(0))
+}
+
+/// Drops the tenant database (terminating its sessions) if it exists.
+pub async fn drop_database(server: &DbServer, names: &TenantDbNames) -> Result<(), ProvisionError> {
+    let admin = server.admin().await?;
+    admin
+        .batch_execute(&format!(
+            "drop database if exists {d} with (force)",
+            d = ident(&names.database)
+        ))
+        .await
+        .map_err(|e| pg_err("dropping the tenant database", e))
+}
+
+/// Drops the tenant role if it exists. The database must be gone first.
+pub async fn drop_role(server: &DbServer, names: &TenantDbNames) -> Result<(), ProvisionError> {
+    let admin = server.admin().await?;
+    admin
+        .batch_execute(&format!("drop role if exists {r}", r = ident(&names.role)))
+        .await
+        .map_err(|e| pg_err("dropping the tenant role", e))
+}
+
+/// Whether the tenant's database and role exist on the server (for checks and tests).
+pub async fn tenant_objects_exist(
+    server: &DbServer,
+    names: &TenantDbNames,
+) -> Result<(bool, bool), ProvisionError> {
+    let admin = server.admin().await?;
+    let row = admin
+        .query_one(
+            "select exists (select 1 from pg_database where datname = $1),
+                    exists (select 1 from pg_roles where rolname = $2)",
+            &[&names.database, &names.role],
+        )
+        .await
+        .map_err(|e| pg_err("looking up tenant objects", e))?;
+    Ok((row.get(0), row.get(1)))
+}

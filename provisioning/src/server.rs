@@ -1,0 +1,150 @@
+//! Administrative connections to a database server (one registered in the catalog, or the
+//! control-plane server itself).
+
+use std::str::FromStr;
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::{ProvisionError, pg_err};
+
+/// The oldest PostgreSQL that has `CREATE DATABASE … STRATEGY WAL_LOG`.
+pub const MIN_SERVER_VERSION_NUM: i32 = 150000;
+
+/// A database server reached through its admin URL. The URL's password stays inside the
+/// tokio-postgres `Config`, whose `Debug` output redacts it.
+#[derive(Clone)]
+pub struct DbServer {
+    config: Config,
+    label: String,
+}
+
+impl std::fmt::Debug for DbServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DbServer({})", self.label)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub version: String,
+    pub max_connections: i32,
+}
+
+impl DbServer {
+    pub fn from_url(url: &str) -> Result<Self, ProvisionError> {
+        let mut config = Config::from_str(url).map_err(|_| {
+            ProvisionError::InvalidUrl(
+                "expected postgres://user:password@host:port/database".into(),
+            )
+        })?;
+        if config.get_hosts().is_empty() {
+            return Err(ProvisionError::InvalidUrl("the URL names no host".into()));
+        }
+        if config.get_user().is_none() {
+            return Err(ProvisionError::InvalidUrl("the URL names no user".into()));
+        }
+        config.application_name("portico-provisioning");
+        config.connect_timeout(std::time::Duration::from_secs(10));
+        let label = portico_core::settings::redact_url(url);
+        Ok(Self { config, label })
+    }
+
+    /// `user@host:port/db`, without credentials.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The database named in the admin URL (used as the maintenance database).
+    pub fn maintenance_db(&self) -> &str {
+        self.config.get_dbname().unwrap_or("postgres")
+    }
+
+    async fn connect_config(&self, config: &Config) -> Result<Client, ProvisionError> {
+        let (client, connection) =
+            config
+                .connect(NoTls)
+                .await
+                .map_err(|e| ProvisionError::Unreachable {
+                    server: self.label.clone(),
+                    message: match e.as_db_error() {
+                        Some(db) => db.message().to_owned(),
+                        None => {
+                            let mut m = e.to_string();
+                            if let Some(s) = std::error::Error::source(&e) {
+                                m = format!("{m}: {s}");
+                            }
+                            m
+                        }
+                    },
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "provisioning connection closed with an error");
+            }
+        });
+        Ok(client)
+    }
+
+    /// A connection to the maintenance database as the admin user.
+    pub async fn admin(&self) -> Result<Client, ProvisionError> {
+        self.connect_config(&self.config).await
+    }
+
+    /// A connection to `database` as the admin user.
+    pub async fn admin_in(&self, database: &str) -> Result<Client, ProvisionError> {
+        let mut config = self.config.clone();
+        config.dbname(database);
+        self.connect_config(&config).await
+    }
+
+    /// A connection to `database` as `user` with `password` (a tenant role).
+    pub async fn connect_as(
+        &self,
+        database: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<Client, ProvisionError> {
+        let mut config = self.config.clone();
+        config.dbname(database).user(user).password(password);
+        self.connect_config(&config).await
+    }
+
+    /// Connects, and checks that the server can host tenants: PostgreSQL 15 or newer, and an
+    /// admin user allowed to create databases and roles.
+    pub async fn check(&self) -> Result<ServerInfo, ProvisionError> {
+        let client = self.admin().await?;
+        let row = client
+            .query_one(
+                "select current_setting('server_version_num')::int4,
+                        current_setting('server_version'),
+                        current_setting('max_connections')::int4,
+                        r.rolsuper, r.rolcreatedb, r.rolcreaterole
+                   from pg_roles r where r.rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err("checking the database server", e))?;
+        let version_num: i32 = row.get(0);
+        let unsuitable = |message: String| ProvisionError::Unsuitable {
+            server: self.label.clone(),
+            message,
+        };
+        if version_num < MIN_SERVER_VERSION_NUM {
+            return Err(unsuitable(format!(
+                "PostgreSQL {} is too old; 15 or newer is required",
+                row.get::<_, String>(1)
+            )));
+        }
+        let (superuser, createdb, createrole): (bool, bool, bool) =
+            (row.get(3), row.get(4), row.get(5));
+        if !(superuser || (createdb && createrole)) {
+            return Err(unsuitable(
+                "the admin user needs CREATEDB and CREATEROLE (or superuser)".into(),
+            ));
+        }
+        Ok(ServerInfo {
+            version: row.get(1),
+            max_connections: row.get(2),
+        })
+    }
+}

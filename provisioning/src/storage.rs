@@ -1,0 +1,45 @@
+//! Creating and destroying a tenant's object-storage prefix (`tenants/<tenant-id>/`), with the
+//! same code for `file://` and `s3://`.
+
+use portico_core::TenantId;
+use portico_core::storage::{ObjectKey, ObjectStore, TENANT_MARKER, tenant_prefix};
+
+use crate::ProvisionError;
+
+/// Writes the prefix's marker object unless it is already there.
+pub async fn ensure_prefix(
+    store: &ObjectStore,
+    tenant: TenantId,
+) -> Result<String, ProvisionError> {
+    let marker = ObjectKey::tenant_object(tenant, TENANT_MARKER)?;
+    if store.get(&marker).await?.is_none() {
+        let body = serde_json::json!({
+            "tenant_id": tenant,
+            "created_at": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        });
+        store.put(&marker, body.to_string().into_bytes()).await?;
+    }
+    Ok(tenant_prefix(tenant))
+}
+
+/// Deletes every object under the tenant's prefix; returns how many were deleted.
+pub async fn destroy_prefix(
+    store: &ObjectStore,
+    tenant: TenantId,
+) -> Result<usize, ProvisionError> {
+    let keys = store.list(&tenant_prefix(tenant)).await?;
+    for key in &keys {
+        store.delete(key).await?;
+    }
+    Ok(keys.len())
+}
+
+/// Objects currently under the tenant's prefix.
+pub async fn prefix_objects(
+    store: &ObjectStore,
+    tenant: TenantId,
+) -> Result<Vec<ObjectKey>, ProvisionError> {
+    Ok(store.list(&tenant_prefix(tenant)).await?)
+}
