@@ -16,6 +16,26 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# A free port P on 127.0.0.1 such that P+10000 is free too (SeaweedFS puts each gRPC port
+# 10000 above its HTTP port).
+free_port_pair() {
+  python3 - <<'PY'
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+for _ in range(200):
+    p = random.randint(20000, 50000)
+    if free(p) and free(p + 10000):
+        print(p); break
+PY
+}
+
 # Wait until a TCP port accepts connections, or fail after $2 seconds. Polls, because the
 # services we start have no readiness notification we can block on.
 wait_for_port() {

@@ -39,7 +39,7 @@ fn purpose(id: Uuid) -> String {
     format!("db-server-admin-url:{id}")
 }
 
-/// Checks the server (reachable, PostgreSQL ≥ 15, admin may create databases and roles) and
+/// Checks the server (reachable, PostgreSQL ≥ 15, admin has CREATEDB and CREATEROLE) and
 /// records it. `max_connections` defaults to the server's own setting.
 pub async fn add(
     platform: &Platform,

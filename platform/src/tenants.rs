@@ -129,11 +129,57 @@ pub async fn create(platform: &Platform, req: CreateTenant) -> Result<TenantView
     let request = serde_json::to_value(&req)
         .map_err(|e| PlatformError::InvalidState(format!("cannot record the request: {e}")))?;
 
-    let (tenant, run) = match platform.catalog.tenant_by_slug(req.slug.as_str()).await? {
-        Some(existing) if existing.status != "provisioning" => {
-            return Err(PlatformError::SlugTaken(req.slug.to_string()));
+    let (tenant, run) = find_or_reserve(platform, &req, &display_name, request).await?;
+    checkpoint("reserved");
+
+    let _lock = platform.catalog.lock_tenant(tenant, LOCK_WAIT).await?;
+    // Another process may have finished (or rolled back) this tenant while we waited.
+    match platform.catalog.tenant_by_id(tenant).await? {
+        Some(t) if t.status == "provisioning" => {}
+        Some(_) => return show_by_id(platform, req.slug.as_str()).await,
+        None => {
+            return Err(PlatformError::Conflict(format!(
+                "tenant '{}' was rolled back by another process while this one waited",
+                req.slug
+            )));
         }
-        Some(existing) => {
+    }
+    run_steps(platform, tenant, run, &req.slug, &display_name).await?;
+    show_by_id(platform, req.slug.as_str()).await
+}
+
+/// The tenant and run to work on: an unfinished create with the same options, or a new one.
+async fn find_or_reserve(
+    platform: &Platform,
+    req: &CreateTenant,
+    display_name: &str,
+    request: serde_json::Value,
+) -> Result<(TenantId, RunId)> {
+    // Two attempts: when a concurrent create of the same slug wins the insert, the second
+    // look-up finds its record and resumes it (or refuses different options).
+    for _ in 0..2 {
+        match platform.catalog.tenant_by_slug(req.slug.as_str()).await? {
+            Some(existing) => return resumable(platform, req, existing, &request).await,
+            None => match reserve(platform, req, display_name.to_owned(), request.clone()).await {
+                Err(PlatformError::SlugTaken(_)) => continue,
+                other => return other,
+            },
+        }
+    }
+    Err(PlatformError::SlugTaken(req.slug.to_string()))
+}
+
+async fn resumable(
+    platform: &Platform,
+    req: &CreateTenant,
+    existing: TenantRow,
+    request: &serde_json::Value,
+) -> Result<(TenantId, RunId)> {
+    match existing {
+        existing if existing.status != "provisioning" => {
+            Err(PlatformError::SlugTaken(req.slug.to_string()))
+        }
+        existing => {
             let run = platform
                 .catalog
                 .create_run(existing.tenant_id())
@@ -150,21 +196,15 @@ pub async fn create(platform: &Platform, req: CreateTenant) -> Result<TenantView
                     slug = req.slug
                 )));
             }
-            if run.request != request {
+            if run.request != *request {
                 return Err(PlatformError::Conflict(format!(
                     "tenant '{slug}' is already being created with other options; re-run with the same options to finish it, or roll it back with `portico tenant create --rollback {slug}`",
                     slug = req.slug
                 )));
             }
-            (existing.tenant_id(), RunId::from_uuid(run.id))
+            Ok((existing.tenant_id(), RunId::from_uuid(run.id)))
         }
-        None => reserve(platform, &req, display_name.clone(), request).await?,
-    };
-    checkpoint("reserved");
-
-    let _lock = platform.catalog.lock_tenant(tenant, LOCK_WAIT).await?;
-    run_steps(platform, tenant, run, &req.slug, &display_name).await?;
-    show_by_id(platform, req.slug.as_str()).await
+    }
 }
 
 async fn reserve(

@@ -1,0 +1,82 @@
+//! Architecture rules that the compiler cannot check: the runtime never creates or destroys
+//! tenant resources and never writes the catalog (ARCHITECTURE.md, "Invariants").
+
+use std::path::Path;
+
+fn rust_sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            rust_sources(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn tenant_runtime_neither_provisions_nor_writes_the_catalog() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenant-runtime");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("manifest");
+    for forbidden in ["portico-provisioning", "portico-platform"] {
+        assert!(
+            !manifest.contains(forbidden),
+            "tenant-runtime must not depend on {forbidden}"
+        );
+    }
+    let mut files = Vec::new();
+    rust_sources(&root.join("src"), &mut files);
+    assert!(!files.is_empty());
+    let forbidden = [
+        "create database",
+        "drop database",
+        "create role",
+        "drop role",
+        "alter role",
+        "create_key",
+        "schedule_key_deletion",
+        "create_alias",
+        "delete_alias",
+        "insert into tenants",
+        "update tenants",
+        "delete from tenants",
+        "tenant_domains",
+        "tenant_placements",
+        "provisioning_runs",
+    ];
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .expect("source")
+            .to_lowercase();
+        for f in forbidden {
+            assert!(!text.contains(f), "{} contains '{f}'", file.display());
+        }
+    }
+}
+
+#[test]
+fn only_provisioning_issues_ddl_for_tenant_resources() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for crate_dir in ["platform/src", "platform/core/src", "tenant-runtime/src"] {
+        let mut files = Vec::new();
+        rust_sources(&root.join(crate_dir), &mut files);
+        for file in files {
+            // The demo creates its own control-plane database in its own throwaway cluster.
+            if file.ends_with("demo.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file)
+                .expect("source")
+                .to_lowercase();
+            for f in [
+                "create database",
+                "drop database",
+                "create role",
+                "drop role",
+                "create_key(",
+            ] {
+                assert!(!text.contains(f), "{} contains '{f}'", file.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Bad input exits non-zero with one clear line and creates nothing.
+
+use crate::support::{Backend, TestEnv};
+
+async fn catalog_counts(env: &TestEnv) -> (i64, i64, i64) {
+    let c = env.catalog().await;
+    let row = c
+        .query_one(
+            "select (select count(*) from tenants), (select count(*) from tenant_domains),
+                    (select count(*) from db_servers)",
+            &[],
+        )
+        .await
+        .expect("counts");
+    (row.get(0), row.get(1), row.get(2))
+}
+
+fn entries(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&[
+        "tenant",
+        "create",
+        "acme",
+        "--domain",
+        "portal.acme.example",
+    ]);
+    let before = catalog_counts(&env).await;
+    let keys_before = entries(&env.dir.path().join("keys/tenant-keys"));
+    let prefixes_before = entries(&env.storage_root().join("tenants"));
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["tenant", "create", "Acme"],
+            "invalid slug 'Acme': must be lowercase",
+        ),
+        (&["tenant", "create", "ab"], "3 to 63 characters"),
+        (&["tenant", "create", "acme_co"], "only lowercase letters"),
+        (&["tenant", "create", "--", "-acme"], "hyphen"),
+        (&["tenant", "create", "admin"], "reserved"),
+        (&["tenant", "create", "www"], "reserved"),
+        (
+            &["tenant", "create", "acme"],
+            "slug 'acme' is already taken",
+        ),
+        (
+            &[
+                "tenant",
+                "create",
+                "beta",
+                "--domain",
+                "Portal.ACME.example.",
+            ],
+            "domain 'portal.acme.example' is already used by tenant 'acme'",
+        ),
+        (
+            &["tenant", "create", "beta", "--domain", "x.portal.test"],
+            "under the base domain",
+        ),
+        (
+            &["tenant", "create", "beta", "--domain", "bad domain.example"],
+            "invalid host name",
+        ),
+        (
+            &[
+                "tenant",
+                "create",
+                "beta",
+                "--domain",
+                "a.example",
+                "--domain",
+                "a.example",
+            ],
+            "given twice",
+        ),
+        (
+            &["tenant", "create", "beta", "--name", "line\nbreak"],
+            "invalid display name",
+        ),
+        (
+            &["tenant", "create", "beta", "--db-server", "nowhere"],
+            "no database server named 'nowhere'",
+        ),
+        (
+            &["tenant", "create", "beta", "--db-server", "Bad Name"],
+            "invalid database server name",
+        ),
+        (&["tenant", "show", "nobody"], "no tenant named 'nobody'"),
+        (&["tenant", "suspend", "nobody"], "no tenant named 'nobody'"),
+        (
+            &["tenant", "create", "--rollback", "acme"],
+            "rollback only undoes an unfinished create",
+        ),
+        (
+            &["tenant", "create", "--rollback", "nobody"],
+            "no tenant named 'nobody'",
+        ),
+        (
+            &[
+                "db-server",
+                "add",
+                "dead",
+                "--url",
+                "postgres://postgres:x@127.0.0.1:1/postgres",
+            ],
+            "cannot reach database server postgres://postgres@127.0.0.1:1/postgres",
+        ),
+        (
+            &["db-server", "add", "junk", "--url", "not a url"],
+            "invalid database server URL",
+        ),
+        (
+            &[
+                "db-server",
+                "add",
+                "zero",
+                "--url",
+                &crate::support::admin_url("postgres"),
+                "--max-connections",
+                "0",
+            ],
+            "--max-connections must be at least 1",
+        ),
+    ];
+    for (args, needle) in cases {
+        env.run(args).assert_error(needle);
+    }
+    // Nothing changed: no catalog rows, no keys, no prefixes.
+    assert_eq!(catalog_counts(&env).await, before);
+    assert_eq!(
+        entries(&env.dir.path().join("keys/tenant-keys")),
+        keys_before
+    );
+    assert_eq!(
+        entries(&env.storage_root().join("tenants")),
+        prefixes_before
+    );
+
+    // A password given in a bad URL never shows up in the error.
+    let r = env.run(&[
+        "db-server",
+        "add",
+        "dead",
+        "--url",
+        "postgres://u:hunter2secret@127.0.0.1:1/db",
+    ]);
+    assert!(!r.stderr.contains("hunter2secret"), "{}", r.stderr);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn invalid_settings_name_the_setting_and_create_nothing() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    let run = |var: &str, value: &str| {
+        env.command()
+            .env(var, value)
+            .args(["tenant", "create", "acme"])
+            .output()
+            .map(crate::support::Run::from)
+            .expect("run")
+    };
+    run("PORTICO_STORAGE", "ftp://x/y").assert_error("PORTICO_STORAGE");
+    run("PORTICO_STORAGE", "file://relative/dir").assert_error("PORTICO_STORAGE");
+    run("PORTICO_KMS", "vault").assert_error("PORTICO_KMS");
+    run("PORTICO_BASE_DOMAIN", "nodots").assert_error("PORTICO_BASE_DOMAIN");
+    run("PORTICO_S3_ENDPOINT", "not a url").assert_error("PORTICO_S3_ENDPOINT");
+    run("PORTICO_TENANT_CONNECTION_LIMIT", "0").assert_error("PORTICO_TENANT_CONNECTION_LIMIT");
+    run("PORTICO_DATABASE_URL", "mysql://x@y/z").assert_error("PORTICO_DATABASE_URL");
+    let r = env
+        .command()
+        .env_remove("PORTICO_DATABASE_URL")
+        .args(["tenant", "list"])
+        .output()
+        .map(crate::support::Run::from)
+        .expect("run");
+    r.assert_error("PORTICO_DATABASE_URL");
+
+    // A master key readable by others is refused (and not replaced).
+    env.ok(&["migrate"]);
+    let key = env.master_key();
+    env.ok(&["tenant", "list"]);
+    assert!(key.exists(), "the master key is created on first use");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).expect("key").permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    env.run(&["tenant", "create", "acme"])
+        .assert_error("chmod 600");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    let c = env.catalog().await;
+    let n: i64 = c
+        .query_one("select count(*) from tenants", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0);
+    env.cleanup().await;
+}

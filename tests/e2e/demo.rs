@@ -1,0 +1,87 @@
+//! README command one: `portico demo` provisions two tenants on embedded defaults and cleans
+//! up on Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+#[test]
+fn demo_provisions_two_tenants_and_stops_cleanly_on_ctrl_c() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico-under-test"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PORTICO_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .arg("demo")
+        .env("HOME", home.path())
+        .current_dir(home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    let mut ready = false;
+    for line in lines.by_ref() {
+        let line = line.expect("stdout");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("demo ready") {
+            ready = true;
+            break;
+        }
+    }
+    if !ready {
+        let out = child.wait_with_output().expect("wait");
+        panic!(
+            "demo did not get ready:\n{seen}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for needle in [
+        "acme",
+        "globex",
+        "Acme Corporation",
+        "portal.globex.example",
+        "active",
+    ] {
+        assert!(seen.contains(needle), "demo output lacks {needle}:\n{seen}");
+    }
+    let storage_line = seen
+        .lines()
+        .find(|l| l.trim_start().starts_with("storage:"))
+        .expect("storage line");
+    let demo_dir = storage_line
+        .split("file://")
+        .nth(1)
+        .and_then(|p| p.strip_suffix("/storage"))
+        .expect("demo directory")
+        .to_owned();
+    assert!(std::path::Path::new(&demo_dir).exists());
+
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    for line in lines {
+        seen.push_str(&line.expect("stdout"));
+        seen.push('\n');
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "demo exited with {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(seen.contains("demo stopped cleanly"), "{seen}");
+    assert!(
+        !std::path::Path::new(&demo_dir).exists(),
+        "demo data left behind in {demo_dir}"
+    );
+}

@@ -1,0 +1,119 @@
+//! Suspend and resume, concurrent creates of one slug, and the catalog's records of a run.
+
+use crate::support::{Backend, TestEnv};
+
+#[tokio::test]
+async fn suspend_and_resume() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let t = env.json(&["tenant", "suspend", "acme", "--json"]);
+    assert_eq!(t["status"], "suspended");
+    // Suspending twice is a no-op, resuming a suspended tenant works, resuming twice too.
+    assert_eq!(
+        env.json(&["tenant", "suspend", "acme", "--json"])["status"],
+        "suspended"
+    );
+    env.run(&["tenant", "create", "--rollback", "acme"])
+        .assert_error("suspended");
+    assert_eq!(
+        env.json(&["tenant", "resume", "acme", "--json"])["status"],
+        "active"
+    );
+    assert_eq!(
+        env.json(&["tenant", "resume", "acme", "--json"])["status"],
+        "active"
+    );
+    let human = env.ok(&["tenant", "suspend", "acme"]);
+    assert_eq!(human.trim(), "tenant 'acme' is suspended");
+    let list = env.ok(&["tenant", "list"]);
+    assert!(
+        list.contains("acme") && list.contains("suspended"),
+        "{list}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_run_records_every_step() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    let t = env.json(&["tenant", "create", "acme", "--json"]);
+    let steps = t["provisioning"]["steps"].as_array().expect("steps");
+    let names: Vec<&str> = steps
+        .iter()
+        .map(|s| s["step"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["key", "role", "database", "storage", "activate"]);
+    for s in steps {
+        assert_eq!(s["state"], "done");
+        assert_eq!(s["attempts"], 1);
+        assert!(s["started_at"].is_string() && s["finished_at"].is_string());
+    }
+    env.cleanup().await;
+}
+
+/// Several processes creating the same slug at once end with one tenant, fully provisioned.
+#[tokio::test]
+async fn concurrent_creates_of_one_slug_make_one_tenant() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["migrate"]);
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            env.command()
+                .args(["tenant", "create", "racer"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let outcomes: Vec<_> = children
+        .into_iter()
+        .map(|c| crate::support::Run::from(c.wait_with_output().expect("wait")))
+        .collect();
+    let winners = outcomes.iter().filter(|r| r.success).count();
+    assert!(winners >= 1, "no create succeeded");
+    for r in outcomes.iter().filter(|r| !r.success) {
+        // A loser either found the slug taken by the finished winner or waited too long.
+        assert!(
+            r.stderr.contains("already taken") || r.stderr.contains("another process"),
+            "{}",
+            r.stderr
+        );
+    }
+    env.assert_provisioned("racer").await;
+    let n: i64 = env
+        .catalog()
+        .await
+        .query_one("select count(*) from tenants", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1);
+    env.cleanup().await;
+}
+
+/// The template database is rebuilt when it is missing, and copies carry the current schema.
+#[tokio::test]
+async fn template_is_built_on_demand() {
+    let server = crate::support::TestEnv::new(Backend::FileLocal).await;
+    let name = portico_provisioning::database::ensure_template(&server.server())
+        .await
+        .expect("template");
+    assert_eq!(name, portico_provisioning::migrations::template_name());
+    let admin = crate::support::connect(&crate::support::admin_url("postgres")).await;
+    let row = admin
+        .query_one(
+            "select datistemplate, datallowconn, pg_get_userbyid(datdba) from pg_database where datname = $1",
+            &[&name],
+        )
+        .await
+        .expect("template row");
+    assert!(row.get::<_, bool>(0));
+    assert!(!row.get::<_, bool>(1), "nobody may connect to the template");
+    assert_eq!(
+        row.get::<_, String>(2),
+        "postgres",
+        "the template is owned by the admin"
+    );
+    server.cleanup().await;
+}

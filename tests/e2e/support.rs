@@ -1,0 +1,429 @@
+//! Test environment: one control-plane database per test (uniquely named, dropped at the end),
+//! its own storage location and key store, and helpers to run the CLI as a real process.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use portico_core::keys::Keyring;
+use portico_core::settings::DatabaseUrl;
+use portico_core::storage::ObjectStore;
+use portico_core::{Hostname, KmsSettings, Settings, StorageSettings, TenantId};
+use portico_platform::Platform;
+use portico_provisioning::keys::{KeyPresence, tenant_key_presence};
+use portico_provisioning::{DbServer, TenantDbNames};
+use serde_json::Value;
+
+pub const BASE_DOMAIN: &str = "portal.test";
+pub const S3_BUCKET: &str = "portico-test";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded defaults: `file://` storage and a `local` master key.
+    FileLocal,
+    /// SeaweedFS over S3 and moto's KMS.
+    S3Kms,
+}
+
+fn required(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the test suite with ./infra/test.sh, which starts PostgreSQL, S3 and KMS")
+    })
+}
+
+/// The superuser URL of the test cluster, for database `db`.
+pub fn admin_url(db: &str) -> String {
+    let mut url = url_parse(&required("PORTICO_TEST_DATABASE_URL"));
+    url.set_path(&format!("/{db}"));
+    url.to_string()
+}
+
+fn url_parse(s: &str) -> url::Url {
+    url::Url::parse(s).expect("PORTICO_TEST_DATABASE_URL is not a URL")
+}
+
+pub struct TestEnv {
+    pub backend: Backend,
+    pub catalog_db: String,
+    pub dir: tempfile::TempDir,
+    pub s3_prefix: String,
+}
+
+impl TestEnv {
+    pub async fn new(backend: Backend) -> Self {
+        let catalog_db = format!("portico_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = connect(&admin_url("postgres")).await;
+        admin
+            .batch_execute(&format!("create database {catalog_db}"))
+            .await
+            .expect("creating the test catalog database");
+        if backend == Backend::S3Kms {
+            ensure_bucket().await;
+        }
+        Self {
+            backend,
+            s3_prefix: format!("run-{}", uuid::Uuid::new_v4().simple()),
+            catalog_db,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn catalog_url(&self) -> String {
+        admin_url(&self.catalog_db)
+    }
+
+    pub fn storage_root(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    pub fn master_key(&self) -> PathBuf {
+        self.dir.path().join("keys/master.key")
+    }
+
+    /// The `PORTICO_*` environment the CLI runs with.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        let mut v = vec![
+            ("PORTICO_DATABASE_URL".into(), self.catalog_url()),
+            ("PORTICO_BASE_DOMAIN".into(), BASE_DOMAIN.into()),
+            ("HOME".into(), self.dir.path().display().to_string()),
+        ];
+        match self.backend {
+            Backend::FileLocal => {
+                v.push((
+                    "PORTICO_STORAGE".into(),
+                    format!("file://{}", self.storage_root().display()),
+                ));
+                v.push((
+                    "PORTICO_KMS".into(),
+                    format!("local://{}", self.master_key().display()),
+                ));
+            }
+            Backend::S3Kms => {
+                v.push((
+                    "PORTICO_STORAGE".into(),
+                    format!("s3://{S3_BUCKET}/{}", self.s3_prefix),
+                ));
+                v.push((
+                    "PORTICO_S3_ENDPOINT".into(),
+                    required("PORTICO_TEST_S3_ENDPOINT"),
+                ));
+                v.push(("PORTICO_KMS".into(), "aws-kms".into()));
+                v.push((
+                    "PORTICO_KMS_ENDPOINT".into(),
+                    required("PORTICO_TEST_KMS_ENDPOINT"),
+                ));
+            }
+        }
+        v
+    }
+
+    /// A `portico` command with this environment (and nothing inherited that could change
+    /// its settings).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico-under-test"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PORTICO_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.vars())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self.command().args(args).output().expect("running portico");
+        Run::from(out)
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert!(
+            r.success,
+            "portico {args:?} failed:\nstdout: {}\nstderr: {}",
+            r.stdout, r.stderr
+        );
+        r.stdout
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("portico {args:?}: bad JSON ({e}): {out}"))
+    }
+
+    pub fn settings(&self) -> Settings {
+        let storage = match self.backend {
+            Backend::FileLocal => StorageSettings::File {
+                root: self.storage_root(),
+            },
+            Backend::S3Kms => StorageSettings::S3 {
+                bucket: S3_BUCKET.into(),
+                prefix: self.s3_prefix.clone(),
+                endpoint: Some(
+                    required("PORTICO_TEST_S3_ENDPOINT")
+                        .parse()
+                        .expect("S3 endpoint URL"),
+                ),
+            },
+        };
+        let kms = match self.backend {
+            Backend::FileLocal => KmsSettings::Local {
+                master_key: self.master_key(),
+            },
+            Backend::S3Kms => KmsSettings::Aws {
+                endpoint: Some(
+                    required("PORTICO_TEST_KMS_ENDPOINT")
+                        .parse()
+                        .expect("KMS endpoint URL"),
+                ),
+            },
+        };
+        Settings {
+            database_url: DatabaseUrl::parse(&self.catalog_url()).expect("catalog URL"),
+            base_domain: Hostname::parse(BASE_DOMAIN).expect("base domain"),
+            storage,
+            kms,
+            tenant_connection_limit: 20,
+            tenant_statement_timeout_ms: 30_000,
+        }
+    }
+
+    /// The control plane in-process, on the same catalog and backends as the CLI.
+    pub async fn platform(&self) -> Platform {
+        Platform::connect(self.settings(), true)
+            .await
+            .expect("connecting the platform")
+    }
+
+    pub async fn keyring(&self) -> Keyring {
+        Keyring::open(&self.settings().kms).await.expect("keyring")
+    }
+
+    pub async fn store(&self) -> ObjectStore {
+        ObjectStore::from_settings(&self.settings().storage)
+            .await
+            .expect("object store")
+    }
+
+    pub fn server(&self) -> DbServer {
+        DbServer::from_url(&admin_url("postgres")).expect("server")
+    }
+
+    pub async fn catalog(&self) -> tokio_postgres::Client {
+        connect(&self.catalog_url()).await
+    }
+
+    /// Everything a fully provisioned tenant must have.
+    pub async fn assert_provisioned(&self, slug: &str) -> Value {
+        let t = self.json(&["tenant", "show", slug, "--json"]);
+        assert_eq!(t["status"], "active", "{t}");
+        let id: TenantId = t["id"].as_str().expect("id").parse().expect("tenant id");
+        let names = TenantDbNames::for_tenant(id);
+        assert_eq!(t["placement"]["database"], names.database.as_str());
+        assert_eq!(t["placement"]["role"], names.role.as_str());
+        assert_eq!(t["storage_prefix"], format!("tenants/{id}/"));
+        assert_eq!(
+            t["schema_version"],
+            portico_provisioning::migrations::latest_version()
+        );
+        let (db, role) =
+            portico_provisioning::database::tenant_objects_exist(&self.server(), &names)
+                .await
+                .expect("checking tenant objects");
+        assert!(db && role, "database {db}, role {role} for {slug}");
+        let presence = tenant_key_presence(&self.keyring().await, id)
+            .await
+            .expect("key presence");
+        assert!(
+            matches!(presence, KeyPresence::Active(_)),
+            "{slug}: key {presence:?}"
+        );
+        let objects = portico_provisioning::storage::prefix_objects(&self.store().await, id)
+            .await
+            .expect("listing the prefix");
+        assert_eq!(
+            objects
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .collect::<Vec<_>>(),
+            vec![format!("tenants/{id}/.portico-tenant")]
+        );
+        // The role logs in to its own database with its own password.
+        let password = self
+            .platform()
+            .await
+            .tenant_role_password(slug)
+            .await
+            .expect("role password");
+        let client = self
+            .server()
+            .connect_as(
+                &names.database,
+                &names.role,
+                secrecy::ExposeSecret::expose_secret(&password),
+            )
+            .await
+            .expect("tenant role logs in to its own database");
+        let row = client
+            .query_one("select slug from tenant_profile", &[])
+            .await
+            .expect("reading the tenant profile");
+        assert_eq!(row.get::<_, String>(0), slug);
+        t
+    }
+
+    /// Nothing of the tenant is left anywhere: catalog rows, database, role, key, objects.
+    pub async fn assert_no_trace(&self, id: TenantId) {
+        let catalog = self.catalog().await;
+        for table in [
+            "tenants",
+            "tenant_domains",
+            "tenant_placements",
+            "provisioning_runs",
+        ] {
+            let column = if table == "tenants" {
+                "id"
+            } else {
+                "tenant_id"
+            };
+            let n: i64 = catalog
+                .query_one(
+                    &format!("select count(*) from {table} where {column} = $1"),
+                    &[&id.as_uuid()],
+                )
+                .await
+                .expect("counting catalog rows")
+                .get(0);
+            assert_eq!(n, 0, "{table} still has rows for {id}");
+        }
+        let names = TenantDbNames::for_tenant(id);
+        let (db, role) =
+            portico_provisioning::database::tenant_objects_exist(&self.server(), &names)
+                .await
+                .expect("checking tenant objects");
+        assert!(
+            !db && !role,
+            "orphaned database ({db}) or role ({role}) for {id}"
+        );
+        let presence = tenant_key_presence(&self.keyring().await, id)
+            .await
+            .expect("key presence");
+        assert_eq!(presence, KeyPresence::Absent, "orphaned key for {id}");
+        let objects = portico_provisioning::storage::prefix_objects(&self.store().await, id)
+            .await
+            .expect("listing the prefix");
+        assert!(objects.is_empty(), "orphaned objects for {id}: {objects:?}");
+        if self.backend == Backend::FileLocal {
+            let dir = self.storage_root().join(format!("tenants/{id}"));
+            assert!(!dir.exists(), "orphaned directory {}", dir.display());
+        }
+    }
+
+    /// Removes what the test created: tenant databases, roles, keys, objects, the catalog.
+    pub async fn cleanup(self) {
+        let catalog = self.catalog().await;
+        let ids: Vec<uuid::Uuid> = catalog
+            .query("select id from tenants", &[])
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        drop(catalog);
+        let server = self.server();
+        let keyring = self.keyring().await;
+        let store = self.store().await;
+        for id in ids {
+            let id = TenantId::from_uuid(id);
+            let names = TenantDbNames::for_tenant(id);
+            let _ = portico_provisioning::database::drop_database(&server, &names).await;
+            let _ = portico_provisioning::database::drop_role(&server, &names).await;
+            let _ = portico_provisioning::keys::destroy_tenant_key(&keyring, id).await;
+            let _ = portico_provisioning::storage::destroy_prefix(&store, id).await;
+        }
+        let admin = connect(&admin_url("postgres")).await;
+        let _ = admin
+            .batch_execute(&format!(
+                "drop database if exists {} with (force)",
+                self.catalog_db
+            ))
+            .await;
+    }
+}
+
+pub struct Run {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Self {
+            success: o.status.success(),
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts a clean failure: non-zero exit, one `error: …` line mentioning `needle`.
+    pub fn assert_error(&self, needle: &str) {
+        assert!(
+            !self.success,
+            "expected failure, got success: {}",
+            self.stdout
+        );
+        assert_eq!(self.code, Some(1), "stderr: {}", self.stderr);
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line on stderr, got: {}",
+            self.stderr
+        );
+        assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+        assert!(
+            lines[0].contains(needle),
+            "'{}' should mention '{needle}'",
+            lines[0]
+        );
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test cluster: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+async fn ensure_bucket() {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .endpoint_url(required("PORTICO_TEST_S3_ENDPOINT"))
+            .force_path_style(true)
+            .build(),
+    );
+    if s3.head_bucket().bucket(S3_BUCKET).send().await.is_err() {
+        // A concurrent test may create it first; only a bucket that still is not there fails.
+        let _ = s3.create_bucket().bucket(S3_BUCKET).send().await;
+        s3.head_bucket()
+            .bucket(S3_BUCKET)
+            .send()
+            .await
+            .expect("creating the test bucket");
+    }
+}
+
+/// A tenant id from `tenant show --json` output.
+pub fn tenant_id(v: &Value) -> TenantId {
+    v["id"].as_str().expect("id").parse().expect("tenant id")
+}
