@@ -394,8 +394,8 @@ pub(crate) fn print_tenant(t: &TenantView) {
         "  schema version: {}",
         t.schema_version.map_or("-".into(), |v| v.to_string())
     );
-    if let Some(run) = &t.provisioning {
-        if run.status != "succeeded" {
+    if let Some(run) = t.provisioning.as_ref().filter(|r| r.status != "succeeded") {
+        {
             println!("  provisioning:   {} (run {})", run.status, run.run_id);
             for s in &run.steps {
                 println!(

@@ -129,24 +129,29 @@ pub async fn create(platform: &Platform, req: CreateTenant) -> Result<TenantView
     let request = serde_json::to_value(&req)
         .map_err(|e| PlatformError::InvalidState(format!("cannot record the request: {e}")))?;
 
-    let (tenant, run) = find_or_reserve(platform, &req, &display_name, request).await?;
+    let (tenant, run, admin) = find_or_reserve(platform, &req, &display_name, request).await?;
     checkpoint("reserved");
 
-    let _lock = platform.catalog.lock_tenant(tenant, LOCK_WAIT).await?;
+    let lock = platform.catalog.lock_tenant(tenant, LOCK_WAIT).await?;
     // Another process may have finished (or rolled back) this tenant while we waited.
-    match platform.catalog.tenant_by_id(tenant).await? {
-        Some(t) if t.status == "provisioning" => {}
-        Some(_) => return show_by_id(platform, req.slug.as_str()).await,
-        None => {
-            return Err(PlatformError::Conflict(format!(
-                "tenant '{}' was rolled back by another process while this one waited",
-                req.slug
-            )));
+    let outcome = match platform.catalog.tenant_by_id(tenant).await? {
+        Some(t) if t.status == "provisioning" => {
+            run_steps(platform, tenant, run, &req.slug, &display_name, admin).await
         }
-    }
-    run_steps(platform, tenant, run, &req.slug, &display_name).await?;
+        Some(_) => Ok(()),
+        None => Err(PlatformError::Conflict(format!(
+            "tenant '{}' was rolled back by another process while this one waited",
+            req.slug
+        ))),
+    };
+    lock.release().await;
+    outcome?;
     show_by_id(platform, req.slug.as_str()).await
 }
+
+/// An open admin connection to the tenant's database server, carried from the reserve check
+/// into the steps so that one run opens it once.
+type AdminConn = Option<portico_provisioning::AdminClient>;
 
 /// The tenant and run to work on: an unfinished create with the same options, or a new one.
 async fn find_or_reserve(
@@ -154,12 +159,15 @@ async fn find_or_reserve(
     req: &CreateTenant,
     display_name: &str,
     request: serde_json::Value,
-) -> Result<(TenantId, RunId)> {
+) -> Result<(TenantId, RunId, AdminConn)> {
     // Two attempts: when a concurrent create of the same slug wins the insert, the second
     // look-up finds its record and resumes it (or refuses different options).
     for _ in 0..2 {
         match platform.catalog.tenant_by_slug(req.slug.as_str()).await? {
-            Some(existing) => return resumable(platform, req, existing, &request).await,
+            Some(existing) => {
+                let (tenant, run) = resumable(platform, req, existing, &request).await?;
+                return Ok((tenant, run, None));
+            }
             None => match reserve(platform, req, display_name.to_owned(), request.clone()).await {
                 Err(PlatformError::SlugTaken(_)) => continue,
                 other => return other,
@@ -212,7 +220,7 @@ async fn reserve(
     req: &CreateTenant,
     display_name: String,
     request: serde_json::Value,
-) -> Result<(TenantId, RunId)> {
+) -> Result<(TenantId, RunId, AdminConn)> {
     let subdomain = platform.settings.base_domain.tenant_subdomain(&req.slug);
     for d in std::iter::once(&subdomain).chain(&req.domains) {
         if let Some(owner) = platform.catalog.domain_owner(d).await? {
@@ -224,10 +232,9 @@ async fn reserve(
     }
     let server_row = db_servers::choose(platform, req.db_server.as_ref()).await?;
     // Refuse before recording anything if the server cannot take the tenant.
-    db_servers::connect(platform, &server_row)
-        .await?
-        .check()
-        .await?;
+    let server = db_servers::connect(platform, &server_row).await?;
+    let admin = server.admin().await?;
+    server.check_on(&admin).await?;
 
     let id = TenantId::random();
     let names = TenantDbNames::for_tenant(id);
@@ -247,7 +254,7 @@ async fn reserve(
         })
         .await?;
     tracing::info!(tenant_id = %id, run_id = %run, "tenant reserved");
-    Ok((id, run))
+    Ok((id, run, Some(admin)))
 }
 
 async fn run_steps(
@@ -256,6 +263,7 @@ async fn run_steps(
     run: RunId,
     slug: &Slug,
     display_name: &str,
+    admin: AdminConn,
 ) -> Result<()> {
     let steps = platform.catalog.steps(run).await?;
     let done = |name: &str| steps.iter().any(|s| s.step == name && s.state == "done");
@@ -268,6 +276,10 @@ async fn run_steps(
         .await?
         .ok_or_else(|| PlatformError::ServerNotFound(placement.db_server.clone()))?;
     let server = db_servers::connect(platform, &server_row).await?;
+    let admin = match admin {
+        Some(admin) => admin,
+        None => server.admin().await?,
+    };
     let names = TenantDbNames {
         database: placement.database_name.clone(),
         role: placement.role_name.clone(),
@@ -324,15 +336,15 @@ async fn run_steps(
     .await?;
     if !done("role") {
         step!("role", |_| database::ensure_role(
-            &server, &names, &password, limits
+            &admin, &names, &password, limits
         ));
         platform.catalog.step_done(run, "role").await?;
     }
 
     if !done("database") {
         step!("database", |_| async {
-            let template = database::ensure_template(&server).await?;
-            database::ensure_database(&server, &names, &template).await
+            let template = database::ensure_template(&server, &admin).await?;
+            database::ensure_database(&server, &admin, &names, &template).await
         });
         platform.catalog.step_done(run, "database").await?;
     }
@@ -442,7 +454,19 @@ pub async fn rollback(platform: &Platform, slug: &Slug) -> Result<RollbackReport
         )));
     }
     let tenant = t.tenant_id();
-    let _lock = platform.catalog.lock_tenant(tenant, LOCK_WAIT).await?;
+    let lock = platform.catalog.lock_tenant(tenant, LOCK_WAIT).await?;
+    let outcome = destroy(platform, tenant).await;
+    lock.release().await;
+    let objects_deleted = outcome?;
+    tracing::info!(tenant_id = %tenant, "unfinished tenant create rolled back");
+    Ok(RollbackReport {
+        id: tenant,
+        slug: slug.to_string(),
+        objects_deleted,
+    })
+}
+
+async fn destroy(platform: &Platform, tenant: TenantId) -> Result<usize> {
     if let Some(run) = platform.catalog.create_run(tenant).await? {
         platform
             .catalog
@@ -453,31 +477,26 @@ pub async fn rollback(platform: &Platform, slug: &Slug) -> Result<RollbackReport
     let objects_deleted = storage::destroy_prefix(&platform.store, tenant).await?;
     checkpoint("rollback:storage");
     if let Some(placement) = platform.catalog.placement(tenant).await? {
-        if let Some(row) = platform
+        // The placement's foreign key keeps its server row alive.
+        let row = platform
             .catalog
             .db_server_by_id(placement.db_server_id)
             .await?
-        {
-            let server = db_servers::connect(platform, &row).await?;
-            let names = TenantDbNames {
-                database: placement.database_name,
-                role: placement.role_name,
-            };
-            database::drop_database(&server, &names).await?;
-            checkpoint("rollback:database");
-            database::drop_role(&server, &names).await?;
-            checkpoint("rollback:role");
-        }
+            .ok_or_else(|| PlatformError::ServerNotFound(placement.db_server.clone()))?;
+        let admin = db_servers::connect(platform, &row).await?.admin().await?;
+        let names = TenantDbNames {
+            database: placement.database_name,
+            role: placement.role_name,
+        };
+        database::drop_database(&admin, &names).await?;
+        checkpoint("rollback:database");
+        database::drop_role(&admin, &names).await?;
+        checkpoint("rollback:role");
     }
     keys::destroy_tenant_key(&platform.keyring, tenant).await?;
     checkpoint("rollback:key");
     platform.catalog.delete_tenant(tenant).await?;
-    tracing::info!(tenant_id = %tenant, "unfinished tenant create rolled back");
-    Ok(RollbackReport {
-        id: tenant,
-        slug: slug.to_string(),
-        objects_deleted,
-    })
+    Ok(objects_deleted)
 }
 
 async fn tenant_row(platform: &Platform, slug: &str) -> Result<TenantRow> {

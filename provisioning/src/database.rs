@@ -10,6 +10,7 @@
 use portico_core::TenantId;
 use postgres_protocol::escape::{escape_identifier as ident, escape_literal as literal};
 use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use crate::server::DbServer;
@@ -59,17 +60,16 @@ pub fn generate_password() -> SecretString {
 /// Makes sure the server has a template database at the current tenant schema, building it
 /// when missing. Concurrent callers serialise on an advisory lock; a half-built template left by
 /// a crash is discarded and rebuilt.
-pub async fn ensure_template(server: &DbServer) -> Result<String, ProvisionError> {
+pub async fn ensure_template(server: &DbServer, admin: &Client) -> Result<String, ProvisionError> {
     let name = migrations::template_name();
-    let admin = server.admin().await?;
-    if template_ready(&admin, &name).await? {
+    if template_ready(admin, &name).await? {
         return Ok(name);
     }
     admin
         .execute("select pg_advisory_lock(hashtext('portico:template'))", &[])
         .await
         .map_err(|e| pg_err("locking the template build", e))?;
-    let result = build_template(server, &admin, &name).await;
+    let result = build_template(server, admin, &name).await;
     // The lock is session-level; it is released when `admin` closes in any case.
     let _ = admin
         .execute(
@@ -206,53 +206,45 @@ async fn build_template(
 /// Creates the tenant's login role, or brings an existing one (from an interrupted run) to the
 /// wanted password and limits.
 pub async fn ensure_role(
-    server: &DbServer,
+    admin: &Client,
     names: &TenantDbNames,
     password: &SecretString,
     limits: RoleLimits,
 ) -> Result<(), ProvisionError> {
     let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
-    let mut admin = server.admin().await?;
-    let tx = admin
-        .transaction()
+    // One simple-query batch, hence one implicit transaction: create the role unless it exists
+    // (from an interrupted run), then set every attribute, so both cases end the same.
+    admin
+        .batch_execute(&format!(
+            "do $$ begin
+               create role {r};
+             exception when duplicate_object then null;
+             end $$;
+             alter role {r} with login nosuperuser nocreatedb nocreaterole inherit noreplication
+                 nobypassrls connection limit {limit} password {pw};
+             alter role {r} set statement_timeout = {timeout};
+             alter role {r} set idle_in_transaction_session_timeout = {idle};",
+            r = ident(&names.role),
+            limit = limits.connection_limit,
+            pw = literal(&verifier),
+            timeout = literal(&format!("{}ms", limits.statement_timeout_ms)),
+            idle = literal(&format!(
+                "{}ms",
+                limits.statement_timeout_ms.saturating_mul(2)
+            )),
+        ))
         .await
-        .map_err(|e| pg_err("creating the tenant role", e))?;
-    let exists = tx
-        .query_opt("select 1 from pg_roles where rolname = $1", &[&names.role])
-        .await
-        .map_err(|e| pg_err("looking up the tenant role", e))?
-        .is_some();
-    let verb = if exists { "alter" } else { "create" };
-    tx.batch_execute(&format!(
-        "{verb} role {r} with login nosuperuser nocreatedb nocreaterole inherit noreplication
-             nobypassrls connection limit {limit} password {pw};
-         alter role {r} set statement_timeout = {timeout};
-         alter role {r} set idle_in_transaction_session_timeout = {idle};",
-        r = ident(&names.role),
-        limit = limits.connection_limit,
-        pw = literal(&verifier),
-        timeout = literal(&format!("{}ms", limits.statement_timeout_ms)),
-        idle = literal(&format!(
-            "{}ms",
-            limits.statement_timeout_ms.saturating_mul(2)
-        )),
-    ))
-    .await
-    .map_err(|e| pg_err("creating the tenant role", e))?;
-    tx.commit()
-        .await
-        .map_err(|e| pg_err("creating the tenant role", e))?;
-    Ok(())
+        .map_err(|e| pg_err("creating the tenant role", e))
 }
 
 /// Creates the tenant database from the server's template (owned by the tenant role, `CONNECT`
 /// revoked from `PUBLIC`), and hands every object in it to the tenant role.
 pub async fn ensure_database(
     server: &DbServer,
+    admin: &Client,
     names: &TenantDbNames,
     template: &str,
 ) -> Result<(), ProvisionError> {
-    let admin = server.admin().await?;
     let exists = admin
         .query_opt(
             "select 1 from pg_database where datname = $1",
@@ -284,7 +276,6 @@ pub async fn ensure_database(
         ))
         .await
         .map_err(|e| pg_err("restricting access to the tenant database", e))?;
-    drop(admin);
     let inside = server.admin_in(&names.database).await?;
     let owner_exists = inside
         .query_opt(
@@ -352,8 +343,7 @@ pub async fn verify_and_seed(
 }
 
 /// Drops the tenant database (terminating its sessions) if it exists.
-pub async fn drop_database(server: &DbServer, names: &TenantDbNames) -> Result<(), ProvisionError> {
-    let admin = server.admin().await?;
+pub async fn drop_database(admin: &Client, names: &TenantDbNames) -> Result<(), ProvisionError> {
     admin
         .batch_execute(&format!(
             "drop database if exists {d} with (force)",
@@ -364,8 +354,7 @@ pub async fn drop_database(server: &DbServer, names: &TenantDbNames) -> Result<(
 }
 
 /// Drops the tenant role if it exists. The database must be gone first.
-pub async fn drop_role(server: &DbServer, names: &TenantDbNames) -> Result<(), ProvisionError> {
-    let admin = server.admin().await?;
+pub async fn drop_role(admin: &Client, names: &TenantDbNames) -> Result<(), ProvisionError> {
     admin
         .batch_execute(&format!("drop role if exists {r}", r = ident(&names.role)))
         .await
@@ -374,10 +363,9 @@ pub async fn drop_role(server: &DbServer, names: &TenantDbNames) -> Result<(), P
 
 /// Whether the tenant's database and role exist on the server (for checks and tests).
 pub async fn tenant_objects_exist(
-    server: &DbServer,
+    admin: &Client,
     names: &TenantDbNames,
 ) -> Result<(bool, bool), ProvisionError> {
-    let admin = server.admin().await?;
     let row = admin
         .query_one(
             "select exists (select 1 from pg_database where datname = $1),

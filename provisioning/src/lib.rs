@@ -18,6 +18,8 @@ pub mod storage;
 
 pub use database::{RoleLimits, TenantDbNames, TenantProfile};
 pub use server::{DbServer, ServerInfo};
+/// An open administrative connection to a database server.
+pub use tokio_postgres::Client as AdminClient;
 
 use portico_core::keys::KeyError;
 use portico_core::storage::StorageError;

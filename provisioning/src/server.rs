@@ -113,6 +113,11 @@ impl DbServer {
     /// admin user allowed to create databases and roles.
     pub async fn check(&self) -> Result<ServerInfo, ProvisionError> {
         let client = self.admin().await?;
+        self.check_on(&client).await
+    }
+
+    /// [`DbServer::check`] on an already open admin connection.
+    pub async fn check_on(&self, client: &Client) -> Result<ServerInfo, ProvisionError> {
         let row = client
             .query_one(
                 "select current_setting('server_version_num')::int4,

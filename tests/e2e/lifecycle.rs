@@ -96,9 +96,12 @@ async fn concurrent_creates_of_one_slug_make_one_tenant() {
 #[tokio::test]
 async fn template_is_built_on_demand() {
     let server = crate::support::TestEnv::new(Backend::FileLocal).await;
-    let name = portico_provisioning::database::ensure_template(&server.server())
-        .await
-        .expect("template");
+    let name = portico_provisioning::database::ensure_template(
+        &server.server(),
+        &server.server_admin().await,
+    )
+    .await
+    .expect("template");
     assert_eq!(name, portico_provisioning::migrations::template_name());
     let admin = crate::support::connect(&crate::support::admin_url("postgres")).await;
     let row = admin

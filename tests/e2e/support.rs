@@ -211,6 +211,11 @@ impl TestEnv {
         DbServer::from_url(&admin_url("postgres")).expect("server")
     }
 
+    /// An admin connection to the test cluster.
+    pub async fn server_admin(&self) -> portico_provisioning::AdminClient {
+        self.server().admin().await.expect("admin connection")
+    }
+
     pub async fn catalog(&self) -> tokio_postgres::Client {
         connect(&self.catalog_url()).await
     }
@@ -228,10 +233,12 @@ impl TestEnv {
             t["schema_version"],
             portico_provisioning::migrations::latest_version()
         );
-        let (db, role) =
-            portico_provisioning::database::tenant_objects_exist(&self.server(), &names)
-                .await
-                .expect("checking tenant objects");
+        let (db, role) = portico_provisioning::database::tenant_objects_exist(
+            &self.server_admin().await,
+            &names,
+        )
+        .await
+        .expect("checking tenant objects");
         assert!(db && role, "database {db}, role {role} for {slug}");
         let presence = tenant_key_presence(&self.keyring().await, id)
             .await
@@ -299,10 +306,12 @@ impl TestEnv {
             assert_eq!(n, 0, "{table} still has rows for {id}");
         }
         let names = TenantDbNames::for_tenant(id);
-        let (db, role) =
-            portico_provisioning::database::tenant_objects_exist(&self.server(), &names)
-                .await
-                .expect("checking tenant objects");
+        let (db, role) = portico_provisioning::database::tenant_objects_exist(
+            &self.server_admin().await,
+            &names,
+        )
+        .await
+        .expect("checking tenant objects");
         assert!(
             !db && !role,
             "orphaned database ({db}) or role ({role}) for {id}"
@@ -330,7 +339,7 @@ impl TestEnv {
             .map(|rows| rows.iter().map(|r| r.get(0)).collect())
             .unwrap_or_default();
         drop(catalog);
-        let server = self.server();
+        let server = self.server_admin().await;
         let keyring = self.keyring().await;
         let store = self.store().await;
         for id in ids {

@@ -230,10 +230,8 @@ impl FileStore {
                         stack.push(path);
                     } else if let Ok(rel) = path.strip_prefix(&root) {
                         let rel = rel.to_string_lossy().replace('\\', "/");
-                        if rel.starts_with(&prefix) {
-                            if let Ok(k) = ObjectKey::parse(&rel) {
-                                out.push(k);
-                            }
+                        if let (true, Ok(k)) = (rel.starts_with(&prefix), ObjectKey::parse(&rel)) {
+                            out.push(k);
                         }
                     }
                 }
@@ -350,10 +348,9 @@ impl S3Store {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| s3_err("ListObjectsV2", &self.bucket, e))?;
             for obj in page.contents() {
-                if let Some(k) = obj.key().and_then(|k| k.strip_prefix(&self.prefix)) {
-                    if let Ok(k) = ObjectKey::parse(k) {
-                        out.push(k);
-                    }
+                let key = obj.key().and_then(|k| k.strip_prefix(&self.prefix));
+                if let Some(Ok(k)) = key.map(ObjectKey::parse) {
+                    out.push(k);
                 }
             }
         }
