@@ -5,7 +5,7 @@
 use portico_core::{DbServerName, Hostname, RunId, Slug, TenantId};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -17,6 +17,9 @@ pub const CREATE_STEPS: &[&str] = &["key", "role", "database", "storage", "activ
 #[derive(Clone)]
 pub struct Catalog {
     pool: PgPool,
+    /// Connections with `synchronous_commit = off`, for step bookkeeping only (see
+    /// [`Catalog::journal`]).
+    journal: PgPool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -50,7 +53,7 @@ impl TenantRow {
     }
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow)]
 pub struct DomainRow {
     pub hostname: String,
     pub kind: String,
@@ -78,7 +81,7 @@ pub struct RunRow {
     pub finished_at: Option<OffsetDateTime>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow)]
 pub struct StepRow {
     pub step: String,
     pub state: String,
@@ -88,6 +91,21 @@ pub struct StepRow {
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+}
+
+/// A tenant with its domains, placement and create run, read in one query.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantDetailRow {
+    #[sqlx(flatten)]
+    pub tenant: TenantRow,
+    pub db_server: Option<String>,
+    pub database_name: Option<String>,
+    pub role_name: Option<String>,
+    pub run_id: Option<Uuid>,
+    pub run_status: Option<String>,
+    pub run_error: Option<String>,
+    pub domains: sqlx::types::Json<Vec<DomainRow>>,
+    pub steps: sqlx::types::Json<Vec<StepRow>>,
 }
 
 /// Everything recorded in one transaction when a tenant create starts.
@@ -120,16 +138,33 @@ impl Catalog {
             )
         })?;
         let options = options.application_name("portico-control-plane");
+        let connect_err = |e: sqlx::Error| PlatformError::Catalog {
+            operation: "connecting to the control-plane database",
+            message: format!("{} ({})", e, url.redacted()),
+        };
         let pool = PgPoolOptions::new()
             .max_connections(5)
             .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
-            .map_err(|e| PlatformError::Catalog {
-                operation: "connecting to the control-plane database",
-                message: format!("{} ({})", e, url.redacted()),
-            })?;
-        Ok(Self { pool })
+            .map_err(connect_err)?;
+        let journal = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+        Ok(Self { pool, journal })
+    }
+
+    /// The pool for step bookkeeping, whose commits do not wait for the WAL flush.
+    ///
+    /// Why that is safe: every step is idempotent and named from the tenant id, so a record
+    /// lost in a crash of the *database server* only makes the next run redo a step. A crash of
+    /// our own process loses nothing (the server already has the commit). The records that must
+    /// be durable — the reservation that names the tenant before any resource exists, and the
+    /// activation — go through the ordinary pool with synchronous commits. This keeps a tenant
+    /// create close to the cost of copying its template (see the provisioning benchmark).
+    fn journal(&self) -> &PgPool {
+        &self.journal
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -248,6 +283,37 @@ impl Catalog {
         .map_err(|e| PlatformError::catalog("listing tenants", e))
     }
 
+    /// Tenants with everything shown about them (all, or the one with `slug`), in one query.
+    pub async fn tenant_details(&self, slug: Option<&str>) -> Result<Vec<TenantDetailRow>> {
+        sqlx::query_as(
+            "select t.id, t.slug, t.display_name, t.status, t.tier, t.key_id, t.storage_prefix,
+                    t.schema_version, t.created_at, t.updated_at,
+                    s.name as db_server, p.database_name, p.role_name,
+                    r.id as run_id, r.status as run_status, r.error as run_error,
+                    coalesce((select json_agg(json_build_object(
+                                 'hostname', d.hostname, 'kind', d.kind,
+                                 'primary', d.is_primary, 'verified', d.verified)
+                               order by d.is_primary desc, d.hostname)
+                              from tenant_domains d where d.tenant_id = t.id), '[]') as domains,
+                    coalesce((select json_agg(json_build_object(
+                                 'step', st.step, 'state', st.state, 'attempts', st.attempts,
+                                 'error', st.error, 'started_at', st.started_at,
+                                 'finished_at', st.finished_at)
+                               order by st.position)
+                              from provisioning_steps st where st.run_id = r.id), '[]') as steps
+             from tenants t
+             left join tenant_placements p on p.tenant_id = t.id
+             left join db_servers s on s.id = p.db_server_id
+             left join provisioning_runs r on r.tenant_id = t.id and r.kind = 'create'
+             where $1::text is null or t.slug = $1
+             order by t.slug",
+        )
+        .bind(slug)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("reading tenants", e))
+    }
+
     pub async fn domains(&self, tenant: TenantId) -> Result<Vec<DomainRow>> {
         sqlx::query_as(
             "select hostname, kind, is_primary, verified from tenant_domains
@@ -257,6 +323,18 @@ impl Catalog {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| PlatformError::catalog("listing tenant domains", e))
+    }
+
+    /// The first of `hostnames` already owned by a tenant, with that tenant's slug.
+    pub async fn first_taken_domain(&self, hostnames: &[&str]) -> Result<Option<(String, String)>> {
+        sqlx::query_as(
+            "select d.hostname, t.slug from tenant_domains d join tenants t on t.id = d.tenant_id
+             where d.hostname = any($1) order by array_position($1, d.hostname) limit 1",
+        )
+        .bind(hostnames)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("looking up domains", e))
     }
 
     /// The slug of the tenant that owns `hostname`, if any.
@@ -286,6 +364,7 @@ impl Catalog {
 
     /// Records a new tenant in `provisioning` state with its domains, placement and a create
     /// run with all steps pending: all or nothing.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn reserve_tenant(&self, new: &NewTenant) -> Result<RunId> {
         let run = RunId::random();
         let mut tx = self
@@ -353,18 +432,16 @@ impl Catalog {
         .execute(&mut *tx)
         .await
         .map_err(map)?;
-        for (position, step) in CREATE_STEPS.iter().enumerate() {
-            sqlx::query(
-                "insert into provisioning_steps (run_id, position, step, state)
-                 values ($1, $2, $3, 'pending')",
-            )
-            .bind(run.as_uuid())
-            .bind(i32::try_from(position).unwrap_or(i32::MAX))
-            .bind(step)
-            .execute(&mut *tx)
-            .await
-            .map_err(map)?;
-        }
+        sqlx::query(
+            "insert into provisioning_steps (run_id, position, step, state)
+             select $1, (s.ord - 1)::int4, s.step, 'pending'
+             from unnest($2::text[]) with ordinality as s(step, ord)",
+        )
+        .bind(run.as_uuid())
+        .bind(CREATE_STEPS)
+        .execute(&mut *tx)
+        .await
+        .map_err(map)?;
         tx.commit().await.map_err(map)?;
         Ok(run)
     }
@@ -392,144 +469,109 @@ impl Catalog {
     }
 
     /// Marks a step running and counts the attempt; returns the attempt number.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn step_started(&self, run: RunId, step: &str) -> Result<i32> {
-        let mut tx = self.begin("recording a step start").await?;
-        sqlx::query("update provisioning_runs set status = 'running', error = null where id = $1")
-            .bind(run.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| PlatformError::catalog("recording a step start", e))?;
-        let attempts: i32 = sqlx::query_scalar(
-            "update provisioning_steps
+        sqlx::query_scalar(
+            "with r as (update provisioning_runs set status = 'running', error = null where id = $1)
+             update provisioning_steps
              set state = 'running', attempts = attempts + 1, error = null,
                  started_at = now(), finished_at = null
              where run_id = $1 and step = $2 returning attempts",
         )
         .bind(run.as_uuid())
         .bind(step)
-        .fetch_one(&mut *tx)
+        .fetch_one(self.journal())
         .await
-        .map_err(|e| PlatformError::catalog("recording a step start", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| PlatformError::catalog("recording a step start", e))?;
-        Ok(attempts)
+        .map_err(|e| PlatformError::catalog("recording a step start", e))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn step_done(&self, run: RunId, step: &str) -> Result<()> {
-        let mut tx = self.begin("recording a finished step").await?;
-        Self::step_done_in(&mut tx, run, step).await?;
-        tx.commit()
-            .await
-            .map_err(|e| PlatformError::catalog("recording a finished step", e))
-    }
-
-    async fn step_done_in(
-        tx: &mut Transaction<'_, Postgres>,
-        run: RunId,
-        step: &str,
-    ) -> Result<()> {
         sqlx::query(
             "update provisioning_steps set state = 'done', finished_at = now(), error = null
              where run_id = $1 and step = $2",
         )
         .bind(run.as_uuid())
         .bind(step)
-        .execute(&mut **tx)
+        .execute(self.journal())
         .await
         .map_err(|e| PlatformError::catalog("recording a finished step", e))?;
         Ok(())
     }
 
     pub async fn step_failed(&self, run: RunId, step: &str, error: &str) -> Result<()> {
-        let mut tx = self.begin("recording a failed step").await?;
         sqlx::query(
-            "update provisioning_steps set state = 'failed', finished_at = now(), error = $3
-             where run_id = $1 and step = $2",
+            "with s as (
+               update provisioning_steps set state = 'failed', finished_at = now(), error = $3
+               where run_id = $1 and step = $2)
+             update provisioning_runs set status = 'failed', error = $4, finished_at = now()
+             where id = $1",
         )
         .bind(run.as_uuid())
         .bind(step)
         .bind(error)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| PlatformError::catalog("recording a failed step", e))?;
-        sqlx::query(
-            "update provisioning_runs set status = 'failed', error = $2, finished_at = now()
-             where id = $1",
-        )
-        .bind(run.as_uuid())
         .bind(format!("step '{step}' failed: {error}"))
-        .execute(&mut *tx)
+        .execute(self.journal())
         .await
         .map_err(|e| PlatformError::catalog("recording a failed step", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| PlatformError::catalog("recording a failed step", e))
+        Ok(())
     }
 
-    /// Records the key step's result and finishes the step in one transaction.
+    /// Records the key step's result and finishes the step in one statement.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn key_created(&self, run: RunId, tenant: TenantId, key_id: &str) -> Result<()> {
-        let mut tx = self.begin("recording the tenant key").await?;
-        sqlx::query("update tenants set key_id = $2, updated_at = now() where id = $1")
-            .bind(tenant.as_uuid())
-            .bind(key_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| PlatformError::catalog("recording the tenant key", e))?;
-        Self::step_done_in(&mut tx, run, "key").await?;
-        tx.commit()
-            .await
-            .map_err(|e| PlatformError::catalog("recording the tenant key", e))
+        sqlx::query(
+            "with t as (update tenants set key_id = $3, updated_at = now() where id = $2)
+             update provisioning_steps set state = 'done', finished_at = now(), error = null
+             where run_id = $1 and step = 'key'",
+        )
+        .bind(run.as_uuid())
+        .bind(tenant.as_uuid())
+        .bind(key_id)
+        .execute(self.journal())
+        .await
+        .map_err(|e| PlatformError::catalog("recording the tenant key", e))?;
+        Ok(())
     }
 
     /// Stores the role password (already encrypted under the tenant key) before the role is
-    /// created, so that a resumed run sets the same password.
+    /// created, so that a resumed run sets the same password. Losing this record in a server
+    /// crash is harmless too: the next run generates a new password and `ensure_role` sets it.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn set_role_password(&self, tenant: TenantId, ciphertext: &[u8]) -> Result<()> {
-        // Losing this record in a server crash is harmless too: the next run generates a new
-        // password and `ensure_role` sets it on the existing role.
-        let mut tx = self.begin("recording the role password").await?;
         sqlx::query(
             "update tenant_placements set role_password_ciphertext = $2 where tenant_id = $1",
         )
         .bind(tenant.as_uuid())
         .bind(ciphertext)
-        .execute(&mut *tx)
+        .execute(self.journal())
         .await
         .map_err(|e| PlatformError::catalog("recording the role password", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| PlatformError::catalog("recording the role password", e))
+        Ok(())
     }
 
-    /// Final step: tenant `active` at `schema_version`, run succeeded, in one transaction.
+    /// Final step: tenant `active` at `schema_version`, step done, run succeeded, in one
+    /// statement on the durable (synchronous-commit) pool: the operator is told the tenant
+    /// exists.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn activate(&self, run: RunId, tenant: TenantId, schema_version: i32) -> Result<()> {
-        // Durable (synchronous) commit: the operator is told the tenant exists.
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| PlatformError::catalog("activating the tenant", e))?;
         sqlx::query(
-            "update tenants set status = 'active', schema_version = $2, updated_at = now()
-             where id = $1 and status = 'provisioning'",
-        )
-        .bind(tenant.as_uuid())
-        .bind(schema_version)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| PlatformError::catalog("activating the tenant", e))?;
-        Self::step_done_in(&mut tx, run, "activate").await?;
-        sqlx::query(
-            "update provisioning_runs set status = 'succeeded', error = null, finished_at = now()
+            "with t as (
+               update tenants set status = 'active', schema_version = $3, updated_at = now()
+               where id = $2 and status = 'provisioning'),
+             s as (
+               update provisioning_steps set state = 'done', finished_at = now(), error = null
+               where run_id = $1 and step = 'activate')
+             update provisioning_runs set status = 'succeeded', error = null, finished_at = now()
              where id = $1",
         )
         .bind(run.as_uuid())
-        .execute(&mut *tx)
+        .bind(tenant.as_uuid())
+        .bind(schema_version)
+        .execute(&self.pool)
         .await
         .map_err(|e| PlatformError::catalog("activating the tenant", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| PlatformError::catalog("activating the tenant", e))
+        Ok(())
     }
 
     pub async fn mark_rolling_back(&self, run: RunId) -> Result<()> {
@@ -567,30 +609,10 @@ impl Catalog {
         Ok(())
     }
 
-    /// A transaction for step bookkeeping, committed without waiting for the WAL flush.
-    ///
-    /// Why that is safe: every step is idempotent and named from the tenant id, so a record
-    /// lost in a crash of the *database server* only makes the next run redo a step. A crash of
-    /// our own process loses nothing (the server already has the commit). The records that must
-    /// be durable — the reservation that names the tenant before any resource exists, and the
-    /// activation — use ordinary synchronous commits. This keeps a tenant create close to the
-    /// cost of copying the template database (see the provisioning benchmark).
-    async fn begin(&self, operation: &'static str) -> Result<Transaction<'static, Postgres>> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| PlatformError::catalog(operation, e))?;
-        sqlx::query("set local synchronous_commit = off")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| PlatformError::catalog(operation, e))?;
-        Ok(tx)
-    }
-
     /// Takes a session-level advisory lock on the tenant, waiting at most `wait` for another
     /// holder. The lock lives on a pooled connection held by the guard: a crashed holder's lock
     /// dies with its connection; [`TenantLock::release`] unlocks and returns the connection.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn lock_tenant(
         &self,
         tenant: TenantId,
@@ -654,6 +676,7 @@ pub struct TenantLock {
 }
 
 impl TenantLock {
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
             let unlocked = sqlx::query_scalar::<_, bool>("select pg_advisory_unlock($1)")

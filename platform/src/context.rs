@@ -12,6 +12,10 @@ pub struct Platform {
     pub catalog: Catalog,
     pub keyring: Keyring,
     pub store: ObjectStore,
+    /// Admin handles (with their connection pools) of the servers used so far, by server id.
+    /// Bounded by the number of registered servers.
+    pub(crate) servers:
+        std::sync::Mutex<std::collections::HashMap<uuid::Uuid, portico_provisioning::DbServer>>,
 }
 
 impl Platform {
@@ -30,6 +34,7 @@ impl Platform {
             catalog,
             keyring,
             store,
+            servers: Default::default(),
         })
     }
 }

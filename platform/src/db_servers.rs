@@ -90,19 +90,34 @@ pub async fn list(platform: &Platform) -> Result<Vec<DbServerView>> {
         .collect())
 }
 
-/// Opens an admin handle on a registered server (decrypting its URL).
+/// The admin handle of a registered server (its URL decrypted once per process; the handle
+/// keeps a small pool of admin connections).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn connect(platform: &Platform, row: &DbServerRow) -> Result<DbServer> {
+    if let Some(server) = platform
+        .servers
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&row.id).cloned())
+    {
+        return Ok(server);
+    }
     let url = platform
         .keyring
         .decrypt_platform(&purpose(row.id), &row.admin_url_ciphertext)
         .await?;
     let url = String::from_utf8(url)
         .map_err(|_| PlatformError::InvalidState("stored server URL is not UTF-8".into()))?;
-    Ok(DbServer::from_url(&url)?)
+    let server = DbServer::from_url(&url)?;
+    if let Ok(mut m) = platform.servers.lock() {
+        m.insert(row.id, server.clone());
+    }
+    Ok(server)
 }
 
 /// The server for a new tenant: the named one, else the registered server with the fewest
 /// tenants per connection slot, else the control-plane server (registered as `default`).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn choose(platform: &Platform, wanted: Option<&DbServerName>) -> Result<DbServerRow> {
     if let Some(name) = wanted {
         return platform

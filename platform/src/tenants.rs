@@ -7,10 +7,14 @@
 //! |------------|-----------------------------------------------------------------|-------------------|
 //! | (reserve)  | tenant row `provisioning`, domains, placement names, run        | one transaction   |
 //! | `key`      | tenant key (KMS key + alias, or local wrapped key)              | `tenants.key_id`  |
-//! | `role`     | random password, encrypted under the tenant key, then the role  | ciphertext first  |
-//! | `database` | template (if needed), database from it, grants, ownership       |                   |
+//! | `role`     | the role with a random password (stored encrypted under the key)| ciphertext        |
+//! | `database` | template (if needed), database copied from it, `PUBLIC` revoked |                   |
 //! | `storage`  | `tenants/<id>/` marker object                                   |                   |
-//! | `activate` | login as the tenant role, profile row, status `active`          | one transaction   |
+//! | `activate` | database handed to the role, login as the role, profile row,    | one transaction   |
+//! |            | status `active`                                                 |                   |
+//!
+//! `key`, `role`, `database` and `storage` do not depend on each other and run concurrently;
+//! `activate` waits for all four.
 //!
 //! All resource names derive from the tenant id, and every step tolerates its resource
 //! already existing, so running the same `tenant create` again after a crash finishes the job.
@@ -29,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::catalog::{DomainRow, NewTenant, StepRow, TenantRow};
+use crate::catalog::{DomainRow, NewTenant, StepRow, TenantDetailRow, TenantRow};
 use crate::context::Platform;
 use crate::db_servers;
 use crate::error::{PlatformError, Result};
@@ -123,20 +127,26 @@ fn validate_domains(platform: &Platform, req: &CreateTenant) -> Result<()> {
 
 /// Creates a tenant, or finishes an interrupted create of the same tenant.
 pub async fn create(platform: &Platform, req: CreateTenant) -> Result<TenantView> {
+    // Boxed so that callers' futures stay small (the workflow's state machine is deep).
+    Box::pin(create_inner(platform, req)).await
+}
+
+#[tracing::instrument(name = "create", skip_all, fields(slug = %req.slug))]
+async fn create_inner(platform: &Platform, req: CreateTenant) -> Result<TenantView> {
     let display_name =
         validate_display_name(req.display_name.as_deref().unwrap_or(req.slug.as_str()))?;
     validate_domains(platform, &req)?;
     let request = serde_json::to_value(&req)
         .map_err(|e| PlatformError::InvalidState(format!("cannot record the request: {e}")))?;
 
-    let (tenant, run, admin) = find_or_reserve(platform, &req, &display_name, request).await?;
+    let (tenant, run) = find_or_reserve(platform, &req, &display_name, request).await?;
     checkpoint("reserved");
 
     let lock = platform.catalog.lock_tenant(tenant, LOCK_WAIT).await?;
     // Another process may have finished (or rolled back) this tenant while we waited.
     let outcome = match platform.catalog.tenant_by_id(tenant).await? {
         Some(t) if t.status == "provisioning" => {
-            run_steps(platform, tenant, run, &req.slug, &display_name, admin).await
+            run_steps(platform, tenant, run, &req.slug, &display_name).await
         }
         Some(_) => Ok(()),
         None => Err(PlatformError::Conflict(format!(
@@ -149,25 +159,19 @@ pub async fn create(platform: &Platform, req: CreateTenant) -> Result<TenantView
     show_by_id(platform, req.slug.as_str()).await
 }
 
-/// An open admin connection to the tenant's database server, carried from the reserve check
-/// into the steps so that one run opens it once.
-type AdminConn = Option<portico_provisioning::AdminClient>;
-
 /// The tenant and run to work on: an unfinished create with the same options, or a new one.
+#[tracing::instrument(skip_all)]
 async fn find_or_reserve(
     platform: &Platform,
     req: &CreateTenant,
     display_name: &str,
     request: serde_json::Value,
-) -> Result<(TenantId, RunId, AdminConn)> {
+) -> Result<(TenantId, RunId)> {
     // Two attempts: when a concurrent create of the same slug wins the insert, the second
     // look-up finds its record and resumes it (or refuses different options).
     for _ in 0..2 {
         match platform.catalog.tenant_by_slug(req.slug.as_str()).await? {
-            Some(existing) => {
-                let (tenant, run) = resumable(platform, req, existing, &request).await?;
-                return Ok((tenant, run, None));
-            }
+            Some(existing) => return resumable(platform, req, existing, &request).await,
             None => match reserve(platform, req, display_name.to_owned(), request.clone()).await {
                 Err(PlatformError::SlugTaken(_)) => continue,
                 other => return other,
@@ -220,21 +224,19 @@ async fn reserve(
     req: &CreateTenant,
     display_name: String,
     request: serde_json::Value,
-) -> Result<(TenantId, RunId, AdminConn)> {
+) -> Result<(TenantId, RunId)> {
     let subdomain = platform.settings.base_domain.tenant_subdomain(&req.slug);
-    for d in std::iter::once(&subdomain).chain(&req.domains) {
-        if let Some(owner) = platform.catalog.domain_owner(d).await? {
-            return Err(PlatformError::DomainTaken {
-                domain: d.to_string(),
-                owner,
-            });
-        }
+    let hostnames: Vec<&str> = std::iter::once(&subdomain)
+        .chain(&req.domains)
+        .map(Hostname::as_str)
+        .collect();
+    if let Some((domain, owner)) = platform.catalog.first_taken_domain(&hostnames).await? {
+        return Err(PlatformError::DomainTaken { domain, owner });
     }
     let server_row = db_servers::choose(platform, req.db_server.as_ref()).await?;
     // Refuse before recording anything if the server cannot take the tenant.
     let server = db_servers::connect(platform, &server_row).await?;
-    let admin = server.admin().await?;
-    server.check_on(&admin).await?;
+    server.check_on(&*server.admin().await?).await?;
 
     let id = TenantId::random();
     let names = TenantDbNames::for_tenant(id);
@@ -254,19 +256,17 @@ async fn reserve(
         })
         .await?;
     tracing::info!(tenant_id = %id, run_id = %run, "tenant reserved");
-    Ok((id, run, Some(admin)))
+    Ok((id, run))
 }
 
+#[tracing::instrument(skip_all, fields(tenant_id = %tenant, run_id = %run))]
 async fn run_steps(
     platform: &Platform,
     tenant: TenantId,
     run: RunId,
     slug: &Slug,
     display_name: &str,
-    admin: AdminConn,
 ) -> Result<()> {
-    let steps = platform.catalog.steps(run).await?;
-    let done = |name: &str| steps.iter().any(|s| s.step == name && s.state == "done");
     let placement = platform.catalog.placement(tenant).await?.ok_or_else(|| {
         PlatformError::InvalidState(format!("tenant {tenant} has no placement recorded"))
     })?;
@@ -276,10 +276,6 @@ async fn run_steps(
         .await?
         .ok_or_else(|| PlatformError::ServerNotFound(placement.db_server.clone()))?;
     let server = db_servers::connect(platform, &server_row).await?;
-    let admin = match admin {
-        Some(admin) => admin,
-        None => server.admin().await?,
-    };
     let names = TenantDbNames {
         database: placement.database_name.clone(),
         role: placement.role_name.clone(),
@@ -288,123 +284,161 @@ async fn run_steps(
         connection_limit: platform.settings.tenant_connection_limit,
         statement_timeout_ms: platform.settings.tenant_statement_timeout_ms,
     };
+    let ctx = StepCtx {
+        platform,
+        run,
+        tenant,
+    };
 
-    macro_rules! step {
-        ($name:literal, $body:expr) => {{
-            let attempt = platform.catalog.step_started(run, $name).await?;
-            checkpoint(concat!("before:", $name));
-            let outcome: std::result::Result<_, portico_provisioning::ProvisionError> =
-                async { $body(attempt).await }.await;
-            match outcome {
-                Ok(v) => {
-                    checkpoint(concat!("after:", $name));
-                    v
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    tracing::warn!(tenant_id = %tenant, step = $name, error = %message, "provisioning step failed");
-                    platform.catalog.step_failed(run, $name, &message).await?;
-                    return Err(PlatformError::Step { step: $name, source: e });
-                }
-            }
-        }};
-    }
-
-    // key
-    let key_ref = if done("key") {
-        TenantKeyRef::new(platform.catalog_key_id(tenant).await?)
-    } else {
-        let key = step!("key", |attempt: i32| keys::ensure_tenant_key(
-            &platform.keyring,
-            tenant,
-            attempt > 1
-        ));
+    // Every step runs on every attempt: each one accepts its resource already existing, so a
+    // resumed run simply goes through them again, and a lost bookkeeping record never matters.
+    //
+    // The role password: on a first run it is generated here and stored (encrypted under the
+    // tenant key) as soon as the key exists; a resumed run decrypts the stored one, so the role
+    // keeps its password. `key` (then storing the password) and `storage` do not depend on the
+    // `role → database` chain and run beside it.
+    let key_step = async {
+        let key = ctx
+            .step("key", |attempt| {
+                keys::ensure_tenant_key(&platform.keyring, tenant, attempt > 1)
+            })
+            .await?;
         platform
             .catalog
             .key_created(run, tenant, key.as_str())
             .await?;
-        key
+        Ok::<_, PlatformError>(key)
     };
-
-    // role: the password is decided (and stored encrypted) once, before the role exists.
-    let password = role_password(
-        platform,
-        tenant,
-        &key_ref,
-        placement.role_password_ciphertext.as_deref(),
-    )
-    .await?;
-    if !done("role") {
-        step!("role", |_| database::ensure_role(
-            &admin, &names, &password, limits
-        ));
-        platform.catalog.step_done(run, "role").await?;
-    }
-
-    if !done("database") {
-        step!("database", |_| async {
+    let (password, key_and_store) = match placement.role_password_ciphertext.as_deref() {
+        Some(ciphertext) => {
+            let key = key_step.await?;
+            (
+                role_password(platform, tenant, &key, ciphertext).await?,
+                None,
+            )
+        }
+        None => (database::generate_password(), Some(key_step)),
+    };
+    let store_password = async {
+        if let Some(key_step) = key_and_store {
+            let key = key_step.await?;
+            let ciphertext = platform
+                .keyring
+                .encrypt_for_tenant(tenant, &key, password.expose_secret().as_bytes())
+                .await?;
+            platform
+                .catalog
+                .set_role_password(tenant, &ciphertext)
+                .await?;
+        }
+        Ok::<_, PlatformError>(())
+    };
+    let role_step = async {
+        ctx.step("role", |_| async {
+            let admin = server.admin().await?;
+            database::ensure_role(&admin, &names, &password, limits).await
+        })
+        .await?;
+        platform.catalog.step_done(run, "role").await
+    };
+    let database_step = async {
+        ctx.step("database", |_| async {
+            let admin = server.admin().await?;
             let template = database::ensure_template(&server, &admin).await?;
-            database::ensure_database(&server, &admin, &names, &template).await
-        });
-        platform.catalog.step_done(run, "database").await?;
-    }
-
-    if !done("storage") {
-        step!("storage", |_| storage::ensure_prefix(
-            &platform.store,
-            tenant
-        ));
-        platform.catalog.step_done(run, "storage").await?;
-    }
+            database::ensure_database(&admin, &names, &template).await
+        })
+        .await?;
+        platform.catalog.step_done(run, "database").await
+    };
+    let storage_step = async {
+        ctx.step("storage", |_| {
+            storage::ensure_prefix(&platform.store, tenant)
+        })
+        .await?;
+        platform.catalog.step_done(run, "storage").await
+    };
+    // Wait for all branches (none is abandoned half-way), then report the first failure.
+    let (stored, role, db, prefix) =
+        tokio::join!(store_password, role_step, database_step, storage_step);
+    stored?;
+    role?;
+    db?;
+    prefix?;
 
     let profile = TenantProfile {
         tenant_id: tenant,
         slug: slug.to_string(),
         display_name: display_name.to_owned(),
     };
-    let version = step!("activate", |_| database::verify_and_seed(
-        &server, &names, &password, &profile
-    ));
+    let version = ctx
+        .step("activate", |_| async {
+            database::hand_over(&*server.admin().await?, &names).await?;
+            database::verify_and_seed(&server, &names, &password, &profile).await
+        })
+        .await?;
     platform.catalog.activate(run, tenant, version).await?;
     tracing::info!(tenant_id = %tenant, run_id = %run, "tenant active");
     Ok(())
 }
 
+/// Runs one recorded step: marks it started (counting the attempt), runs it inside a span,
+/// records a failure with its message. Marking success is left to the caller, which may record
+/// a result with it.
+struct StepCtx<'a> {
+    platform: &'a Platform,
+    run: RunId,
+    tenant: TenantId,
+}
+
+impl StepCtx<'_> {
+    async fn step<T, F, Fut>(&self, name: &'static str, body: F) -> Result<T>
+    where
+        F: FnOnce(i32) -> Fut,
+        Fut: std::future::Future<
+                Output = std::result::Result<T, portico_provisioning::ProvisionError>,
+            >,
+    {
+        let attempt = self.platform.catalog.step_started(self.run, name).await?;
+        checkpoint(&format!("before:{name}"));
+        let span = tracing::info_span!("step", step = name);
+        match tracing::Instrument::instrument(body(attempt), span).await {
+            Ok(v) => {
+                checkpoint(&format!("after:{name}"));
+                Ok(v)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(tenant_id = %self.tenant, step = name, error = %message, "provisioning step failed");
+                self.platform
+                    .catalog
+                    .step_failed(self.run, name, &message)
+                    .await?;
+                Err(PlatformError::Step {
+                    step: name,
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// Decrypts a stored role password.
 async fn role_password(
     platform: &Platform,
     tenant: TenantId,
     key: &TenantKeyRef,
-    stored: Option<&[u8]>,
+    ciphertext: &[u8],
 ) -> Result<SecretString> {
-    if let Some(ciphertext) = stored {
-        let plain = platform
-            .keyring
-            .decrypt_for_tenant(tenant, key, ciphertext)
-            .await?;
-        return String::from_utf8(plain)
-            .map(SecretString::from)
-            .map_err(|_| PlatformError::InvalidState("stored role password is not UTF-8".into()));
-    }
-    let password = database::generate_password();
-    let ciphertext = platform
+    let plain = platform
         .keyring
-        .encrypt_for_tenant(tenant, key, password.expose_secret().as_bytes())
+        .decrypt_for_tenant(tenant, key, ciphertext)
         .await?;
-    platform
-        .catalog
-        .set_role_password(tenant, &ciphertext)
-        .await?;
-    Ok(password)
+    String::from_utf8(plain)
+        .map(SecretString::from)
+        .map_err(|_| PlatformError::InvalidState("stored role password is not UTF-8".into()))
 }
 
 impl Platform {
-    async fn catalog_key_id(&self, tenant: TenantId) -> Result<String> {
-        let row = self.catalog.tenant_by_id(tenant).await?;
-        row.and_then(|t| t.key_id).ok_or_else(|| {
-            PlatformError::InvalidState(format!("tenant {tenant} has no key recorded"))
-        })
-    }
-
     /// The tenant role's password, decrypted (for tests and, later, the runtime's pools).
     pub async fn tenant_role_password(&self, slug: &str) -> Result<SecretString> {
         let t = self
@@ -421,13 +455,7 @@ impl Platform {
             .ok_or_else(|| {
                 PlatformError::InvalidState(format!("tenant '{slug}' has no role yet"))
             })?;
-        role_password(
-            self,
-            t.tenant_id(),
-            &TenantKeyRef::new(key),
-            Some(&ciphertext),
-        )
-        .await
+        role_password(self, t.tenant_id(), &TenantKeyRef::new(key), &ciphertext).await
     }
 }
 
@@ -546,39 +574,44 @@ pub async fn show(platform: &Platform, slug: &str) -> Result<TenantView> {
     show_by_id(platform, slug).await
 }
 
+#[tracing::instrument(skip_all)]
 async fn show_by_id(platform: &Platform, slug: &str) -> Result<TenantView> {
-    let t = tenant_row(platform, slug).await?;
-    view(platform, t).await
+    platform
+        .catalog
+        .tenant_details(Some(slug))
+        .await?
+        .into_iter()
+        .next()
+        .map(view)
+        .ok_or_else(|| PlatformError::TenantNotFound(slug.to_owned()))
 }
 
-async fn view(platform: &Platform, t: TenantRow) -> Result<TenantView> {
-    let tenant = t.tenant_id();
-    let domains = platform.catalog.domains(tenant).await?;
-    let placement = platform
-        .catalog
-        .placement(tenant)
-        .await?
-        .map(|p| PlacementView {
-            db_server: p.db_server,
-            database: p.database_name,
-            role: p.role_name,
-        });
-    let provisioning = match platform.catalog.create_run(tenant).await? {
-        Some(run) => Some(ProvisioningView {
-            run_id: run.id,
-            status: run.status,
-            error: run.error,
-            steps: platform.catalog.steps(RunId::from_uuid(run.id)).await?,
+fn view(row: TenantDetailRow) -> TenantView {
+    let t = row.tenant;
+    let placement = match (row.db_server, row.database_name, row.role_name) {
+        (Some(db_server), Some(database), Some(role)) => Some(PlacementView {
+            db_server,
+            database,
+            role,
         }),
-        None => None,
+        _ => None,
     };
-    Ok(TenantView {
-        id: tenant,
+    let provisioning = match (row.run_id, row.run_status) {
+        (Some(run_id), Some(status)) => Some(ProvisioningView {
+            run_id,
+            status,
+            error: row.run_error,
+            steps: row.steps.0,
+        }),
+        _ => None,
+    };
+    TenantView {
+        id: t.tenant_id(),
         slug: t.slug,
         display_name: t.display_name,
         status: t.status,
         tier: t.tier,
-        domains,
+        domains: row.domains.0,
         placement,
         storage_prefix: t.storage_prefix,
         key_id: t.key_id,
@@ -586,13 +619,15 @@ async fn view(platform: &Platform, t: TenantRow) -> Result<TenantView> {
         created_at: t.created_at,
         updated_at: t.updated_at,
         provisioning,
-    })
+    }
 }
 
 pub async fn list(platform: &Platform) -> Result<Vec<TenantView>> {
-    let mut out = Vec::new();
-    for t in platform.catalog.list_tenants().await? {
-        out.push(view(platform, t).await?);
-    }
-    Ok(out)
+    Ok(platform
+        .catalog
+        .tenant_details(None)
+        .await?
+        .into_iter()
+        .map(view)
+        .collect())
 }

@@ -2,10 +2,14 @@
 //! they are copied from.
 //!
 //! Isolation model: each tenant gets a database `t_<id>` and a login role `t_<id>` that owns
-//! that database and every object in it, and nothing else. `CONNECT` on the database is revoked
-//! from `PUBLIC`, so other tenants' roles are refused at connection time. The role gets a
-//! `CONNECTION LIMIT` and a `statement_timeout`. Its password is set as a SCRAM-SHA-256 verifier
-//! computed here, so the plaintext never reaches the server (or its statement log).
+//! that database, and nothing else. The template's objects are owned by `pg_database_owner`,
+//! PostgreSQL's implicit role whose only member is the *current* database's owner: in each copy
+//! they belong to that copy's tenant role, and to no other role anywhere, without reassigning
+//! anything. The database is copied while the role is created, then handed to the role.
+//! `CONNECT` on the database is revoked from `PUBLIC` right after it is created, so other
+//! tenants' roles are refused at connection time. The role gets a `CONNECTION LIMIT` and a
+//! `statement_timeout`. Its password is set as a SCRAM-SHA-256 verifier computed here, so the
+//! plaintext never reaches the server (or its statement log).
 
 use portico_core::TenantId;
 use postgres_protocol::escape::{escape_identifier as ident, escape_literal as literal};
@@ -15,9 +19,6 @@ use tokio_postgres::error::SqlState;
 
 use crate::server::DbServer;
 use crate::{ProvisionError, migrations, pg_err};
-
-/// NOLOGIN role that owns the template's objects; `REASSIGN OWNED` hands them to the tenant.
-pub const TEMPLATE_OWNER: &str = "portico_template_owner";
 
 /// Deterministic names of a tenant's database and role.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,7 @@ pub fn generate_password() -> SecretString {
 /// Makes sure the server has a template database at the current tenant schema, building it
 /// when missing. Concurrent callers serialise on an advisory lock; a half-built template left by
 /// a crash is discarded and rebuilt.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn ensure_template(server: &DbServer, admin: &Client) -> Result<String, ProvisionError> {
     let name = migrations::template_name();
     if template_ready(admin, &name).await? {
@@ -117,18 +119,6 @@ async fn build_template(
         .map_err(|e| pg_err("removing a half-built template database", e))?;
     admin
         .batch_execute(&format!(
-            "do $$ begin
-               if not exists (select 1 from pg_roles where rolname = {owner_lit}) then
-                 create role {owner} nologin;
-               end if;
-             end $$;",
-            owner = ident(TEMPLATE_OWNER),
-            owner_lit = literal(TEMPLATE_OWNER),
-        ))
-        .await
-        .map_err(|e| pg_err("preparing the template database", e))?;
-    admin
-        .batch_execute(&format!(
             "create database {b} template template0 encoding 'UTF8' strategy wal_log",
             b = ident(&building),
         ))
@@ -136,17 +126,13 @@ async fn build_template(
         .map_err(|e| pg_err("creating the template database", e))?;
     {
         let mut client = server.admin_in(&building).await?;
-        // Objects created by the migrations are owned by the template owner, whose ownership
-        // each tenant database later reassigns to the tenant role in one statement. The
-        // template database itself stays owned by the admin: `REASSIGN OWNED` also moves
-        // databases, and no tenant may ever own the template.
+        // Objects created by the migrations are owned by `pg_database_owner`, so that in every
+        // copy they belong to the copy's owner (the tenant role) and to nobody else.
         client
-            .batch_execute(&format!(
+            .batch_execute(
                 "revoke all on schema public from public;
-                 grant usage, create on schema public to {owner};
-                 set role {owner};",
-                owner = ident(TEMPLATE_OWNER)
-            ))
+                 set role pg_database_owner;",
+            )
             .await
             .map_err(|e| pg_err("preparing the template schema", e))?;
         migrations::runner()
@@ -154,10 +140,7 @@ async fn build_template(
             .await
             .map_err(|e| ProvisionError::Migration(e.to_string()))?;
         client
-            .batch_execute(&format!(
-                "reset role; revoke all on schema public from {owner};",
-                owner = ident(TEMPLATE_OWNER)
-            ))
+            .batch_execute("reset role")
             .await
             .map_err(|e| pg_err("sealing the template schema", e))?;
     }
@@ -203,8 +186,9 @@ async fn build_template(
     Ok(())
 }
 
-/// Creates the tenant's login role, or brings an existing one (from an interrupted run) to the
-/// wanted password and limits.
+/// Creates the tenant's login role, or brings one left by an interrupted run to the wanted
+/// password and limits. One transaction.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn ensure_role(
     admin: &Client,
     names: &TenantDbNames,
@@ -212,11 +196,14 @@ pub async fn ensure_role(
     limits: RoleLimits,
 ) -> Result<(), ProvisionError> {
     let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
-    // One simple-query batch, hence one implicit transaction: create the role unless it exists
-    // (from an interrupted run), then set every attribute, so both cases end the same.
+    // A simple-query batch runs as one implicit transaction. Its commit need not wait for the
+    // WAL flush: the tenant's first login commits synchronously before the catalog records the
+    // tenant active, which flushes this too; if the server crashes first, the next run creates
+    // the role again.
     admin
         .batch_execute(&format!(
-            "do $$ begin
+            "set local synchronous_commit = off;
+             do $$ begin
                create role {r};
              exception when duplicate_object then null;
              end $$;
@@ -237,83 +224,57 @@ pub async fn ensure_role(
         .map_err(|e| pg_err("creating the tenant role", e))
 }
 
-/// Creates the tenant database from the server's template (owned by the tenant role, `CONNECT`
-/// revoked from `PUBLIC`), and hands every object in it to the tenant role.
+/// Creates the tenant database as a copy of the server's template (`STRATEGY WAL_LOG`), and
+/// at once revokes `PUBLIC`'s default `CONNECT`/`TEMPORARY` on it. It stays owned by the admin
+/// until [`hand_over`] gives it to the tenant role, so it does not have to wait for the role.
+/// Accepts a database left by an interrupted run.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn ensure_database(
-    server: &DbServer,
     admin: &Client,
     names: &TenantDbNames,
     template: &str,
 ) -> Result<(), ProvisionError> {
-    let exists = admin
-        .query_opt(
-            "select 1 from pg_database where datname = $1",
-            &[&names.database],
-        )
-        .await
-        .map_err(|e| pg_err("looking up the tenant database", e))?
-        .is_some();
-    if !exists {
-        let created = admin
-            .batch_execute(&format!(
-                "create database {d} owner {r} template {t} strategy wal_log",
-                d = ident(&names.database),
-                r = ident(&names.role),
-                t = ident(template),
-            ))
-            .await;
-        match created {
-            Ok(()) => {}
-            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
-            Err(e) => return Err(pg_err("creating the tenant database", e)),
-        }
+    let created = admin
+        .batch_execute(&format!(
+            "create database {d} template {t} strategy wal_log",
+            d = ident(&names.database),
+            t = ident(template),
+        ))
+        .await;
+    match created {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+        Err(e) => return Err(pg_err("creating the tenant database", e)),
     }
+    // Asynchronous commit: the tenant's first login commits its profile row synchronously
+    // before the catalog records the tenant active, which flushes this too.
     admin
         .batch_execute(&format!(
-            "revoke all on database {d} from public; grant connect, temporary on database {d} to {r}",
+            "set local synchronous_commit = off; revoke all on database {d} from public",
+            d = ident(&names.database)
+        ))
+        .await
+        .map_err(|e| pg_err("restricting access to the tenant database", e))
+}
+
+/// Makes the tenant role the owner of its database — and so, through `pg_database_owner`, of
+/// every object in it. Idempotent.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn hand_over(admin: &Client, names: &TenantDbNames) -> Result<(), ProvisionError> {
+    admin
+        .batch_execute(&format!(
+            "set local synchronous_commit = off; alter database {d} owner to {r}",
             d = ident(&names.database),
             r = ident(&names.role),
         ))
         .await
-        .map_err(|e| pg_err("restricting access to the tenant database", e))?;
-    let inside = server.admin_in(&names.database).await?;
-    let owner_exists = inside
-        .query_opt(
-            "select 1 from pg_roles where rolname = $1",
-            &[&TEMPLATE_OWNER],
-        )
-        .await
-        .map_err(|e| pg_err("looking up the template owner", e))?
-        .is_some();
-    if owner_exists {
-        let owns_databases: bool = inside
-            .query_one(
-                "select exists (select 1 from pg_database d join pg_roles r on r.oid = d.datdba
-                                 where r.rolname = $1)",
-                &[&TEMPLATE_OWNER],
-            )
-            .await
-            .map_err(|e| pg_err("checking the template owner", e))?
-            .get(0);
-        if owns_databases {
-            return Err(ProvisionError::Conflict(format!(
-                "role {TEMPLATE_OWNER} owns a database; refusing to reassign its objects to a tenant"
-            )));
-        }
-        inside
-            .batch_execute(&format!(
-                "reassign owned by {o} to {r}",
-                o = ident(TEMPLATE_OWNER),
-                r = ident(&names.role),
-            ))
-            .await
-            .map_err(|e| pg_err("handing the tenant schema to the tenant role", e))?;
-    }
-    Ok(())
+        .map_err(|e| pg_err("handing the tenant database to its role", e))
 }
 
-/// Logs in as the tenant role to its own database (proving the credentials and grants work),
-/// writes the tenant's profile row, and returns the schema version found there.
+/// Logs in as the tenant role to its own database — proving that the stored password, the
+/// grants and the ownership all work — writes the tenant's profile row as that role, and
+/// returns the tenant schema version found there.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn verify_and_seed(
     server: &DbServer,
     names: &TenantDbNames,
@@ -323,22 +284,30 @@ pub async fn verify_and_seed(
     let client = server
         .connect_as(&names.database, &names.role, password.expose_secret())
         .await?;
-    client
-        .execute(
-            "insert into tenant_profile (tenant_id, slug, display_name) values ($1, $2, $3)
-             on conflict on constraint tenant_profile_pkey
-             do update set slug = excluded.slug, display_name = excluded.display_name, updated_at = now()",
-            &[&profile.tenant_id.as_uuid(), &profile.slug, &profile.display_name],
-        )
-        .await
-        .map_err(|e| pg_err("writing the tenant profile", e))?;
     let row = client
         .query_one(
-            "select coalesce(max(version), 0)::int4 from refinery_schema_history",
-            &[],
+            "with profile as (
+               insert into tenant_profile (tenant_id, slug, display_name) values ($1, $2, $3)
+               on conflict on constraint tenant_profile_pkey
+               do update set slug = excluded.slug, display_name = excluded.display_name,
+                             updated_at = now()
+               returning tenant_id)
+             select (select coalesce(max(version), 0)::int4 from refinery_schema_history),
+                    (select tenant_id from profile)",
+            &[
+                &profile.tenant_id.as_uuid(),
+                &profile.slug,
+                &profile.display_name,
+            ],
         )
         .await
-        .map_err(|e| pg_err("reading the tenant schema version", e))?;
+        .map_err(|e| pg_err("writing the tenant profile as the tenant role", e))?;
+    let written: uuid::Uuid = row.get(1);
+    if written != profile.tenant_id.as_uuid() {
+        return Err(ProvisionError::Conflict(
+            "the tenant database's profile row names another tenant".into(),
+        ));
+    }
     Ok(row.get(0))
 }
 

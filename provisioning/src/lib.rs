@@ -17,9 +17,7 @@ pub mod server;
 pub mod storage;
 
 pub use database::{RoleLimits, TenantDbNames, TenantProfile};
-pub use server::{DbServer, ServerInfo};
-/// An open administrative connection to a database server.
-pub use tokio_postgres::Client as AdminClient;
+pub use server::{AdminClient, DbServer, ServerInfo};
 
 use portico_core::keys::KeyError;
 use portico_core::storage::StorageError;

@@ -14,7 +14,7 @@ pub fn runner() -> refinery::Runner {
 
 /// Version of how templates are built (ownership, grants). Part of the template name, so a
 /// change to the build procedure also retires old templates.
-const TEMPLATE_LAYOUT: &str = "layout-2";
+const TEMPLATE_LAYOUT: &str = "layout-3";
 
 /// The newest tenant schema version (the highest migration number).
 pub fn latest_version() -> i32 {

@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::{ProvisionError, pg_err};
@@ -10,12 +11,21 @@ use crate::{ProvisionError, pg_err};
 /// The oldest PostgreSQL that has `CREATE DATABASE … STRATEGY WAL_LOG`.
 pub const MIN_SERVER_VERSION_NUM: i32 = 150000;
 
+/// An administrative connection from a server's pool. Session state must not be left on it
+/// (the provisioning code sets none outside transactions, and unlocks what it locks).
+pub type AdminClient = deadpool_postgres::Object;
+
+/// Admin connections kept per server: provisioning runs one statement at a time, so a few are
+/// plenty, and they spare each run the cost of new connections.
+const ADMIN_POOL_SIZE: usize = 4;
+
 /// A database server reached through its admin URL. The URL's password stays inside the
-/// tokio-postgres `Config`, whose `Debug` output redacts it.
+/// tokio-postgres `Config`, whose `Debug` output redacts it. Cloning shares the admin pool.
 #[derive(Clone)]
 pub struct DbServer {
     config: Config,
     label: String,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for DbServer {
@@ -46,7 +56,22 @@ impl DbServer {
         config.application_name("portico-provisioning");
         config.connect_timeout(std::time::Duration::from_secs(10));
         let label = portico_core::settings::redact_url(url);
-        Ok(Self { config, label })
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(ADMIN_POOL_SIZE)
+            .build()
+            .map_err(|e| ProvisionError::InvalidUrl(format!("cannot set up a pool: {e}")))?;
+        Ok(Self {
+            config,
+            label,
+            pool,
+        })
     }
 
     /// `user@host:port/db`, without credentials.
@@ -59,6 +84,7 @@ impl DbServer {
         self.config.get_dbname().unwrap_or("postgres")
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn connect_config(&self, config: &Config) -> Result<Client, ProvisionError> {
         let (client, connection) =
             config
@@ -85,9 +111,27 @@ impl DbServer {
         Ok(client)
     }
 
-    /// A connection to the maintenance database as the admin user.
-    pub async fn admin(&self) -> Result<Client, ProvisionError> {
-        self.connect_config(&self.config).await
+    /// A pooled connection to the maintenance database as the admin user.
+    pub async fn admin(&self) -> Result<AdminClient, ProvisionError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => ProvisionError::Unreachable {
+                server: self.label.clone(),
+                message: match e.as_db_error() {
+                    Some(db) => db.message().to_owned(),
+                    None => {
+                        let mut m = e.to_string();
+                        if let Some(s) = std::error::Error::source(&e) {
+                            m = format!("{m}: {s}");
+                        }
+                        m
+                    }
+                },
+            },
+            other => ProvisionError::Unreachable {
+                server: self.label.clone(),
+                message: other.to_string(),
+            },
+        })
     }
 
     /// A connection to `database` as the admin user.

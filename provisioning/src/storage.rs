@@ -24,16 +24,13 @@ pub async fn ensure_prefix(
     Ok(tenant_prefix(tenant))
 }
 
-/// Deletes every object under the tenant's prefix; returns how many were deleted.
+/// Deletes everything under the tenant's prefix (objects, and whatever an interrupted upload
+/// left); returns how many objects were deleted.
 pub async fn destroy_prefix(
     store: &ObjectStore,
     tenant: TenantId,
 ) -> Result<usize, ProvisionError> {
-    let keys = store.list(&tenant_prefix(tenant)).await?;
-    for key in &keys {
-        store.delete(key).await?;
-    }
-    Ok(keys.len())
+    Ok(store.delete_prefix(&tenant_prefix(tenant)).await?)
 }
 
 /// Objects currently under the tenant's prefix.

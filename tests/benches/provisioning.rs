@@ -34,6 +34,14 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // PORTICO_BENCH_TRACE=1 prints every span's busy/idle time (where a create spends it).
+    if std::env::var("PORTICO_BENCH_TRACE").is_ok_and(|v| v == "1") {
+        tracing_subscriber::fmt()
+            .with_env_filter("portico=debug")
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let iterations: usize = std::env::var("PORTICO_BENCH_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -116,5 +124,38 @@ async fn run(cluster: &PgCluster, iterations: usize) -> anyhow::Result<()> {
         ms(bare_p90)
     );
     println!("  ratio full/bare (median): {ratio:.2}x   (target <= 1.50x)");
+
+    // Where a create spends its time, from the run records in the catalog.
+    let catalog = server.admin_in("portico").await?;
+    let rows = catalog
+        .query(
+            "with s as (
+               select s.step, s.position,
+                      extract(epoch from (s.finished_at - s.started_at)) * 1000 as ms
+               from provisioning_steps s join provisioning_runs r on r.id = s.run_id
+               join tenants t on t.id = r.tenant_id where t.slug like 'bench-%')
+             select step, percentile_cont(0.5) within group (order by ms)::float8
+             from s group by step, position order by position",
+            &[],
+        )
+        .await?;
+    let reserve = catalog
+        .query_one(
+            "select percentile_cont(0.5) within group (order by extract(epoch from
+                 (s.started_at - r.started_at)) * 1000)::float8
+             from provisioning_runs r join provisioning_steps s on s.run_id = r.id and s.step = 'key'
+             join tenants t on t.id = r.tenant_id where t.slug like 'bench-%'",
+            &[],
+        )
+        .await?;
+    println!("  breakdown of a full create (medians, from the run records):");
+    println!("    {:<10} {:8.2} ms", "reserve", reserve.get::<_, f64>(0));
+    for row in rows {
+        println!(
+            "    {:<10} {:8.2} ms",
+            row.get::<_, String>(0),
+            row.get::<_, f64>(1)
+        );
+    }
     Ok(())
 }

@@ -104,20 +104,28 @@ async fn three_tenants(backend: Backend) {
         let config: String = row.get(4);
         assert!(config.contains("statement_timeout=30000ms"), "{config}");
         assert_eq!(row.get::<_, i64>(5), 0, "the role owns another database");
+        // The database is the role's; its objects belong to `pg_database_owner`, i.e. to the
+        // owner of this database and of no other.
         let inside = connect(&admin_url(&names.database)).await;
-        let foreign: i64 = inside
+        let row = inside
             .query_one(
-                "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                 where n.nspname = 'public' and pg_get_userbyid(c.relowner) <> $1",
-                &[&names.role],
+                "select pg_get_userbyid(d.datdba),
+                        (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                          where n.nspname = 'public' and pg_get_userbyid(c.relowner) <> 'pg_database_owner'),
+                        (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                          where n.nspname = 'public' and c.relkind = 'r')
+                 from pg_database d where d.datname = current_database()",
+                &[],
             )
             .await
-            .expect("ownership")
-            .get(0);
+            .expect("ownership");
+        assert_eq!(row.get::<_, String>(0), names.role, "database owner");
         assert_eq!(
-            foreign, 0,
-            "objects in the tenant database not owned by its role"
+            row.get::<_, i64>(1),
+            0,
+            "objects not owned by pg_database_owner"
         );
+        assert!(row.get::<_, i64>(2) >= 2, "the tenant schema is there");
         let public_connect: bool = admin
             .query_one(
                 "select has_database_privilege('public', $1, 'connect')",

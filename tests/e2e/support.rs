@@ -212,8 +212,8 @@ impl TestEnv {
     }
 
     /// An admin connection to the test cluster.
-    pub async fn server_admin(&self) -> portico_provisioning::AdminClient {
-        self.server().admin().await.expect("admin connection")
+    pub async fn server_admin(&self) -> tokio_postgres::Client {
+        connect(&admin_url("postgres")).await
     }
 
     pub async fn catalog(&self) -> tokio_postgres::Client {

@@ -70,6 +70,10 @@ pub fn tenant_prefix(tenant: TenantId) -> String {
     format!("tenants/{tenant}/")
 }
 
+/// File-store temporary files (an upload before its atomic rename) start with this. They are
+/// not objects: listings skip them, and only deleting a whole prefix removes them.
+const TEMP_PREFIX: &str = ".tmp-";
+
 /// Name of the object that marks a provisioned tenant prefix.
 pub const TENANT_MARKER: &str = ".portico-tenant";
 
@@ -157,6 +161,20 @@ impl ObjectStore {
             Self::S3(s) => s.delete(key).await,
         }
     }
+
+    /// Deletes everything under `prefix` (which must end in `/`), including what an interrupted
+    /// upload left; returns how many objects were deleted. For provisioning, which owns
+    /// prefixes.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
+        let keys = self.list(prefix).await?;
+        for key in &keys {
+            self.delete(key).await?;
+        }
+        if let Self::File(f) = self {
+            f.remove_dir(prefix).await?;
+        }
+        Ok(keys.len())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -184,7 +202,7 @@ impl FileStore {
             .map_err(|e| io_err(&dir, e))?;
         // Write to a temporary name and rename, so readers never see a partial object.
         let tmp = dir.join(format!(
-            ".tmp-{}-{}",
+            "{TEMP_PREFIX}{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
@@ -228,6 +246,8 @@ impl FileStore {
                     let ft = entry.file_type().map_err(|e| io_err(&path, e))?;
                     if ft.is_dir() {
                         stack.push(path);
+                    } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                        // An unfinished upload: not an object.
                     } else if let Ok(rel) = path.strip_prefix(&root) {
                         let rel = rel.to_string_lossy().replace('\\', "/");
                         if let (true, Ok(k)) = (rel.starts_with(&prefix), ObjectKey::parse(&rel)) {
@@ -243,6 +263,29 @@ impl FileStore {
             path: self.root.display().to_string(),
             source: std::io::Error::other(e),
         })?
+    }
+
+    /// Removes the directory of a prefix with whatever is left in it (temporary files).
+    async fn remove_dir(&self, prefix: &str) -> Result<(), StorageError> {
+        let key = ObjectKey::parse(prefix.trim_end_matches('/'))?;
+        let dir = self.root.join(key.as_str());
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&dir, e)),
+        }
+        // Parents left empty (`tenants/`) are removed too, up to the root.
+        let mut parent = dir.parent().map(Path::to_path_buf);
+        while let Some(d) = parent {
+            if d == self.root
+                || !d.starts_with(&self.root)
+                || tokio::fs::remove_dir(&d).await.is_err()
+            {
+                break;
+            }
+            parent = d.parent().map(Path::to_path_buf);
+        }
+        Ok(())
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
@@ -401,6 +444,24 @@ mod tests {
         store.delete(&k).await.unwrap();
         assert_eq!(store.get(&k).await.unwrap(), None);
         // Nothing is left behind: not even empty directories.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn unfinished_uploads_are_not_objects_and_go_with_their_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::File(FileStore {
+            root: dir.path().to_path_buf(),
+        });
+        let t = TenantId::random();
+        let marker = ObjectKey::tenant_object(t, TENANT_MARKER).unwrap();
+        store.put(&marker, b"{}".to_vec()).await.unwrap();
+        // What a process killed between writing and renaming leaves behind.
+        let tenant_dir = dir.path().join(format!("tenants/{t}"));
+        std::fs::write(tenant_dir.join(".tmp-123-abc"), b"partial").unwrap();
+        assert_eq!(store.list(&tenant_prefix(t)).await.unwrap(), vec![marker]);
+        assert_eq!(store.delete_prefix(&tenant_prefix(t)).await.unwrap(), 1);
+        assert!(!tenant_dir.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
