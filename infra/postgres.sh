@@ -19,6 +19,9 @@ case "$cmd" in
       --auth-local=scram-sha-256 --auth-host=scram-sha-256 -E UTF8 --locale=C \
       --no-instructions >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
     rm -f "$dir/pwfile"
+    # Tenant roles may reach only the database named like them (see infra/postgresql/pg_hba.conf).
+    cp "$INFRA_REPO_ROOT/infra/postgresql/pg_hba.conf" "$dir/data/pg_hba.conf"
+    [ "$(id -u)" = "0" ] && chown "${PORTICO_PG_OS_USER:-postgres}:" "$dir/data/pg_hba.conf"
     port="$(free_port)"
     as_pg_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
       -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir -c max_connections=300" \

@@ -27,6 +27,8 @@ if [ -z "${PORTICO_TEST_DATABASE_URL:-}" ]; then
   log "starting a throwaway PostgreSQL cluster"
   export "$("$INFRA_REPO_ROOT/infra/postgres.sh" start "$run_dir/pg")"
   started_pg=1
+  # Our cluster uses infra/postgresql/pg_hba.conf; the tests then also check its confinement.
+  export PORTICO_TEST_PG_HBA_HARDENED=1
 fi
 log "starting SeaweedFS (S3) and moto (KMS)"
 export "$("$INFRA_REPO_ROOT/infra/seaweedfs.sh" start "$run_dir/s3")"

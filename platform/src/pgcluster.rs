@@ -64,6 +64,8 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+const PG_HBA: &str = include_str!("../../infra/postgresql/pg_hba.conf");
+
 pub struct PgCluster {
     dir: Option<tempfile::TempDir>,
     bindir: PathBuf,
@@ -121,6 +123,19 @@ impl PgCluster {
             ],
         )?;
         let _ = std::fs::remove_file(&pwfile);
+        // Tenant roles may reach only the database named like them (same rules as
+        // infra/postgresql/pg_hba.conf, which is where operators find them documented).
+        let hba = data.join("pg_hba.conf");
+        std::fs::write(&hba, PG_HBA).context("writing pg_hba.conf")?;
+        if let Some(user) = &cluster.run_as {
+            let status = Command::new("chown")
+                .args([&format!("{user}:"), &hba.display().to_string()])
+                .status()
+                .context("chown of pg_hba.conf")?;
+            if !status.success() {
+                bail!("cannot hand pg_hba.conf to the '{user}' system user");
+            }
+        }
         let port = free_port()?;
         cluster.port = port;
         let sockdir = cluster.path().display().to_string();

@@ -20,6 +20,10 @@ use tokio_postgres::error::SqlState;
 use crate::server::DbServer;
 use crate::{ProvisionError, migrations, pg_err};
 
+/// NOLOGIN group of every tenant role, so that `pg_hba.conf` can confine tenant roles to the
+/// database of the same name (`infra/postgresql/pg_hba.conf`). It carries no privileges.
+pub const TENANT_GROUP: &str = "portico_tenants";
+
 /// Deterministic names of a tenant's database and role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantDbNames {
@@ -186,8 +190,8 @@ async fn build_template(
     Ok(())
 }
 
-/// Creates the tenant's login role, or brings one left by an interrupted run to the wanted
-/// password and limits. One transaction.
+/// Creates the tenant's login role (a member of [`TENANT_GROUP`]), or brings one left by an
+/// interrupted run to the wanted password and limits. One transaction.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn ensure_role(
     admin: &Client,
@@ -204,14 +208,20 @@ pub async fn ensure_role(
         .batch_execute(&format!(
             "set local synchronous_commit = off;
              do $$ begin
+               create role {g} nologin;
+             exception when duplicate_object or unique_violation then null;
+             end $$;
+             do $$ begin
                create role {r};
              exception when duplicate_object then null;
              end $$;
+             grant {g} to {r};
              alter role {r} with login nosuperuser nocreatedb nocreaterole inherit noreplication
                  nobypassrls connection limit {limit} password {pw};
              alter role {r} set statement_timeout = {timeout};
              alter role {r} set idle_in_transaction_session_timeout = {idle};",
             r = ident(&names.role),
+            g = ident(TENANT_GROUP),
             limit = limits.connection_limit,
             pw = literal(&verifier),
             timeout = literal(&format!("{}ms", limits.statement_timeout_ms)),

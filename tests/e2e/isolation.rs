@@ -46,6 +46,14 @@ async fn three_tenants(backend: Backend) {
         );
         passwords.push(pw);
     }
+    // Two independent layers refuse a tenant role outside its database: CONNECT revoked from
+    // PUBLIC (always; checked through the ACL below too) and, on a server using
+    // infra/postgresql/pg_hba.conf (the test cluster does), pg_hba.conf before that.
+    let hardened = std::env::var("PORTICO_TEST_PG_HBA_HARDENED").is_ok_and(|v| v == "1");
+    let refused = |e: &str| {
+        e.contains("permission denied for database")
+            || (hardened && e.contains("pg_hba.conf rejects connection"))
+    };
     for (i, id) in ids.iter().enumerate() {
         let own = TenantDbNames::for_tenant(*id);
         for (j, other) in ids.iter().enumerate() {
@@ -57,10 +65,7 @@ async fn three_tenants(backend: Backend) {
                 result.expect("own database");
             } else {
                 let err = result.expect_err("another tenant's database must refuse the role");
-                assert!(
-                    err.to_string().contains("permission denied for database"),
-                    "{err}"
-                );
+                assert!(refused(&err.to_string()), "{err}");
             }
         }
         // Another tenant's password does not open this role either.
@@ -78,10 +83,19 @@ async fn three_tenants(backend: Backend) {
             .connect_as(&env.catalog_db, &own.role, passwords[i].expose_secret())
             .await
             .expect_err("the catalog must refuse tenant roles");
-        assert!(
-            err.to_string().contains("permission denied for database"),
-            "{err}"
-        );
+        assert!(refused(&err.to_string()), "{err}");
+        if hardened {
+            for other in ["postgres", "template1"] {
+                let err = server
+                    .connect_as(other, &own.role, passwords[i].expose_secret())
+                    .await
+                    .expect_err("pg_hba.conf confines tenant roles to their own database");
+                assert!(
+                    err.to_string().contains("pg_hba.conf rejects connection"),
+                    "{err}"
+                );
+            }
+        }
     }
 
     // Role attributes, ownership, and what the catalog holds.
@@ -104,6 +118,15 @@ async fn three_tenants(backend: Backend) {
         let config: String = row.get(4);
         assert!(config.contains("statement_timeout=30000ms"), "{config}");
         assert_eq!(row.get::<_, i64>(5), 0, "the role owns another database");
+        let member: bool = admin
+            .query_one(
+                "select pg_has_role($1, 'portico_tenants', 'member')",
+                &[&names.role],
+            )
+            .await
+            .expect("membership")
+            .get(0);
+        assert!(member, "tenant roles belong to portico_tenants");
         // The database is the role's; its objects belong to `pg_database_owner`, i.e. to the
         // owner of this database and of no other.
         let inside = connect(&admin_url(&names.database)).await;
