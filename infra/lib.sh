@@ -47,6 +47,14 @@ wait_for_port() {
   done
 }
 
+# Stop the process whose pid is in file $1 (if any) and remove the file.
+stop_pidfile() {
+  if [ -f "$1" ]; then
+    kill "$(cat "$1")" 2>/dev/null || true
+    rm -f "$1"
+  fi
+}
+
 # PostgreSQL binaries: PATH, `pg_config --bindir`, then the usual install locations.
 pg_bindir() {
   if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then

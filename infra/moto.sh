@@ -20,10 +20,7 @@ case "$cmd" in
     echo "PORTICO_TEST_KMS_ENDPOINT=http://127.0.0.1:$port"
     ;;
   stop)
-    if [ -f "$dir/moto.pid" ]; then
-      kill "$(cat "$dir/moto.pid")" 2>/dev/null || true
-      rm -f "$dir/moto.pid"
-    fi
+    stop_pidfile "$dir/moto.pid"
     ;;
   *) die "usage: moto.sh start|stop <dir>" ;;
 esac

@@ -30,10 +30,7 @@ JSON
     echo "PORTICO_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port"
     ;;
   stop)
-    if [ -f "$dir/weed.pid" ]; then
-      kill "$(cat "$dir/weed.pid")" 2>/dev/null || true
-      rm -f "$dir/weed.pid"
-    fi
+    stop_pidfile "$dir/weed.pid"
     ;;
   *) die "usage: seaweedfs.sh start|stop <dir>" ;;
 esac

@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use portico_core::settings::DatabaseUrl;
-use portico_core::{Hostname, KmsSettings, Settings, Slug, StorageSettings};
+use portico_core::{Hostname, Settings, Slug};
 use sqlx::Connection;
 
 use crate::cli::{print_tenant, print_tenant_table};
@@ -47,19 +47,9 @@ async fn demo(cluster: &PgCluster) -> anyhow::Result<()> {
         &std::env::var("PORTICO_BASE_DOMAIN").unwrap_or_else(|_| "portal.localhost".into()),
     )
     .context("PORTICO_BASE_DOMAIN")?;
-    let settings = Settings {
-        database_url: DatabaseUrl::parse(&cluster.url("portico"))
-            .map_err(|e| anyhow::anyhow!("demo database URL: {e}"))?,
-        base_domain,
-        storage: StorageSettings::File {
-            root: data.path().join("storage"),
-        },
-        kms: KmsSettings::Local {
-            master_key: data.path().join("keys/master.key"),
-        },
-        tenant_connection_limit: 20,
-        tenant_statement_timeout_ms: 30_000,
-    };
+    let database_url = DatabaseUrl::parse(&cluster.url("portico"))
+        .map_err(|e| anyhow::anyhow!("demo database URL: {e}"))?;
+    let settings = Settings::embedded(database_url, base_domain, data.path());
     println!(
         "  PostgreSQL:  127.0.0.1:{} (password auth)",
         cluster.port()

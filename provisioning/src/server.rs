@@ -84,25 +84,27 @@ impl DbServer {
         self.config.get_dbname().unwrap_or("postgres")
     }
 
+    /// A connection failure, with the server's own message (never the URL or a password).
+    fn unreachable(&self, e: &tokio_postgres::Error) -> ProvisionError {
+        let message = match e.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => match std::error::Error::source(e) {
+                Some(s) => format!("{e}: {s}"),
+                None => e.to_string(),
+            },
+        };
+        ProvisionError::Unreachable {
+            server: self.label.clone(),
+            message,
+        }
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     async fn connect_config(&self, config: &Config) -> Result<Client, ProvisionError> {
-        let (client, connection) =
-            config
-                .connect(NoTls)
-                .await
-                .map_err(|e| ProvisionError::Unreachable {
-                    server: self.label.clone(),
-                    message: match e.as_db_error() {
-                        Some(db) => db.message().to_owned(),
-                        None => {
-                            let mut m = e.to_string();
-                            if let Some(s) = std::error::Error::source(&e) {
-                                m = format!("{m}: {s}");
-                            }
-                            m
-                        }
-                    },
-                })?;
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| self.unreachable(&e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "provisioning connection closed with an error");
@@ -114,19 +116,7 @@ impl DbServer {
     /// A pooled connection to the maintenance database as the admin user.
     pub async fn admin(&self) -> Result<AdminClient, ProvisionError> {
         self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => ProvisionError::Unreachable {
-                server: self.label.clone(),
-                message: match e.as_db_error() {
-                    Some(db) => db.message().to_owned(),
-                    None => {
-                        let mut m = e.to_string();
-                        if let Some(s) = std::error::Error::source(&e) {
-                            m = format!("{m}: {s}");
-                        }
-                        m
-                    }
-                },
-            },
+            deadpool_postgres::PoolError::Backend(e) => self.unreachable(&e),
             other => ProvisionError::Unreachable {
                 server: self.label.clone(),
                 message: other.to_string(),

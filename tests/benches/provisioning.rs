@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use portico_core::settings::DatabaseUrl;
-use portico_core::{Hostname, KmsSettings, Settings, Slug, StorageSettings};
+use portico_core::{Hostname, Settings, Slug};
 use portico_platform::Platform;
 use portico_platform::pgcluster::PgCluster;
 use portico_platform::tenants::{self, CreateTenant};
@@ -58,18 +58,11 @@ async fn run(cluster: &PgCluster, iterations: usize) -> anyhow::Result<()> {
     let admin = server.admin().await?;
     admin.batch_execute("create database portico").await?;
     let data = tempfile::tempdir()?;
-    let settings = Settings {
-        database_url: DatabaseUrl::parse(&cluster.url("portico")).map_err(anyhow::Error::msg)?,
-        base_domain: Hostname::parse("portal.localhost")?,
-        storage: StorageSettings::File {
-            root: data.path().join("storage"),
-        },
-        kms: KmsSettings::Local {
-            master_key: data.path().join("master.key"),
-        },
-        tenant_connection_limit: 20,
-        tenant_statement_timeout_ms: 30_000,
-    };
+    let settings = Settings::embedded(
+        DatabaseUrl::parse(&cluster.url("portico")).map_err(anyhow::Error::msg)?,
+        Hostname::parse("portal.localhost")?,
+        data.path(),
+    );
     let platform = Platform::connect(settings, true).await?;
     let create = |slug: String| CreateTenant {
         slug: Slug::parse(&slug).expect("slug"),

@@ -147,18 +147,12 @@ impl Keyring {
                 seal(&k, &tenant_aad(tenant), plaintext)
             }
             Self::Kms(k) => {
-                let out = k
-                    .client
-                    .encrypt()
-                    .key_id(key.as_str())
-                    .plaintext(Blob::new(plaintext))
-                    .encryption_context(TENANT_CONTEXT_KEY, tenant.to_string())
-                    .send()
-                    .await
-                    .map_err(|e| kms_err("Encrypt", e))?;
-                out.ciphertext_blob
-                    .map(Blob::into_inner)
-                    .ok_or(KeyError::Encrypt)
+                k.encrypt(
+                    key.as_str(),
+                    (TENANT_CONTEXT_KEY, &tenant.to_string()),
+                    plaintext,
+                )
+                .await
             }
         }
     }
@@ -177,16 +171,12 @@ impl Keyring {
                 open(&k, &tenant_aad(tenant), ciphertext)
             }
             Self::Kms(k) => {
-                let out = k
-                    .client
-                    .decrypt()
-                    .key_id(key.as_str())
-                    .ciphertext_blob(Blob::new(ciphertext))
-                    .encryption_context(TENANT_CONTEXT_KEY, tenant.to_string())
-                    .send()
-                    .await
-                    .map_err(|e| kms_err("Decrypt", e))?;
-                out.plaintext.map(Blob::into_inner).ok_or(KeyError::Decrypt)
+                k.decrypt(
+                    key.as_str(),
+                    (TENANT_CONTEXT_KEY, &tenant.to_string()),
+                    ciphertext,
+                )
+                .await
             }
         }
     }
@@ -201,18 +191,12 @@ impl Keyring {
         match self {
             Self::Local(l) => seal(&l.master()?, &platform_aad(purpose), plaintext),
             Self::Kms(k) => {
-                let out = k
-                    .client
-                    .encrypt()
-                    .key_id(PLATFORM_KEY_ALIAS)
-                    .plaintext(Blob::new(plaintext))
-                    .encryption_context(PURPOSE_CONTEXT_KEY, purpose)
-                    .send()
-                    .await
-                    .map_err(|e| kms_err("Encrypt", e))?;
-                out.ciphertext_blob
-                    .map(Blob::into_inner)
-                    .ok_or(KeyError::Encrypt)
+                k.encrypt(
+                    PLATFORM_KEY_ALIAS,
+                    (PURPOSE_CONTEXT_KEY, purpose),
+                    plaintext,
+                )
+                .await
             }
         }
     }
@@ -225,16 +209,12 @@ impl Keyring {
         match self {
             Self::Local(l) => open(&l.master()?, &platform_aad(purpose), ciphertext),
             Self::Kms(k) => {
-                let out = k
-                    .client
-                    .decrypt()
-                    .key_id(PLATFORM_KEY_ALIAS)
-                    .ciphertext_blob(Blob::new(ciphertext))
-                    .encryption_context(PURPOSE_CONTEXT_KEY, purpose)
-                    .send()
-                    .await
-                    .map_err(|e| kms_err("Decrypt", e))?;
-                out.plaintext.map(Blob::into_inner).ok_or(KeyError::Decrypt)
+                k.decrypt(
+                    PLATFORM_KEY_ALIAS,
+                    (PURPOSE_CONTEXT_KEY, purpose),
+                    ciphertext,
+                )
+                .await
             }
         }
     }
@@ -400,6 +380,46 @@ impl KmsKeyring {
     /// `alias/portico/tenant-<tenant-id>`.
     pub fn tenant_alias(tenant: TenantId) -> String {
         format!("alias/portico/tenant-{tenant}")
+    }
+
+    /// `Encrypt` under `key_id` with a one-entry encryption context.
+    async fn encrypt(
+        &self,
+        key_id: &str,
+        (context_key, context_value): (&str, &str),
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
+        let out = self
+            .client
+            .encrypt()
+            .key_id(key_id)
+            .plaintext(Blob::new(plaintext))
+            .encryption_context(context_key, context_value)
+            .send()
+            .await
+            .map_err(|e| kms_err("Encrypt", e))?;
+        out.ciphertext_blob
+            .map(Blob::into_inner)
+            .ok_or(KeyError::Encrypt)
+    }
+
+    /// `Decrypt` under `key_id`; the encryption context must match the one used to encrypt.
+    async fn decrypt(
+        &self,
+        key_id: &str,
+        (context_key, context_value): (&str, &str),
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
+        let out = self
+            .client
+            .decrypt()
+            .key_id(key_id)
+            .ciphertext_blob(Blob::new(ciphertext))
+            .encryption_context(context_key, context_value)
+            .send()
+            .await
+            .map_err(|e| kms_err("Decrypt", e))?;
+        out.plaintext.map(Blob::into_inner).ok_or(KeyError::Decrypt)
     }
 }
 

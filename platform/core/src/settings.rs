@@ -160,6 +160,25 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Embedded defaults around a given control-plane database: `file://<data_dir>/storage`
+    /// and a local master key at `<data_dir>/keys/master.key` (the demo and the benchmark).
+    pub fn embedded(database_url: DatabaseUrl, base_domain: Hostname, data_dir: &Path) -> Self {
+        let raw = Raw::default();
+        Self {
+            database_url,
+            base_domain,
+            storage: StorageSettings::File {
+                root: data_dir.join("storage"),
+            },
+            kms: KmsSettings::Local {
+                master_key: data_dir.join("keys/master.key"),
+            },
+            tenant_connection_limit: u32::try_from(raw.tenant_connection_limit).unwrap_or(20),
+            tenant_statement_timeout_ms: u32::try_from(raw.tenant_statement_timeout_ms)
+                .unwrap_or(30_000),
+        }
+    }
+
     /// Loads defaults < `portico.toml` (or the file named by `PORTICO_CONFIG`) < environment.
     pub fn load() -> Result<Self, SettingsError> {
         let file = match std::env::var_os("PORTICO_CONFIG") {
