@@ -234,9 +234,13 @@ async fn reserve(
         return Err(PlatformError::DomainTaken { domain, owner });
     }
     let server_row = db_servers::choose(platform, req.db_server.as_ref()).await?;
-    // Refuse before recording anything if the server cannot take the tenant.
+    // Refuse before recording anything if the server or the object store cannot take the
+    // tenant.
     let server = db_servers::connect(platform, &server_row).await?;
-    server.check_on(&*server.admin().await?).await?;
+    let server_ready = async { server.check_on(&*server.admin().await?).await };
+    let (server_ready, store_ready) = tokio::join!(server_ready, platform.store.check());
+    server_ready?;
+    store_ready?;
 
     let id = TenantId::random();
     let names = TenantDbNames::for_tenant(id);

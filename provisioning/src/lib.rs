@@ -37,9 +37,9 @@ pub enum ProvisionError {
     },
     #[error("tenant migrations failed: {0}")]
     Migration(String),
-    #[error("tenant key: {0}")]
+    #[error("key service: {0}")]
     Key(#[from] KeyError),
-    #[error("tenant storage: {0}")]
+    #[error("object storage: {0}")]
     Storage(#[from] StorageError),
     #[error("{0}")]
     Conflict(String),

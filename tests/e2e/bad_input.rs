@@ -203,3 +203,71 @@ async fn invalid_settings_name_the_setting_and_create_nothing() {
     assert_eq!(n, 0);
     env.cleanup().await;
 }
+
+/// A registered server that cannot be reached, or a KMS that cannot be reached, stops a create
+/// before anything is recorded or created.
+#[tokio::test]
+async fn unreachable_backends_stop_a_create_before_it_starts() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    let platform = env.platform().await;
+    // Register a server that is down (the CLI would refuse to add it, so go through the
+    // catalog with the same encryption the CLI uses).
+    let id = uuid::Uuid::new_v4();
+    let url = "postgres://postgres:secret-pw@127.0.0.1:1/postgres";
+    let ciphertext = platform
+        .keyring
+        .encrypt_platform(&format!("db-server-admin-url:{id}"), url.as_bytes())
+        .await
+        .expect("encrypt");
+    let name = portico_core::DbServerName::parse("down").expect("name");
+    platform
+        .catalog
+        .insert_db_server_with_id(
+            id,
+            &name,
+            &ciphertext,
+            "postgres://postgres@127.0.0.1:1/postgres",
+            10,
+        )
+        .await
+        .expect("insert");
+    let r = env.run(&["tenant", "create", "acme", "--db-server", "down"]);
+    r.assert_error("cannot reach database server postgres://postgres@127.0.0.1:1/postgres");
+    assert!(!r.stderr.contains("secret-pw"));
+    assert_eq!(catalog_counts(&env).await.0, 0);
+    env.cleanup().await;
+
+    let env = TestEnv::new(Backend::S3Kms).await;
+    let r = env
+        .command()
+        .env("PORTICO_KMS_ENDPOINT", "http://127.0.0.1:1")
+        .args(["tenant", "create", "acme"])
+        .output()
+        .map(crate::support::Run::from)
+        .expect("run");
+    r.assert_error("KMS");
+    assert_eq!(catalog_counts(&env).await.0, 0);
+    for (var, value, needle) in [
+        ("PORTICO_S3_ENDPOINT", "http://127.0.0.1:1", "S3 HeadBucket"),
+        (
+            "PORTICO_STORAGE",
+            "s3://no-such-bucket-here/x",
+            "no-such-bucket-here",
+        ),
+    ] {
+        let r = env
+            .command()
+            .env(var, value)
+            .args(["tenant", "create", "acme"])
+            .output()
+            .map(crate::support::Run::from)
+            .expect("run");
+        r.assert_error(needle);
+        assert_eq!(
+            catalog_counts(&env).await.0,
+            0,
+            "{var}={value} created a tenant"
+        );
+    }
+    env.cleanup().await;
+}

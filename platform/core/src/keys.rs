@@ -60,7 +60,7 @@ pub enum KeyError {
 pub fn kms_err(operation: &'static str, e: impl std::error::Error + 'static) -> KeyError {
     KeyError::Kms {
         operation,
-        message: aws_sdk_kms::error::DisplayErrorContext(&e).to_string(),
+        message: crate::error_chain(&e),
     }
 }
 

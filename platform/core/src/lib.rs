@@ -12,3 +12,19 @@ pub mod storage;
 
 pub use ids::{DbServerName, Hostname, NameError, RunId, Slug, TenantId};
 pub use settings::{KmsSettings, Settings, SettingsError, StorageSettings};
+
+/// An error and its `source()` chain on one line (`a: b: c`), skipping a cause whose text the
+/// previous one already contains. For SDK errors, whose own `Display` is terse ("dispatch
+/// failure") and whose `Debug` is unreadable.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ").replace(['\n', '\r'], " ")
+}

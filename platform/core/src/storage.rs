@@ -129,6 +129,24 @@ impl ObjectStore {
         }
     }
 
+    /// Checks that the store can be used: the bucket exists and answers (S3), or the root
+    /// directory exists or can be created (file).
+    pub async fn check(&self) -> Result<(), StorageError> {
+        match self {
+            Self::File(f) => tokio::fs::create_dir_all(&f.root)
+                .await
+                .map_err(|e| io_err(&f.root, e)),
+            Self::S3(s) => s
+                .client
+                .head_bucket()
+                .bucket(&s.bucket)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| s3_err("HeadBucket", &s.bucket, e)),
+        }
+    }
+
     pub async fn put(&self, key: &ObjectKey, bytes: Vec<u8>) -> Result<(), StorageError> {
         match self {
             Self::File(f) => f.put(key, &bytes).await,
@@ -324,7 +342,7 @@ fn s3_err(
     bucket: &str,
     e: impl std::error::Error + 'static,
 ) -> StorageError {
-    let message = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+    let message = crate::error_chain(&e);
     StorageError::S3 {
         operation,
         bucket: bucket.to_owned(),
