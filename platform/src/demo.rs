@@ -14,11 +14,29 @@ use crate::pgcluster::PgCluster;
 use crate::tenants::{self, CreateTenant};
 
 pub async fn run() -> anyhow::Result<()> {
+    // Listen for Ctrl-C and SIGTERM before anything else: a signal that arrives while the
+    // cluster starts or tenants are provisioned ends the setup and still cleans up, and one that
+    // arrives right after "demo ready" cannot slip past a listener not yet in place.
+    let mut shutdown = Shutdown::listen().context("installing signal handlers")?;
     println!("portico demo: starting a throwaway PostgreSQL cluster…");
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await
         .context("starting PostgreSQL")??;
-    let outcome = demo(&cluster).await;
+    let outcome = async {
+        let (platform, data) = tokio::select! {
+            r = setup(&cluster) => r?,
+            () = shutdown.requested() => {
+                println!("interrupted during setup");
+                return Ok(());
+            }
+        };
+        println!("demo ready: two tenants provisioned. Press Ctrl-C to stop and clean up.");
+        shutdown.requested().await;
+        platform.catalog.pool().close().await;
+        drop(data);
+        anyhow::Ok(())
+    }
+    .await;
     println!("stopping PostgreSQL and removing the demo data…");
     let data = tokio::task::spawn_blocking(move || cluster.stop())
         .await
@@ -29,7 +47,32 @@ pub async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(cluster: &PgCluster) -> anyhow::Result<()> {
+/// SIGINT (Ctrl-C) and SIGTERM listeners, registered once and up front.
+struct Shutdown {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn requested(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// Creates the control-plane database, provisions the demo tenants and prints them; returns the
+/// platform and the data directory (removed when dropped).
+async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempDir)> {
     let mut admin = sqlx::PgConnection::connect(&cluster.url("postgres"))
         .await
         .context("connecting to the demo cluster")?;
@@ -51,8 +94,9 @@ async fn demo(cluster: &PgCluster) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("demo database URL: {e}"))?;
     let settings = Settings::embedded(database_url, base_domain, data.path());
     println!(
-        "  PostgreSQL:  127.0.0.1:{} (password auth)",
-        cluster.port()
+        "  PostgreSQL:  127.0.0.1:{} (password auth), cluster in {}",
+        cluster.port(),
+        cluster.dir().display()
     );
     println!("  storage:     file://{}/storage", data.path().display());
     println!(
@@ -90,24 +134,5 @@ async fn demo(cluster: &PgCluster) -> anyhow::Result<()> {
         print_tenant(t);
     }
     println!();
-    println!("demo ready: two tenants provisioned. Press Ctrl-C to stop and clean up.");
-    wait_for_shutdown().await;
-    platform.catalog.pool().close().await;
-    drop(data);
-    Ok(())
-}
-
-async fn wait_for_shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    Ok((platform, data))
 }

@@ -192,6 +192,11 @@ impl PgCluster {
         self.port
     }
 
+    /// The cluster's directory (data, socket, log); removed by [`PgCluster::stop`].
+    pub fn dir(&self) -> &Path {
+        self.path()
+    }
+
     /// Superuser URL for `database`.
     pub fn url(&self, database: &str) -> String {
         format!(

@@ -2,7 +2,79 @@
 //! up on Ctrl-C.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+
+fn spawn_demo(home: &std::path::Path) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico-under-test"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PORTICO_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("demo")
+        .env("HOME", home)
+        .current_dir(home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the demo")
+}
+
+fn interrupt(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+}
+
+/// The path printed after `label` on a line like `  PostgreSQL: …, cluster in /tmp/x`.
+fn path_after<'a>(output: &'a str, line_start: &str, marker: &str) -> &'a str {
+    let line = output
+        .lines()
+        .find(|l| l.trim_start().starts_with(line_start))
+        .unwrap_or_else(|| panic!("no '{line_start}' line in:\n{output}"));
+    line.split(marker).nth(1).expect("path").trim()
+}
+
+/// Ctrl-C while tenants are still being provisioned ends the demo cleanly too: the cluster is
+/// stopped and every directory removed (before the handlers were installed up front, the
+/// signal killed the process and left PostgreSQL running).
+#[test]
+fn demo_interrupted_during_setup_cleans_up() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut child = spawn_demo(home.path());
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("stdout");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("provisioning tenant") {
+            break;
+        }
+    }
+    interrupt(&child);
+    for line in lines {
+        seen.push_str(&line.expect("stdout"));
+        seen.push('\n');
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "demo exited with {:?}:\n{seen}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(seen.contains("demo stopped cleanly"), "{seen}");
+    let cluster_dir = path_after(&seen, "PostgreSQL:", "cluster in ");
+    let demo_dir = path_after(&seen, "storage:", "file://").trim_end_matches("/storage");
+    for dir in [cluster_dir, demo_dir] {
+        assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
+    }
+}
 
 #[test]
 fn demo_provisions_two_tenants_and_stops_cleanly_on_ctrl_c() {
