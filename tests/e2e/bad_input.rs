@@ -1,6 +1,6 @@
 //! Bad input exits non-zero with one clear line and creates nothing.
 
-use crate::support::{Backend, TestEnv};
+use crate::support::{Backend, RunBounded, TestEnv};
 
 async fn catalog_counts(env: &TestEnv) -> (i64, i64, i64) {
     let c = env.catalog().await;
@@ -159,9 +159,7 @@ async fn invalid_settings_name_the_setting_and_create_nothing() {
         env.command()
             .env(var, value)
             .args(["tenant", "create", "acme"])
-            .output()
-            .map(crate::support::Run::from)
-            .expect("run")
+            .run_bounded()
     };
     run("PORTICO_STORAGE", "ftp://x/y").assert_error("PORTICO_STORAGE");
     run("PORTICO_STORAGE", "file://relative/dir").assert_error("PORTICO_STORAGE");
@@ -174,9 +172,7 @@ async fn invalid_settings_name_the_setting_and_create_nothing() {
         .command()
         .env_remove("PORTICO_DATABASE_URL")
         .args(["tenant", "list"])
-        .output()
-        .map(crate::support::Run::from)
-        .expect("run");
+        .run_bounded();
     r.assert_error("PORTICO_DATABASE_URL");
 
     // A master key readable by others is refused (and not replaced).
@@ -242,9 +238,7 @@ async fn unreachable_backends_stop_a_create_before_it_starts() {
         .command()
         .env("PORTICO_KMS_ENDPOINT", "http://127.0.0.1:1")
         .args(["tenant", "create", "acme"])
-        .output()
-        .map(crate::support::Run::from)
-        .expect("run");
+        .run_bounded();
     r.assert_error("KMS");
     assert_eq!(catalog_counts(&env).await.0, 0);
     for (var, value, needle) in [
@@ -259,9 +253,7 @@ async fn unreachable_backends_stop_a_create_before_it_starts() {
             .command()
             .env(var, value)
             .args(["tenant", "create", "acme"])
-            .output()
-            .map(crate::support::Run::from)
-            .expect("run");
+            .run_bounded();
         r.assert_error(needle);
         assert_eq!(
             catalog_counts(&env).await.0,

@@ -32,6 +32,7 @@ pub fn kill_at(env: &TestEnv, args: &[&str], point: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning portico");
+    let _watchdog = crate::support::Watchdog::arm(child.id(), crate::support::COMMAND_LIMIT);
     let stderr = child.stderr.take().expect("stderr");
     let mut seen = String::new();
     let mut reached = false;

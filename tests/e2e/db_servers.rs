@@ -21,12 +21,12 @@ async fn servers_are_registered_checked_and_used_for_placement() {
     ]);
     assert!(out.contains("registered database server 'pg-a'"), "{out}");
     // The URL can also come from the environment, so it stays out of the process list.
-    let out = env
-        .command()
-        .env("PORTICO_DB_SERVER_URL", &url)
-        .args(["db-server", "add", "pg-b"])
-        .output()
-        .expect("run");
+    let out = crate::support::output_within(
+        env.command()
+            .env("PORTICO_DB_SERVER_URL", &url)
+            .args(["db-server", "add", "pg-b"]),
+        crate::support::COMMAND_LIMIT,
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -4,6 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+/// A demo run (cluster start, two tenants, shutdown) takes seconds; past this it is killed.
+const DEMO_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn spawn_demo(home: &std::path::Path) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico-under-test"));
     for (k, _) in std::env::vars() {
@@ -45,6 +48,7 @@ fn path_after<'a>(output: &'a str, line_start: &str, marker: &str) -> &'a str {
 fn demo_interrupted_during_setup_cleans_up() {
     let home = tempfile::tempdir().expect("tempdir");
     let mut child = spawn_demo(home.path());
+    let _watchdog = crate::support::Watchdog::arm(child.id(), DEMO_LIMIT);
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut seen = String::new();
@@ -79,21 +83,8 @@ fn demo_interrupted_during_setup_cleans_up() {
 #[test]
 fn demo_provisions_two_tenants_and_stops_cleanly_on_ctrl_c() {
     let home = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico-under-test"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PORTICO_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .arg("demo")
-        .env("HOME", home.path())
-        .current_dir(home.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning the demo");
+    let mut child = spawn_demo(home.path());
+    let _watchdog = crate::support::Watchdog::arm(child.id(), DEMO_LIMIT);
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut seen = String::new();
@@ -135,11 +126,7 @@ fn demo_provisions_two_tenants_and_stops_cleanly_on_ctrl_c() {
         .to_owned();
     assert!(std::path::Path::new(&demo_dir).exists());
 
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(status.success());
+    interrupt(&child);
     for line in lines {
         seen.push_str(&line.expect("stdout"));
         seen.push('\n');

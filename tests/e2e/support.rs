@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use portico_core::keys::Keyring;
 use portico_core::settings::DatabaseUrl;
@@ -132,8 +133,7 @@ impl TestEnv {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let out = self.command().args(args).output().expect("running portico");
-        Run::from(out)
+        Run::from(output_within(self.command().args(args), COMMAND_LIMIT))
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -360,6 +360,54 @@ impl TestEnv {
     }
 }
 
+/// The longest any single CLI command may take in the tests before it is killed (a failure,
+/// not a wait: commands finish in well under a second or two).
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// Kills process `pid` with SIGKILL unless disarmed (dropped) within `limit`, so a hung child
+/// fails its test instead of hanging the whole suite. Not a synchronisation device: it only
+/// fires when something is already wrong.
+pub struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    pub fn arm(pid: u32, limit: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("watchdog: process {pid} still running after {limit:?}; killing it");
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        });
+        Self { _disarm: tx }
+    }
+}
+
+/// `cmd.output()`, but killed (and so failing) if it runs longer than `limit`.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning portico");
+    let _watchdog = Watchdog::arm(child.id(), limit);
+    child.wait_with_output().expect("waiting for portico")
+}
+
+/// Runs a command to completion under [`COMMAND_LIMIT`].
+pub trait RunBounded {
+    fn run_bounded(&mut self) -> Run;
+}
+
+impl RunBounded for Command {
+    fn run_bounded(&mut self) -> Run {
+        Run::from(output_within(self, COMMAND_LIMIT))
+    }
+}
+
 pub struct Run {
     pub success: bool,
     pub code: Option<i32>,
@@ -435,4 +483,13 @@ async fn ensure_bucket() {
 /// A tenant id from `tenant show --json` output.
 pub fn tenant_id(v: &Value) -> TenantId {
     v["id"].as_str().expect("id").parse().expect("tenant id")
+}
+
+#[test]
+fn the_watchdog_kills_a_child_that_outlives_its_limit() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new("sleep").arg("600").spawn().expect("sleep");
+    let _watchdog = Watchdog::arm(child.id(), Duration::from_millis(200));
+    let status = child.wait().expect("wait");
+    assert_eq!(status.signal(), Some(9), "{status:?}");
 }
