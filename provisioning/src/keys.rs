@@ -8,8 +8,7 @@
 //! Local: a random 256-bit key, wrapped by the master key (bound to the tenant id), written
 //! atomically to `tenant-keys/tenant-<id>.key`. Destroying deletes that file.
 
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::ErrorKind;
 
 use aws_sdk_kms::types::{KeyMetadata, KeySpec, KeyState, KeyUsageType, Tag};
 use portico_core::TenantId;
@@ -63,36 +62,10 @@ fn ensure_local_key(
     tenant: TenantId,
 ) -> Result<TenantKeyRef, ProvisionError> {
     let path = local.tenant_key_path(tenant);
-    if path.exists() {
-        return Ok(LocalKeyring::key_ref(tenant));
-    }
-    let dir = local.tenant_key_dir();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| io(&dir, e))?;
-    let wrapped = local.wrap_tenant_key(tenant, &random_bytes::<32>())?;
-    let tmp = dir.join(format!(".tenant-{tenant}.key.tmp-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io(&tmp, e))?;
-    f.write_all(&wrapped)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io(&tmp, e))?;
-    // A concurrent creator may have won; keep whichever file landed first.
-    match std::fs::hard_link(&tmp, &path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io(&path, e)),
-    }
-    let _ = std::fs::remove_file(&tmp);
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
+    if !path.exists() {
+        let wrapped = local.wrap_tenant_key(tenant, &random_bytes::<32>())?;
+        // A concurrent creator may win; its key is kept and ours is discarded.
+        portico_core::files::create_once(&path, &wrapped, 0o600).map_err(|e| io(&path, e))?;
     }
     Ok(LocalKeyring::key_ref(tenant))
 }

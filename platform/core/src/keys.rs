@@ -11,8 +11,8 @@
 //! This module only *uses* keys. Creating and destroying them lives in `portico-provisioning`.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
@@ -271,27 +271,9 @@ impl LocalKeyring {
             path: path.display().to_string(),
             message,
         };
-        if let Some(dir) = path.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| io_err(dir, e))?;
-        }
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(mut f) => {
-                f.write_all(&random_bytes::<32>())
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| io_err(path, e))?;
-            }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(path, e)),
-        }
+        // Created once, atomically: processes starting together all read the same key.
+        crate::files::create_once(path, &random_bytes::<32>(), 0o600)
+            .map_err(|e| io_err(path, e))?;
         let meta = fs::metadata(path).map_err(|e| io_err(path, e))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -494,5 +476,35 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod race_tests {
+    use super::*;
+
+    /// Processes starting at the same moment on a fresh machine all open the master key the
+    /// first one creates; none may see a half-written file.
+    #[test]
+    fn concurrent_first_opens_agree_on_one_master_key() {
+        for _ in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keys/master.key");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        LocalKeyring::open(&path).map(|k| k.master)
+                    })
+                })
+                .collect();
+            let keys: Vec<[u8; 32]> = handles
+                .into_iter()
+                .map(|h| h.join().unwrap().expect("every opener succeeds"))
+                .collect();
+            assert!(keys.windows(2).all(|w| w[0] == w[1]), "openers disagree");
+        }
     }
 }
