@@ -184,14 +184,14 @@ impl Catalog {
 
     // ---- database servers -------------------------------------------------------------
 
-    pub async fn insert_db_server_with_id(
+    pub async fn insert_db_server(
         &self,
         id: Uuid,
         name: &DbServerName,
         admin_url_ciphertext: &[u8],
         display_url: &str,
         max_connections: i32,
-    ) -> Result<Uuid> {
+    ) -> Result<()> {
         sqlx::query(
             "insert into db_servers (id, name, admin_url_ciphertext, display_url, max_connections)
              values ($1, $2, $3, $4, $5)",
@@ -207,7 +207,7 @@ impl Catalog {
             Some("db_servers_name_key") => PlatformError::ServerExists(name.to_string()),
             _ => PlatformError::catalog("registering the database server", e),
         })?;
-        Ok(id)
+        Ok(())
     }
 
     const SERVER_COLUMNS: &str = "s.id, s.name, s.admin_url_ciphertext, s.display_url,

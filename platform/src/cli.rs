@@ -175,10 +175,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let name = DbServerName::parse(&name)
                 .map_err(|e| PlatformError::InvalidInput(e.to_string()))?;
             let p = platform(true).await?;
-            let s = db_servers::add(&p, &name, &url, max_connections).await?;
+            let (s, info) = db_servers::add(&p, &name, &url, max_connections).await?;
             println!(
-                "registered database server '{}' ({}, budget {} connections)",
-                s.name, s.url, s.max_connections
+                "registered database server '{}' ({}, PostgreSQL {}, budget {} connections)",
+                s.name, s.url, info.version, s.max_connections
             );
         }
         Command::DbServer(DbServerCmd::List { json: as_json }) => {

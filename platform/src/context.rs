@@ -19,15 +19,14 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Connects to the catalog (migrating it when `migrate` is set), opens the keyring (creating
-    /// the control-plane key under `aws-kms` if needed) and the object store.
+    /// Connects to the catalog (migrating it when `migrate` is set), opens the keyring and the
+    /// object store. Makes no calls to KMS or S3: read commands stay reads.
     pub async fn connect(settings: Settings, migrate: bool) -> Result<Self> {
         let catalog = Catalog::connect(&settings.database_url).await?;
         if migrate {
             catalog.migrate().await?;
         }
         let keyring = Keyring::open(&settings.kms).await?;
-        portico_provisioning::keys::ensure_platform_key(&keyring).await?;
         let store = ObjectStore::from_settings(&settings.storage).await?;
         Ok(Self {
             settings,

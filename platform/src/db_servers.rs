@@ -3,7 +3,7 @@
 
 use portico_core::DbServerName;
 use portico_core::settings::redact_url;
-use portico_provisioning::DbServer;
+use portico_provisioning::{DbServer, ServerInfo};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -46,38 +46,61 @@ pub async fn add(
     name: &DbServerName,
     url: &str,
     max_connections: Option<u32>,
-) -> Result<DbServerView> {
+) -> Result<(DbServerView, ServerInfo)> {
+    // Refuse a known name before spending a round trip on the server.
     if platform.catalog.db_server_by_name(name).await?.is_some() {
         return Err(PlatformError::ServerExists(name.to_string()));
     }
-    let server = DbServer::from_url(url)?;
-    let info = server.check().await?;
-    let max_connections = match max_connections {
-        Some(0) => {
-            return Err(PlatformError::InvalidInput(
-                "--max-connections must be at least 1".into(),
-            ));
-        }
-        Some(n) => i32::try_from(n)
-            .map_err(|_| PlatformError::InvalidInput("--max-connections is too large".into()))?,
-        None => info.max_connections,
-    };
-    // The ciphertext is bound to the row id, so it cannot be swapped onto another server row.
+    let max_connections =
+        match max_connections {
+            Some(0) => {
+                return Err(PlatformError::InvalidInput(
+                    "--max-connections must be at least 1".into(),
+                ));
+            }
+            Some(n) => Some(i32::try_from(n).map_err(|_| {
+                PlatformError::InvalidInput("--max-connections is too large".into())
+            })?),
+            None => None,
+        };
+    let info = DbServer::from_url(url)?.check().await?;
+    let view = record(
+        platform,
+        name,
+        url,
+        max_connections.unwrap_or(info.max_connections),
+    )
+    .await?;
+    Ok((view, info))
+}
+
+/// Records a server without contacting it (`add` checks it first). The admin URL is encrypted
+/// under the control-plane key, bound to the new row's id so the ciphertext cannot be moved to
+/// another server row; only a credential-free form is stored in clear.
+pub async fn record(
+    platform: &Platform,
+    name: &DbServerName,
+    url: &str,
+    max_connections: i32,
+) -> Result<DbServerView> {
+    portico_provisioning::keys::ensure_platform_key(&platform.keyring).await?;
     let id = Uuid::new_v4();
     let ciphertext = platform
         .keyring
         .encrypt_platform(&purpose(id), url.as_bytes())
         .await?;
+    let display_url = redact_url(url);
     platform
         .catalog
-        .insert_db_server_with_id(id, name, &ciphertext, &redact_url(url), max_connections)
+        .insert_db_server(id, name, &ciphertext, &display_url, max_connections)
         .await?;
-    platform
-        .catalog
-        .db_server_by_id(id)
-        .await?
-        .map(DbServerView::from)
-        .ok_or_else(|| PlatformError::ServerNotFound(name.to_string()))
+    Ok(DbServerView {
+        id,
+        name: name.to_string(),
+        url: display_url,
+        max_connections,
+        tenants: 0,
+    })
 }
 
 pub async fn list(platform: &Platform) -> Result<Vec<DbServerView>> {

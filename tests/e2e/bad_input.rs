@@ -206,27 +206,16 @@ async fn invalid_settings_name_the_setting_and_create_nothing() {
 async fn unreachable_backends_stop_a_create_before_it_starts() {
     let env = TestEnv::new(Backend::FileLocal).await;
     let platform = env.platform().await;
-    // Register a server that is down (the CLI would refuse to add it, so go through the
-    // catalog with the same encryption the CLI uses).
-    let id = uuid::Uuid::new_v4();
-    let url = "postgres://postgres:secret-pw@127.0.0.1:1/postgres";
-    let ciphertext = platform
-        .keyring
-        .encrypt_platform(&format!("db-server-admin-url:{id}"), url.as_bytes())
-        .await
-        .expect("encrypt");
+    // Record a server that is down (the CLI's `db-server add` would refuse it: it checks first).
     let name = portico_core::DbServerName::parse("down").expect("name");
-    platform
-        .catalog
-        .insert_db_server_with_id(
-            id,
-            &name,
-            &ciphertext,
-            "postgres://postgres@127.0.0.1:1/postgres",
-            10,
-        )
-        .await
-        .expect("insert");
+    portico_platform::db_servers::record(
+        &platform,
+        &name,
+        "postgres://postgres:secret-pw@127.0.0.1:1/postgres",
+        10,
+    )
+    .await
+    .expect("record");
     let r = env.run(&["tenant", "create", "acme", "--db-server", "down"]);
     r.assert_error("cannot reach database server postgres://postgres@127.0.0.1:1/postgres");
     assert!(!r.stderr.contains("secret-pw"));
@@ -240,6 +229,14 @@ async fn unreachable_backends_stop_a_create_before_it_starts() {
         .args(["tenant", "create", "acme"])
         .run_bounded();
     r.assert_error("KMS");
+    // Read commands make no KMS call: they work while KMS is unreachable.
+    let r = env
+        .command()
+        .env("PORTICO_KMS_ENDPOINT", "http://127.0.0.1:1")
+        .args(["tenant", "list", "--json"])
+        .run_bounded();
+    assert!(r.success, "tenant list needed KMS: {}", r.stderr);
+    assert_eq!(r.stdout.trim(), "[]");
     assert_eq!(catalog_counts(&env).await.0, 0);
     for (var, value, needle) in [
         ("PORTICO_S3_ENDPOINT", "http://127.0.0.1:1", "S3 HeadBucket"),
