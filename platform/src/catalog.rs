@@ -71,14 +71,12 @@ pub struct PlacementRow {
     pub role_password_ciphertext: Option<Vec<u8>>,
 }
 
+/// A tenant's create run, as far as resuming or rolling it back needs it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRow {
     pub id: Uuid,
     pub status: String,
     pub request: serde_json::Value,
-    pub error: Option<String>,
-    pub started_at: OffsetDateTime,
-    pub finished_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow)]
@@ -273,16 +271,6 @@ impl Catalog {
         .map_err(|e| PlatformError::catalog("looking up the tenant", e))
     }
 
-    pub async fn list_tenants(&self) -> Result<Vec<TenantRow>> {
-        sqlx::query_as(&format!(
-            "select {} from tenants order by slug",
-            Self::TENANT_COLUMNS
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| PlatformError::catalog("listing tenants", e))
-    }
-
     /// Tenants with everything shown about them (all, or the one with `slug`), in one query.
     pub async fn tenant_details(&self, slug: Option<&str>) -> Result<Vec<TenantDetailRow>> {
         sqlx::query_as(
@@ -314,17 +302,6 @@ impl Catalog {
         .map_err(|e| PlatformError::catalog("reading tenants", e))
     }
 
-    pub async fn domains(&self, tenant: TenantId) -> Result<Vec<DomainRow>> {
-        sqlx::query_as(
-            "select hostname, kind, is_primary, verified from tenant_domains
-             where tenant_id = $1 order by is_primary desc, hostname",
-        )
-        .bind(tenant.as_uuid())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| PlatformError::catalog("listing tenant domains", e))
-    }
-
     /// The first of `hostnames` already owned by a tenant, with that tenant's slug.
     pub async fn first_taken_domain(&self, hostnames: &[&str]) -> Result<Option<(String, String)>> {
         sqlx::query_as(
@@ -335,18 +312,6 @@ impl Catalog {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| PlatformError::catalog("looking up domains", e))
-    }
-
-    /// The slug of the tenant that owns `hostname`, if any.
-    pub async fn domain_owner(&self, hostname: &Hostname) -> Result<Option<String>> {
-        sqlx::query_scalar(
-            "select t.slug from tenant_domains d join tenants t on t.id = d.tenant_id
-             where d.hostname = $1",
-        )
-        .bind(hostname.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| PlatformError::catalog("looking up a domain", e))
     }
 
     pub async fn placement(&self, tenant: TenantId) -> Result<Option<PlacementRow>> {
@@ -391,26 +356,21 @@ impl Catalog {
         .execute(&mut *tx)
         .await
         .map_err(map)?;
+        // The subdomain (primary, verified by construction) and the custom domains
+        // (unverified), in one statement.
+        let custom: Vec<&str> = new.custom_domains.iter().map(Hostname::as_str).collect();
         sqlx::query(
             "insert into tenant_domains (hostname, tenant_id, kind, is_primary, verified)
-             values ($1, $2, 'subdomain', true, true)",
+             select $2, $1, 'subdomain', true, true
+             union all
+             select d, $1, 'custom', false, false from unnest($3::text[]) as d",
         )
-        .bind(new.subdomain.as_str())
         .bind(new.id.as_uuid())
+        .bind(new.subdomain.as_str())
+        .bind(&custom)
         .execute(&mut *tx)
         .await
         .map_err(map)?;
-        for domain in &new.custom_domains {
-            sqlx::query(
-                "insert into tenant_domains (hostname, tenant_id, kind, is_primary, verified)
-                 values ($1, $2, 'custom', false, false)",
-            )
-            .bind(domain.as_str())
-            .bind(new.id.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(map)?;
-        }
         sqlx::query(
             "insert into tenant_placements (tenant_id, db_server_id, database_name, role_name)
              values ($1, $2, $3, $4)",
@@ -448,24 +408,13 @@ impl Catalog {
 
     pub async fn create_run(&self, tenant: TenantId) -> Result<Option<RunRow>> {
         sqlx::query_as(
-            "select id, status, request, error, started_at, finished_at from provisioning_runs
+            "select id, status, request from provisioning_runs
              where tenant_id = $1 and kind = 'create'",
         )
         .bind(tenant.as_uuid())
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| PlatformError::catalog("looking up the provisioning run", e))
-    }
-
-    pub async fn steps(&self, run: RunId) -> Result<Vec<StepRow>> {
-        sqlx::query_as(
-            "select step, state, attempts, error, started_at, finished_at
-             from provisioning_steps where run_id = $1 order by position",
-        )
-        .bind(run.as_uuid())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| PlatformError::catalog("listing provisioning steps", e))
     }
 
     /// Marks a step running and counts the attempt; returns the attempt number.

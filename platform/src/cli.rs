@@ -119,7 +119,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", portico_core::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -134,25 +134,13 @@ fn init_tracing() {
         .try_init();
 }
 
-/// The error and its causes on one line.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if !parts.last().is_some_and(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    parts.join(": ").replace(['\n', '\r'], " ")
-}
-
 async fn platform(migrate: bool) -> anyhow::Result<Platform> {
     let settings = Settings::load().map_err(PlatformError::from)?;
     Ok(Platform::connect(settings, migrate).await?)
 }
 
 fn slug(s: &str) -> Result<Slug, PlatformError> {
-    Slug::parse(s).map_err(|e| PlatformError::InvalidInput(e.to_string()))
+    Ok(Slug::parse(s)?)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -172,8 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             url,
             max_connections,
         }) => {
-            let name = DbServerName::parse(&name)
-                .map_err(|e| PlatformError::InvalidInput(e.to_string()))?;
+            let name = DbServerName::parse(&name).map_err(PlatformError::from)?;
             let p = platform(true).await?;
             let (s, info) = db_servers::add(&p, &name, &url, max_connections).await?;
             println!(
@@ -221,13 +208,13 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             }
             let domains = domains
                 .iter()
-                .map(|d| Hostname::parse(d).map_err(|e| PlatformError::InvalidInput(e.to_string())))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|d| Hostname::parse(d))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(PlatformError::from)?;
             let db_server = db_server
-                .map(|n| {
-                    DbServerName::parse(&n).map_err(|e| PlatformError::InvalidInput(e.to_string()))
-                })
-                .transpose()?;
+                .map(|n| DbServerName::parse(&n))
+                .transpose()
+                .map_err(PlatformError::from)?;
             let p = platform(true).await?;
             let t = tenants::create(
                 &p,
@@ -272,27 +259,26 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             json: as_json,
         } => {
             let p = platform(true).await?;
-            let t = tenants::suspend(&p, slug(&s)?.as_str()).await?;
-            if as_json {
-                json(&t)?;
-            } else {
-                println!("tenant '{}' is {}", t.slug, t.status);
-            }
+            print_status(&tenants::suspend(&p, slug(&s)?.as_str()).await?, as_json)?;
         }
         TenantCmd::Resume {
             slug: s,
             json: as_json,
         } => {
             let p = platform(true).await?;
-            let t = tenants::resume(&p, slug(&s)?.as_str()).await?;
-            if as_json {
-                json(&t)?;
-            } else {
-                println!("tenant '{}' is {}", t.slug, t.status);
-            }
+            print_status(&tenants::resume(&p, slug(&s)?.as_str()).await?, as_json)?;
         }
     }
     Ok(())
+}
+
+fn print_status(t: &TenantView, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        json(t)
+    } else {
+        println!("tenant '{}' is {}", t.slug, t.status);
+        Ok(())
+    }
 }
 
 fn primary_domain(t: &TenantView) -> &str {

@@ -47,6 +47,13 @@ pub enum PlatformError {
     },
 }
 
+/// An invalid name (slug, host name, server name) is bad input.
+impl From<portico_core::NameError> for PlatformError {
+    fn from(e: portico_core::NameError) -> Self {
+        Self::InvalidInput(e.to_string())
+    }
+}
+
 impl PlatformError {
     /// Wraps a catalog error that no constraint mapping claimed.
     pub fn catalog(operation: &'static str, e: sqlx::Error) -> Self {

@@ -156,7 +156,7 @@ async fn create_inner(platform: &Platform, req: CreateTenant) -> Result<TenantVi
     };
     lock.release().await;
     outcome?;
-    show_by_id(platform, req.slug.as_str()).await
+    show(platform, req.slug.as_str()).await
 }
 
 /// The tenant and run to work on: an unfinished create with the same options, or a new one.
@@ -187,36 +187,30 @@ async fn resumable(
     existing: TenantRow,
     request: &serde_json::Value,
 ) -> Result<(TenantId, RunId)> {
-    match existing {
-        existing if existing.status != "provisioning" => {
-            Err(PlatformError::SlugTaken(req.slug.to_string()))
-        }
-        existing => {
-            let run = platform
-                .catalog
-                .create_run(existing.tenant_id())
-                .await?
-                .ok_or_else(|| {
-                    PlatformError::InvalidState(format!(
-                        "tenant '{}' is provisioning but has no run recorded",
-                        req.slug
-                    ))
-                })?;
-            if run.status == "rolling_back" {
-                return Err(PlatformError::InvalidState(format!(
-                    "a rollback of '{slug}' was interrupted; finish it with `portico tenant create --rollback {slug}`",
-                    slug = req.slug
-                )));
-            }
-            if run.request != *request {
-                return Err(PlatformError::Conflict(format!(
-                    "tenant '{slug}' is already being created with other options; re-run with the same options to finish it, or roll it back with `portico tenant create --rollback {slug}`",
-                    slug = req.slug
-                )));
-            }
-            Ok((existing.tenant_id(), RunId::from_uuid(run.id)))
-        }
+    let slug = &req.slug;
+    if existing.status != "provisioning" {
+        return Err(PlatformError::SlugTaken(slug.to_string()));
     }
+    let run = platform
+        .catalog
+        .create_run(existing.tenant_id())
+        .await?
+        .ok_or_else(|| {
+            PlatformError::InvalidState(format!(
+                "tenant '{slug}' is provisioning but has no run recorded"
+            ))
+        })?;
+    if run.status == "rolling_back" {
+        return Err(PlatformError::InvalidState(format!(
+            "a rollback of '{slug}' was interrupted; finish it with `portico tenant create --rollback {slug}`"
+        )));
+    }
+    if run.request != *request {
+        return Err(PlatformError::Conflict(format!(
+            "tenant '{slug}' is already being created with other options; re-run with the same options to finish it, or roll it back with `portico tenant create --rollback {slug}`"
+        )));
+    }
+    Ok((existing.tenant_id(), RunId::from_uuid(run.id)))
 }
 
 async fn reserve(
@@ -541,45 +535,37 @@ async fn tenant_row(platform: &Platform, slug: &str) -> Result<TenantRow> {
 
 /// `active → suspended`.
 pub async fn suspend(platform: &Platform, slug: &str) -> Result<TenantView> {
-    change_status(platform, slug, "active", "suspended").await
+    change_status(platform, slug, "active", "suspended", "suspended").await
 }
 
 /// `suspended → active`.
 pub async fn resume(platform: &Platform, slug: &str) -> Result<TenantView> {
-    change_status(platform, slug, "suspended", "active").await
+    change_status(platform, slug, "suspended", "active", "resumed").await
 }
 
+/// Moves the tenant `from → to`; a tenant already in `to` is left as it is.
 async fn change_status(
     platform: &Platform,
     slug: &str,
     from: &str,
     to: &str,
+    verb: &str,
 ) -> Result<TenantView> {
     let t = tenant_row(platform, slug).await?;
-    if t.status == to {
-        return show_by_id(platform, slug).await;
+    if t.status != to {
+        if !platform.catalog.transition(t.tenant_id(), from, to).await? {
+            return Err(PlatformError::InvalidState(format!(
+                "tenant '{slug}' is {}; only a tenant that is {from} can be {verb}",
+                t.status
+            )));
+        }
+        tracing::info!(tenant_id = %t.id, from, to, "tenant status changed");
     }
-    if !platform.catalog.transition(t.tenant_id(), from, to).await? {
-        let verb = if to == "suspended" {
-            "suspended"
-        } else {
-            "resumed"
-        };
-        return Err(PlatformError::InvalidState(format!(
-            "tenant '{slug}' is {}; only a tenant that is {from} can be {verb}",
-            t.status
-        )));
-    }
-    tracing::info!(tenant_id = %t.id, from, to, "tenant status changed");
-    show_by_id(platform, slug).await
-}
-
-pub async fn show(platform: &Platform, slug: &str) -> Result<TenantView> {
-    show_by_id(platform, slug).await
+    show(platform, slug).await
 }
 
 #[tracing::instrument(skip_all)]
-async fn show_by_id(platform: &Platform, slug: &str) -> Result<TenantView> {
+pub async fn show(platform: &Platform, slug: &str) -> Result<TenantView> {
     platform
         .catalog
         .tenant_details(Some(slug))

@@ -79,11 +79,6 @@ impl DbServer {
         &self.label
     }
 
-    /// The database named in the admin URL (used as the maintenance database).
-    pub fn maintenance_db(&self) -> &str {
-        self.config.get_dbname().unwrap_or("postgres")
-    }
-
     /// A connection failure, with the server's own message (never the URL or a password).
     fn unreachable(&self, e: &tokio_postgres::Error) -> ProvisionError {
         let message = match e.as_db_error() {

@@ -153,41 +153,25 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("portico {args:?}: bad JSON ({e}): {out}"))
     }
 
+    /// The settings the CLI gets from [`TestEnv::vars`], built directly for in-process use.
     pub fn settings(&self) -> Settings {
-        let storage = match self.backend {
-            Backend::FileLocal => StorageSettings::File {
-                root: self.storage_root(),
-            },
-            Backend::S3Kms => StorageSettings::S3 {
+        let mut settings = Settings::embedded(
+            DatabaseUrl::parse(&self.catalog_url()).expect("catalog URL"),
+            Hostname::parse(BASE_DOMAIN).expect("base domain"),
+            self.dir.path(),
+        );
+        if self.backend == Backend::S3Kms {
+            let endpoint = |var| Some(required(var).parse().expect("endpoint URL"));
+            settings.storage = StorageSettings::S3 {
                 bucket: S3_BUCKET.into(),
                 prefix: self.s3_prefix.clone(),
-                endpoint: Some(
-                    required("PORTICO_TEST_S3_ENDPOINT")
-                        .parse()
-                        .expect("S3 endpoint URL"),
-                ),
-            },
-        };
-        let kms = match self.backend {
-            Backend::FileLocal => KmsSettings::Local {
-                master_key: self.master_key(),
-            },
-            Backend::S3Kms => KmsSettings::Aws {
-                endpoint: Some(
-                    required("PORTICO_TEST_KMS_ENDPOINT")
-                        .parse()
-                        .expect("KMS endpoint URL"),
-                ),
-            },
-        };
-        Settings {
-            database_url: DatabaseUrl::parse(&self.catalog_url()).expect("catalog URL"),
-            base_domain: Hostname::parse(BASE_DOMAIN).expect("base domain"),
-            storage,
-            kms,
-            tenant_connection_limit: 20,
-            tenant_statement_timeout_ms: 30_000,
+                endpoint: endpoint("PORTICO_TEST_S3_ENDPOINT"),
+            };
+            settings.kms = KmsSettings::Aws {
+                endpoint: endpoint("PORTICO_TEST_KMS_ENDPOINT"),
+            };
         }
+        settings
     }
 
     /// The control plane in-process, on the same catalog and backends as the CLI.

@@ -47,6 +47,11 @@ fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
     }
 }
 
+/// `CONNECTION LIMIT` of each tenant role unless configured.
+pub const DEFAULT_TENANT_CONNECTION_LIMIT: u32 = 20;
+/// `statement_timeout` of each tenant role unless configured, in milliseconds.
+pub const DEFAULT_TENANT_STATEMENT_TIMEOUT_MS: u32 = 30_000;
+
 /// Raw layered values, before validation.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,8 +75,8 @@ impl Default for Raw {
             s3_endpoint: None,
             kms: None,
             kms_endpoint: None,
-            tenant_connection_limit: 20,
-            tenant_statement_timeout_ms: 30_000,
+            tenant_connection_limit: DEFAULT_TENANT_CONNECTION_LIMIT.into(),
+            tenant_statement_timeout_ms: DEFAULT_TENANT_STATEMENT_TIMEOUT_MS.into(),
         }
     }
 }
@@ -163,7 +168,6 @@ impl Settings {
     /// Embedded defaults around a given control-plane database: `file://<data_dir>/storage`
     /// and a local master key at `<data_dir>/keys/master.key` (the demo and the benchmark).
     pub fn embedded(database_url: DatabaseUrl, base_domain: Hostname, data_dir: &Path) -> Self {
-        let raw = Raw::default();
         Self {
             database_url,
             base_domain,
@@ -173,9 +177,8 @@ impl Settings {
             kms: KmsSettings::Local {
                 master_key: data_dir.join("keys/master.key"),
             },
-            tenant_connection_limit: u32::try_from(raw.tenant_connection_limit).unwrap_or(20),
-            tenant_statement_timeout_ms: u32::try_from(raw.tenant_statement_timeout_ms)
-                .unwrap_or(30_000),
+            tenant_connection_limit: DEFAULT_TENANT_CONNECTION_LIMIT,
+            tenant_statement_timeout_ms: DEFAULT_TENANT_STATEMENT_TIMEOUT_MS,
         }
     }
 

@@ -355,14 +355,6 @@ impl S3Store {
         format!("{}{}", self.prefix, key.as_str())
     }
 
-    pub fn client(&self) -> &aws_sdk_s3::Client {
-        &self.client
-    }
-
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
     async fn put(&self, key: &ObjectKey, bytes: Vec<u8>) -> Result<(), StorageError> {
         self.client
             .put_object()
