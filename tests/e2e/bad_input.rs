@@ -190,13 +190,7 @@ async fn invalid_settings_name_the_setting_and_create_nothing() {
         .assert_error("chmod 600");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 
-    let c = env.catalog().await;
-    let n: i64 = c
-        .query_one("select count(*) from tenants", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(n, 0);
+    assert_eq!(env.tenant_count().await, 0);
     env.cleanup().await;
 }
 
@@ -219,7 +213,7 @@ async fn unreachable_backends_stop_a_create_before_it_starts() {
     let r = env.run(&["tenant", "create", "acme", "--db-server", "down"]);
     r.assert_error("cannot reach database server postgres://postgres@127.0.0.1:1/postgres");
     assert!(!r.stderr.contains("secret-pw"));
-    assert_eq!(catalog_counts(&env).await.0, 0);
+    assert_eq!(env.tenant_count().await, 0);
     env.cleanup().await;
 
     let env = TestEnv::new(Backend::S3Kms).await;
@@ -237,7 +231,7 @@ async fn unreachable_backends_stop_a_create_before_it_starts() {
         .run_bounded();
     assert!(r.success, "tenant list needed KMS: {}", r.stderr);
     assert_eq!(r.stdout.trim(), "[]");
-    assert_eq!(catalog_counts(&env).await.0, 0);
+    assert_eq!(env.tenant_count().await, 0);
     for (var, value, needle) in [
         ("PORTICO_S3_ENDPOINT", "http://127.0.0.1:1", "S3 HeadBucket"),
         (
@@ -253,7 +247,7 @@ async fn unreachable_backends_stop_a_create_before_it_starts() {
             .run_bounded();
         r.assert_error(needle);
         assert_eq!(
-            catalog_counts(&env).await.0,
+            env.tenant_count().await,
             0,
             "{var}={value} created a tenant"
         );

@@ -134,6 +134,21 @@ async fn killed_rollback_is_finished_by_rerun() {
     env.cleanup().await;
 }
 
+/// What KMS says about a key (id or alias).
+async fn key_metadata(
+    kms: &portico_core::keys::KmsKeyring,
+    key: &str,
+) -> aws_sdk_kms::types::KeyMetadata {
+    kms.client()
+        .describe_key()
+        .key_id(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("DescribeKey {key}: {e}"))
+        .key_metadata
+        .expect("metadata")
+}
+
 /// KMS: a run killed between CreateKey and CreateAlias leaves a tagged key without alias; the
 /// re-run adopts that key instead of creating a second one, and a rollback finds it by tag.
 #[tokio::test]
@@ -149,16 +164,7 @@ async fn kms_key_without_alias_is_adopted_or_destroyed() {
         let id = tenant_id(&env.json(&["tenant", "show", slug, "--json"]));
         // Simulate the crash window before CreateAlias: remove the alias, keep the key.
         let alias = portico_core::keys::KmsKeyring::tenant_alias(id);
-        let key_id = kms
-            .client()
-            .describe_key()
-            .key_id(&alias)
-            .send()
-            .await
-            .expect("describe")
-            .key_metadata
-            .expect("metadata")
-            .key_id;
+        let key_id = key_metadata(kms, &alias).await.key_id;
         kms.client()
             .delete_alias()
             .alias_name(&alias)
@@ -170,31 +176,18 @@ async fn kms_key_without_alias_is_adopted_or_destroyed() {
             let t = env.assert_provisioned(slug).await;
             // The re-run adopted the key the killed run created; no second key was made.
             assert_eq!(t["key_id"], key_id.as_str());
-            let now = kms
-                .client()
-                .describe_key()
-                .key_id(&alias)
-                .send()
-                .await
-                .expect("alias restored")
-                .key_metadata
-                .expect("metadata")
-                .key_id;
-            assert_eq!(now, key_id);
+            assert_eq!(
+                key_metadata(kms, &alias).await.key_id,
+                key_id,
+                "alias restored"
+            );
         } else {
             env.ok(&["tenant", "create", "--rollback", slug]);
             env.assert_no_trace(id).await;
-            let state = kms
-                .client()
-                .describe_key()
-                .key_id(&key_id)
-                .send()
-                .await
-                .expect("describe")
-                .key_metadata
-                .expect("metadata")
-                .key_state;
-            assert_eq!(state, Some(aws_sdk_kms::types::KeyState::PendingDeletion));
+            assert_eq!(
+                key_metadata(kms, &key_id).await.key_state,
+                Some(aws_sdk_kms::types::KeyState::PendingDeletion)
+            );
         }
     }
     env.cleanup().await;

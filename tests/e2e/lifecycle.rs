@@ -81,14 +81,7 @@ async fn concurrent_creates_of_one_slug_make_one_tenant() {
         );
     }
     env.assert_provisioned("racer").await;
-    let n: i64 = env
-        .catalog()
-        .await
-        .query_one("select count(*) from tenants", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(env.tenant_count().await, 1);
     env.cleanup().await;
 }
 

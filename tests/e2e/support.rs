@@ -204,6 +204,16 @@ impl TestEnv {
         connect(&self.catalog_url()).await
     }
 
+    /// How many tenants the catalog holds.
+    pub async fn tenant_count(&self) -> i64 {
+        self.catalog()
+            .await
+            .query_one("select count(*) from tenants", &[])
+            .await
+            .expect("counting tenants")
+            .get(0)
+    }
+
     /// Everything a fully provisioned tenant must have.
     pub async fn assert_provisioned(&self, slug: &str) -> Value {
         let t = self.json(&["tenant", "show", slug, "--json"]);
