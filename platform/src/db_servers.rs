@@ -161,7 +161,8 @@ pub async fn choose(platform: &Platform, wanted: Option<&DbServerName>) -> Resul
     let default = DbServerName::parse(DEFAULT_SERVER)
         .map_err(|e| PlatformError::InvalidState(e.to_string()))?;
     let url = platform.settings.database_url.expose().to_owned();
-    match add(platform, &default, &url, None).await {
+    // Boxed: registering (check, key, record) is deep and only happens once per catalog.
+    match Box::pin(add(platform, &default, &url, None)).await {
         Ok(_) | Err(PlatformError::ServerExists(_)) => {}
         Err(e) => return Err(e),
     }

@@ -126,27 +126,24 @@ fn validate_domains(platform: &Platform, req: &CreateTenant) -> Result<()> {
 }
 
 /// Creates a tenant, or finishes an interrupted create of the same tenant.
-pub async fn create(platform: &Platform, req: CreateTenant) -> Result<TenantView> {
-    // Boxed so that callers' futures stay small (the workflow's state machine is deep).
-    Box::pin(create_inner(platform, req)).await
-}
-
 #[tracing::instrument(name = "create", skip_all, fields(slug = %req.slug))]
-async fn create_inner(platform: &Platform, req: CreateTenant) -> Result<TenantView> {
+pub async fn create(platform: &Platform, req: CreateTenant) -> Result<TenantView> {
     let display_name =
         validate_display_name(req.display_name.as_deref().unwrap_or(req.slug.as_str()))?;
     validate_domains(platform, &req)?;
     let request = serde_json::to_value(&req)
         .map_err(|e| PlatformError::InvalidState(format!("cannot record the request: {e}")))?;
 
-    let (tenant, run) = find_or_reserve(platform, &req, &display_name, request).await?;
+    // The two phases are boxed: each is a deep state machine, and nesting them unboxed
+    // exceeds the compiler's layout depth limit in optimised builds.
+    let (tenant, run) = Box::pin(find_or_reserve(platform, &req, &display_name, request)).await?;
     checkpoint("reserved");
 
     let lock = platform.catalog.lock_tenant(tenant, LOCK_WAIT).await?;
     // Another process may have finished (or rolled back) this tenant while we waited.
     let outcome = match platform.catalog.tenant_by_id(tenant).await? {
         Some(t) if t.status == "provisioning" => {
-            run_steps(platform, tenant, run, &req.slug, &display_name).await
+            Box::pin(run_steps(platform, tenant, run, &req.slug, &display_name)).await
         }
         Some(_) => Ok(()),
         None => Err(PlatformError::Conflict(format!(
