@@ -121,7 +121,7 @@ pub struct NewTenant {
     pub request: serde_json::Value,
 }
 
-fn constraint(e: &sqlx::Error) -> Option<&str> {
+pub(crate) fn constraint(e: &sqlx::Error) -> Option<&str> {
     match e {
         sqlx::Error::Database(db) => db.constraint(),
         _ => None,

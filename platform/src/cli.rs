@@ -35,6 +35,81 @@ enum Command {
     Tenant(TenantCmd),
     /// Run the control plane on embedded defaults (throwaway PostgreSQL, file storage, local key).
     Demo,
+    /// Serve the tenant runtime and the operator API over HTTP until SIGTERM or Ctrl-C.
+    Serve {
+        /// Listen address (default: PORTICO_LISTEN, else 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Metrics listen address, or `off` (default: PORTICO_METRICS_LISTEN, else 127.0.0.1:9464).
+        #[arg(long)]
+        metrics_listen: Option<String>,
+        /// Serve only tenant hosts or only the operator host.
+        #[arg(long, value_enum, default_value = "all")]
+        only: crate::serve::ServeRole,
+    },
+    /// Operators of the control plane: API tokens and the audit trail.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+}
+
+#[derive(Subcommand)]
+enum OperatorCmd {
+    /// Operator API tokens.
+    #[command(subcommand)]
+    Token(OperatorTokenCmd),
+    /// The newest operator audit entries.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorTokenCmd {
+    /// Create a token (printed once; only its hash is stored).
+    Create {
+        name: String,
+        /// Lifetime, e.g. 30d or 12h (default: no expiry).
+        #[arg(long)]
+        expires_in: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke the active token with this name.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum TenantTokenCmd {
+    /// Create an API token of a tenant (printed once; only its hash is stored, in the
+    /// tenant's own database).
+    Create {
+        slug: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "member", value_parser = ["admin", "member"])]
+        role: String,
+        /// Lifetime, e.g. 30d or 12h (default: no expiry).
+        #[arg(long)]
+        expires_in: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a tenant's API tokens (never their secrets).
+    List {
+        slug: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a tenant's active token with this name.
+    Revoke { slug: String, name: String },
 }
 
 #[derive(Subcommand)]
@@ -99,12 +174,15 @@ enum TenantCmd {
         #[arg(long)]
         json: bool,
     },
+    /// A tenant's API tokens.
+    #[command(subcommand)]
+    Token(TenantTokenCmd),
 }
 
 /// Entry point of the `portico` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(matches!(cli.command, Command::Serve { .. }));
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -125,13 +203,49 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Commands log errors only; `serve` logs requests (`info`), as JSON unless stderr is a
+/// terminal. `PORTICO_LOG` overrides the filter.
+fn init_tracing(serving: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new("error"));
-    let _ = tracing_subscriber::fmt()
+    let default = if serving { "info" } else { "error" };
+    let filter = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if serving && !std::io::stderr().is_terminal() {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// `30d`, `12h`, `90m`… as an expiry instant from now.
+fn expiry(expires_in: Option<&str>) -> Result<Option<time::OffsetDateTime>, PlatformError> {
+    let Some(s) = expires_in else { return Ok(None) };
+    let d = humantime::parse_duration(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .and_then(|d| time::Duration::try_from(d).ok())
+        .ok_or_else(|| {
+            PlatformError::InvalidInput(format!(
+                "--expires-in '{s}' is not a positive duration (for example 30d or 12h)"
+            ))
+        })?;
+    time::OffsetDateTime::now_utc()
+        .checked_add(d)
+        .map(Some)
+        .ok_or_else(|| PlatformError::InvalidInput(format!("--expires-in '{s}' is too far away")))
+}
+
+fn print_secret(what: &str, secret: &secrecy::SecretString) {
+    use secrecy::ExposeSecret;
+    println!("{what}; it is shown only this once:");
+    println!("{}", secret.expose_secret());
 }
 
 async fn platform(migrate: bool) -> anyhow::Result<Platform> {
@@ -178,8 +292,221 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Tenant(cmd) => tenant(cmd).await?,
+        Command::Serve {
+            listen,
+            metrics_listen,
+            only,
+        } => serve(listen, metrics_listen, only).await?,
+        Command::Operator(cmd) => operator(cmd).await?,
     }
     Ok(())
+}
+
+async fn serve(
+    listen: Option<std::net::SocketAddr>,
+    metrics_listen: Option<String>,
+    only: crate::serve::ServeRole,
+) -> anyhow::Result<()> {
+    use crate::serve::{Application, ServeOptions};
+    let mut settings = Settings::load().map_err(PlatformError::from)?;
+    if let Some(addr) = listen {
+        settings.runtime.listen = addr;
+    }
+    if let Some(m) = metrics_listen {
+        settings.runtime.metrics_listen = match m.as_str() {
+            "off" => None,
+            s => Some(s.parse().map_err(|_| {
+                PlatformError::InvalidInput(format!(
+                    "--metrics-listen '{s}' is not an address like 127.0.0.1:9464 (or off)"
+                ))
+            })?),
+        };
+    }
+    let app = Application::build(settings, ServeOptions { role: only }).await?;
+    println!("listening on http://{}", app.local_addr()?);
+    if let Some(m) = app.metrics_addr() {
+        println!("metrics on http://{m}/metrics");
+    }
+    app.run_until_stopped(async {
+        crate::demo::shutdown_signal().await;
+        eprintln!("shutting down: draining in-flight requests");
+    })
+    .await?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+async fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
+    match cmd {
+        OperatorCmd::Token(OperatorTokenCmd::Create {
+            name,
+            expires_in,
+            json: as_json,
+        }) => {
+            let expires_at = expiry(expires_in.as_deref())?;
+            let p = platform(true).await?;
+            let (token, secret) = p.catalog.create_operator_token(&name, expires_at).await?;
+            if as_json {
+                use secrecy::ExposeSecret;
+                let mut v = serde_json::to_value(&token)?;
+                v["token"] = secret.expose_secret().into();
+                json(&v)?;
+            } else {
+                print_secret(&format!("created operator token '{}'", token.name), &secret);
+            }
+        }
+        OperatorCmd::Token(OperatorTokenCmd::List { json: as_json }) => {
+            let p = platform(true).await?;
+            let all = p.catalog.list_operator_tokens().await?;
+            if as_json {
+                json(&all)?;
+            } else {
+                print_token_table(all.iter().map(|t| {
+                    (
+                        t.name.as_str(),
+                        "operator",
+                        t.created_at,
+                        t.expires_at,
+                        t.revoked_at,
+                    )
+                }));
+            }
+        }
+        OperatorCmd::Token(OperatorTokenCmd::Revoke { name }) => {
+            let p = platform(true).await?;
+            let t = p.catalog.revoke_operator_token(&name).await?;
+            println!("revoked operator token '{}'", t.name);
+        }
+        OperatorCmd::Audit {
+            limit,
+            json: as_json,
+        } => {
+            let p = platform(true).await?;
+            let entries = p.catalog.audit_entries(i64::from(limit)).await?;
+            if as_json {
+                json(&entries)?;
+            } else {
+                for e in entries {
+                    println!(
+                        "{}  {:<10} {:<16} {:<24} {:<9} {:<15} {}",
+                        e.at.format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default(),
+                        e.actor,
+                        e.action,
+                        e.target.as_deref().unwrap_or("-"),
+                        e.outcome,
+                        e.client_ip.as_deref().unwrap_or("-"),
+                        e.request_id
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn tenant_token(cmd: TenantTokenCmd) -> anyhow::Result<()> {
+    use portico_tenant_runtime::store::tokens::{self, TokenRole};
+    match cmd {
+        TenantTokenCmd::Create {
+            slug: s,
+            name,
+            role,
+            expires_in,
+            json: as_json,
+        } => {
+            let slug = slug(&s)?;
+            let role = TokenRole::parse(&role)
+                .ok_or_else(|| PlatformError::InvalidInput(format!("unknown role '{role}'")))?;
+            let expires_at = expiry(expires_in.as_deref())?;
+            let p = platform(true).await?;
+            let client = p.connect_as_tenant(slug.as_str()).await?;
+            let (token, secret) = tokens::create(&client, &name, role, expires_at)
+                .await
+                .map_err(PlatformError::from)?;
+            if as_json {
+                use secrecy::ExposeSecret;
+                let mut v = serde_json::to_value(&token)?;
+                v["token"] = secret.expose_secret().into();
+                json(&v)?;
+            } else {
+                print_secret(
+                    &format!(
+                        "created {} token '{}' of tenant '{slug}'",
+                        token.role.as_str(),
+                        token.name
+                    ),
+                    &secret,
+                );
+            }
+        }
+        TenantTokenCmd::List {
+            slug: s,
+            json: as_json,
+        } => {
+            let slug = slug(&s)?;
+            let p = platform(true).await?;
+            let client = p.connect_as_tenant(slug.as_str()).await?;
+            let all = tokens::list(&client).await.map_err(PlatformError::from)?;
+            if as_json {
+                json(&all)?;
+            } else {
+                print_token_table(all.iter().map(|t| {
+                    (
+                        t.name.as_str(),
+                        t.role.as_str(),
+                        t.created_at,
+                        t.expires_at,
+                        t.revoked_at,
+                    )
+                }));
+            }
+        }
+        TenantTokenCmd::Revoke { slug: s, name } => {
+            let slug = slug(&s)?;
+            let p = platform(true).await?;
+            let client = p.connect_as_tenant(slug.as_str()).await?;
+            let t = tokens::revoke(&client, &name)
+                .await
+                .map_err(PlatformError::from)?;
+            println!("revoked token '{}' of tenant '{slug}'", t.name);
+        }
+    }
+    Ok(())
+}
+
+type TokenLine<'a> = (
+    &'a str,
+    &'a str,
+    time::OffsetDateTime,
+    Option<time::OffsetDateTime>,
+    Option<time::OffsetDateTime>,
+);
+
+fn print_token_table<'a>(tokens: impl Iterator<Item = TokenLine<'a>>) {
+    let when = |t: Option<time::OffsetDateTime>| {
+        t.and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    let rows: Vec<[String; 5]> = tokens
+        .map(|(name, role, created, expires, revoked)| {
+            [
+                name.to_owned(),
+                role.to_owned(),
+                when(Some(created)),
+                when(expires),
+                when(revoked),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no tokens");
+        return;
+    }
+    print_table(&["NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED"], &rows);
 }
 
 async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
@@ -268,6 +595,7 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             let p = platform(true).await?;
             print_status(&tenants::resume(&p, slug(&s)?.as_str()).await?, as_json)?;
         }
+        TenantCmd::Token(cmd) => tenant_token(cmd).await?,
     }
     Ok(())
 }

@@ -1,16 +1,20 @@
 //! `portico demo`: the whole control plane on embedded defaults. Starts a throwaway PostgreSQL
 //! cluster with the machine's binaries, uses `file://` storage and a `local` master key in a
-//! temporary directory, provisions two demo tenants, prints them, and cleans everything up on
-//! Ctrl-C (or SIGTERM).
+//! temporary directory, provisions two demo tenants, gives `acme` an API token, serves both
+//! over HTTP (as `portico serve` does), and cleans everything up on Ctrl-C (or SIGTERM).
 
 use anyhow::Context;
 use portico_core::settings::DatabaseUrl;
 use portico_core::{Hostname, Settings, Slug};
 use sqlx::Connection;
 
+use portico_tenant_runtime::store::{self, tokens::TokenRole};
+use secrecy::ExposeSecret;
+
 use crate::cli::{print_tenant, print_tenant_table};
 use crate::context::Platform;
 use crate::pgcluster::PgCluster;
+use crate::serve::{Application, ServeOptions, ServeRole};
 use crate::tenants::{self, CreateTenant};
 
 pub async fn run() -> anyhow::Result<()> {
@@ -23,7 +27,7 @@ pub async fn run() -> anyhow::Result<()> {
         .await
         .context("starting PostgreSQL")??;
     let outcome = async {
-        let (platform, data) = tokio::select! {
+        let (platform, data, app) = tokio::select! {
             r = setup(&cluster) => r?,
             () = shutdown.requested() => {
                 println!("interrupted during setup");
@@ -31,7 +35,8 @@ pub async fn run() -> anyhow::Result<()> {
             }
         };
         println!("demo ready: two tenants provisioned. Press Ctrl-C to stop and clean up.");
-        shutdown.requested().await;
+        app.run_until_stopped(async move { shutdown.requested().await })
+            .await?;
         platform.catalog.pool().close().await;
         drop(data);
         anyhow::Ok(())
@@ -45,6 +50,17 @@ pub async fn run() -> anyhow::Result<()> {
     data?;
     println!("demo stopped cleanly");
     Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    match Shutdown::listen() {
+        Ok(mut s) => s.requested().await,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals; stop the process with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM listeners, registered once and up front.
@@ -70,9 +86,10 @@ impl Shutdown {
     }
 }
 
-/// Creates the control-plane database, provisions the demo tenants and prints them; returns the
-/// platform and the data directory (removed when dropped).
-async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempDir)> {
+/// Creates the control-plane database, provisions the demo tenants, prints them, creates a
+/// token and binds the HTTP server; returns the platform, the data directory (removed when
+/// dropped) and the server.
+async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempDir, Application)> {
     let mut admin = sqlx::PgConnection::connect(&cluster.url("postgres"))
         .await
         .context("connecting to the demo cluster")?;
@@ -92,7 +109,12 @@ async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempD
     .context("PORTICO_BASE_DOMAIN")?;
     let database_url = DatabaseUrl::parse(&cluster.url("portico"))
         .map_err(|e| anyhow::anyhow!("demo database URL: {e}"))?;
-    let settings = Settings::embedded(database_url, base_domain, data.path());
+    let mut settings = Settings::embedded(database_url, base_domain, data.path());
+    settings.runtime.listen = std::env::var("PORTICO_LISTEN")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(settings.runtime.listen);
+    settings.runtime.metrics_listen = Some(([127, 0, 0, 1], 0).into());
     println!(
         "  PostgreSQL:  127.0.0.1:{} (password auth), cluster in {}",
         cluster.port(),
@@ -103,7 +125,7 @@ async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempD
         "  keys:        local://{}/keys/master.key",
         data.path().display()
     );
-    let platform = Platform::connect(settings, true).await?;
+    let platform = Platform::connect(settings.clone(), true).await?;
 
     let demo_tenants = [
         ("acme", "Acme Corporation", vec![]),
@@ -134,5 +156,34 @@ async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempD
         print_tenant(t);
     }
     println!();
-    Ok((platform, data))
+
+    let client = platform.connect_as_tenant("acme").await?;
+    let (_, token) = store::tokens::create(&client, "demo", TokenRole::Admin, None)
+        .await
+        .map_err(crate::PlatformError::from)?;
+    let app = Application::build(
+        settings.clone(),
+        ServeOptions {
+            role: ServeRole::All,
+        },
+    )
+    .await?;
+    let addr = app.local_addr()?;
+    let acme = settings.base_domain.tenant_subdomain(&Slug::parse("acme")?);
+    println!(
+        "serving on http://{addr} (metrics: http://{}/metrics)",
+        app.metrics_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    println!(
+        "  try:  curl -H 'Authorization: Bearer {}' http://{acme}:{}/api/v1/tenant",
+        token.expose_secret(),
+        addr.port()
+    );
+    println!(
+        "        (*.localhost resolves to this machine; elsewhere add -H 'Host: {acme}' and use {addr})"
+    );
+    println!();
+    Ok((platform, data, app))
 }

@@ -66,3 +66,15 @@ impl PlatformError {
 }
 
 pub type Result<T, E = PlatformError> = std::result::Result<T, E>;
+
+/// Tenant-store errors met by control-plane commands (tokens).
+impl From<portico_tenant_runtime::RuntimeError> for PlatformError {
+    fn from(e: portico_tenant_runtime::RuntimeError) -> Self {
+        use portico_tenant_runtime::RuntimeError as R;
+        match e {
+            R::InvalidInput(m) | R::NotFound(m) => Self::InvalidInput(m),
+            R::Conflict(m) => Self::Conflict(m),
+            other => Self::InvalidState(other.to_string()),
+        }
+    }
+}

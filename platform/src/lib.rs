@@ -4,13 +4,16 @@
 //! The control plane decides and records; the `portico-provisioning` crate does every
 //! creation and destruction of tenant resources.
 
+pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod context;
 pub mod db_servers;
 pub mod demo;
 pub mod error;
+pub mod operators;
 pub mod pgcluster;
+pub mod serve;
 pub mod tenants;
 
 pub use context::Platform;

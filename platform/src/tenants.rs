@@ -128,22 +128,63 @@ fn validate_domains(platform: &Platform, req: &CreateTenant) -> Result<()> {
 /// Creates a tenant, or finishes an interrupted create of the same tenant.
 #[tracing::instrument(name = "create", skip_all, fields(slug = %req.slug))]
 pub async fn create(platform: &Platform, req: CreateTenant) -> Result<TenantView> {
+    let started = Box::pin(start_create(platform, req)).await?;
+    checkpoint("reserved");
+    Box::pin(finish_create(platform, &started)).await
+}
+
+/// A create that is recorded in the catalog (tenant `provisioning`, run with its steps) and
+/// can be finished by [`finish_create`], now or by any later process.
+#[derive(Debug, Clone)]
+pub struct StartedCreate {
+    pub tenant: TenantId,
+    pub run: RunId,
+    req: CreateTenant,
+    display_name: String,
+}
+
+impl StartedCreate {
+    pub fn slug(&self) -> &Slug {
+        &self.req.slug
+    }
+}
+
+/// Validates a create and records it (or finds the unfinished create with the same options).
+/// Every refusal (bad input, taken slug or domain, unknown server) happens here, before
+/// anything is created. The CLI and the operator API both start creates here.
+pub async fn start_create(platform: &Platform, req: CreateTenant) -> Result<StartedCreate> {
     let display_name =
         validate_display_name(req.display_name.as_deref().unwrap_or(req.slug.as_str()))?;
     validate_domains(platform, &req)?;
     let request = serde_json::to_value(&req)
         .map_err(|e| PlatformError::InvalidState(format!("cannot record the request: {e}")))?;
-
     // The two phases are boxed: each is a deep state machine, and nesting them unboxed
     // exceeds the compiler's layout depth limit in optimised builds.
     let (tenant, run) = Box::pin(find_or_reserve(platform, &req, &display_name, request)).await?;
-    checkpoint("reserved");
+    Ok(StartedCreate {
+        tenant,
+        run,
+        req,
+        display_name,
+    })
+}
 
+/// Runs (or re-runs) every step of a recorded create, under the tenant's lock.
+#[tracing::instrument(name = "finish_create", skip_all, fields(tenant_id = %started.tenant, run_id = %started.run))]
+pub async fn finish_create(platform: &Platform, started: &StartedCreate) -> Result<TenantView> {
+    let (tenant, run, req) = (started.tenant, started.run, &started.req);
     let lock = platform.catalog.lock_tenant(tenant, LOCK_WAIT).await?;
     // Another process may have finished (or rolled back) this tenant while we waited.
     let outcome = match platform.catalog.tenant_by_id(tenant).await? {
         Some(t) if t.status == "provisioning" => {
-            Box::pin(run_steps(platform, tenant, run, &req.slug, &display_name)).await
+            Box::pin(run_steps(
+                platform,
+                tenant,
+                run,
+                &req.slug,
+                &started.display_name,
+            ))
+            .await
         }
         Some(_) => Ok(()),
         None => Err(PlatformError::Conflict(format!(
@@ -451,6 +492,41 @@ impl Platform {
                 PlatformError::InvalidState(format!("tenant '{slug}' has no role yet"))
             })?;
         role_password(self, t.tenant_id(), &TenantKeyRef::new(key), &ciphertext).await
+    }
+}
+
+impl Platform {
+    /// A direct connection to a tenant's database as the tenant's own role (for commands that
+    /// manage tenant data, such as API tokens).
+    pub async fn connect_as_tenant(&self, slug: &str) -> Result<tokio_postgres::Client> {
+        let t = tenant_row(self, slug).await?;
+        if !matches!(t.status.as_str(), "active" | "suspended") {
+            return Err(PlatformError::InvalidState(format!(
+                "tenant '{slug}' is {}; its database is not ready",
+                t.status
+            )));
+        }
+        let placement = self
+            .catalog
+            .placement(t.tenant_id())
+            .await?
+            .ok_or_else(|| {
+                PlatformError::InvalidState(format!("tenant '{slug}' has no placement"))
+            })?;
+        let server_row = self
+            .catalog
+            .db_server_by_id(placement.db_server_id)
+            .await?
+            .ok_or_else(|| PlatformError::ServerNotFound(placement.db_server.clone()))?;
+        let server = db_servers::connect(self, &server_row).await?;
+        let password = self.tenant_role_password(slug).await?;
+        Ok(server
+            .connect_as(
+                &placement.database_name,
+                &placement.role_name,
+                password.expose_secret(),
+            )
+            .await?)
     }
 }
 

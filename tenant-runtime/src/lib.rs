@@ -1,3 +1,17 @@
-//! The data plane (tenant resolution, per-tenant pools, SSO, sessions, portal API). A stub until
-//! the routing issue: it may read the catalog and use tenant keys and storage through
-//! `portico-core`, and it never creates or destroys tenant resources nor writes the catalog.
+//! Portico's data plane: tenant resolution from the `Host` header (cached, invalidated through
+//! the catalog's notifications), per-tenant connection pools under a per-server budget, tenant
+//! API tokens, and the tenant HTTP API.
+//!
+//! This crate reads the catalog and never writes it, and it never creates or destroys tenant
+//! resources (databases, roles, keys, prefixes): that is `portico-provisioning`'s job.
+
+pub mod api;
+pub mod catalog;
+pub mod error;
+pub mod http;
+pub mod pools;
+pub mod resolve;
+pub mod store;
+
+pub use api::Runtime;
+pub use error::RuntimeError;

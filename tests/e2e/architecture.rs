@@ -27,7 +27,7 @@ fn tenant_runtime_neither_provisions_nor_writes_the_catalog() {
     let mut files = Vec::new();
     rust_sources(&root.join("src"), &mut files);
     assert!(!files.is_empty());
-    let forbidden = [
+    let mut forbidden: Vec<String> = [
         "create database",
         "drop database",
         "create role",
@@ -37,19 +37,34 @@ fn tenant_runtime_neither_provisions_nor_writes_the_catalog() {
         "schedule_key_deletion",
         "create_alias",
         "delete_alias",
-        "insert into tenants",
-        "update tenants",
-        "delete from tenants",
+    ]
+    .map(String::from)
+    .to_vec();
+    // It reads the catalog; it writes none of its tables.
+    for table in [
+        "tenants",
         "tenant_domains",
         "tenant_placements",
         "provisioning_runs",
-    ];
+        "provisioning_steps",
+        "db_servers",
+        "operator_tokens",
+        "operator_audit",
+    ] {
+        for verb in ["insert into", "update", "delete from"] {
+            forbidden.push(format!("{verb} {table}"));
+        }
+    }
     for file in files {
         let text = std::fs::read_to_string(&file)
             .expect("source")
             .to_lowercase();
-        for f in forbidden {
-            assert!(!text.contains(f), "{} contains '{f}'", file.display());
+        for f in &forbidden {
+            assert!(
+                !text.contains(f.as_str()),
+                "{} contains '{f}'",
+                file.display()
+            );
         }
     }
 }
@@ -79,4 +94,26 @@ fn only_provisioning_issues_ddl_for_tenant_resources() {
             }
         }
     }
+}
+
+/// The runtime's catalog sessions are read-only: PostgreSQL itself refuses a write.
+#[tokio::test]
+async fn the_runtime_catalog_pool_cannot_write() {
+    let env = crate::support::TestEnv::new(crate::support::Backend::FileLocal).await;
+    env.ok(&["migrate"]);
+    let pool = portico_platform::serve::runtime_catalog_pool(&env.settings())
+        .await
+        .expect("runtime catalog pool");
+    let err = sqlx::query("update tenants set status = 'active'")
+        .execute(&pool)
+        .await
+        .expect_err("a write through the runtime's catalog pool must fail");
+    assert!(err.to_string().contains("read-only transaction"), "{err}");
+    // Reads (and LISTEN) work.
+    sqlx::query("listen portico_catalog")
+        .execute(&pool)
+        .await
+        .expect("listen");
+    pool.close().await;
+    env.cleanup().await;
 }

@@ -10,3 +10,4 @@ mod db_servers;
 mod demo;
 mod isolation;
 mod lifecycle;
+mod routing;

@@ -487,3 +487,263 @@ fn the_watchdog_kills_a_child_that_outlives_its_limit() {
     let status = child.wait().expect("wait");
     assert_eq!(status.signal(), Some(9), "{status:?}");
 }
+
+/// A `portico serve` process of this environment, on free loopback ports. Killed when dropped.
+pub struct Server {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub metrics: Option<std::net::SocketAddr>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr_seen: std::sync::Arc<std::sync::Condvar>,
+    http: reqwest::Client,
+    _watchdog: Watchdog,
+}
+
+/// An HTTP answer, with its body parsed as JSON when it is JSON.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an RFC 9457 problem with this status and code, carrying the request id that
+    /// the response header echoes.
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{self:?}"
+        );
+        assert_eq!(self.body["code"], code, "{self:?}");
+        assert_eq!(self.body["status"], status, "{self:?}");
+        assert!(self.body["title"].is_string(), "{self:?}");
+        assert_eq!(
+            self.body["type"],
+            format!("urn:portico:problem:{code}"),
+            "{self:?}"
+        );
+        let rid = self.header("x-request-id").expect("x-request-id");
+        assert_eq!(self.body["request_id"], rid, "{self:?}");
+    }
+}
+
+impl TestEnv {
+    /// Starts `portico serve` with this environment plus `extra` settings.
+    pub fn serve(&self, extra: &[(&str, &str)]) -> Server {
+        use std::io::BufRead;
+        let mut cmd = self.command();
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env("PORTICO_LOG", "info")
+        .envs(extra.iter().map(|(k, v)| (*k, *v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning portico serve");
+        let watchdog = Watchdog::arm(child.id(), Duration::from_secs(600));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let stderr_seen = std::sync::Arc::new(std::sync::Condvar::new());
+        {
+            let pipe = child.stderr.take().expect("stderr");
+            let (lines, seen) = (stderr.clone(), stderr_seen.clone());
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().expect("lines").push(line);
+                    seen.notify_all();
+                }
+            });
+        }
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let (mut addr, mut metrics) = (None, None);
+        while addr.is_none() || metrics.is_none() {
+            let mut line = String::new();
+            if out.read_line(&mut line).expect("reading serve output") == 0 {
+                let _ = child.wait();
+                panic!(
+                    "portico serve exited before listening:\n{}",
+                    stderr.lock().expect("lines").join("\n")
+                );
+            }
+            if let Some(a) = line.trim().strip_prefix("listening on http://") {
+                addr = Some(a.parse().expect("listen address"));
+            }
+            if let Some(a) = line.trim().strip_prefix("metrics on http://") {
+                metrics = Some(
+                    a.trim_end_matches("/metrics")
+                        .parse()
+                        .expect("metrics address"),
+                );
+            }
+        }
+        // Keep draining stdout so the process never blocks on it.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        Server {
+            child,
+            addr: addr.expect("address"),
+            metrics,
+            stderr,
+            stderr_seen,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("http client"),
+            _watchdog: watchdog,
+        }
+    }
+
+    /// Creates an API token of a tenant and returns its secret.
+    pub fn tenant_token(&self, slug: &str, name: &str, role: &str) -> String {
+        let v = self.json(&[
+            "tenant", "token", "create", slug, "--name", name, "--role", role, "--json",
+        ]);
+        v["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Creates an operator token and returns its secret.
+    pub fn operator_token(&self, name: &str) -> String {
+        let v = self.json(&["operator", "token", "create", name, "--json"]);
+        v["token"].as_str().expect("token").to_owned()
+    }
+}
+
+pub fn host_of(slug: &str) -> String {
+    format!("{slug}.{BASE_DOMAIN}")
+}
+
+pub const OPERATOR_HOST: &str = "admin.portal.test";
+
+impl Server {
+    /// Sends a request with the given `Host`, bearer token and extra headers.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        host: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.addr))
+            .header("host", host);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, host: &str, path: &str, token: Option<&str>) -> Answer {
+        self.request(reqwest::Method::GET, host, path, token, &[], None)
+            .await
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.metrics.expect("metrics address");
+        self.http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Blocks until a stderr line contains `needle` (or panics after `limit`: a failure, not
+    /// a wait).
+    pub fn wait_for_stderr(&self, needle: &str, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut lines = self.stderr.lock().expect("lines");
+        while !lines.iter().any(|l| l.contains(needle)) {
+            let now = std::time::Instant::now();
+            assert!(
+                now < deadline,
+                "'{needle}' not seen on stderr within {limit:?}:\n{}",
+                lines.join("\n")
+            );
+            lines = self
+                .stderr_seen
+                .wait_timeout(lines, deadline - now)
+                .expect("lines")
+                .0;
+        }
+    }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().expect("lines").clone()
+    }
+
+    /// Waits for the process to exit; returns its status.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("waiting for portico serve")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` until it returns true or `limit` passes; returns how long it took, or `None`.
+/// For conditions that another process makes true (a notification, a connection closing):
+/// the limit is what the test asserts, not a synchronisation pause.
+pub async fn within<F, Fut>(limit: Duration, mut probe: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if probe().await {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

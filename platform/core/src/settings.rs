@@ -5,10 +5,13 @@
 //! [`secrecy::SecretString`] so they never show up in `Debug` output or logs.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -25,6 +28,19 @@ const KEYS: &[&str] = &[
     "kms_endpoint",
     "tenant_connection_limit",
     "tenant_statement_timeout_ms",
+    "operator_host",
+    "listen",
+    "metrics_listen",
+    "trusted_proxies",
+    "rate_limit_per_ip",
+    "rate_limit_per_tenant",
+    "max_open_tenants",
+    "tenant_pool_size",
+    "pool_wait_ms",
+    "runtime_instances",
+    "request_timeout_ms",
+    "body_limit_bytes",
+    "tenant_cache_ttl_s",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +80,19 @@ struct Raw {
     kms_endpoint: Option<String>,
     tenant_connection_limit: i64,
     tenant_statement_timeout_ms: i64,
+    operator_host: Option<String>,
+    listen: String,
+    metrics_listen: String,
+    trusted_proxies: String,
+    rate_limit_per_ip: i64,
+    rate_limit_per_tenant: i64,
+    max_open_tenants: i64,
+    tenant_pool_size: i64,
+    pool_wait_ms: i64,
+    runtime_instances: i64,
+    request_timeout_ms: i64,
+    body_limit_bytes: i64,
+    tenant_cache_ttl_s: i64,
 }
 
 impl Default for Raw {
@@ -77,6 +106,19 @@ impl Default for Raw {
             kms_endpoint: None,
             tenant_connection_limit: DEFAULT_TENANT_CONNECTION_LIMIT.into(),
             tenant_statement_timeout_ms: DEFAULT_TENANT_STATEMENT_TIMEOUT_MS.into(),
+            operator_host: None,
+            listen: "127.0.0.1:8080".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            trusted_proxies: String::new(),
+            rate_limit_per_ip: 100,
+            rate_limit_per_tenant: 1000,
+            max_open_tenants: 1000,
+            tenant_pool_size: 5,
+            pool_wait_ms: 2000,
+            runtime_instances: 1,
+            request_timeout_ms: 30_000,
+            body_limit_bytes: 1 << 20,
+            tenant_cache_ttl_s: 30,
         }
     }
 }
@@ -162,6 +204,125 @@ pub struct Settings {
     pub tenant_connection_limit: u32,
     /// `statement_timeout` given to every tenant role, in milliseconds.
     pub tenant_statement_timeout_ms: u32,
+    /// What `portico serve` needs: listen addresses, limits, pools.
+    pub runtime: RuntimeSettings,
+}
+
+/// Settings of the HTTP runtime (`portico serve`).
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// The host name of the operator API (default `admin.<base_domain>`).
+    pub operator_host: Hostname,
+    pub listen: SocketAddr,
+    /// Where `/metrics` is served; `None` (`off`) serves no metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Requests per second per client IP (bursts up to the same number); 0 turns it off.
+    pub rate_limit_per_ip: u32,
+    /// Requests per second per tenant; 0 turns it off.
+    pub rate_limit_per_tenant: u32,
+    /// Tenant pools kept open at once (least recently used closed first).
+    pub max_open_tenants: u64,
+    /// Connections one tenant's pool may hold (per instance).
+    pub tenant_pool_size: u32,
+    /// How long a request waits for a tenant connection before `503 tenant_busy`.
+    pub pool_wait: Duration,
+    /// Instances sharing each database server's connection budget (each takes an equal share).
+    pub instances: u32,
+    pub request_timeout: Duration,
+    pub body_limit_bytes: usize,
+    /// How long a resolved host is trusted without a catalog notification (a backstop).
+    pub tenant_cache_ttl: Duration,
+}
+
+impl RuntimeSettings {
+    /// Defaults for a given base domain (the demo, tests).
+    pub fn defaults_for(base_domain: &Hostname) -> Self {
+        let raw = Raw::default();
+        let mut s = Self::validate(&raw, base_domain).expect("the defaults are valid");
+        s.operator_host = operator_host_for(base_domain);
+        s
+    }
+
+    fn validate(raw: &Raw, base_domain: &Hostname) -> Result<Self, SettingsError> {
+        let operator_host = match raw.operator_host.as_deref() {
+            None | Some("") => operator_host_for(base_domain),
+            Some(h) => Hostname::parse(h).map_err(|e| invalid("operator_host", e.to_string()))?,
+        };
+        let listen = raw
+            .listen
+            .parse()
+            .map_err(|_| invalid("listen", "expected an address like 127.0.0.1:8080"))?;
+        let metrics_listen = match raw.metrics_listen.as_str() {
+            "" | "off" => None,
+            s => Some(s.parse().map_err(|_| {
+                invalid(
+                    "metrics_listen",
+                    "expected an address like 127.0.0.1:9464, or off",
+                )
+            })?),
+        };
+        let trusted_proxies = raw
+            .trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "trusted_proxies",
+                            format!("'{s}' is not an IP address or CIDR block"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ranged = |key: &'static str, v: i64, lo: i64, hi: i64| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(key, format!("must be between {lo} and {hi}")))
+            }
+        };
+        let ms = |v: i64| Duration::from_millis(v.unsigned_abs());
+        Ok(Self {
+            operator_host,
+            listen,
+            metrics_listen,
+            trusted_proxies,
+            rate_limit_per_ip: ranged("rate_limit_per_ip", raw.rate_limit_per_ip, 0, 1_000_000)?
+                as u32,
+            rate_limit_per_tenant: ranged(
+                "rate_limit_per_tenant",
+                raw.rate_limit_per_tenant,
+                0,
+                1_000_000,
+            )? as u32,
+            max_open_tenants: ranged("max_open_tenants", raw.max_open_tenants, 1, 1_000_000)?
+                as u64,
+            tenant_pool_size: ranged("tenant_pool_size", raw.tenant_pool_size, 1, 1000)? as u32,
+            pool_wait: ms(ranged("pool_wait_ms", raw.pool_wait_ms, 1, 600_000)?),
+            instances: ranged("runtime_instances", raw.runtime_instances, 1, 1000)? as u32,
+            request_timeout: ms(ranged(
+                "request_timeout_ms",
+                raw.request_timeout_ms,
+                100,
+                3_600_000,
+            )?),
+            body_limit_bytes: ranged("body_limit_bytes", raw.body_limit_bytes, 1024, 1 << 30)?
+                as usize,
+            tenant_cache_ttl: Duration::from_secs(
+                ranged("tenant_cache_ttl_s", raw.tenant_cache_ttl_s, 1, 86_400)?.unsigned_abs(),
+            ),
+        })
+    }
+}
+
+fn operator_host_for(base_domain: &Hostname) -> Hostname {
+    Hostname::parse(&format!("admin.{}", base_domain.as_str()))
+        .expect("admin.<a valid host name> is a valid host name")
 }
 
 impl Settings {
@@ -170,7 +331,6 @@ impl Settings {
     pub fn embedded(database_url: DatabaseUrl, base_domain: Hostname, data_dir: &Path) -> Self {
         Self {
             database_url,
-            base_domain,
             storage: StorageSettings::File {
                 root: data_dir.join("storage"),
             },
@@ -179,6 +339,8 @@ impl Settings {
             },
             tenant_connection_limit: DEFAULT_TENANT_CONNECTION_LIMIT,
             tenant_statement_timeout_ms: DEFAULT_TENANT_STATEMENT_TIMEOUT_MS,
+            runtime: RuntimeSettings::defaults_for(&base_domain),
+            base_domain,
         }
     }
 
@@ -256,6 +418,7 @@ impl Settings {
                     "must be between 100 and 3600000",
                 )
             })?;
+        let runtime = RuntimeSettings::validate(&raw, &base_domain)?;
         Ok(Self {
             database_url,
             base_domain,
@@ -263,6 +426,7 @@ impl Settings {
             kms,
             tenant_connection_limit,
             tenant_statement_timeout_ms,
+            runtime,
         })
     }
 }

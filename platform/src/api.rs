@@ -1,0 +1,421 @@
+//! The operator API: `/operator/v1/*`, served only on the operator host, authenticated with
+//! operator tokens, every action written to the control-plane audit trail (who, what, target,
+//! outcome, client address, request id). It calls the same workflows as the CLI.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use portico_core::{DbServerName, Hostname, Slug};
+use portico_provisioning::ProvisionError;
+use portico_tenant_runtime::api::request_host;
+use portico_tenant_runtime::http::{ApiJson, ClientIp, Problem, RequestId};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::context::Platform;
+use crate::db_servers;
+use crate::error::PlatformError;
+use crate::operators::{AuditEntry, OperatorIdentity};
+use crate::tenants::{self, CreateTenant};
+
+#[derive(Clone)]
+pub struct OperatorApi {
+    pub platform: Arc<Platform>,
+    pub operator_host: Hostname,
+}
+
+impl OperatorApi {
+    pub fn routes(&self) -> Router {
+        Router::new()
+            .route(
+                "/operator/v1/tenants",
+                get(list_tenants).post(create_tenant),
+            )
+            .route("/operator/v1/tenants/{slug}", get(show_tenant))
+            .route("/operator/v1/tenants/{slug}/suspend", post(suspend_tenant))
+            .route("/operator/v1/tenants/{slug}/resume", post(resume_tenant))
+            .route("/operator/v1/runs/{run_id}", get(show_run))
+            .route(
+                "/operator/v1/db-servers",
+                get(list_servers).post(add_server),
+            )
+            .route_layer(middleware::from_fn_with_state(
+                self.clone(),
+                operator_host_only,
+            ))
+            .with_state(self.clone())
+    }
+}
+
+/// The operator API exists only on the operator host.
+async fn operator_host_only(State(api): State<OperatorApi>, req: Request, next: Next) -> Response {
+    match request_host(req.headers()) {
+        Ok(h) if h == api.operator_host => next.run(req).await,
+        Ok(_) => Problem::not_found().into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+impl From<PlatformError> for Problem {
+    fn from(e: PlatformError) -> Self {
+        let conflict = |code, title, detail: String| {
+            Problem::new(StatusCode::CONFLICT, code, title).detail(detail)
+        };
+        match e {
+            PlatformError::InvalidInput(m) => Problem::invalid_input(m),
+            PlatformError::Settings(s) => Problem::invalid_input(s.to_string()),
+            PlatformError::SlugTaken(_) => conflict("slug_taken", "Slug taken", e.to_string()),
+            PlatformError::DomainTaken { .. } => {
+                conflict("domain_taken", "Domain taken", e.to_string())
+            }
+            PlatformError::ServerExists(_) => {
+                conflict("db_server_exists", "Database server exists", e.to_string())
+            }
+            PlatformError::InvalidState(m) => conflict("invalid_state", "Invalid state", m),
+            PlatformError::Conflict(m) => conflict("conflict", "Conflict", m),
+            PlatformError::TenantNotFound(_) => {
+                Problem::new(StatusCode::NOT_FOUND, "tenant_not_found", "No such tenant")
+                    .detail(e.to_string())
+            }
+            PlatformError::ServerNotFound(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "db_server_not_found",
+                "No such database server",
+            )
+            .detail(e.to_string()),
+            PlatformError::Busy(m) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "Another operation holds this tenant",
+            )
+            .detail(m)
+            .retry_after(5),
+            PlatformError::Provision(
+                ProvisionError::InvalidUrl(_)
+                | ProvisionError::Unreachable { .. }
+                | ProvisionError::Unsuitable { .. },
+            ) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "db_server_rejected",
+                "The database server cannot be used",
+            )
+            .detail(e.to_string()),
+            other => {
+                tracing::error!(error = %portico_core::error_chain(&other), "operator API: internal error");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+/// An authenticated operator, with where the request came from.
+pub struct Operator {
+    identity: OperatorIdentity,
+    ip: Option<IpAddr>,
+    request_id: String,
+}
+
+fn request_context(parts: &Parts) -> (Option<IpAddr>, String, String) {
+    let ip = parts.extensions.get::<ClientIp>().map(|c| c.0);
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    (ip, request_id, format!("{} {route}", parts.method))
+}
+
+impl FromRequestParts<OperatorApi> for Operator {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, api: &OperatorApi) -> Result<Self, Problem> {
+        let (ip, request_id, action) = request_context(parts);
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")));
+        let identity = match presented {
+            None => Err(Problem::unauthenticated()),
+            Some(None) => Err(Problem::invalid_token()),
+            Some(Some(token)) => match api.platform.catalog.operator_by_token(token.trim()).await {
+                Ok(Some(identity)) => Ok(identity),
+                Ok(None) => Err(Problem::invalid_token()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        match identity {
+            Ok(identity) => Ok(Self {
+                identity,
+                ip,
+                request_id,
+            }),
+            Err(problem) => {
+                api.platform
+                    .catalog
+                    .audit(AuditEntry {
+                        actor: "-",
+                        action: &action,
+                        target: None,
+                        outcome: "denied",
+                        client_ip: ip,
+                        request_id: &request_id,
+                        detail: Some(serde_json::json!({"code": problem.code})),
+                    })
+                    .await
+                    .map_err(Problem::from)?;
+                Err(problem)
+            }
+        }
+    }
+}
+
+impl Operator {
+    /// Records the outcome of an action, then passes the result on.
+    async fn record<T>(
+        &self,
+        api: &OperatorApi,
+        action: &str,
+        target: Option<&str>,
+        result: Result<T, Problem>,
+        detail: Option<serde_json::Value>,
+    ) -> Result<T, Problem> {
+        let (outcome, detail) = match &result {
+            Ok(_) => ("succeeded", detail),
+            Err(p) => ("failed", Some(serde_json::json!({"code": p.code}))),
+        };
+        api.platform
+            .catalog
+            .audit(AuditEntry {
+                actor: &self.identity.name,
+                action,
+                target,
+                outcome,
+                client_ip: self.ip,
+                request_id: &self.request_id,
+                detail: detail
+                    .map(|mut d| {
+                        d["token_id"] = self.identity.token_id.to_string().into();
+                        d
+                    })
+                    .or_else(|| Some(serde_json::json!({"token_id": self.identity.token_id}))),
+            })
+            .await
+            .map_err(Problem::from)?;
+        result
+    }
+}
+
+fn slug(s: &str) -> Result<Slug, Problem> {
+    Slug::parse(s).map_err(|e| Problem::invalid_input(e.to_string()))
+}
+
+async fn list_tenants(State(api): State<OperatorApi>, op: Operator) -> Result<Response, Problem> {
+    let result = tenants::list(&api.platform).await.map_err(Problem::from);
+    let all = op.record(&api, "tenant.list", None, result, None).await?;
+    Ok(Json(all).into_response())
+}
+
+async fn show_tenant(
+    State(api): State<OperatorApi>,
+    op: Operator,
+    Path(s): Path<String>,
+) -> Result<Response, Problem> {
+    let result = async { Ok(tenants::show(&api.platform, slug(&s)?.as_str()).await?) }.await;
+    let t = op
+        .record(&api, "tenant.show", Some(&s), result, None)
+        .await?;
+    Ok(Json(t).into_response())
+}
+
+async fn suspend_tenant(
+    State(api): State<OperatorApi>,
+    op: Operator,
+    Path(s): Path<String>,
+) -> Result<Response, Problem> {
+    let result = async { Ok(tenants::suspend(&api.platform, slug(&s)?.as_str()).await?) }.await;
+    let t = op
+        .record(&api, "tenant.suspend", Some(&s), result, None)
+        .await?;
+    Ok(Json(t).into_response())
+}
+
+async fn resume_tenant(
+    State(api): State<OperatorApi>,
+    op: Operator,
+    Path(s): Path<String>,
+) -> Result<Response, Problem> {
+    let result = async { Ok(tenants::resume(&api.platform, slug(&s)?.as_str()).await?) }.await;
+    let t = op
+        .record(&api, "tenant.resume", Some(&s), result, None)
+        .await?;
+    Ok(Json(t).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    slug: String,
+    display_name: Option<String>,
+    #[serde(default)]
+    domains: Vec<String>,
+    db_server: Option<String>,
+}
+
+impl TryFrom<CreateBody> for CreateTenant {
+    type Error = Problem;
+    fn try_from(b: CreateBody) -> Result<Self, Problem> {
+        let invalid = |e: portico_core::NameError| Problem::invalid_input(e.to_string());
+        Ok(CreateTenant {
+            slug: Slug::parse(&b.slug).map_err(invalid)?,
+            display_name: b.display_name,
+            domains: b
+                .domains
+                .iter()
+                .map(|d| Hostname::parse(d))
+                .collect::<Result<_, _>>()
+                .map_err(invalid)?,
+            db_server: b
+                .db_server
+                .map(|n| DbServerName::parse(&n))
+                .transpose()
+                .map_err(invalid)?,
+        })
+    }
+}
+
+/// Records the create and answers 202 at once; the steps run in the background. Polling
+/// `GET /operator/v1/runs/{run_id}` shows their progress. Posting the same body again resumes
+/// an interrupted create (the same run).
+async fn create_tenant(
+    State(api): State<OperatorApi>,
+    op: Operator,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Response, Problem> {
+    let target = body.slug.clone();
+    let result = async {
+        let req = CreateTenant::try_from(body)?;
+        Ok(tenants::start_create(&api.platform, req).await?)
+    }
+    .await;
+    let detail = result
+        .as_ref()
+        .ok()
+        .map(|s| serde_json::json!({"tenant_id": s.tenant, "run_id": s.run}));
+    let started = op
+        .record(&api, "tenant.create", Some(&target), result, detail)
+        .await?;
+    let platform = api.platform.clone();
+    let background = started.clone();
+    tokio::spawn(async move {
+        match tenants::finish_create(&platform, &background).await {
+            Ok(_) => {
+                tracing::info!(tenant_id = %background.tenant, run_id = %background.run, "tenant created")
+            }
+            Err(e) => tracing::error!(
+                tenant_id = %background.tenant,
+                run_id = %background.run,
+                error = %portico_core::error_chain(&e),
+                "tenant create failed; POST the same request again to resume it"
+            ),
+        }
+    });
+    let run_url = format!("/operator/v1/runs/{}", started.run);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "tenant_id": started.tenant,
+            "slug": started.slug(),
+            "run_id": started.run,
+            "status": "provisioning",
+            "run_url": run_url,
+            "tenant_url": format!("/operator/v1/tenants/{}", started.slug()),
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&run_url) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+async fn show_run(
+    State(api): State<OperatorApi>,
+    op: Operator,
+    Path(run): Path<String>,
+) -> Result<Response, Problem> {
+    let result = async {
+        let id = Uuid::parse_str(&run)
+            .map_err(|_| Problem::invalid_input(format!("'{run}' is not a run id")))?;
+        let slug = api
+            .platform
+            .catalog
+            .run_tenant_slug(id)
+            .await?
+            .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "run_not_found", "No such run"))?;
+        let t = tenants::show(&api.platform, &slug).await?;
+        let p = t
+            .provisioning
+            .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "run_not_found", "No such run"))?;
+        Ok(serde_json::json!({
+            "run_id": p.run_id,
+            "tenant_id": t.id,
+            "slug": t.slug,
+            "tenant_status": t.status,
+            "status": p.status,
+            "error": p.error,
+            "steps": p.steps,
+        }))
+    }
+    .await;
+    let v = op
+        .record(&api, "run.show", Some(&run), result, None)
+        .await?;
+    Ok(Json(v).into_response())
+}
+
+async fn list_servers(State(api): State<OperatorApi>, op: Operator) -> Result<Response, Problem> {
+    let result = db_servers::list(&api.platform).await.map_err(Problem::from);
+    let all = op
+        .record(&api, "db_server.list", None, result, None)
+        .await?;
+    Ok(Json(all).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddServerBody {
+    name: String,
+    url: String,
+    max_connections: Option<u32>,
+}
+
+async fn add_server(
+    State(api): State<OperatorApi>,
+    op: Operator,
+    ApiJson(body): ApiJson<AddServerBody>,
+) -> Result<Response, Problem> {
+    let target = body.name.clone();
+    let result = async {
+        let name =
+            DbServerName::parse(&body.name).map_err(|e| Problem::invalid_input(e.to_string()))?;
+        let (view, _) =
+            db_servers::add(&api.platform, &name, &body.url, body.max_connections).await?;
+        Ok(view)
+    }
+    .await;
+    let view = op
+        .record(&api, "db_server.add", Some(&target), result, None)
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}

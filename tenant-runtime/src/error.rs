@@ -1,0 +1,57 @@
+//! The runtime's error type. Library-level: it knows nothing of HTTP; `http::problem` maps each
+//! variant to a status and a stable code. Messages never carry secrets or SQL text.
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("catalog: {operation}: {message}")]
+    Catalog {
+        operation: &'static str,
+        message: String,
+    },
+    /// The tenant's database could not be reached or refused the login.
+    #[error("tenant database: {0}")]
+    TenantDatabase(String),
+    /// No connection became free within the wait bound.
+    #[error("no tenant connection became free in time")]
+    Busy,
+    /// A query on the tenant database failed.
+    #[error("tenant query: {operation}: {message}")]
+    Query {
+        operation: &'static str,
+        message: String,
+    },
+    #[error("keys: {0}")]
+    Key(#[from] portico_core::keys::KeyError),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl RuntimeError {
+    pub fn catalog(operation: &'static str, e: sqlx::Error) -> Self {
+        let message = match &e {
+            sqlx::Error::Database(db) => db.message().to_owned(),
+            other => other.to_string(),
+        };
+        Self::Catalog { operation, message }
+    }
+
+    /// A failed tenant query; keeps PostgreSQL's message, never the statement.
+    pub fn query(operation: &'static str, e: tokio_postgres::Error) -> Self {
+        let message = match e.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => e.to_string(),
+        };
+        Self::Query { operation, message }
+    }
+
+    /// The name of the violated constraint, if a query failed on one.
+    pub fn constraint_of(e: &tokio_postgres::Error) -> Option<&str> {
+        e.as_db_error().and_then(|d| d.constraint())
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

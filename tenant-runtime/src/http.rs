@@ -1,0 +1,498 @@
+//! The HTTP edge shared by the tenant API and the operator API: RFC 9457 problems, request ids,
+//! the client's address behind trusted proxies, per-IP rate limits, request timeouts, security
+//! headers, the request span (JSON logs) and request metrics.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use ipnet::IpNet;
+
+use crate::error::RuntimeError;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const PROBLEM_JSON: &str = "application/problem+json";
+
+tokio::task_local! {
+    static CURRENT_REQUEST_ID: RequestId;
+}
+
+/// The id of the request being served: a well-formed incoming `X-Request-Id` or a fresh one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// Accepts 1–128 characters of `[A-Za-z0-9._:-]`; anything else is replaced.
+    fn from_headers(headers: &HeaderMap) -> Self {
+        headers
+            .get(&REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| {
+                (1..=128).contains(&s.len())
+                    && s.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':')
+                    })
+            })
+            .map(|s| Self(s.to_owned()))
+            .unwrap_or_else(|| Self(uuid::Uuid::new_v4().to_string()))
+    }
+
+    /// The id of the request this task is serving, if any.
+    pub fn current() -> Option<Self> {
+        CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+    }
+}
+
+/// The client's address: the socket peer, or, when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut current = peer.to_canonical();
+    if !is_trusted(&current) {
+        return current;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            // Garbage left of what our proxies appended: the last hop we could trust is all
+            // we know.
+            return current;
+        };
+        current = ip.to_canonical();
+        if !is_trusted(&current) {
+            return current;
+        }
+    }
+    current
+}
+
+/// An RFC 9457 problem with a stable `code`. Internal causes are logged, never sent.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub title: &'static str,
+    pub detail: Option<String>,
+    pub retry_after: Option<u64>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, title: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            title,
+            detail: None,
+            retry_after: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "Not found")
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error; quote the request id when reporting it",
+        )
+    }
+
+    pub fn invalid_input(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            "Invalid input",
+        )
+        .detail(detail)
+    }
+
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Authentication required",
+        )
+        .header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portico\""),
+        )
+    }
+
+    pub fn invalid_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "The token is malformed, unknown, revoked or expired",
+        )
+        .header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portico\", error=\"invalid_token\""),
+        )
+    }
+
+    /// A generic problem for an error status that carried none (routing, extractors, limits).
+    fn for_status(status: StatusCode) -> Self {
+        let (code, title) = match status {
+            StatusCode::BAD_REQUEST => ("bad_request", "Bad request"),
+            StatusCode::NOT_FOUND => ("not_found", "Not found"),
+            StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "Method not allowed"),
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "Request body too large"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ("unsupported_media_type", "Unsupported media type")
+            }
+            StatusCode::UNPROCESSABLE_ENTITY => ("invalid_input", "Invalid input"),
+            StatusCode::REQUEST_TIMEOUT => ("request_timeout", "Request timed out"),
+            s if s.is_client_error() => ("bad_request", "Bad request"),
+            _ => (
+                "internal",
+                "Internal error; quote the request id when reporting it",
+            ),
+        };
+        Self::new(status, code, title)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({
+            "type": format!("urn:portico:problem:{}", self.code),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "code": self.code,
+        });
+        if let Some(detail) = &self.detail {
+            body["detail"] = detail.as_str().into();
+        }
+        if let Some(id) = RequestId::current() {
+            body["request_id"] = id.0.into();
+        }
+        let mut response = (self.status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(s) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
+        response
+    }
+}
+
+impl From<RuntimeError> for Problem {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Busy => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tenant_busy",
+                "The tenant is busy; retry shortly",
+            )
+            .retry_after(1),
+            RuntimeError::TenantDatabase(ref m) => {
+                tracing::error!(error = %m, "tenant database unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tenant_unavailable",
+                    "The tenant is temporarily unavailable",
+                )
+                .retry_after(5)
+            }
+            RuntimeError::Catalog { .. } => {
+                tracing::error!(error = %e, "catalog unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "catalog_unavailable",
+                    "Service temporarily unavailable",
+                )
+                .retry_after(5)
+            }
+            RuntimeError::InvalidInput(m) => Problem::invalid_input(m),
+            RuntimeError::Conflict(m) => {
+                Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(m)
+            }
+            RuntimeError::NotFound(m) => Problem::not_found().detail(m),
+            RuntimeError::Query { .. } | RuntimeError::Key(_) => {
+                tracing::error!(error = %e, "internal error");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+pub type KeyedLimiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
+
+/// A per-key limiter allowing `per_second` requests per second (bursts of the same size), or
+/// `None` when `per_second` is 0.
+pub fn keyed_limiter<K: std::hash::Hash + Eq + Clone>(
+    per_second: u32,
+) -> Option<Arc<KeyedLimiter<K>>> {
+    NonZeroU32::new(per_second)
+        .map(|n| Arc::new(RateLimiter::keyed(Quota::per_second(n).allow_burst(n))))
+}
+
+/// Checks `key` against `limiter`: `Err` is the 429 problem with `Retry-After`.
+pub fn check_limit<K: std::hash::Hash + Eq + Clone>(
+    limiter: Option<&KeyedLimiter<K>>,
+    key: &K,
+    code: &'static str,
+) -> Result<(), Problem> {
+    let Some(limiter) = limiter else {
+        return Ok(());
+    };
+    limiter.check_key(key).map_err(|not_until| {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        metrics::counter!("portico_rate_limited_total", "limit" => code).increment(1);
+        Problem::new(StatusCode::TOO_MANY_REQUESTS, code, "Too many requests")
+            .retry_after(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+    })
+}
+
+/// What the edge middleware needs.
+#[derive(Clone)]
+pub struct Edge {
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+    pub ip_limiter: Option<Arc<KeyedLimiter<IpAddr>>>,
+    pub request_timeout: Duration,
+}
+
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    (
+        "strict-transport-security",
+        "max-age=63072000; includeSubDomains",
+    ),
+    ("cache-control", "no-store"),
+];
+
+/// The outermost middleware of every request: request id, client address, span, per-IP rate
+/// limit, timeout, problem+json for bare error statuses, security headers, log line, metrics.
+pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = RequestId::from_headers(req.headers());
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let ip = client_ip(peer, req.headers(), &edge.trusted_proxies);
+    req.extensions_mut().insert(ClientIp(ip));
+    req.extensions_mut().insert(request_id.clone());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id.0,
+        method = %method,
+        route = %route,
+        client_ip = %ip,
+        tenant_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
+    let health = matches!(route.as_str(), "/healthz" | "/readyz");
+    let work = async {
+        tracing::debug!("request started");
+        if !health && let Err(p) = check_limit(edge.ip_limiter.as_deref(), &ip, "rate_limited") {
+            return p.into_response();
+        }
+        let response = match tokio::time::timeout(edge.request_timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                "The request took too long",
+            )
+            .retry_after(1)
+            .into_response(),
+        };
+        as_problem(response).await
+    };
+    let mut response = tracing::Instrument::instrument(
+        CURRENT_REQUEST_ID.scope(request_id.clone(), work),
+        span.clone(),
+    )
+    .await;
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id.0) {
+        headers.insert(REQUEST_ID, v);
+    }
+    for (name, value) in SECURITY_HEADERS {
+        if !headers.contains_key(*name) {
+            headers.insert(*name, HeaderValue::from_static(value));
+        }
+    }
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    span.record("status", status);
+    span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+    span.in_scope(|| tracing::info!("request finished"));
+    metrics::counter!("portico_http_requests_total", "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("portico_http_request_duration_seconds", "route" => route)
+        .record(elapsed.as_secs_f64());
+    response
+}
+
+/// Error responses without a problem body (router 404/405, extractor rejections, body limits)
+/// become problems; the rejection's text becomes the detail.
+async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    if status.as_u16() < 400 || is_problem {
+        return response;
+    }
+    let (_, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let mut problem = Problem::for_status(status);
+    let text = String::from_utf8_lossy(&text);
+    if !text.trim().is_empty() && status.is_client_error() {
+        problem = problem.detail(text.chars().take(300).collect::<String>());
+    }
+    problem.into_response()
+}
+
+/// A JSON body extractor whose rejections are problems (422/400/415 with the reason).
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request<Body>, state: &S) -> Result<Self, Problem> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let detail = rejection.body_text();
+                let (code, title) = match status {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                        ("unsupported_media_type", "Expected a JSON body")
+                    }
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        ("payload_too_large", "Request body too large")
+                    }
+                    StatusCode::UNPROCESSABLE_ENTITY => ("invalid_input", "Invalid input"),
+                    _ => ("bad_request", "Malformed JSON body"),
+                };
+                Err(Problem::new(status, code, title).detail(detail))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(v: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for value in v {
+            h.append("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_peers() {
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+        ];
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let outsider: IpAddr = "203.0.113.9".parse().unwrap();
+        // Untrusted peer: the header is ignored.
+        assert_eq!(client_ip(outsider, &xff(&["1.2.3.4"]), &trusted), outsider);
+        // Trusted peer: rightmost untrusted entry (the client's own claim on the left is ignored).
+        assert_eq!(
+            client_ip(peer, &xff(&["6.6.6.6, 198.51.100.7, 10.1.1.1"]), &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // Several headers are one list.
+        assert_eq!(
+            client_ip(peer, &xff(&["6.6.6.6", "198.51.100.7"]), &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // No header: the peer.
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
+        // Garbage: the last trusted hop.
+        assert_eq!(
+            client_ip(peer, &xff(&["nonsense, 10.1.1.1"]), &trusted),
+            "10.1.1.1".parse::<IpAddr>().unwrap()
+        );
+        // Nothing trusted: the peer, always.
+        assert_eq!(client_ip(peer, &xff(&["1.2.3.4"]), &[]), peer);
+        // IPv4-mapped peers match IPv4 blocks.
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped, &xff(&["198.51.100.7"]), &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn request_ids_are_accepted_only_when_well_formed() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123.X_y:z"));
+        assert_eq!(RequestId::from_headers(&h).0, "abc-123.X_y:z");
+        for bad in ["", "has space", "semi;colon", &"a".repeat(129)] {
+            let mut h = HeaderMap::new();
+            h.insert(REQUEST_ID, HeaderValue::from_str(bad).unwrap());
+            let id = RequestId::from_headers(&h).0;
+            assert_ne!(id, bad);
+            assert!(uuid::Uuid::parse_str(&id).is_ok());
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! Per-tenant connection pools under a global budget per database server.
+//!
+//! Each tenant gets a deadpool pool that logs in as that tenant's own role (its password is
+//! decrypted with the tenant's key when the pool is built). Pools live in a bounded moka cache
+//! keyed by `TenantId`; every open connection holds a permit of its server's budget (a
+//! semaphore sized `max_connections / instances`), so however many tenants are hot the server
+//! never sees more than its budget from this instance.
+//!
+//! | event                                   | what happens                                        |
+//! |-----------------------------------------|-----------------------------------------------------|
+//! | first request of a tenant               | pool built (cheap: no connection yet)               |
+//! | request, idle connection in the pool    | taken, recycled (session state cleaned)             |
+//! | request, pool below its size            | new connection, after taking a budget permit        |
+//! | budget exhausted                        | one idle connection of another tenant closed; wait  |
+//! | a budget waiter exists when one returns | the returned connection is closed, freeing a permit |
+//! | wait bound passed                       | `RuntimeError::Busy` (→ 503 `tenant_busy`)          |
+//! | catalog change of the tenant / server   | pool evicted: closed, in-use connections dropped    |
+//! | placement differs from the pool's       | pool rebuilt                                        |
+//! | idle too long / too many open tenants   | evicted by the cache (least recently used), closed  |
+//!
+//! Connections are recycled with deadpool-postgres' `Clean` method (`RESET ALL`, `SET SESSION
+//! AUTHORIZATION DEFAULT`, `UNLISTEN *`, advisory locks released, temp tables discarded), so no
+//! session state survives from one request to the next.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleResult};
+use deadpool_postgres::{ClientWrapper, ManagerConfig, RecyclingMethod};
+use moka::future::Cache;
+use portico_core::TenantId;
+use portico_core::keys::{Keyring, TenantKeyRef};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use crate::catalog::{Placement, TenantRoute};
+use crate::error::RuntimeError;
+
+/// A pool nobody used for this long is closed.
+const POOL_IDLE: Duration = Duration::from_secs(300);
+/// An idle connection older than this is closed by [`TenantPools::sweep`].
+const CONNECTION_IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_open_tenants: u64,
+    pub per_tenant: u32,
+    pub wait: Duration,
+    pub instances: u32,
+}
+
+/// One database server's connection budget in this instance.
+pub struct ServerBudget {
+    id: Uuid,
+    size: u32,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+impl ServerBudget {
+    fn open(&self) -> u32 {
+        let available = u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX);
+        self.size.saturating_sub(available)
+    }
+}
+
+struct WaitGuard<'a>(&'a AtomicUsize);
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A tenant connection that holds a budget permit for as long as it is open.
+pub struct BudgetedClient {
+    client: ClientWrapper,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct TenantManager {
+    pg: deadpool_postgres::Manager,
+    tenant: TenantId,
+    budget: Arc<ServerBudget>,
+    registry: Weak<Inner>,
+}
+
+impl managed::Manager for TenantManager {
+    type Type = BudgetedClient;
+    type Error = RuntimeError;
+
+    async fn create(&self) -> Result<BudgetedClient, RuntimeError> {
+        let budget = &self.budget;
+        let permit = match budget.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                budget.waiting.fetch_add(1, Ordering::AcqRel);
+                let _guard = WaitGuard(&budget.waiting);
+                if let Some(registry) = self.registry.upgrade() {
+                    registry.reclaim_idle(budget.id, self.tenant);
+                }
+                let started = Instant::now();
+                let permit = budget
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| RuntimeError::Busy)?;
+                metrics::histogram!("portico_pool_budget_wait_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                permit
+            }
+        };
+        let client = self.pg.create().await.map_err(|e| {
+            let message = match e.as_db_error() {
+                Some(db) => db.message().to_owned(),
+                None => e.to_string(),
+            };
+            RuntimeError::TenantDatabase(message)
+        })?;
+        metrics::counter!("portico_pool_connections_opened_total").increment(1);
+        Ok(BudgetedClient {
+            client,
+            _permit: permit,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        obj: &mut BudgetedClient,
+        metrics: &Metrics,
+    ) -> RecycleResult<RuntimeError> {
+        self.pg
+            .recycle(&mut obj.client, metrics)
+            .await
+            .map_err(|e| match e {
+                managed::RecycleError::Message(m) => managed::RecycleError::Message(m),
+                managed::RecycleError::Backend(e) => {
+                    managed::RecycleError::Backend(RuntimeError::query("recycling a connection", e))
+                }
+            })
+    }
+}
+
+type Pool = managed::Pool<TenantManager>;
+
+/// One tenant's pool and the placement it was built for.
+pub struct TenantPool {
+    placement: Placement,
+    pool: Pool,
+    budget: Arc<ServerBudget>,
+}
+
+struct Inner {
+    cache: Cache<TenantId, Arc<TenantPool>>,
+    budgets: Mutex<HashMap<Uuid, Arc<ServerBudget>>>,
+    keyring: Keyring,
+    settings: PoolSettings,
+}
+
+impl Inner {
+    /// Closes one idle connection of another tenant on `server`, so its permit can serve a
+    /// waiter. Returns whether one was closed.
+    fn reclaim_idle(&self, server: Uuid, except: TenantId) -> bool {
+        for (tenant, p) in self.cache.iter() {
+            if p.budget.id != server || *tenant == except {
+                continue;
+            }
+            let mut taken = false;
+            let removed = p.pool.retain(|_, _| {
+                if taken {
+                    true
+                } else {
+                    taken = true;
+                    false
+                }
+            });
+            if !removed.removed.is_empty() {
+                metrics::counter!("portico_pool_reclaimed_total").increment(1);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn budget_for(&self, placement: &Placement) -> Arc<ServerBudget> {
+        let size = (placement.server_budget / self.settings.instances).max(1);
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        match budgets.get(&placement.db_server_id) {
+            Some(b) if b.size == size => b.clone(),
+            _ => {
+                let b = Arc::new(ServerBudget {
+                    id: placement.db_server_id,
+                    size,
+                    permits: Arc::new(Semaphore::new(size as usize)),
+                    waiting: AtomicUsize::new(0),
+                });
+                budgets.insert(placement.db_server_id, b.clone());
+                b
+            }
+        }
+    }
+}
+
+/// A pooled connection of one tenant. Dereferences to the tokio-postgres client (with its
+/// statement cache). Dropping it returns it to the pool, or closes it when another request on
+/// the same server is waiting for budget.
+pub struct TenantConn {
+    obj: Option<Object<TenantManager>>,
+    budget: Arc<ServerBudget>,
+}
+
+impl std::ops::Deref for TenantConn {
+    type Target = ClientWrapper;
+    fn deref(&self) -> &ClientWrapper {
+        // Present until drop.
+        match &self.obj {
+            Some(o) => &o.client,
+            None => unreachable!("a TenantConn holds its connection until dropped"),
+        }
+    }
+}
+
+impl Drop for TenantConn {
+    fn drop(&mut self) {
+        if self.budget.waiting.load(Ordering::Acquire) > 0
+            && let Some(obj) = self.obj.take()
+        {
+            drop(Object::take(obj));
+        }
+    }
+}
+
+/// Gauges of one server's budget, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct BudgetStats {
+    pub db_server_id: Uuid,
+    pub budget: u32,
+    pub open: u32,
+    pub idle: usize,
+    pub waiting: usize,
+    pub tenant_pools: usize,
+}
+
+/// The per-tenant pools of this instance. Cloning shares them.
+#[derive(Clone)]
+pub struct TenantPools {
+    inner: Arc<Inner>,
+}
+
+impl TenantPools {
+    pub fn new(keyring: Keyring, settings: PoolSettings) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(settings.max_open_tenants)
+            .time_to_idle(POOL_IDLE)
+            .eviction_listener(|_, p: Arc<TenantPool>, _| p.pool.close())
+            .build();
+        Self {
+            inner: Arc::new(Inner {
+                cache,
+                budgets: Mutex::new(HashMap::new()),
+                keyring,
+                settings,
+            }),
+        }
+    }
+
+    /// A connection to `route`'s database as its own role, within the wait bound.
+    pub async fn get(&self, route: &TenantRoute) -> Result<TenantConn, RuntimeError> {
+        let placement = route.placement.as_ref().ok_or_else(|| {
+            RuntimeError::TenantDatabase("the tenant has no database placement yet".into())
+        })?;
+        let started = Instant::now();
+        let deadline = started + self.inner.settings.wait;
+        // Twice at most: a pool closed by a concurrent eviction is rebuilt once.
+        for _ in 0..2 {
+            let pool = self.pool_for(route.tenant_id, placement).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let got = tokio::time::timeout(remaining, pool.pool.get()).await;
+            metrics::histogram!("portico_pool_wait_seconds")
+                .record(started.elapsed().as_secs_f64());
+            return match got {
+                Ok(Ok(obj)) => Ok(TenantConn {
+                    obj: Some(obj),
+                    budget: pool.budget.clone(),
+                }),
+                Err(_) | Ok(Err(PoolError::Timeout(_))) => {
+                    metrics::counter!("portico_pool_busy_total").increment(1);
+                    Err(RuntimeError::Busy)
+                }
+                Ok(Err(PoolError::Closed)) => continue,
+                Ok(Err(PoolError::Backend(e))) => Err(e),
+                Ok(Err(other)) => Err(RuntimeError::TenantDatabase(other.to_string())),
+            };
+        }
+        Err(RuntimeError::Busy)
+    }
+
+    async fn pool_for(
+        &self,
+        tenant: TenantId,
+        placement: &Placement,
+    ) -> Result<Arc<TenantPool>, RuntimeError> {
+        let cache = &self.inner.cache;
+        if let Some(p) = cache.get(&tenant).await {
+            if p.placement == *placement && !p.pool.is_closed() {
+                return Ok(p);
+            }
+            self.evict(tenant).await;
+        }
+        cache
+            .try_get_with(tenant, self.build(tenant, placement))
+            .await
+            .map_err(|e| RuntimeError::TenantDatabase(e.to_string()))
+    }
+
+    async fn build(
+        &self,
+        tenant: TenantId,
+        placement: &Placement,
+    ) -> Result<Arc<TenantPool>, RuntimeError> {
+        let plain = self
+            .inner
+            .keyring
+            .decrypt_for_tenant(
+                tenant,
+                &TenantKeyRef::new(placement.key_id.clone()),
+                &placement.password_ciphertext,
+            )
+            .await?;
+        let password = SecretString::from(String::from_utf8(plain).map_err(|_| {
+            RuntimeError::TenantDatabase("the stored role password is not UTF-8".into())
+        })?);
+        let mut config = tokio_postgres::Config::from_str(&placement.server_url).map_err(|_| {
+            RuntimeError::TenantDatabase("the database server's URL cannot be parsed".into())
+        })?;
+        config
+            .dbname(&placement.database)
+            .user(&placement.role)
+            .password(password.expose_secret())
+            .application_name("portico-runtime")
+            .connect_timeout(self.inner.settings.wait.max(Duration::from_secs(1)));
+        let budget = self.inner.budget_for(placement);
+        let manager = TenantManager {
+            pg: deadpool_postgres::Manager::from_config(
+                config,
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Clean,
+                },
+            ),
+            tenant,
+            budget: budget.clone(),
+            registry: Arc::downgrade(&self.inner),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(self.inner.settings.per_tenant as usize)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| RuntimeError::TenantDatabase(e.to_string()))?;
+        tracing::debug!(tenant_id = %tenant, "tenant pool built");
+        Ok(Arc::new(TenantPool {
+            placement: placement.clone(),
+            pool,
+            budget,
+        }))
+    }
+
+    /// Closes and forgets a tenant's pool (suspension, placement or credential change).
+    pub async fn evict(&self, tenant: TenantId) {
+        if let Some(p) = self.inner.cache.remove(&tenant).await {
+            p.pool.close();
+            tracing::debug!(tenant_id = %tenant, "tenant pool evicted");
+        }
+    }
+
+    /// Evicts every pool on a server and forgets its budget (the server's record changed).
+    pub async fn evict_server(&self, server: Uuid) {
+        let tenants: Vec<TenantId> = self
+            .inner
+            .cache
+            .iter()
+            .filter(|(_, p)| p.budget.id == server)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tenants {
+            self.evict(t).await;
+        }
+        self.inner
+            .budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&server);
+    }
+
+    /// Closes idle connections older than a minute, and runs the cache's housekeeping.
+    pub async fn sweep(&self) {
+        self.inner.cache.run_pending_tasks().await;
+        for (_, p) in self.inner.cache.iter() {
+            p.pool.retain(|_, m| m.last_used() < CONNECTION_IDLE);
+        }
+    }
+
+    /// Open tenant pools.
+    pub fn open_pools(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+
+    /// Per-server gauges.
+    pub fn stats(&self) -> Vec<BudgetStats> {
+        let budgets: Vec<Arc<ServerBudget>> = self
+            .inner
+            .budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        budgets
+            .into_iter()
+            .map(|b| {
+                let (mut idle, mut tenant_pools) = (0, 0);
+                for (_, p) in self.inner.cache.iter() {
+                    if Arc::ptr_eq(&p.budget, &b) {
+                        idle += p.pool.status().available;
+                        tenant_pools += 1;
+                    }
+                }
+                BudgetStats {
+                    db_server_id: b.id,
+                    budget: b.size,
+                    open: b.open(),
+                    idle,
+                    waiting: b.waiting.load(Ordering::Acquire),
+                    tenant_pools,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,6 @@
+//! Tenant SQL, one module per area. Every function takes a connection of the tenant it works
+//! on (a [`crate::pools::TenantConn`] in the runtime, or a direct login as the tenant's role in
+//! the CLI): there is no tenant id parameter to get wrong, the database *is* the tenant.
+
+pub mod profile;
+pub mod tokens;

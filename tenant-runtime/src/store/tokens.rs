@@ -1,0 +1,215 @@
+//! Tenant API tokens. A token is `ptk_` followed by 43 base64url characters (256 random bits);
+//! only its SHA-256 is stored, in the tenant's own database, so a token can only be checked on
+//! its own tenant's host. A token this long needs no slow hash: guessing is hopeless, and the
+//! look-up is one indexed equality on the digest.
+
+use aws_lc_rs::digest;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use secrecy::SecretString;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::error::RuntimeError;
+
+pub const TOKEN_PREFIX: &str = "ptk_";
+const SECRET_LEN: usize = 32;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    Admin,
+    Member,
+}
+
+impl TokenRole {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Self::Admin),
+            "member" => Some(Self::Member),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Member => "member",
+        }
+    }
+}
+
+/// A token's record (never its secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub role: TokenRole,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// The identity behind a valid token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenCaller {
+    pub token_id: Uuid,
+    pub name: String,
+    pub role: TokenRole,
+}
+
+/// A fresh secret with its prefix, and its digest.
+pub fn generate(prefix: &str) -> (SecretString, Vec<u8>) {
+    let bytes = portico_core::keys::random_bytes::<SECRET_LEN>();
+    let secret = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let hash = digest_of(&secret);
+    (SecretString::from(secret), hash)
+}
+
+/// The digest of a presented token, or `None` when it is not shaped like one of `prefix`'s
+/// (so malformed tokens never reach the database).
+pub fn presented_digest(prefix: &str, presented: &str) -> Option<Vec<u8>> {
+    let body = presented.strip_prefix(prefix)?;
+    let decoded = URL_SAFE_NO_PAD.decode(body).ok()?;
+    (decoded.len() == SECRET_LEN).then(|| digest_of(presented))
+}
+
+fn digest_of(secret: &str) -> Vec<u8> {
+    digest::digest(&digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+fn info(row: &tokio_postgres::Row) -> Result<TokenInfo, RuntimeError> {
+    let role: String = row.get(2);
+    Ok(TokenInfo {
+        id: row.get(0),
+        name: row.get(1),
+        role: TokenRole::parse(&role).ok_or_else(|| RuntimeError::Query {
+            operation: "reading a token",
+            message: format!("unknown role '{role}'"),
+        })?,
+        created_at: row.get(3),
+        expires_at: row.get(4),
+        revoked_at: row.get(5),
+    })
+}
+
+/// Creates a token; the secret is returned once and never stored.
+pub async fn create(
+    client: &Client,
+    name: &str,
+    role: TokenRole,
+    expires_at: Option<OffsetDateTime>,
+) -> Result<(TokenInfo, SecretString), RuntimeError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(RuntimeError::InvalidInput(
+            "a token name must be 1 to 100 printable characters".into(),
+        ));
+    }
+    let (secret, hash) = generate(TOKEN_PREFIX);
+    let row = client
+        .query_one(
+            "insert into api_tokens (id, name, role, token_hash, expires_at)
+             values ($1, $2, $3, $4, $5)
+             returning id, name, role, created_at, expires_at, revoked_at",
+            &[&Uuid::new_v4(), &name, &role.as_str(), &hash, &expires_at],
+        )
+        .await
+        .map_err(|e| match RuntimeError::constraint_of(&e) {
+            Some("api_tokens_active_name_key") => {
+                RuntimeError::Conflict(format!("an active token named '{name}' already exists"))
+            }
+            _ => RuntimeError::query("creating a token", e),
+        })?;
+    Ok((info(&row)?, secret))
+}
+
+pub async fn list(client: &Client) -> Result<Vec<TokenInfo>, RuntimeError> {
+    client
+        .query(
+            "select id, name, role, created_at, expires_at, revoked_at
+               from api_tokens order by created_at, name",
+            &[],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("listing tokens", e))?
+        .iter()
+        .map(info)
+        .collect()
+}
+
+/// Revokes the active token named `name`.
+pub async fn revoke(client: &Client, name: &str) -> Result<TokenInfo, RuntimeError> {
+    let row = client
+        .query_opt(
+            "update api_tokens set revoked_at = now()
+              where name = $1 and revoked_at is null
+             returning id, name, role, created_at, expires_at, revoked_at",
+            &[&name],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("revoking a token", e))?
+        .ok_or_else(|| RuntimeError::NotFound(format!("no active token named '{name}'")))?;
+    info(&row)
+}
+
+/// The caller behind a presented token's digest: active (not revoked, not expired) only.
+pub async fn authenticate(
+    client: &deadpool_postgres::ClientWrapper,
+    digest: &[u8],
+) -> Result<Option<TokenCaller>, RuntimeError> {
+    let stmt = client
+        .prepare_cached(
+            "select id, name, role from api_tokens
+              where token_hash = $1 and revoked_at is null
+                and (expires_at is null or expires_at > now())",
+        )
+        .await
+        .map_err(|e| RuntimeError::query("checking a token", e))?;
+    let row = client
+        .query_opt(&stmt, &[&digest])
+        .await
+        .map_err(|e| RuntimeError::query("checking a token", e))?;
+    Ok(row.and_then(|r| {
+        let role: String = r.get(2);
+        Some(TokenCaller {
+            token_id: r.get(0),
+            name: r.get(1),
+            role: TokenRole::parse(&role)?,
+        })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_tokens_have_a_digest() {
+        let (secret, hash) = generate(TOKEN_PREFIX);
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            presented_digest(TOKEN_PREFIX, secret.expose_secret()),
+            Some(hash)
+        );
+        let s = secret.expose_secret();
+        for bad in [
+            "",
+            "ptk_",
+            &s[4..],
+            &s[..s.len() - 1],
+            &format!("{s}A"),
+            &s.replace("ptk_", "pop_"),
+            "ptk_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        ] {
+            assert_eq!(presented_digest(TOKEN_PREFIX, bad), None, "{bad:?}");
+        }
+    }
+}
