@@ -14,6 +14,16 @@ if ! pg_bindir >/dev/null; then
   fi
 fi
 
+# nginx, so the test suite can check infra/nginx/ with `nginx -t` (installed, never started).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    log "installing nginx (apt) for the reverse-proxy config check"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+  else
+    die "nginx not found; install it (the tests check infra/nginx/ with nginx -t)"
+  fi
+fi
+
 SEAWEEDFS_VERSION="4.48"
 MOTO_VERSION="5.2.5"
 stamp="$INFRA_VENV/.portico-installed-$SEAWEEDFS_VERSION-$MOTO_VERSION"

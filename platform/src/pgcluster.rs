@@ -77,6 +77,11 @@ pub struct PgCluster {
 
 impl PgCluster {
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(200)
+    }
+
+    /// Starts a cluster allowing `max_connections` connections.
+    pub fn start_with(max_connections: u32) -> anyhow::Result<Self> {
         let bindir = find_bindir()?;
         let run_as = is_root().then(|| "postgres".to_owned());
         let dir = tempfile::Builder::new()
@@ -152,12 +157,17 @@ impl PgCluster {
                 "60",
                 "-o",
                 &format!(
-                    "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={sockdir} -c max_connections=200 -c fsync=on"
+                    "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={sockdir} -c max_connections={max_connections} -c fsync=on"
                 ),
                 "start",
             ],
         )?;
         Ok(cluster)
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.path().join("postgres.log")
     }
 
     fn path(&self) -> &Path {

@@ -22,8 +22,23 @@ use crate::error::RuntimeError;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const PROBLEM_JSON: &str = "application/problem+json";
 
+/// What the task serving a request knows about it.
+struct RequestScope {
+    id: RequestId,
+    /// Set when the request was given up (timeout) and its handler is being dropped.
+    abandoned: std::cell::Cell<bool>,
+}
+
 tokio::task_local! {
-    static CURRENT_REQUEST_ID: RequestId;
+    static CURRENT_REQUEST: RequestScope;
+}
+
+/// True while the current request's handler is being dropped unfinished (it timed out): a
+/// connection it held may have a query in flight and must not go back to a pool.
+pub fn request_abandoned() -> bool {
+    CURRENT_REQUEST
+        .try_with(|r| r.abandoned.get())
+        .unwrap_or(false)
 }
 
 /// The id of the request being served: a well-formed incoming `X-Request-Id` or a fresh one.
@@ -48,7 +63,7 @@ impl RequestId {
 
     /// The id of the request this task is serving, if any.
     pub fn current() -> Option<Self> {
-        CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+        CURRENT_REQUEST.try_with(|r| r.id.clone()).ok()
     }
 }
 
@@ -342,20 +357,33 @@ pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Res
         if !health && let Err(p) = check_limit(edge.ip_limiter.as_deref(), &ip, "rate_limited") {
             return p.into_response();
         }
-        let response = match tokio::time::timeout(edge.request_timeout, next.run(req)).await {
+        let mut handler = Box::pin(next.run(req));
+        let response = match tokio::time::timeout(edge.request_timeout, handler.as_mut()).await {
             Ok(r) => r,
-            Err(_) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request_timeout",
-                "The request took too long",
-            )
-            .retry_after(1)
-            .into_response(),
+            Err(_) => {
+                // Drop the unfinished handler here, where connections it holds can see that
+                // it was abandoned.
+                let _ = CURRENT_REQUEST.try_with(|r| r.abandoned.set(true));
+                drop(handler);
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "request_timeout",
+                    "The request took too long",
+                )
+                .retry_after(1)
+                .into_response()
+            }
         };
         as_problem(response).await
     };
     let mut response = tracing::Instrument::instrument(
-        CURRENT_REQUEST_ID.scope(request_id.clone(), work),
+        CURRENT_REQUEST.scope(
+            RequestScope {
+                id: request_id.clone(),
+                abandoned: std::cell::Cell::new(false),
+            },
+            work,
+        ),
         span.clone(),
     )
     .await;

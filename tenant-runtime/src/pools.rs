@@ -14,6 +14,7 @@
 //! | budget exhausted                        | one idle connection of another tenant closed; wait  |
 //! | a budget waiter exists when one returns | the returned connection is closed, freeing a permit |
 //! | wait bound passed                       | `RuntimeError::Busy` (→ 503 `tenant_busy`)          |
+//! | request abandoned (timeout) mid-query   | query cancelled, connection closed, not returned    |
 //! | catalog change of the tenant / server   | pool evicted: closed, in-use connections dropped    |
 //! | placement differs from the pool's       | pool rebuilt                                        |
 //! | idle too long / too many open tenants   | evicted by the cache (least recently used), closed  |
@@ -43,6 +44,8 @@ use crate::error::RuntimeError;
 
 /// A pool nobody used for this long is closed.
 const POOL_IDLE: Duration = Duration::from_secs(300);
+/// Longest a connection's clean-up (recycling) may take.
+const RECYCLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// An idle connection older than this is closed by [`TenantPools::sweep`].
 const CONNECTION_IDLE: Duration = Duration::from_secs(60);
 
@@ -227,9 +230,18 @@ impl std::ops::Deref for TenantConn {
 
 impl Drop for TenantConn {
     fn drop(&mut self) {
-        if self.budget.waiting.load(Ordering::Acquire) > 0
-            && let Some(obj) = self.obj.take()
-        {
+        let Some(obj) = self.obj.take() else { return };
+        if crate::http::request_abandoned() {
+            // A query may still be running on it: cancel it, and close the connection rather
+            // than hand it to the next request.
+            let conn = Object::take(obj);
+            let cancel = conn.client.cancel_token();
+            tokio::spawn(async move {
+                let _ = cancel.cancel_query(NoTls).await;
+                drop(conn);
+            });
+            metrics::counter!("portico_pool_abandoned_total").increment(1);
+        } else if self.budget.waiting.load(Ordering::Acquire) > 0 {
             drop(Object::take(obj));
         }
     }
@@ -359,6 +371,8 @@ impl TenantPools {
         };
         let pool = Pool::builder(manager)
             .max_size(self.inner.settings.per_tenant as usize)
+            // A connection whose clean-up hangs is discarded, not waited for.
+            .recycle_timeout(Some(RECYCLE_TIMEOUT))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| RuntimeError::TenantDatabase(e.to_string()))?;

@@ -254,3 +254,45 @@ async fn unreachable_backends_stop_a_create_before_it_starts() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn token_commands_refuse_bad_input() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    env.run(&["tenant", "token", "create", "ghost", "--name", "x"])
+        .assert_error("no tenant named 'ghost'");
+    env.run(&[
+        "tenant",
+        "token",
+        "create",
+        "acme",
+        "--name",
+        "x",
+        "--expires-in",
+        "soon",
+    ])
+    .assert_error("--expires-in 'soon'");
+    env.run(&["tenant", "token", "create", "acme", "--name", "  "])
+        .assert_error("token name");
+    env.ok(&["tenant", "token", "create", "acme", "--name", "ci"]);
+    env.run(&["tenant", "token", "create", "acme", "--name", "ci"])
+        .assert_error("already exists");
+    env.run(&["tenant", "token", "revoke", "acme", "nope"])
+        .assert_error("no active token named 'nope'");
+    env.run(&["operator", "token", "revoke", "nope"])
+        .assert_error("no active operator token named 'nope'");
+    env.ok(&["operator", "token", "create", "alice"]);
+    env.run(&["operator", "token", "create", "alice"])
+        .assert_error("exists");
+    env.run(&["operator", "token", "create", "bob", "--expires-in", "0s"])
+        .assert_error("positive duration");
+    // Only the two good tokens exist.
+    let tokens = env.json(&["tenant", "token", "list", "acme", "--json"]);
+    assert_eq!(tokens.as_array().map(Vec::len), Some(1));
+    let ops = env.json(&["operator", "token", "list", "--json"]);
+    assert_eq!(ops.as_array().map(Vec::len), Some(1));
+    // A revoked name can be used again.
+    env.ok(&["tenant", "token", "revoke", "acme", "ci"]);
+    env.ok(&["tenant", "token", "create", "acme", "--name", "ci"]);
+    env.cleanup().await;
+}

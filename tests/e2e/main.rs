@@ -10,4 +10,5 @@ mod db_servers;
 mod demo;
 mod isolation;
 mod lifecycle;
+mod nginx;
 mod routing;

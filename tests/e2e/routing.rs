@@ -883,3 +883,135 @@ async fn shutdown_drains_in_flight_requests() {
     assert!(status.success(), "{status:?}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_lost_notification_connection_is_restored_and_catches_up() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let token = env.tenant_token("acme", "ci", "member");
+    let server = env.serve(&[NO_TTL]);
+    let host = host_of("acme");
+    assert_eq!(
+        server.get(&host, "/api/v1/me", Some(&token)).await.status,
+        200
+    );
+    let admin = crate::support::connect(&crate::support::admin_url("postgres")).await;
+    let listeners = "select pid from pg_stat_activity
+                      where datname = $1 and application_name = 'portico-runtime-catalog'
+                        and query ilike 'listen%'";
+    let before: Vec<i32> = admin
+        .query(listeners, &[&env.catalog_db])
+        .await
+        .expect("listeners")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(before.len(), 1, "one listening connection per instance");
+    // Kill the listening connection, then change the catalog while it may be down.
+    admin
+        .execute("select pg_terminate_backend($1)", &[&before[0]])
+        .await
+        .expect("terminate");
+    env.ok(&["tenant", "suspend", "acme"]);
+    // The change is seen (heard, or caught up on reconnect) although the TTL is a day.
+    let took = within(Duration::from_secs(5), || async {
+        server.get(&host, "/api/v1/me", Some(&token)).await.status == 403
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "a change made while the listener was down was never seen"
+    );
+    // A new listening connection exists, and readiness reports it.
+    let restored = within(Duration::from_secs(5), || async {
+        let now: Vec<i32> = admin
+            .query(listeners, &[&env.catalog_db])
+            .await
+            .expect("listeners")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        now.len() == 1 && now[0] != before[0]
+    })
+    .await;
+    assert!(restored.is_some(), "the listener did not reconnect");
+    assert!(
+        within(Duration::from_secs(5), || async {
+            server.get(&host, "/readyz", None).await.status == 200
+        })
+        .await
+        .is_some()
+    );
+    env.ok(&["tenant", "resume", "acme"]);
+    assert!(
+        within(Duration::from_secs(1), || async {
+            server.get(&host, "/api/v1/me", Some(&token)).await.status == 200
+        })
+        .await
+        .is_some(),
+        "the restored listener does not hear changes"
+    );
+    drop(server);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_and_large_bodies_are_refused() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let token = env.tenant_token("acme", "ci", "member");
+    let op = env.operator_token("alice");
+    let server = env.serve(&[
+        ("PORTICO_REQUEST_TIMEOUT_MS", "300"),
+        ("PORTICO_BODY_LIMIT_BYTES", "2048"),
+    ]);
+    let db = env.json(&["tenant", "show", "acme", "--json"])["placement"]["database"]
+        .as_str()
+        .expect("db")
+        .to_owned();
+    let locker = crate::support::connect(&crate::support::admin_url(&db)).await;
+    locker
+        .batch_execute("begin; lock table tenant_profile in access exclusive mode")
+        .await
+        .expect("lock");
+    let r = server
+        .get(&host_of("acme"), "/api/v1/tenant", Some(&token))
+        .await;
+    r.assert_problem(503, "request_timeout");
+    // The abandoned request's query was cancelled although the lock is still held: nothing of
+    // the runtime waits on it any more.
+    let dbs = vec![db.clone()];
+    assert!(
+        within(Duration::from_secs(2), || async {
+            blocked_connections(&dbs).await == 0
+        })
+        .await
+        .is_some(),
+        "the timed-out request's query is still running"
+    );
+    drop(locker);
+    // The tenant is served normally afterwards.
+    assert_eq!(
+        server
+            .get(&host_of("acme"), "/api/v1/tenant", Some(&token))
+            .await
+            .status,
+        200
+    );
+
+    let big = json!({"slug": "x".repeat(4096)});
+    let r = server
+        .request(
+            Method::POST,
+            OPERATOR_HOST,
+            "/operator/v1/tenants",
+            Some(&op),
+            &[],
+            Some(big),
+        )
+        .await;
+    r.assert_problem(413, "payload_too_large");
+    assert_eq!(env.tenant_count().await, 1);
+    drop(server);
+    env.cleanup().await;
+}

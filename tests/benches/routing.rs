@@ -1,0 +1,678 @@
+//! Routing benchmarks M1–M3: the tenant runtime (`portico serve`'s `Application`, in process)
+//! against baselines measured in the same run on the same throwaway PostgreSQL cluster, with
+//! the same load generator (in this process, HTTP/1.1 keep-alive over loopback).
+//!
+//! - **M1** `GET /api/v1/tenant` spread uniformly over 100 warm tenants, vs the same handler
+//!   (token check + profile read, the same store functions) served by a bare axum app from one
+//!   fixed pool to one tenant database. Throughput ratio (target ≥ 0.85) and p99 ratio
+//!   (target ≤ 1.25). Baseline and routed rounds are interleaved.
+//! - **M2** 1,000 tenants, Zipf-distributed access (s = 1.0), on a server whose budget is 80
+//!   connections, served by two instances (each with half the budget) that requests
+//!   alternate between. Throughput vs M1's routed throughput (target ≥ 0.6); every answer is
+//!   counted by status and code (a 200 carrying another tenant's profile counts as an error),
+//!   and the PostgreSQL log is searched for "too many clients" (target: none).
+//! - **M3** the first request to a cold tenant (host not cached, no pool) vs one measured
+//!   connection set-up as that tenant's role plus 3× the warm median of the same tenant
+//!   (target ≤ 1.0).
+//!
+//! Run: `./infra/bench.sh routing` (or `cargo bench --workspace --bench routing`).
+//! Knobs: `PORTICO_BENCH_TENANTS` (M2 tenant count, default 1000), `PORTICO_BENCH_SECONDS`
+//! (per round, default 5), `PORTICO_BENCH_CONCURRENCY` (default 32).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use portico_core::settings::DatabaseUrl;
+use portico_core::{DbServerName, Hostname, Settings, Slug};
+use portico_platform::Platform;
+use portico_platform::pgcluster::PgCluster;
+use portico_platform::serve::{Application, ServeOptions, ServeRole};
+use portico_platform::tenants::{self, CreateTenant};
+use portico_tenant_runtime::store::{profile, tokens};
+use secrecy::ExposeSecret;
+
+const BASE: &str = "portal.localhost";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small xorshift generator for picking tenants (not for anything secret).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// How a worker picks the next target.
+#[derive(Clone)]
+enum Pick {
+    Uniform(usize),
+    Zipf(Arc<Vec<f64>>),
+}
+
+impl Pick {
+    fn zipf(n: usize, s: f64) -> Self {
+        let mut cdf = Vec::with_capacity(n);
+        let mut sum = 0.0;
+        for k in 1..=n {
+            sum += 1.0 / (k as f64).powf(s);
+            cdf.push(sum);
+        }
+        for c in &mut cdf {
+            *c /= sum;
+        }
+        Self::Zipf(Arc::new(cdf))
+    }
+    fn pick(&self, rng: &mut Rng) -> usize {
+        match self {
+            Self::Uniform(n) => (rng.next() % *n as u64) as usize,
+            Self::Zipf(cdf) => {
+                let u = rng.unit();
+                cdf.partition_point(|c| *c < u).min(cdf.len() - 1)
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Target {
+    slug: String,
+    host: String,
+    token: String,
+}
+
+#[derive(Default)]
+struct Outcome {
+    ok: u64,
+    other: BTreeMap<String, u64>,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> Duration {
+        let mut v = self.latencies.clone();
+        v.sort();
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+    fn merge(&mut self, o: Outcome) {
+        self.ok += o.ok;
+        for (k, v) in o.other {
+            *self.other.entry(k).or_default() += v;
+        }
+        self.latencies.extend(o.latencies);
+        self.elapsed += o.elapsed;
+    }
+}
+
+/// Runs `concurrency` workers for `duration`, each sending requests to the given servers in
+/// turn; every 200 answer is checked to be the profile of the tenant whose host was asked.
+async fn load(
+    http: &reqwest::Client,
+    addrs: &[SocketAddr],
+    targets: Arc<Vec<Target>>,
+    pick: Pick,
+    concurrency: usize,
+    duration: Duration,
+) -> Outcome {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let (http, targets, pick) = (http.clone(), targets.clone(), pick.clone());
+        let urls: Vec<String> = addrs
+            .iter()
+            .map(|a| format!("http://{a}/api/v1/tenant"))
+            .collect();
+        workers.push(tokio::spawn(async move {
+            let seed = (w as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
+            let mut out = Outcome::default();
+            let mut turn = w;
+            while Instant::now() < deadline {
+                let t = &targets[pick.pick(&mut rng)];
+                turn += 1;
+                let url = &urls[turn % urls.len()];
+                let start = Instant::now();
+                let resp = http
+                    .get(url)
+                    .header("host", &t.host)
+                    .bearer_auth(&t.token)
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let body: serde_json::Value = r.json().await.unwrap_or_default();
+                        if body["slug"] == t.slug.as_str() {
+                            out.ok += 1;
+                            out.latencies.push(start.elapsed());
+                        } else {
+                            *out.other.entry("200 WRONG TENANT".into()).or_default() += 1;
+                        }
+                    }
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body: serde_json::Value = r.json().await.unwrap_or_default();
+                        let key = format!("{status} {}", body["code"].as_str().unwrap_or("-"));
+                        *out.other.entry(key).or_default() += 1;
+                    }
+                    Err(e) => *out.other.entry(format!("transport: {e}")).or_default() += 1,
+                }
+            }
+            out
+        }));
+    }
+    let mut total = Outcome::default();
+    for w in workers {
+        let o = w.await.expect("worker");
+        total.ok += o.ok;
+        for (k, v) in o.other {
+            *total.other.entry(k).or_default() += v;
+        }
+        total.latencies.extend(o.latencies);
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cluster = tokio::task::spawn_blocking(|| PgCluster::start_with(400)).await??;
+    let result = run(&cluster).await;
+    tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    result
+}
+
+async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
+    let m2_tenants = env_usize("PORTICO_BENCH_TENANTS", 1000).max(200);
+    let seconds = env_usize("PORTICO_BENCH_SECONDS", 5).max(1) as u64;
+    let concurrency = env_usize("PORTICO_BENCH_CONCURRENCY", 32).max(1);
+    let round = Duration::from_secs(seconds);
+
+    let admin = portico_provisioning::DbServer::from_url(&cluster.url("postgres"))?;
+    admin
+        .admin()
+        .await?
+        .batch_execute("create database portico")
+        .await?;
+    let data = tempfile::tempdir()?;
+    let mut settings = Settings::embedded(
+        DatabaseUrl::parse(&cluster.url("portico")).map_err(anyhow::Error::msg)?,
+        Hostname::parse(BASE)?,
+        data.path(),
+    );
+    settings.runtime.listen = ([127, 0, 0, 1], 0).into();
+    settings.runtime.metrics_listen = None;
+    settings.runtime.rate_limit_per_ip = 0;
+    settings.runtime.rate_limit_per_tenant = 0;
+    settings.runtime.max_open_tenants = 2000;
+    let platform = Arc::new(Platform::connect(settings.clone(), true).await?);
+    // M1's tenants on a server with room for all of them; M2's on one with a budget of 80.
+    let url = cluster.url("postgres");
+    for (name, budget) in [("m1", 150), ("m2", 80)] {
+        portico_platform::db_servers::add(
+            &platform,
+            &DbServerName::parse(name)?,
+            &url,
+            Some(budget),
+        )
+        .await?;
+    }
+
+    println!("routing benchmark: provisioning 100 + {m2_tenants} tenants (embedded backends)…");
+    let provision_started = Instant::now();
+    let m1 = provision(&platform, "mone", 100, "m1").await?;
+    let m2 = provision(&platform, "mtwo", m2_tenants, "m2").await?;
+    println!(
+        "  provisioned in {:.0} s",
+        provision_started.elapsed().as_secs_f64()
+    );
+
+    let app = Application::build(
+        settings.clone(),
+        ServeOptions {
+            role: ServeRole::Tenant,
+        },
+    )
+    .await?;
+    let addr = app.local_addr()?;
+    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    // M2 is served by two instances sharing the catalog, each with half of every budget.
+    let mut shared = settings.clone();
+    shared.runtime.instances = 2;
+    let mut m2_servers = Vec::new();
+    let mut m2_addrs = Vec::new();
+    for _ in 0..2 {
+        let app = Application::build(
+            shared.clone(),
+            ServeOptions {
+                role: ServeRole::Tenant,
+            },
+        )
+        .await?;
+        m2_addrs.push(app.local_addr()?);
+        m2_servers.push(tokio::spawn(app.run_until_stopped(std::future::pending())));
+    }
+    let (baseline_addr, baseline_db) = baseline(&platform, &m1[0]).await?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()?;
+
+    // ---- M3 first, while M2's tenants are still cold.
+    let m3_count = 30.min(m2.len());
+    let mut cold = Vec::new();
+    let mut connect = Vec::new();
+    let mut warm_p50 = Vec::new();
+    for (i, t) in m2.iter().take(m3_count).enumerate() {
+        let slug = format!("mtwo-{i}");
+        anyhow::ensure!(slug == t.slug);
+        let start = Instant::now();
+        let r = http
+            .get(format!("http://{addr}/api/v1/tenant"))
+            .header("host", &t.host)
+            .bearer_auth(&t.token)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status() == StatusCode::OK,
+            "cold request failed: {}",
+            r.status()
+        );
+        r.bytes().await?;
+        cold.push(start.elapsed());
+        // One connection set-up as the tenant's role (what a cold tenant must pay once).
+        let password = platform.tenant_role_password(&slug).await?;
+        let placement = platform
+            .catalog
+            .placement(
+                platform
+                    .catalog
+                    .tenant_by_slug(&slug)
+                    .await?
+                    .expect("tenant")
+                    .tenant_id(),
+            )
+            .await?
+            .expect("placement");
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(cluster.port())
+            .dbname(&placement.database_name)
+            .user(&placement.role_name)
+            .password(password.expose_secret());
+        let start = Instant::now();
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        let setup = start.elapsed();
+        drop(client);
+        let _ = conn.await;
+        connect.push(setup);
+        let mut warm = Vec::new();
+        for _ in 0..21 {
+            let start = Instant::now();
+            let r = http
+                .get(format!("http://{addr}/api/v1/tenant"))
+                .header("host", &t.host)
+                .bearer_auth(&t.token)
+                .send()
+                .await?;
+            r.bytes().await?;
+            warm.push(start.elapsed());
+        }
+        warm.sort();
+        warm_p50.push(warm[warm.len() / 2]);
+    }
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (cold_m, connect_m, warm_m) = (med(&mut cold), med(&mut connect), med(&mut warm_p50));
+    let budget = connect_m + warm_m * 3;
+
+    // ---- M1: interleaved rounds, baseline and routed.
+    let m1_targets = Arc::new(m1.clone());
+    let baseline_targets = Arc::new(vec![m1[0].clone()]);
+    // Warm every pool and cache.
+    load(
+        &http,
+        &[addr],
+        m1_targets.clone(),
+        Pick::Uniform(m1.len()),
+        concurrency,
+        Duration::from_secs(2),
+    )
+    .await;
+    load(
+        &http,
+        &[baseline_addr],
+        baseline_targets.clone(),
+        Pick::Uniform(1),
+        concurrency,
+        Duration::from_secs(1),
+    )
+    .await;
+    let (mut routed, mut base) = (Outcome::default(), Outcome::default());
+    for r in 0..4 {
+        if r % 2 == 0 {
+            base.merge(
+                load(
+                    &http,
+                    &[baseline_addr],
+                    baseline_targets.clone(),
+                    Pick::Uniform(1),
+                    concurrency,
+                    round,
+                )
+                .await,
+            );
+            routed.merge(
+                load(
+                    &http,
+                    &[addr],
+                    m1_targets.clone(),
+                    Pick::Uniform(m1.len()),
+                    concurrency,
+                    round,
+                )
+                .await,
+            );
+        } else {
+            routed.merge(
+                load(
+                    &http,
+                    &[addr],
+                    m1_targets.clone(),
+                    Pick::Uniform(m1.len()),
+                    concurrency,
+                    round,
+                )
+                .await,
+            );
+            base.merge(
+                load(
+                    &http,
+                    &[baseline_addr],
+                    baseline_targets.clone(),
+                    Pick::Uniform(1),
+                    concurrency,
+                    round,
+                )
+                .await,
+            );
+        }
+    }
+
+    // ---- M2: 1,000 tenants, Zipf, budget 80.
+    let m2_targets = Arc::new(m2.clone());
+    let zipf = Pick::zipf(m2.len(), 1.0);
+    load(
+        &http,
+        &m2_addrs,
+        m2_targets.clone(),
+        zipf.clone(),
+        concurrency,
+        Duration::from_secs(2),
+    )
+    .await;
+    let sampler_db = baseline_db;
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut max = 0i64;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(row) = sampler_db
+                    .query_one(
+                        "select count(*) from pg_stat_activity a join pg_database d on d.datname = a.datname
+                          where a.application_name = 'portico-runtime' and a.datname like 't\\_%'",
+                        &[],
+                    )
+                    .await
+                {
+                    max = max.max(row.get::<_, i64>(0));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            max
+        })
+    };
+    let mut zipf_out = Outcome::default();
+    for _ in 0..2 {
+        zipf_out.merge(
+            load(
+                &http,
+                &m2_addrs,
+                m2_targets.clone(),
+                zipf.clone(),
+                concurrency,
+                round,
+            )
+            .await,
+        );
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let max_open = sampler.await?;
+    let log = std::fs::read_to_string(cluster.log_path()).unwrap_or_default();
+    let too_many = log.matches("too many clients").count()
+        + log
+            .matches("remaining connection slots are reserved")
+            .count();
+    server.abort();
+    for s in m2_servers {
+        s.abort();
+    }
+
+    println!();
+    println!(
+        "routing benchmark ({concurrency} concurrent clients, {seconds} s rounds, loopback, same cluster)"
+    );
+    println!(
+        "M1  GET /api/v1/tenant over 100 warm tenants vs one fixed pool to one database (4 interleaved rounds each)"
+    );
+    println!(
+        "    baseline  {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   errors {:?}",
+        base.rps(),
+        ms(base.pct(0.5)),
+        ms(base.pct(0.99)),
+        base.other
+    );
+    println!(
+        "    routed    {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   errors {:?}",
+        routed.rps(),
+        ms(routed.pct(0.5)),
+        ms(routed.pct(0.99)),
+        routed.other
+    );
+    println!(
+        "    throughput ratio {:.2}x (target >= 0.85x)   p99 ratio {:.2}x (target <= 1.25x)",
+        routed.rps() / base.rps(),
+        routed.pct(0.99).as_secs_f64() / base.pct(0.99).as_secs_f64()
+    );
+    println!(
+        "M2  {} tenants, Zipf s=1.0, server budget 80 connections (2 rounds)",
+        m2.len()
+    );
+    println!(
+        "    routed    {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   non-200 {:?}",
+        zipf_out.rps(),
+        ms(zipf_out.pct(0.5)),
+        ms(zipf_out.pct(0.99)),
+        zipf_out.other
+    );
+    println!(
+        "    throughput vs M1 routed {:.2}x (target >= 0.60x)   max runtime connections seen {}   \"too many clients\" in the server log: {}",
+        zipf_out.rps() / routed.rps(),
+        max_open,
+        too_many
+    );
+    println!("M3  first request to a cold tenant ({m3_count} tenants, medians)");
+    println!(
+        "    cold {:6.2} ms   connection set-up {:6.2} ms   warm p50 {:6.2} ms   bound (1 connect + 3x warm p50) {:6.2} ms",
+        ms(cold_m),
+        ms(connect_m),
+        ms(warm_m),
+        ms(budget)
+    );
+    println!(
+        "    ratio cold / bound {:.2}x (target <= 1.00x)",
+        cold_m.as_secs_f64() / budget.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Creates `n` tenants `<prefix>-<i>` on server `server`, a few at a time, each with a token.
+async fn provision(
+    platform: &Arc<Platform>,
+    prefix: &str,
+    n: usize,
+    server: &str,
+) -> anyhow::Result<Vec<Target>> {
+    let mut out = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(4) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let (platform, prefix, server) =
+                (platform.clone(), prefix.to_owned(), server.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let slug = format!("{prefix}-{i}");
+                tenants::create(
+                    &platform,
+                    CreateTenant {
+                        slug: Slug::parse(&slug)?,
+                        display_name: Some(format!("Bench {slug}")),
+                        domains: vec![],
+                        db_server: Some(DbServerName::parse(&server)?),
+                    },
+                )
+                .await?;
+                let client = platform.connect_as_tenant(&slug).await?;
+                let (_, token) =
+                    tokens::create(&client, "bench", tokens::TokenRole::Member, None).await?;
+                anyhow::Ok(Target {
+                    host: format!("{slug}.{BASE}"),
+                    slug: slug.clone(),
+                    token: token.expose_secret().to_owned(),
+                })
+            }));
+        }
+        for t in tasks {
+            out.push(t.await??);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Clone)]
+struct Baseline {
+    pool: deadpool_postgres::Pool,
+}
+
+/// The baseline: the same handler (token check and profile read through the same store
+/// functions) in a bare axum app, from one fixed pool (same recycling) to one tenant database.
+async fn baseline(
+    platform: &Platform,
+    tenant: &Target,
+) -> anyhow::Result<(SocketAddr, tokio_postgres::Client)> {
+    let slug = tenant.slug.as_str();
+    let t = platform
+        .catalog
+        .tenant_by_slug(slug)
+        .await?
+        .expect("tenant");
+    let placement = platform
+        .catalog
+        .placement(t.tenant_id())
+        .await?
+        .expect("placement");
+    let server = platform
+        .catalog
+        .db_server_by_id(placement.db_server_id)
+        .await?
+        .expect("server");
+    let mut cfg: tokio_postgres::Config = server.display_url.parse()?;
+    let password = platform.tenant_role_password(slug).await?;
+    cfg.dbname(&placement.database_name)
+        .user(&placement.role_name)
+        .password(password.expose_secret());
+    let manager = deadpool_postgres::Manager::from_config(
+        cfg.clone(),
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Clean,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(env_usize("PORTICO_BENCH_CONCURRENCY", 32).max(1))
+        .build()?;
+    let app = axum::Router::new()
+        .route("/api/v1/tenant", axum::routing::get(baseline_handler))
+        .with_state(Baseline { pool });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // An admin connection on the catalog's server, for sampling pg_stat_activity.
+    let mut admin_cfg: tokio_postgres::Config = server.display_url.parse()?;
+    admin_cfg.dbname("postgres").password(
+        platform
+            .settings
+            .database_url
+            .expose()
+            .parse::<tokio_postgres::Config>()?
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default(),
+    );
+    let (client, conn) = admin_cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok((addr, client))
+}
+
+async fn baseline_handler(
+    State(b): State<Baseline>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let Some(digest) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| tokens::presented_digest(tokens::TOKEN_PREFIX, t))
+    else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let Ok(conn) = b.pool.get().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    match tokens::authenticate(&conn, &digest).await {
+        Ok(Some(_)) => {}
+        _ => return StatusCode::UNAUTHORIZED.into_response(),
+    }
+    match profile::get(&conn).await {
+        Ok(p) => Json(p).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
