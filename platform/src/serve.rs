@@ -122,7 +122,8 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let metrics_task = self.metrics.map(|(listener, handle)| {
+        // Aborted when this future ends or is dropped, so nothing keeps the runtime alive.
+        let _metrics_task = self.metrics.map(|(listener, handle)| {
             let runtime = self.runtime.clone();
             let app = Router::new().route(
                 "/metrics",
@@ -132,11 +133,11 @@ impl Application {
                     async move { render_metrics(&handle, &runtime) }
                 }),
             );
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "metrics listener failed");
                 }
-            })
+            }))
         });
         let served = axum::serve(
             self.listener,
@@ -145,9 +146,6 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown)
         .await;
-        if let Some(t) = metrics_task {
-            t.abort();
-        }
         served.map_err(|e| PlatformError::InvalidState(format!("server failed: {e}")))
     }
 }
@@ -171,6 +169,14 @@ pub async fn runtime_catalog_pool(settings: &Settings) -> Result<sqlx::PgPool> {
         )
         .await
         .map_err(|e| PlatformError::catalog("connecting the runtime to the catalog", e))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {

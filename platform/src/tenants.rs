@@ -587,6 +587,7 @@ async fn destroy(platform: &Platform, tenant: TenantId) -> Result<usize> {
             database: placement.database_name,
             role: placement.role_name,
         };
+        database::end_stale_sessions(&admin, &names).await?;
         database::drop_database(&admin, &names).await?;
         checkpoint("rollback:database");
         database::drop_role(&admin, &names).await?;

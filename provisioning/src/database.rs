@@ -322,6 +322,46 @@ pub async fn verify_and_seed(
 }
 
 /// Drops the tenant database (terminating its sessions) if it exists.
+/// Ends server sessions still working on this tenant's database or role for a process that is
+/// gone (a create killed while its `CREATE DATABASE` kept running on the server), and waits
+/// until they have ended. Otherwise such a statement can finish after a rollback dropped the
+/// database, and leave it behind.
+pub async fn end_stale_sessions(
+    admin: &Client,
+    names: &TenantDbNames,
+) -> Result<(), ProvisionError> {
+    let stale = "select pid from pg_stat_activity
+                  where pid <> pg_backend_pid() and state <> 'idle'
+                    and (position($1 in query) > 0 or position($2 in query) > 0)";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let pids: Vec<i32> = admin
+            .query(stale, &[&names.database, &names.role])
+            .await
+            .map_err(|e| pg_err("looking for stale sessions", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(ProvisionError::Conflict(format!(
+                "{} server session(s) still work on the tenant's database; try again",
+                pids.len()
+            )));
+        }
+        admin
+            .execute(
+                "select pg_terminate_backend(pid) from unnest($1::int4[]) as pid",
+                &[&pids],
+            )
+            .await
+            .map_err(|e| pg_err("ending stale sessions", e))?;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn drop_database(admin: &Client, names: &TenantDbNames) -> Result<(), ProvisionError> {
     admin
         .batch_execute(&format!(

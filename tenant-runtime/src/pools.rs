@@ -11,8 +11,9 @@
 //! | first request of a tenant               | pool built (cheap: no connection yet)               |
 //! | request, idle connection in the pool    | taken, recycled (session state cleaned)             |
 //! | request, pool below its size            | new connection, after taking a budget permit        |
-//! | budget exhausted                        | one idle connection of another tenant closed; wait  |
-//! | a budget waiter exists when one returns | the returned connection is closed, freeing a permit |
+//! | budget exhausted                        | the least recently used idle connection of another  |
+//! |                                         | tenant on the server is closed; wait                |
+//! | a connection goes idle while one waits  | the waiter closes the least recently used idle one  |
 //! | wait bound passed                       | `RuntimeError::Busy` (→ 503 `tenant_busy`)          |
 //! | request abandoned (timeout) mid-query   | query cancelled, connection closed, not returned    |
 //! | catalog change of the tenant / server   | pool evicted: closed, in-use connections dropped    |
@@ -63,6 +64,8 @@ pub struct ServerBudget {
     size: u32,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
+    /// Signalled when a connection of this server goes back to a pool while someone waits.
+    idle_returned: tokio::sync::Notify,
 }
 
 impl ServerBudget {
@@ -103,16 +106,21 @@ impl managed::Manager for TenantManager {
             Err(_) => {
                 budget.waiting.fetch_add(1, Ordering::AcqRel);
                 let _guard = WaitGuard(&budget.waiting);
-                if let Some(registry) = self.registry.upgrade() {
-                    registry.reclaim_idle(budget.id, self.tenant);
-                }
                 let started = Instant::now();
-                let permit = budget
-                    .permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| RuntimeError::Busy)?;
+                // Close the least recently used idle connection of another tenant, and again
+                // whenever a connection goes idle while we wait, until a permit is ours.
+                let permit = loop {
+                    let idle_returned = budget.idle_returned.notified();
+                    if let Some(registry) = self.registry.upgrade() {
+                        registry.reclaim_idle(budget.id, self.tenant);
+                    }
+                    tokio::select! {
+                        p = budget.permits.clone().acquire_owned() => {
+                            break p.map_err(|_| RuntimeError::Busy)?;
+                        }
+                        () = idle_returned => {}
+                    }
+                };
                 metrics::histogram!("portico_pool_budget_wait_seconds")
                     .record(started.elapsed().as_secs_f64());
                 permit
@@ -169,25 +177,46 @@ impl Inner {
     /// Closes one idle connection of another tenant on `server`, so its permit can serve a
     /// waiter. Returns whether one was closed.
     fn reclaim_idle(&self, server: Uuid, except: TenantId) -> bool {
+        // The idle connection unused for longest, across this server's other tenants: hot
+        // tenants keep their connections, cold ones give theirs up.
+        let mut oldest: Option<(TenantId, Duration)> = None;
         for (tenant, p) in self.cache.iter() {
             if p.budget.id != server || *tenant == except {
                 continue;
             }
-            let mut taken = false;
-            let removed = p.pool.retain(|_, _| {
-                if taken {
-                    true
-                } else {
-                    taken = true;
-                    false
+            p.pool.retain(|_, m| {
+                let idle = m.last_used();
+                if oldest.is_none_or(|(_, d)| idle > d) {
+                    oldest = Some((*tenant, idle));
                 }
+                true
             });
-            if !removed.removed.is_empty() {
-                metrics::counter!("portico_pool_reclaimed_total").increment(1);
-                return true;
-            }
         }
-        false
+        let Some((victim, age)) = oldest else {
+            return false;
+        };
+        let Some(p) = self
+            .cache
+            .iter()
+            .find(|(t, _)| **t == victim)
+            .map(|(_, p)| p)
+        else {
+            return false;
+        };
+        let mut taken = false;
+        let removed = p.pool.retain(|_, m| {
+            if !taken && m.last_used() >= age {
+                taken = true;
+                false
+            } else {
+                true
+            }
+        });
+        let closed = !removed.removed.is_empty();
+        if closed {
+            metrics::counter!("portico_pool_reclaimed_total").increment(1);
+        }
+        closed
     }
 
     fn budget_for(&self, placement: &Placement) -> Arc<ServerBudget> {
@@ -201,6 +230,7 @@ impl Inner {
                     size,
                     permits: Arc::new(Semaphore::new(size as usize)),
                     waiting: AtomicUsize::new(0),
+                    idle_returned: tokio::sync::Notify::new(),
                 });
                 budgets.insert(placement.db_server_id, b.clone());
                 b
@@ -241,8 +271,12 @@ impl Drop for TenantConn {
                 drop(conn);
             });
             metrics::counter!("portico_pool_abandoned_total").increment(1);
-        } else if self.budget.waiting.load(Ordering::Acquire) > 0 {
-            drop(Object::take(obj));
+        } else {
+            drop(obj);
+            if self.budget.waiting.load(Ordering::Acquire) > 0 {
+                // A waiter closes the least recently used idle connection (maybe this one).
+                self.budget.idle_returned.notify_one();
+            }
         }
     }
 }
@@ -373,6 +407,9 @@ impl TenantPools {
             .max_size(self.inner.settings.per_tenant as usize)
             // A connection whose clean-up hangs is discarded, not waited for.
             .recycle_timeout(Some(RECYCLE_TIMEOUT))
+            // Most recently used first: a tenant's surplus connections stay idle, age, and are
+            // the first reclaimed for other tenants (or closed by the sweep).
+            .queue_mode(deadpool::managed::QueueMode::Lifo)
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| RuntimeError::TenantDatabase(e.to_string()))?;

@@ -15,9 +15,15 @@
 //!   connection set-up as that tenant's role plus 3× the warm median of the same tenant
 //!   (target ≤ 1.0).
 //!
+//! A diagnostic line under M1 runs the routed server with all load on one tenant and a tenant
+//! pool as large as the baseline's, to separate the routing layer's own cost from the cost of
+//! spreading load over 100 databases. M1 and M2 also print how many connections the runtime
+//! opened during the measured rounds.
+//!
 //! Run: `./infra/bench.sh routing` (or `cargo bench --workspace --bench routing`).
 //! Knobs: `PORTICO_BENCH_TENANTS` (M2 tenant count, default 1000), `PORTICO_BENCH_SECONDS`
-//! (per round, default 5), `PORTICO_BENCH_CONCURRENCY` (default 32).
+//! (per round, default 5), `PORTICO_BENCH_CONCURRENCY` (default 32),
+//! `PORTICO_BENCH_M2_POOL_SIZE` (M2's per-tenant pool size, default the product's 5).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -195,6 +201,21 @@ async fn load(
     total
 }
 
+async fn metrics_text(http: &reqwest::Client, addr: SocketAddr) -> String {
+    match http.get(format!("http://{addr}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The sum of a counter's samples in Prometheus text.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -202,7 +223,7 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cluster = tokio::task::spawn_blocking(|| PgCluster::start_with(400)).await??;
+    let cluster = tokio::task::spawn_blocking(|| PgCluster::start_with(700)).await??;
     let result = run(&cluster).await;
     tokio::task::spawn_blocking(move || cluster.stop()).await??;
     result
@@ -227,14 +248,16 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         data.path(),
     );
     settings.runtime.listen = ([127, 0, 0, 1], 0).into();
-    settings.runtime.metrics_listen = None;
+    settings.runtime.metrics_listen = Some(([127, 0, 0, 1], 0).into());
     settings.runtime.rate_limit_per_ip = 0;
     settings.runtime.rate_limit_per_tenant = 0;
     settings.runtime.max_open_tenants = 2000;
     let platform = Arc::new(Platform::connect(settings.clone(), true).await?);
     // M1's tenants on a server with room for all of them; M2's on one with a budget of 80.
     let url = cluster.url("postgres");
-    for (name, budget) in [("m1", 150), ("m2", 80)] {
+    // M1 measures routing on warm tenants: its server's budget (400) never constrains 100
+    // tenants at this concurrency. M2 measures the budget: 80 connections for 1,000 tenants.
+    for (name, budget) in [("m1", 400), ("m2", 80)] {
         portico_platform::db_servers::add(
             &platform,
             &DbServerName::parse(name)?,
@@ -261,10 +284,15 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     )
     .await?;
     let addr = app.local_addr()?;
+    let metrics_addr = app.metrics_addr().expect("metrics address");
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
     // M2 is served by two instances sharing the catalog, each with half of every budget.
     let mut shared = settings.clone();
     shared.runtime.instances = 2;
+    shared.runtime.metrics_listen = None;
+    if let Ok(n) = std::env::var("PORTICO_BENCH_M2_POOL_SIZE") {
+        shared.runtime.tenant_pool_size = n.parse()?;
+    }
     let mut m2_servers = Vec::new();
     let mut m2_addrs = Vec::new();
     for _ in 0..2 {
@@ -284,7 +312,20 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         .pool_max_idle_per_host(concurrency * 2)
         .build()?;
 
-    // ---- M3 first, while M2's tenants are still cold.
+    // ---- M3 first, while M2's tenants are still cold, on an instance of its own (stopped
+    // afterwards, so its pools do not count against M2's budget).
+    let m3_app = Application::build(
+        settings.clone(),
+        ServeOptions {
+            role: ServeRole::Tenant,
+        },
+    )
+    .await?;
+    let m3_addr = m3_app.local_addr()?;
+    let (m3_stop, m3_stopped) = tokio::sync::oneshot::channel::<()>();
+    let m3_server = tokio::spawn(m3_app.run_until_stopped(async {
+        let _ = m3_stopped.await;
+    }));
     let m3_count = 30.min(m2.len());
     let mut cold = Vec::new();
     let mut connect = Vec::new();
@@ -294,7 +335,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         anyhow::ensure!(slug == t.slug);
         let start = Instant::now();
         let r = http
-            .get(format!("http://{addr}/api/v1/tenant"))
+            .get(format!("http://{m3_addr}/api/v1/tenant"))
             .header("host", &t.host)
             .bearer_auth(&t.token)
             .send()
@@ -336,7 +377,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         for _ in 0..21 {
             let start = Instant::now();
             let r = http
-                .get(format!("http://{addr}/api/v1/tenant"))
+                .get(format!("http://{m3_addr}/api/v1/tenant"))
                 .header("host", &t.host)
                 .bearer_auth(&t.token)
                 .send()
@@ -353,6 +394,9 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     };
     let (cold_m, connect_m, warm_m) = (med(&mut cold), med(&mut connect), med(&mut warm_p50));
     let budget = connect_m + warm_m * 3;
+    // A graceful stop closes its keep-alive connections, so its pools really go away.
+    let _ = m3_stop.send(());
+    m3_server.await??;
 
     // ---- M1: interleaved rounds, baseline and routed.
     let m1_targets = Arc::new(m1.clone());
@@ -376,6 +420,10 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         Duration::from_secs(1),
     )
     .await;
+    let opened_before_m1 = counter(
+        &metrics_text(&http, metrics_addr).await,
+        "portico_pool_connections_opened_total",
+    );
     let (mut routed, mut base) = (Outcome::default(), Outcome::default());
     for r in 0..4 {
         if r % 2 == 0 {
@@ -439,6 +487,67 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         Duration::from_secs(2),
     )
     .await;
+    let opened_m1 = counter(
+        &metrics_text(&http, metrics_addr).await,
+        "portico_pool_connections_opened_total",
+    ) - opened_before_m1;
+    // Diagnostic: a routed instance whose tenant pool is as large as the baseline's pool, with
+    // all load on one tenant (another than the baseline's: the role's connection limit is 20).
+    // It separates the routing layer's own cost from that of spreading load over 100 databases.
+    let diag_targets = Arc::new(vec![m1[1].clone()]);
+    let mut wide = settings.clone();
+    wide.runtime.tenant_pool_size = 12;
+    wide.runtime.metrics_listen = None;
+    let wide_app = Application::build(
+        wide,
+        ServeOptions {
+            role: ServeRole::Tenant,
+        },
+    )
+    .await?;
+    let wide_addr = wide_app.local_addr()?;
+    let (wide_stop, wide_stopped) = tokio::sync::oneshot::channel::<()>();
+    let wide_server = tokio::spawn(wide_app.run_until_stopped(async {
+        let _ = wide_stopped.await;
+    }));
+    load(
+        &http,
+        &[wide_addr],
+        diag_targets.clone(),
+        Pick::Uniform(1),
+        concurrency,
+        Duration::from_secs(1),
+    )
+    .await;
+    let single = load(
+        &http,
+        &[wide_addr],
+        diag_targets.clone(),
+        Pick::Uniform(1),
+        concurrency,
+        round,
+    )
+    .await;
+    let _ = wide_stop.send(());
+    wide_server.await??;
+    let mut m2_dbs: Vec<String> = Vec::with_capacity(m2.len());
+    for t in &m2 {
+        let tenant = platform
+            .catalog
+            .tenant_by_slug(&t.slug)
+            .await?
+            .expect("tenant");
+        let p = platform
+            .catalog
+            .placement(tenant.tenant_id())
+            .await?
+            .expect("placement");
+        m2_dbs.push(p.database_name);
+    }
+    let opened_before_m2 = counter(
+        &metrics_text(&http, metrics_addr).await,
+        "portico_pool_connections_opened_total",
+    );
     let sampler_db = baseline_db;
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
@@ -448,9 +557,9 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(row) = sampler_db
                     .query_one(
-                        "select count(*) from pg_stat_activity a join pg_database d on d.datname = a.datname
-                          where a.application_name = 'portico-runtime' and a.datname like 't\\_%'",
-                        &[],
+                        "select count(*) from pg_stat_activity
+                          where application_name = 'portico-runtime' and datname = any($1)",
+                        &[&m2_dbs],
                     )
                     .await
                 {
@@ -477,6 +586,10 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     }
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let max_open = sampler.await?;
+    let opened_m2 = counter(
+        &metrics_text(&http, metrics_addr).await,
+        "portico_pool_connections_opened_total",
+    ) - opened_before_m2;
     let log = std::fs::read_to_string(cluster.log_path()).unwrap_or_default();
     let too_many = log.matches("too many clients").count()
         + log
@@ -509,12 +622,20 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         routed.other
     );
     println!(
-        "    throughput ratio {:.2}x (target >= 0.85x)   p99 ratio {:.2}x (target <= 1.25x)",
+        "    throughput ratio {:.2}x (target >= 0.85x)   p99 ratio {:.2}x (target <= 1.25x)   connections opened {}",
         routed.rps() / base.rps(),
-        routed.pct(0.99).as_secs_f64() / base.pct(0.99).as_secs_f64()
+        routed.pct(0.99).as_secs_f64() / base.pct(0.99).as_secs_f64(),
+        opened_m1
     );
     println!(
-        "M2  {} tenants, Zipf s=1.0, server budget 80 connections (2 rounds)",
+        "    (diagnostic) routed, all load on one tenant, tenant pool of 12 like the baseline's: {:9.0} req/s   p99 {:6.2} ms   ratio {:.2}x   errors {:?}",
+        single.rps(),
+        ms(single.pct(0.99)),
+        single.rps() / base.rps(),
+        single.other
+    );
+    println!(
+        "M2  {} tenants, Zipf s=1.0, server budget 80 connections shared by two instances (2 rounds)",
         m2.len()
     );
     println!(
@@ -525,9 +646,10 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         zipf_out.other
     );
     println!(
-        "    throughput vs M1 routed {:.2}x (target >= 0.60x)   max runtime connections seen {}   \"too many clients\" in the server log: {}",
+        "    throughput vs M1 routed {:.2}x (target >= 0.60x)   max M2 runtime connections seen {}   connections opened {}   \"too many clients\" in the server log: {}",
         zipf_out.rps() / routed.rps(),
         max_open,
+        opened_m2,
         too_many
     );
     println!("M3  first request to a cold tenant ({m3_count} tenants, medians)");
@@ -627,7 +749,8 @@ async fn baseline(
         },
     );
     let pool = deadpool_postgres::Pool::builder(manager)
-        .max_size(env_usize("PORTICO_BENCH_CONCURRENCY", 32).max(1))
+        // Under the tenant role's CONNECTION LIMIT (20).
+        .max_size(env_usize("PORTICO_BENCH_CONCURRENCY", 32).clamp(1, 12))
         .build()?;
     let app = axum::Router::new()
         .route("/api/v1/tenant", axum::routing::get(baseline_handler))

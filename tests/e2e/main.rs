@@ -11,4 +11,5 @@ mod demo;
 mod isolation;
 mod lifecycle;
 mod nginx;
+mod pools;
 mod routing;

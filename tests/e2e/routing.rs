@@ -390,7 +390,7 @@ async fn the_connection_budget_holds_and_recovers() {
         tokens.push(env.tenant_token(s, "ci", "member"));
     }
     let server = std::sync::Arc::new(env.serve(&[
-        ("PORTICO_POOL_WAIT_MS", "300"),
+        ("PORTICO_POOL_WAIT_MS", "2000"),
         ("PORTICO_TENANT_POOL_SIZE", "2"),
     ]));
 
