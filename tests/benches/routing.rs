@@ -141,6 +141,20 @@ async fn load(
     concurrency: usize,
     duration: Duration,
 ) -> Outcome {
+    load_with(http, addrs, targets, pick, concurrency, duration, false).await
+}
+
+/// [`load`]; with `affinity`, each tenant always goes to the same server (as the
+/// `hash $host consistent` upstream in infra/nginx does) instead of alternating.
+async fn load_with(
+    http: &reqwest::Client,
+    addrs: &[SocketAddr],
+    targets: Arc<Vec<Target>>,
+    pick: Pick,
+    concurrency: usize,
+    duration: Duration,
+    affinity: bool,
+) -> Outcome {
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = Vec::new();
@@ -156,9 +170,10 @@ async fn load(
             let mut out = Outcome::default();
             let mut turn = w;
             while Instant::now() < deadline {
-                let t = &targets[pick.pick(&mut rng)];
+                let index = pick.pick(&mut rng);
+                let t = &targets[index];
                 turn += 1;
-                let url = &urls[turn % urls.len()];
+                let url = &urls[if affinity { index } else { turn } % urls.len()];
                 let start = Instant::now();
                 let resp = http
                     .get(url)
@@ -590,6 +605,40 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         &metrics_text(&http, metrics_addr).await,
         "portico_pool_connections_opened_total",
     ) - opened_before_m2;
+    // M2 again with host affinity.
+    load_with(
+        &http,
+        &m2_addrs,
+        m2_targets.clone(),
+        zipf.clone(),
+        concurrency,
+        Duration::from_secs(2),
+        true,
+    )
+    .await;
+    let opened_before_affinity = counter(
+        &metrics_text(&http, metrics_addr).await,
+        "portico_pool_connections_opened_total",
+    );
+    let mut affine = Outcome::default();
+    for _ in 0..2 {
+        affine.merge(
+            load_with(
+                &http,
+                &m2_addrs,
+                m2_targets.clone(),
+                zipf.clone(),
+                concurrency,
+                round,
+                true,
+            )
+            .await,
+        );
+    }
+    let opened_affine = counter(
+        &metrics_text(&http, metrics_addr).await,
+        "portico_pool_connections_opened_total",
+    ) - opened_before_affinity;
     let log = std::fs::read_to_string(cluster.log_path()).unwrap_or_default();
     let too_many = log.matches("too many clients").count()
         + log
@@ -651,6 +700,15 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         max_open,
         opened_m2,
         too_many
+    );
+    println!(
+        "    with host affinity (hash $host, as infra/nginx): {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   non-200 {:?}   connections opened {}   vs M1 routed {:.2}x",
+        affine.rps(),
+        ms(affine.pct(0.5)),
+        ms(affine.pct(0.99)),
+        affine.other,
+        opened_affine,
+        affine.rps() / routed.rps()
     );
     println!("M3  first request to a cold tenant ({m3_count} tenants, medians)");
     println!(
