@@ -110,10 +110,16 @@ async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempD
     let database_url = DatabaseUrl::parse(&cluster.url("portico"))
         .map_err(|e| anyhow::anyhow!("demo database URL: {e}"))?;
     let mut settings = Settings::embedded(database_url, base_domain, data.path());
-    settings.runtime.listen = std::env::var("PORTICO_LISTEN")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(settings.runtime.listen);
+    settings.runtime.listen = match std::env::var("PORTICO_LISTEN") {
+        Ok(l) => l.parse().map_err(|_| {
+            anyhow::anyhow!("PORTICO_LISTEN '{l}' is not an address like 127.0.0.1:8080")
+        })?,
+        // The default port, unless something else has it: then any free one (printed below).
+        Err(_) if std::net::TcpListener::bind(settings.runtime.listen).is_err() => {
+            ([127, 0, 0, 1], 0).into()
+        }
+        Err(_) => settings.runtime.listen,
+    };
     settings.runtime.metrics_listen = Some(([127, 0, 0, 1], 0).into());
     println!(
         "  PostgreSQL:  127.0.0.1:{} (password auth), cluster in {}",

@@ -1,5 +1,5 @@
-//! README command one: `portico demo` provisions two tenants on embedded defaults and cleans
-//! up on Ctrl-C.
+//! README command one: `portico demo` provisions two tenants on embedded defaults, serves
+//! them (the `curl` line it prints works), and cleans up on Ctrl-C.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -44,7 +44,7 @@ fn path_after<'a>(output: &'a str, line_start: &str, marker: &str) -> &'a str {
 /// Runs the demo, sends it SIGINT once it prints a line starting with `interrupt_at`, and
 /// checks a clean end: exit 0, "demo stopped cleanly", and its cluster and data directories,
 /// which existed when the signal was sent, gone. Returns everything it printed.
-fn demo_interrupted_at(interrupt_at: &str) -> String {
+fn demo_interrupted_at(interrupt_at: &str, while_running: impl FnOnce(&str)) -> String {
     let home = tempfile::tempdir().expect("tempdir");
     let mut child = spawn_demo(home.path());
     let _watchdog = crate::support::Watchdog::arm(child.id(), DEMO_LIMIT);
@@ -74,6 +74,7 @@ fn demo_interrupted_at(interrupt_at: &str) -> String {
         );
     }
 
+    while_running(&seen);
     interrupt(&child);
     for line in lines {
         seen.push_str(&line.expect("stdout"));
@@ -95,7 +96,34 @@ fn demo_interrupted_at(interrupt_at: &str) -> String {
 
 #[test]
 fn demo_provisions_two_tenants_and_stops_cleanly_on_ctrl_c() {
-    let seen = demo_interrupted_at("demo ready");
+    let seen = demo_interrupted_at("demo ready", |out| {
+        // The printed curl line works: the tenant API answers with the printed token.
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("try:"))
+            .unwrap_or_else(|| panic!("no 'try:' line in:\n{out}"));
+        let token = line
+            .split("Bearer ")
+            .nth(1)
+            .and_then(|t| t.split('\'').next())
+            .expect("token");
+        let url = line.split_whitespace().last().expect("url");
+        let rest = url.strip_prefix("http://").expect("http URL");
+        let (authority, path) = rest.split_once('/').expect("path");
+        let (host, port) = authority.rsplit_once(':').expect("port");
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("port")))
+            .expect("connect to the demo");
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"slug\":\"acme\""), "{answer}");
+    });
     for needle in [
         "acme",
         "globex",
@@ -112,6 +140,6 @@ fn demo_provisions_two_tenants_and_stops_cleanly_on_ctrl_c() {
 /// running).
 #[test]
 fn demo_interrupted_during_setup_cleans_up() {
-    let seen = demo_interrupted_at("provisioning tenant");
+    let seen = demo_interrupted_at("provisioning tenant", |_| {});
     assert!(seen.contains("interrupted during setup"), "{seen}");
 }
