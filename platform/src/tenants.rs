@@ -263,6 +263,11 @@ async fn reserve(
         .map(Hostname::as_str)
         .collect();
     if let Some((domain, owner)) = platform.catalog.first_taken_domain(&hostnames).await? {
+        // A concurrent create of this very slug recorded its domains between our look-up of
+        // the slug and this check: report the slug, so the caller resumes that create.
+        if owner == req.slug.as_str() {
+            return Err(PlatformError::SlugTaken(owner));
+        }
         return Err(PlatformError::DomainTaken { domain, owner });
     }
     let server_row = db_servers::choose(platform, req.db_server.as_ref()).await?;
