@@ -190,10 +190,11 @@ impl Operator {
         result: Result<T, Problem>,
         detail: Option<serde_json::Value>,
     ) -> Result<T, Problem> {
-        let (outcome, detail) = match &result {
-            Ok(_) => ("succeeded", detail),
-            Err(p) => ("failed", Some(serde_json::json!({"code": p.code}))),
+        let (outcome, mut detail) = match &result {
+            Ok(_) => ("succeeded", detail.unwrap_or_else(|| serde_json::json!({}))),
+            Err(p) => ("failed", serde_json::json!({"code": p.code})),
         };
+        detail["token_id"] = self.identity.token_id.to_string().into();
         api.platform
             .catalog
             .audit(AuditEntry {
@@ -203,12 +204,7 @@ impl Operator {
                 outcome,
                 client_ip: self.ip,
                 request_id: &self.request_id,
-                detail: detail
-                    .map(|mut d| {
-                        d["token_id"] = self.identity.token_id.to_string().into();
-                        d
-                    })
-                    .or_else(|| Some(serde_json::json!({"token_id": self.identity.token_id}))),
+                detail: Some(detail),
             })
             .await
             .map_err(Problem::from)?;
@@ -226,16 +222,45 @@ async fn list_tenants(State(api): State<OperatorApi>, op: Operator) -> Result<Re
     Ok(Json(all).into_response())
 }
 
+#[derive(Clone, Copy)]
+enum TenantAction {
+    Show,
+    Suspend,
+    Resume,
+}
+
+/// Show, suspend or resume one tenant: the same workflow the CLI calls, audited.
+async fn on_tenant(
+    api: &OperatorApi,
+    op: &Operator,
+    s: &str,
+    action: TenantAction,
+) -> Result<Response, Problem> {
+    let name = match action {
+        TenantAction::Show => "tenant.show",
+        TenantAction::Suspend => "tenant.suspend",
+        TenantAction::Resume => "tenant.resume",
+    };
+    let result = async {
+        let (p, slug) = (&api.platform, slug(s)?);
+        let slug = slug.as_str();
+        Ok(match action {
+            TenantAction::Show => tenants::show(p, slug).await?,
+            TenantAction::Suspend => tenants::suspend(p, slug).await?,
+            TenantAction::Resume => tenants::resume(p, slug).await?,
+        })
+    }
+    .await;
+    let t = op.record(api, name, Some(s), result, None).await?;
+    Ok(Json(t).into_response())
+}
+
 async fn show_tenant(
     State(api): State<OperatorApi>,
     op: Operator,
     Path(s): Path<String>,
 ) -> Result<Response, Problem> {
-    let result = async { Ok(tenants::show(&api.platform, slug(&s)?.as_str()).await?) }.await;
-    let t = op
-        .record(&api, "tenant.show", Some(&s), result, None)
-        .await?;
-    Ok(Json(t).into_response())
+    on_tenant(&api, &op, &s, TenantAction::Show).await
 }
 
 async fn suspend_tenant(
@@ -243,11 +268,7 @@ async fn suspend_tenant(
     op: Operator,
     Path(s): Path<String>,
 ) -> Result<Response, Problem> {
-    let result = async { Ok(tenants::suspend(&api.platform, slug(&s)?.as_str()).await?) }.await;
-    let t = op
-        .record(&api, "tenant.suspend", Some(&s), result, None)
-        .await?;
-    Ok(Json(t).into_response())
+    on_tenant(&api, &op, &s, TenantAction::Suspend).await
 }
 
 async fn resume_tenant(
@@ -255,11 +276,7 @@ async fn resume_tenant(
     op: Operator,
     Path(s): Path<String>,
 ) -> Result<Response, Problem> {
-    let result = async { Ok(tenants::resume(&api.platform, slug(&s)?.as_str()).await?) }.await;
-    let t = op
-        .record(&api, "tenant.resume", Some(&s), result, None)
-        .await?;
-    Ok(Json(t).into_response())
+    on_tenant(&api, &op, &s, TenantAction::Resume).await
 }
 
 #[derive(Deserialize)]

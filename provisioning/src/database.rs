@@ -351,14 +351,14 @@ pub async fn end_stale_sessions(
                 pids.len()
             )));
         }
+        // With a timeout, pg_terminate_backend waits until the session has ended.
         admin
             .execute(
-                "select pg_terminate_backend(pid) from unnest($1::int4[]) as pid",
+                "select pg_terminate_backend(pid, 5000) from unnest($1::int4[]) as pid",
                 &[&pids],
             )
             .await
             .map_err(|e| pg_err("ending stale sessions", e))?;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

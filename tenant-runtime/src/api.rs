@@ -158,8 +158,8 @@ async fn readyz(State(rt): State<Runtime>) -> Response {
 }
 
 /// The normalised host of a request, or the `invalid_host` problem.
-pub fn request_host(parts_headers: &axum::http::HeaderMap) -> Result<Hostname, Problem> {
-    let raw = parts_headers
+pub fn request_host(headers: &axum::http::HeaderMap) -> Result<Hostname, Problem> {
+    let raw = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -176,7 +176,6 @@ pub fn request_host(parts_headers: &axum::http::HeaderMap) -> Result<Hostname, P
 async fn resolve_tenant(State(rt): State<Runtime>, mut req: Request, next: Next) -> Response {
     match resolve(&rt, req.headers()).await {
         Ok(route) => {
-            tracing::Span::current().record("tenant_id", tracing::field::display(route.tenant_id));
             req.extensions_mut().insert(route);
             next.run(req).await
         }
@@ -200,6 +199,8 @@ async fn resolve(
         return Err(not_found());
     }
     let route = rt.resolver.resolve(&host).await?.ok_or_else(not_found)?;
+    // On the span (and so on the log line) whatever the answer, refusals included.
+    tracing::Span::current().record("tenant_id", tracing::field::display(route.tenant_id));
     match route.status {
         TenantStatus::Active => {}
         TenantStatus::Suspended => {
@@ -219,7 +220,6 @@ async fn resolve(
         }
         TenantStatus::Deleting | TenantStatus::Deleted => return Err(not_found()),
     }
-    tracing::Span::current().record("tenant_id", tracing::field::display(route.tenant_id));
     check_limit(
         rt.tenant_limiter.as_deref(),
         &route.tenant_id,

@@ -137,8 +137,9 @@ impl ListenerState {
     }
 }
 
-/// Listens on [`CATALOG_CHANNEL`] until the returned handle is dropped or aborted; reconnects
-/// with a pause after a failure. Each change invalidates the cached hosts of its tenant and
+/// Listens on [`CATALOG_CHANNEL`] until the returned handle is dropped or aborted. A lost
+/// connection is replaced at once; only when connecting fails does it back off (50 ms doubling
+/// to 3.2 s), so an unreachable catalog is not hammered. Each change invalidates the cached hosts of its tenant and
 /// evicts the tenant's pool (suspension, placement or credential changes).
 pub fn spawn_listener(
     pool: PgPool,
@@ -148,18 +149,32 @@ pub fn spawn_listener(
     let state = ListenerState::default();
     let flag = state.clone();
     let task = tokio::spawn(async move {
+        let mut failures: u32 = 0;
         loop {
             match listen_once(&pool, &resolver, &pools, &flag).await {
-                Ok(()) => tracing::warn!("catalog notifications: connection lost; reconnecting"),
-                Err(e) => tracing::warn!(error = %e, "catalog notifications unavailable; retrying"),
+                Ok(()) => {
+                    tracing::warn!("catalog notifications: connection lost; reconnecting");
+                    failures = 0;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "catalog notifications unavailable; retrying");
+                    failures = failures.saturating_add(1);
+                }
             }
             flag.0.store(false, Ordering::Release);
             // Anything may have changed unheard.
             resolver.invalidate_all();
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            if failures > 0 {
+                tokio::time::sleep(retry_backoff(failures)).await;
+            }
         }
     });
     (state, task)
+}
+
+/// 50 ms after the first failed attempt, doubling up to 3.2 s.
+fn retry_backoff(failures: u32) -> Duration {
+    Duration::from_millis(50 << failures.saturating_sub(1).min(6))
 }
 
 async fn listen_once(
@@ -203,6 +218,15 @@ async fn listen_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_backoff_grows_and_is_capped() {
+        assert_eq!(retry_backoff(1), Duration::from_millis(50));
+        assert_eq!(retry_backoff(2), Duration::from_millis(100));
+        assert_eq!(retry_backoff(7), Duration::from_millis(3200));
+        assert_eq!(retry_backoff(8), Duration::from_millis(3200));
+        assert_eq!(retry_backoff(u32::MAX), Duration::from_millis(3200));
+    }
 
     #[test]
     fn hosts_are_normalised() {

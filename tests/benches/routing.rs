@@ -439,69 +439,37 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         &metrics_text(&http, metrics_addr).await,
         "portico_pool_connections_opened_total",
     );
+    let (base_addrs, routed_addrs) = ([baseline_addr], [addr]);
+    let run_base = || {
+        load(
+            &http,
+            &base_addrs,
+            baseline_targets.clone(),
+            Pick::Uniform(1),
+            concurrency,
+            round,
+        )
+    };
+    let run_routed = || {
+        load(
+            &http,
+            &routed_addrs,
+            m1_targets.clone(),
+            Pick::Uniform(m1.len()),
+            concurrency,
+            round,
+        )
+    };
     let (mut routed, mut base) = (Outcome::default(), Outcome::default());
     for r in 0..4 {
         if r % 2 == 0 {
-            base.merge(
-                load(
-                    &http,
-                    &[baseline_addr],
-                    baseline_targets.clone(),
-                    Pick::Uniform(1),
-                    concurrency,
-                    round,
-                )
-                .await,
-            );
-            routed.merge(
-                load(
-                    &http,
-                    &[addr],
-                    m1_targets.clone(),
-                    Pick::Uniform(m1.len()),
-                    concurrency,
-                    round,
-                )
-                .await,
-            );
+            base.merge(run_base().await);
+            routed.merge(run_routed().await);
         } else {
-            routed.merge(
-                load(
-                    &http,
-                    &[addr],
-                    m1_targets.clone(),
-                    Pick::Uniform(m1.len()),
-                    concurrency,
-                    round,
-                )
-                .await,
-            );
-            base.merge(
-                load(
-                    &http,
-                    &[baseline_addr],
-                    baseline_targets.clone(),
-                    Pick::Uniform(1),
-                    concurrency,
-                    round,
-                )
-                .await,
-            );
+            routed.merge(run_routed().await);
+            base.merge(run_base().await);
         }
     }
-
-    // ---- M2: 1,000 tenants, Zipf, budget 80.
-    let m2_targets = Arc::new(m2.clone());
-    let zipf = Pick::zipf(m2.len(), 1.0);
-    load(
-        &http,
-        &m2_addrs,
-        m2_targets.clone(),
-        zipf.clone(),
-        concurrency,
-        Duration::from_secs(2),
-    )
-    .await;
     let opened_m1 = counter(
         &metrics_text(&http, metrics_addr).await,
         "portico_pool_connections_opened_total",
@@ -545,6 +513,18 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     .await;
     let _ = wide_stop.send(());
     wide_server.await??;
+    // ---- M2: 1,000 tenants, Zipf, budget 80.
+    let m2_targets = Arc::new(m2.clone());
+    let zipf = Pick::zipf(m2.len(), 1.0);
+    load(
+        &http,
+        &m2_addrs,
+        m2_targets.clone(),
+        zipf.clone(),
+        concurrency,
+        Duration::from_secs(2),
+    )
+    .await;
     let mut m2_dbs: Vec<String> = Vec::with_capacity(m2.len());
     for t in &m2 {
         let tenant = platform
@@ -569,7 +549,10 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         let sampling = sampling.clone();
         tokio::spawn(async move {
             let mut max = 0i64;
+            // A sample every 50 ms while the load runs.
+            let mut period = tokio::time::interval(Duration::from_millis(50));
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                period.tick().await;
                 if let Ok(row) = sampler_db
                     .query_one(
                         "select count(*) from pg_stat_activity
@@ -580,7 +563,6 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
                 {
                     max = max.max(row.get::<_, i64>(0));
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             max
         })

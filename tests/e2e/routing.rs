@@ -271,21 +271,8 @@ async fn suspension_reaches_two_instances_within_a_second() {
         .as_str()
         .expect("db")
         .to_owned();
-    let runtime_conns = || {
-        let db = db.clone();
-        async move {
-            let admin = crate::support::connect(&crate::support::admin_url("postgres")).await;
-            let n: i64 = admin
-                .query_one(
-                    "select count(*) from pg_stat_activity where datname = $1 and application_name = 'portico-runtime'",
-                    &[&db],
-                )
-                .await
-                .expect("count")
-                .get(0);
-            n
-        }
-    };
+    let dbs = vec![db];
+    let runtime_conns = || runtime_connections(&dbs, false);
     assert!(
         runtime_conns().await >= 2,
         "both instances hold a pooled connection"
@@ -340,33 +327,35 @@ async fn suspension_reaches_two_instances_within_a_second() {
     env.cleanup().await;
 }
 
-/// Counts the runtime's connections to the given databases.
-async fn runtime_connections(dbs: &[String]) -> i64 {
+/// Counts the runtime's connections to the given databases (only those waiting on a lock,
+/// when `blocked`).
+async fn runtime_connections(dbs: &[String], blocked: bool) -> i64 {
     let admin = crate::support::connect(&crate::support::admin_url("postgres")).await;
     admin
         .query_one(
             "select count(*) from pg_stat_activity
-              where datname = any($1) and application_name = 'portico-runtime'",
-            &[&dbs],
+              where datname = any($1) and application_name = 'portico-runtime'
+                and (not $2 or wait_event_type = 'Lock')",
+            &[&dbs, &blocked],
         )
         .await
         .expect("count")
         .get(0)
 }
 
-/// Runtime connections of these databases waiting on a lock.
-async fn blocked_connections(dbs: &[String]) -> i64 {
-    let admin = crate::support::connect(&crate::support::admin_url("postgres")).await;
-    admin
-        .query_one(
-            "select count(*) from pg_stat_activity
-              where datname = any($1) and application_name = 'portico-runtime'
-                and wait_event_type = 'Lock'",
-            &[&dbs],
-        )
-        .await
-        .expect("count")
-        .get(0)
+/// Starts `n` concurrent `GET /api/v1/tenant` on `slug`'s host.
+fn spawn_gets(
+    server: &std::sync::Arc<crate::support::Server>,
+    slug: &'static str,
+    token: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<crate::support::Answer>> {
+    (0..n)
+        .map(|_| {
+            let (s, t) = (server.clone(), token.to_owned());
+            tokio::spawn(async move { s.get(&host_of(slug), "/api/v1/tenant", Some(&t)).await })
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -405,16 +394,10 @@ async fn the_connection_budget_holds_and_recovers() {
     }
     // Three requests to t1: the per-tenant cap (2) lets two in; the third waits and gets
     // 503 tenant_busy although the server's budget still has room.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let (s, t) = (server.clone(), tokens[0].clone());
-        held.push(tokio::spawn(async move {
-            s.get(&host_of("ten1"), "/api/v1/tenant", Some(&t)).await
-        }));
-    }
+    let mut held = spawn_gets(&server, "ten1", &tokens[0], 3);
     assert!(
         within(Duration::from_secs(10), || async {
-            blocked_connections(&dbs).await == 2
+            runtime_connections(&dbs, true).await == 2
         })
         .await
         .is_some(),
@@ -429,15 +412,10 @@ async fn the_connection_budget_holds_and_recovers() {
         200
     );
     // Two more blocked requests, on t2: now the whole budget (4) is in use.
-    for _ in 0..2 {
-        let (s, t) = (server.clone(), tokens[1].clone());
-        held.push(tokio::spawn(async move {
-            s.get(&host_of("ten2"), "/api/v1/tenant", Some(&t)).await
-        }));
-    }
+    held.extend(spawn_gets(&server, "ten2", &tokens[1], 2));
     assert!(
         within(Duration::from_secs(10), || async {
-            blocked_connections(&dbs).await == 4
+            runtime_connections(&dbs, true).await == 4
         })
         .await
         .is_some(),
@@ -450,7 +428,7 @@ async fn the_connection_budget_holds_and_recovers() {
     r.assert_problem(503, "tenant_busy");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert!(
-        runtime_connections(&dbs).await <= 4,
+        runtime_connections(&dbs, false).await <= 4,
         "the budget was exceeded"
     );
 
@@ -468,7 +446,7 @@ async fn the_connection_budget_holds_and_recovers() {
         tokio::spawn(async move {
             let mut max = 0;
             for _ in 0..50 {
-                max = max.max(runtime_connections(&dbs).await);
+                max = max.max(runtime_connections(&dbs, false).await);
                 tokio::task::yield_now().await;
             }
             max
@@ -476,10 +454,7 @@ async fn the_connection_budget_holds_and_recovers() {
     };
     let mut load = Vec::new();
     for i in 0..100 {
-        let (s, t, slug) = (server.clone(), tokens[i % 5].clone(), slugs[i % 5]);
-        load.push(tokio::spawn(async move {
-            s.get(&host_of(slug), "/api/v1/tenant", Some(&t)).await
-        }));
+        load.extend(spawn_gets(&server, slugs[i % 5], &tokens[i % 5], 1));
     }
     let mut ok = 0;
     for h in load {
@@ -983,7 +958,7 @@ async fn slow_requests_time_out_and_large_bodies_are_refused() {
     let dbs = vec![db.clone()];
     assert!(
         within(Duration::from_secs(2), || async {
-            blocked_connections(&dbs).await == 0
+            runtime_connections(&dbs, true).await == 0
         })
         .await
         .is_some(),

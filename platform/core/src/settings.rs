@@ -632,6 +632,43 @@ mod tests {
     }
 
     #[test]
+    fn runtime_settings_parse_and_refuse_bad_values() {
+        let s = env(&[
+            ("database_url", "postgres://h/db"),
+            ("base_domain", "portal.example.com"),
+            ("trusted_proxies", "10.0.0.0/8, 127.0.0.1 ,::1"),
+            ("metrics_listen", "off"),
+            ("listen", "0.0.0.0:9000"),
+        ])
+        .unwrap();
+        let rt = &s.runtime;
+        assert_eq!(rt.operator_host.as_str(), "admin.portal.example.com");
+        assert_eq!(rt.metrics_listen, None);
+        assert_eq!(rt.listen, "0.0.0.0:9000".parse().unwrap());
+        let proxies: Vec<String> = rt.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+        for (key, value, setting) in [
+            (
+                "trusted_proxies",
+                "10.0.0.0/8, nonsense",
+                "PORTICO_TRUSTED_PROXIES",
+            ),
+            ("listen", "localhost", "PORTICO_LISTEN"),
+            ("metrics_listen", "9464", "PORTICO_METRICS_LISTEN"),
+            ("operator_host", "not a host", "PORTICO_OPERATOR_HOST"),
+            ("pool_wait_ms", "soon", "PORTICO_POOL_WAIT_MS"),
+        ] {
+            let err = env(&[("database_url", "postgres://h/db"), (key, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(setting),
+                "{key}={value}: '{err}' should name {setting}"
+            );
+        }
+    }
+
+    #[test]
     fn secret_url_redaction() {
         let u = DatabaseUrl::parse("postgres://admin:s3cr3t@db.example:5433/x?password=s3cr3t")
             .unwrap();
