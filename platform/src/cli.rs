@@ -177,6 +177,12 @@ enum TenantCmd {
     /// A tenant's API tokens.
     #[command(subcommand)]
     Token(TenantTokenCmd),
+    /// A tenant's SSO connections and claimed e-mail domains.
+    #[command(subcommand)]
+    Sso(crate::identity_cli::SsoCmd),
+    /// A tenant's users, invitations and sign-in events.
+    #[command(subcommand)]
+    User(crate::identity_cli::UserCmd),
 }
 
 /// Entry point of the `portico` binary.
@@ -596,6 +602,8 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             print_status(&tenants::resume(&p, slug(&s)?.as_str()).await?, as_json)?;
         }
         TenantCmd::Token(cmd) => tenant_token(cmd).await?,
+        TenantCmd::Sso(cmd) => crate::identity_cli::sso(&platform(true).await?, cmd).await?,
+        TenantCmd::User(cmd) => crate::identity_cli::user(&platform(true).await?, cmd).await?,
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod context;
 pub mod db_servers;
 pub mod demo;
 pub mod error;
+pub mod identity_cli;
 pub mod operators;
 pub mod pgcluster;
 pub mod serve;

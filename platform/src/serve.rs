@@ -71,7 +71,8 @@ impl Application {
         let rt = settings.runtime.clone();
         let platform = Arc::new(Platform::connect(settings.clone(), true).await?);
         let catalog = runtime_catalog_pool(&settings).await?;
-        let runtime = Runtime::start(&settings, catalog, platform.keyring.clone());
+        let state = runtime_state_pool(&settings).await?;
+        let runtime = Runtime::start(&settings, catalog, state, platform.keyring.clone());
 
         let mut router = runtime.health_routes();
         if options.role != ServeRole::Operator {
@@ -169,6 +170,20 @@ pub async fn runtime_catalog_pool(settings: &Settings) -> Result<sqlx::PgPool> {
         )
         .await
         .map_err(|e| PlatformError::catalog("connecting the runtime to the catalog", e))
+}
+
+/// The runtime's one writable control-plane pool: the shared SAML replay cache
+/// (`saml_replay`) is its only use (see `identity::web::record_assertion`).
+pub async fn runtime_state_pool(settings: &Settings) -> Result<sqlx::PgPool> {
+    let connect: PgConnectOptions = settings
+        .database_url
+        .expose()
+        .parse()
+        .map_err(|e| PlatformError::catalog("reading the catalog URL", e))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_lazy_with(connect.application_name("portico-runtime-state")))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

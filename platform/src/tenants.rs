@@ -604,6 +604,66 @@ async fn destroy(platform: &Platform, tenant: TenantId) -> Result<usize> {
     Ok(objects_deleted)
 }
 
+impl Platform {
+    /// The tenant's id and key reference (to encrypt a tenant secret such as an OIDC client
+    /// secret before it is stored in the tenant's database).
+    pub async fn tenant_key(
+        &self,
+        slug: &str,
+    ) -> Result<(portico_core::TenantId, portico_core::keys::TenantKeyRef)> {
+        let t = tenant_row(self, slug).await?;
+        let key = t.key_id.clone().ok_or_else(|| {
+            PlatformError::InvalidState(format!("tenant '{slug}' has no key yet"))
+        })?;
+        Ok((t.tenant_id(), portico_core::keys::TenantKeyRef::new(key)))
+    }
+
+    /// Claims an e-mail domain for one tenant's SSO connection (home-realm discovery).
+    pub async fn claim_domain(&self, slug: &str, connection: &str, domain: &str) -> Result<()> {
+        let t = tenant_row(self, slug).await?;
+        let domain = domain.trim().to_ascii_lowercase();
+        portico_core::Hostname::parse(&domain).map_err(|e| {
+            PlatformError::InvalidInput(format!("'{domain}' is not a domain name: {e}"))
+        })?;
+        let done = sqlx::query(
+            "insert into sso_domain_claims (domain, tenant_id, connection_name) values ($1, $2, $3)
+             on conflict (domain) do update set connection_name = excluded.connection_name
+              where sso_domain_claims.tenant_id = excluded.tenant_id",
+        )
+        .bind(&domain)
+        .bind(t.id)
+        .bind(connection)
+        .execute(self.catalog.pool())
+        .await
+        .map_err(|e| PlatformError::catalog("claiming a domain", e))?;
+        if done.rows_affected() == 0 {
+            return Err(PlatformError::Conflict(format!(
+                "'{domain}' is already claimed by another tenant"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Releases a claimed domain of this tenant.
+    pub async fn unclaim_domain(&self, slug: &str, domain: &str) -> Result<()> {
+        let t = tenant_row(self, slug).await?;
+        let done = sqlx::query(
+            "delete from sso_domain_claims where domain = lower($1) and tenant_id = $2",
+        )
+        .bind(domain.trim())
+        .bind(t.id)
+        .execute(self.catalog.pool())
+        .await
+        .map_err(|e| PlatformError::catalog("releasing a domain", e))?;
+        if done.rows_affected() == 0 {
+            return Err(PlatformError::InvalidInput(format!(
+                "tenant '{slug}' has not claimed '{domain}'"
+            )));
+        }
+        Ok(())
+    }
+}
+
 async fn tenant_row(platform: &Platform, slug: &str) -> Result<TenantRow> {
     platform
         .catalog

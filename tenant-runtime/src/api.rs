@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use portico_core::keys::Keyring;
 use portico_core::{Hostname, Settings, TenantId};
@@ -24,9 +24,12 @@ use sqlx::PgPool;
 
 use crate::catalog::{CatalogReader, TenantRoute, TenantStatus};
 use crate::http::{Edge, KeyedLimiter, Problem, check_limit, keyed_limiter};
+use crate::identity::admin::{self, NewConnection};
+use crate::identity::web::{self, IdentityState, SESSION_COOKIE};
 use crate::pools::{PoolSettings, TenantConn, TenantPools};
 use crate::resolve::{ListenerState, Resolver, normalize_host, spawn_listener};
-use crate::store::{profile, tokens};
+use crate::store::connections::{self, Connection};
+use crate::store::{audit, profile, sessions, tokens, users};
 
 /// Hosts kept in the resolution cache.
 const RESOLVER_CAPACITY: u64 = 100_000;
@@ -40,6 +43,7 @@ pub struct Runtime {
     pub listener: ListenerState,
     pub operator_host: Hostname,
     pub edge: Edge,
+    pub identity: Arc<IdentityState>,
     tenant_limiter: Option<Arc<KeyedLimiter<TenantId>>>,
     _tasks: Arc<Tasks>,
 }
@@ -56,8 +60,9 @@ impl Drop for Tasks {
 
 impl Runtime {
     /// Starts the runtime on a catalog pool: resolver, pools, the catalog listener and the
-    /// housekeeping task.
-    pub fn start(settings: &Settings, catalog: PgPool, keyring: Keyring) -> Self {
+    /// housekeeping task. `state` is a writable control-plane pool used only for the shared
+    /// SAML replay cache.
+    pub fn start(settings: &Settings, catalog: PgPool, state: PgPool, keyring: Keyring) -> Self {
         let rt = &settings.runtime;
         let reader = CatalogReader::new(catalog.clone());
         let resolver = Arc::new(Resolver::new(
@@ -65,6 +70,7 @@ impl Runtime {
             rt.tenant_cache_ttl,
             RESOLVER_CAPACITY,
         ));
+        let identity = Arc::new(IdentityState::new(settings, keyring.clone(), state));
         let pools = TenantPools::new(
             keyring,
             PoolSettings {
@@ -108,6 +114,7 @@ impl Runtime {
             listener,
             operator_host: rt.operator_host.clone(),
             edge,
+            identity,
             tenant_limiter,
             _tasks: Arc::new(Tasks(vec![listen_task, sweep_task])),
         }
@@ -118,6 +125,27 @@ impl Runtime {
         Router::new()
             .route("/api/v1/tenant", get(get_tenant))
             .route("/api/v1/me", get(get_me))
+            .route(
+                "/api/v1/sso/connections",
+                get(list_connections).post(create_connection),
+            )
+            .route(
+                "/api/v1/sso/connections/{name}",
+                get(show_connection).delete(remove_connection),
+            )
+            .route("/", get(root).post(web::discover))
+            .route("/login", get(web::login_page).post(web::local_login))
+            .route("/login/totp", get(web::totp_page).post(web::totp_verify))
+            .route("/logout", post(web::logout))
+            .route("/account/mfa", get(web::mfa_page).post(web::mfa_enrol))
+            .route(
+                "/invite/{token}",
+                get(web::invite_page).post(web::invite_accept),
+            )
+            .route("/sso/{name}/start", get(web::sso_start))
+            .route("/sso/saml/{name}/metadata", get(web::saml_metadata))
+            .route("/sso/saml/{name}/acs", post(web::saml_acs))
+            .route("/sso/oidc/{name}/callback", get(web::oidc_callback))
             .route_layer(middleware::from_fn_with_state(self.clone(), resolve_tenant))
             .with_state(self.clone())
     }
@@ -174,6 +202,12 @@ pub fn request_host(headers: &axum::http::HeaderMap) -> Result<Hostname, Problem
 
 /// Resolves the tenant from `Host` and refuses hosts that are not an active tenant's.
 async fn resolve_tenant(State(rt): State<Runtime>, mut req: Request, next: Next) -> Response {
+    if request_host(req.headers()).is_ok_and(|h| h == rt.identity.login_host) {
+        // The shared login host: no tenant. Only `/` (home-realm discovery) answers there;
+        // tenant handlers find no tenant and answer 404.
+        req.extensions_mut().insert(LoginHost);
+        return next.run(req).await;
+    }
     match resolve(&rt, req.headers()).await {
         Ok(route) => {
             req.extensions_mut().insert(route);
@@ -228,11 +262,49 @@ async fn resolve(
     Ok(route)
 }
 
+/// Marks requests to the shared login host.
+#[derive(Clone, Copy)]
+pub struct LoginHost;
+
+/// `/`: the portal home on tenant hosts, home-realm discovery on the login host.
+async fn root(State(rt): State<Runtime>, req: Request) -> Response {
+    if req.extensions().get::<LoginHost>().is_some() {
+        return web::discover_page().await;
+    }
+    let (mut parts, _) = req.into_parts();
+    match web::Web::from_request_parts(&mut parts, &rt).await {
+        Ok(w) => web::home(w).await,
+        Err(r) => r,
+    }
+}
+
 /// Who is calling.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Caller {
     ApiToken(tokens::TokenCaller),
+    /// A browser session (safe methods only: cookies never authorise a state change here).
+    User {
+        user_id: uuid::Uuid,
+        email: String,
+        role: tokens::TokenRole,
+    },
+}
+
+impl Caller {
+    pub fn role(&self) -> tokens::TokenRole {
+        match self {
+            Self::ApiToken(t) => t.role,
+            Self::User { role, .. } => *role,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Self::ApiToken(t) => format!("token:{}", t.name),
+            Self::User { email, .. } => email.clone(),
+        }
+    }
 }
 
 /// A request of an authenticated caller of the resolved tenant, with the connection its
@@ -256,11 +328,10 @@ where
             .extensions
             .get::<Arc<TenantRoute>>()
             .cloned()
-            .ok_or_else(Problem::internal)?;
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(Problem::unauthenticated)?;
+            .ok_or_else(Problem::not_found)?;
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return session_caller(&rt, parts, tenant).await;
+        };
         let digest = value
             .to_str()
             .ok()
@@ -277,6 +348,126 @@ where
             conn,
         })
     }
+}
+
+/// A browser session as the caller: `GET`/`HEAD` only, full (not waiting for a second factor)
+/// sessions of active users only.
+async fn session_caller(
+    rt: &Runtime,
+    parts: &Parts,
+    tenant: Arc<TenantRoute>,
+) -> Result<Authenticated, Problem> {
+    let safe = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let hash = parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .and_then(|(_, v)| sessions::presented(v));
+    let (Some(hash), true) = (hash, safe) else {
+        return Err(Problem::unauthenticated());
+    };
+    let conn = rt.pools.get(&tenant).await?;
+    let session = sessions::current(&conn, &hash, rt.identity.timeouts.idle)
+        .await?
+        .filter(|s| !s.mfa_pending)
+        .ok_or_else(Problem::unauthenticated)?;
+    let user = users::get(&conn, session.user_id)
+        .await?
+        .ok_or_else(Problem::unauthenticated)?;
+    Ok(Authenticated {
+        tenant,
+        caller: Caller::User {
+            user_id: user.id,
+            email: user.email,
+            role: user.role,
+        },
+        conn,
+    })
+}
+
+fn require_admin(auth: &Authenticated) -> Result<(), Problem> {
+    if auth.caller.role() == tokens::TokenRole::Admin {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This needs the admin role",
+        ))
+    }
+}
+
+async fn list_connections(auth: Authenticated) -> Result<Json<Vec<Connection>>, Problem> {
+    require_admin(&auth)?;
+    Ok(Json(connections::list(&auth.conn).await?))
+}
+
+async fn show_connection(
+    auth: Authenticated,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<Connection>, Problem> {
+    require_admin(&auth)?;
+    connections::by_name(&auth.conn, &name)
+        .await?
+        .map(Json)
+        .ok_or_else(Problem::not_found)
+}
+
+async fn create_connection(
+    State(rt): State<Runtime>,
+    auth: Authenticated,
+    crate::http::ApiJson(new): crate::http::ApiJson<NewConnection>,
+) -> Result<(StatusCode, Json<Connection>), Problem> {
+    require_admin(&auth)?;
+    let key = auth
+        .tenant
+        .placement
+        .as_ref()
+        .map(|p| portico_core::keys::TenantKeyRef::new(p.key_id.clone()))
+        .ok_or_else(Problem::internal)?;
+    let created = admin::create(
+        &auth.conn,
+        &rt.identity.keyring,
+        auth.tenant.tenant_id,
+        &key,
+        rt.identity.providers.fetcher(),
+        new,
+    )
+    .await?;
+    audit_connection_change(&auth, &created.name, "created").await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn remove_connection(
+    auth: Authenticated,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<StatusCode, Problem> {
+    require_admin(&auth)?;
+    connections::remove(&auth.conn, &name).await?;
+    audit_connection_change(&auth, &name, "removed").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn audit_connection_change(
+    auth: &Authenticated,
+    name: &str,
+    change: &str,
+) -> Result<(), Problem> {
+    let actor = auth.caller.name();
+    let mut e = audit::Event::new("sso_connection_changed", &actor, true);
+    let request_id = crate::http::RequestId::current().map(|r| r.0);
+    e.request_id = request_id.as_deref();
+    e.target = Some(name);
+    e.details = serde_json::json!({ "change": change });
+    audit::record(&auth.conn, &e).await?;
+    Ok(())
 }
 
 async fn get_tenant(auth: Authenticated) -> Result<Json<profile::Profile>, Problem> {

@@ -136,6 +136,26 @@ impl CatalogReader {
         }))
     }
 
+    /// The tenant host and connection that claim an e-mail domain, for home-realm discovery:
+    /// only a domain claimed by exactly one active tenant answers.
+    pub async fn claimed_domain(
+        &self,
+        domain: &str,
+    ) -> Result<Option<(String, String)>, RuntimeError> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "select d.hostname, c.connection_name
+               from sso_domain_claims c
+               join tenants t on t.id = c.tenant_id and t.status = 'active'
+               join tenant_domains d on d.tenant_id = t.id and d.is_primary and d.verified
+              where c.domain = lower($1)",
+        )
+        .bind(domain)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| RuntimeError::catalog("looking up a claimed domain", e))?;
+        Ok(row)
+    }
+
     /// A cheap round trip, for readiness.
     pub async fn ping(&self) -> Result<(), RuntimeError> {
         sqlx::query("select 1")

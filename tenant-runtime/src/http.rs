@@ -416,7 +416,12 @@ async fn as_problem(response: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
-    if status.as_u16() < 400 || is_problem {
+    // Browser pages (the sign-in failure page) are answers of their own.
+    let is_page = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if status.as_u16() < 400 || is_problem || is_page {
         return response;
     }
     let (_, body) = response.into_parts();

@@ -9,6 +9,7 @@ pub mod api;
 pub mod catalog;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod pools;
 pub mod resolve;
 pub mod store;

@@ -258,6 +258,15 @@ impl std::ops::Deref for TenantConn {
     }
 }
 
+impl std::ops::DerefMut for TenantConn {
+    fn deref_mut(&mut self) -> &mut ClientWrapper {
+        match &mut self.obj {
+            Some(o) => &mut o.client,
+            None => unreachable!("a TenantConn holds its connection until dropped"),
+        }
+    }
+}
+
 impl Drop for TenantConn {
     fn drop(&mut self) {
         let Some(obj) = self.obj.take() else { return };

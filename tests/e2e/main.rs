@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `portico` binary and library against a real PostgreSQL cluster,
 //! a SeaweedFS S3 server and moto's KMS endpoint, all started by `infra/test.sh`.
 
+mod idp;
 mod support;
 
 mod architecture;
@@ -13,3 +14,5 @@ mod lifecycle;
 mod nginx;
 mod pools;
 mod routing;
+mod sso_oidc;
+mod sso_saml;

@@ -51,6 +51,8 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new(backend: Backend) -> Self {
+        // reqwest has no default TLS provider in this build (the binary installs aws-lc).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let catalog_db = format!("portico_test_{}", uuid::Uuid::new_v4().simple());
         let admin = connect(&admin_url("postgres")).await;
         admin
@@ -139,6 +141,24 @@ impl TestEnv {
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.run(args);
+        assert!(
+            r.success,
+            "portico {args:?} failed:\nstdout: {}\nstderr: {}",
+            r.stdout, r.stderr
+        );
+        r.stdout
+    }
+
+    /// Runs a command with extra settings.
+    pub fn run_with(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command();
+        cmd.args(args).envs(extra.iter().map(|(k, v)| (*k, *v)));
+        Run::from(output_within(&mut cmd, COMMAND_LIMIT))
+    }
+
+    /// Runs a command with extra settings that must succeed; returns its stdout.
+    pub fn ok_with(&self, args: &[&str], extra: &[(&str, &str)]) -> String {
+        let r = self.run_with(args, extra);
         assert!(
             r.success,
             "portico {args:?} failed:\nstdout: {}\nstderr: {}",

@@ -41,6 +41,12 @@ const KEYS: &[&str] = &[
     "request_timeout_ms",
     "body_limit_bytes",
     "tenant_cache_ttl_s",
+    "login_host",
+    "public_scheme",
+    "public_port",
+    "session_idle_s",
+    "session_absolute_s",
+    "sso_allow_loopback",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +99,12 @@ struct Raw {
     request_timeout_ms: i64,
     body_limit_bytes: i64,
     tenant_cache_ttl_s: i64,
+    login_host: Option<String>,
+    public_scheme: String,
+    public_port: i64,
+    session_idle_s: i64,
+    session_absolute_s: i64,
+    sso_allow_loopback: bool,
 }
 
 impl Default for Raw {
@@ -119,6 +131,12 @@ impl Default for Raw {
             request_timeout_ms: 30_000,
             body_limit_bytes: 1 << 20,
             tenant_cache_ttl_s: 30,
+            login_host: None,
+            public_scheme: "https".into(),
+            public_port: 0,
+            session_idle_s: 30 * 60,
+            session_absolute_s: 12 * 3600,
+            sso_allow_loopback: false,
         }
     }
 }
@@ -234,6 +252,16 @@ pub struct RuntimeSettings {
     pub body_limit_bytes: usize,
     /// How long a resolved host is trusted without a catalog notification (a backstop).
     pub tenant_cache_ttl: Duration,
+    /// The shared sign-in host for home-realm discovery (default `login.<base_domain>`).
+    pub login_host: Hostname,
+    /// How browsers reach the portal: `https` (default), or `http` for the local demo.
+    pub public_scheme: String,
+    /// The port browsers use, when not the scheme's default (0: none).
+    pub public_port: u16,
+    pub session_idle: Duration,
+    pub session_absolute: Duration,
+    /// Allow SSO metadata/discovery/token URLs on loopback over plain HTTP (tests, demo).
+    pub sso_allow_loopback: bool,
 }
 
 impl RuntimeSettings {
@@ -242,7 +270,16 @@ impl RuntimeSettings {
         let raw = Raw::default();
         let mut s = Self::validate(&raw, base_domain).expect("the defaults are valid");
         s.operator_host = operator_host_for(base_domain);
+        s.login_host = login_host_for(base_domain);
         s
+    }
+
+    /// The origin browsers use for `host` (`https://host` or, in the demo, `http://host:port`).
+    pub fn public_origin(&self, host: &str) -> String {
+        match self.public_port {
+            0 => format!("{}://{host}", self.public_scheme),
+            p => format!("{}://{host}:{p}", self.public_scheme),
+        }
     }
 
     fn validate(raw: &Raw, base_domain: &Hostname) -> Result<Self, SettingsError> {
@@ -250,6 +287,13 @@ impl RuntimeSettings {
             None | Some("") => operator_host_for(base_domain),
             Some(h) => Hostname::parse(h).map_err(|e| invalid("operator_host", e.to_string()))?,
         };
+        let login_host = match raw.login_host.as_deref() {
+            None | Some("") => login_host_for(base_domain),
+            Some(h) => Hostname::parse(h).map_err(|e| invalid("login_host", e.to_string()))?,
+        };
+        if !matches!(raw.public_scheme.as_str(), "https" | "http") {
+            return Err(invalid("public_scheme", "must be https or http"));
+        }
         let listen = raw
             .listen
             .parse()
@@ -316,8 +360,29 @@ impl RuntimeSettings {
             tenant_cache_ttl: Duration::from_secs(
                 ranged("tenant_cache_ttl_s", raw.tenant_cache_ttl_s, 1, 86_400)?.unsigned_abs(),
             ),
+            login_host,
+            public_scheme: raw.public_scheme.clone(),
+            public_port: ranged("public_port", raw.public_port, 0, 65_535)? as u16,
+            session_idle: Duration::from_secs(
+                ranged("session_idle_s", raw.session_idle_s, 60, 7 * 86_400)?.unsigned_abs(),
+            ),
+            session_absolute: Duration::from_secs(
+                ranged(
+                    "session_absolute_s",
+                    raw.session_absolute_s,
+                    60,
+                    30 * 86_400,
+                )?
+                .unsigned_abs(),
+            ),
+            sso_allow_loopback: raw.sso_allow_loopback,
         })
     }
+}
+
+fn login_host_for(base_domain: &Hostname) -> Hostname {
+    Hostname::parse(&format!("login.{}", base_domain.as_str()))
+        .expect("login.<a valid host name> is a valid host name")
 }
 
 fn operator_host_for(base_domain: &Hostname) -> Hostname {

@@ -2,5 +2,9 @@
 //! on (a [`crate::pools::TenantConn`] in the runtime, or a direct login as the tenant's role in
 //! the CLI): there is no tenant id parameter to get wrong, the database *is* the tenant.
 
+pub mod audit;
+pub mod connections;
 pub mod profile;
+pub mod sessions;
 pub mod tokens;
+pub mod users;

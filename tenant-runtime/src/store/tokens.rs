@@ -18,7 +18,7 @@ pub const TOKEN_PREFIX: &str = "ptk_";
 const SECRET_LEN: usize = 32;
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenRole {
     Admin,

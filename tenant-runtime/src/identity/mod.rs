@@ -1,0 +1,9 @@
+//! Per-tenant identity: SSO connections (SAML 2.0, OpenID Connect), local accounts with TOTP,
+//! browser sessions, and the sign-in pages of tenant hosts and of the shared login host.
+
+pub mod admin;
+pub mod fetch;
+pub mod oidc;
+pub mod pages;
+pub mod saml;
+pub mod web;
