@@ -1,15 +1,20 @@
 //! `portico demo`: the whole control plane on embedded defaults. Starts a throwaway PostgreSQL
 //! cluster with the machine's binaries, uses `file://` storage and a `local` master key in a
-//! temporary directory, provisions two demo tenants, gives `acme` an API token, serves both
-//! over HTTP (as `portico serve` does), and cleans everything up on Ctrl-C (or SIGTERM).
+//! temporary directory, provisions two demo tenants, gives `acme` an API token and a local
+//! admin account, gives `globex` an OpenID Connect IdP (a real `oidc-provider` on loopback, when
+//! Node.js is available), serves both over HTTP (as `portico serve` does), and cleans
+//! everything up on Ctrl-C (or SIGTERM).
 
 use anyhow::Context;
 use portico_core::settings::DatabaseUrl;
 use portico_core::{Hostname, Settings, Slug};
 use sqlx::Connection;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use portico_core::keys::random_bytes;
 use portico_tenant_runtime::store::{self, tokens::TokenRole};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::cli::{print_tenant, print_tenant_table};
 use crate::context::Platform;
@@ -27,7 +32,7 @@ pub async fn run() -> anyhow::Result<()> {
         .await
         .context("starting PostgreSQL")??;
     let outcome = async {
-        let (platform, data, app) = tokio::select! {
+        let (platform, data, app, idp) = tokio::select! {
             r = setup(&cluster) => r?,
             () = shutdown.requested() => {
                 println!("interrupted during setup");
@@ -38,6 +43,7 @@ pub async fn run() -> anyhow::Result<()> {
         app.run_until_stopped(async move { shutdown.requested().await })
             .await?;
         platform.catalog.pool().close().await;
+        drop(idp);
         drop(data);
         anyhow::Ok(())
     }
@@ -87,9 +93,17 @@ impl Shutdown {
 }
 
 /// Creates the control-plane database, provisions the demo tenants, prints them, creates a
-/// token and binds the HTTP server; returns the platform, the data directory (removed when
-/// dropped) and the server.
-async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempDir, Application)> {
+/// token, a local account and an OIDC connection, and binds the HTTP server; returns the
+/// platform, the data directory (removed when dropped), the server and the demo IdP process
+/// (killed when dropped).
+async fn setup(
+    cluster: &PgCluster,
+) -> anyhow::Result<(
+    Platform,
+    tempfile::TempDir,
+    Application,
+    Option<tokio::process::Child>,
+)> {
     let mut admin = sqlx::PgConnection::connect(&cluster.url("postgres"))
         .await
         .context("connecting to the demo cluster")?;
@@ -120,7 +134,19 @@ async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempD
         }
         Err(_) => settings.runtime.listen,
     };
+    if settings.runtime.listen.port() == 0 {
+        // Browsers are sent back to the portal (SSO, redirects), so the port must be known
+        // before the server starts: take a free one now.
+        let probe =
+            std::net::TcpListener::bind(settings.runtime.listen).context("finding a free port")?;
+        settings.runtime.listen = probe.local_addr().context("finding a free port")?;
+    }
     settings.runtime.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    // Plain HTTP on *.localhost (browsers treat it as a secure context, so the `__Host-`
+    // cookies work), and the demo IdP on loopback.
+    settings.runtime.public_scheme = "http".into();
+    settings.runtime.public_port = settings.runtime.listen.port();
+    settings.runtime.sso_allow_loopback = true;
     println!(
         "  PostgreSQL:  127.0.0.1:{} (password auth), cluster in {}",
         cluster.port(),
@@ -167,6 +193,16 @@ async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempD
     let (_, token) = store::tokens::create(&client, "demo", TokenRole::Admin, None)
         .await
         .map_err(crate::PlatformError::from)?;
+    let password = SecretString::from(URL_SAFE_NO_PAD.encode(random_bytes::<12>()));
+    let pw = password.clone();
+    let hash = tokio::task::spawn_blocking(move || store::users::hash_password(&pw))
+        .await
+        .context("hashing the demo password")?
+        .map_err(crate::PlatformError::from)?;
+    store::users::create_local(&client, DEMO_ADMIN, TokenRole::Admin, &hash)
+        .await
+        .map_err(crate::PlatformError::from)?;
+    let idp = demo_idp(&platform, &settings).await;
     let app = Application::build(
         settings.clone(),
         ServeOptions {
@@ -190,6 +226,113 @@ async fn setup(cluster: &PgCluster) -> anyhow::Result<(Platform, tempfile::TempD
     println!(
         "        (*.localhost resolves to this machine; elsewhere add -H 'Host: {acme}' and use {addr})"
     );
+    let origin = |slug: &str| {
+        let host = settings
+            .base_domain
+            .tenant_subdomain(&Slug::parse(slug).expect("a demo slug"));
+        settings.runtime.public_origin(host.as_str())
+    };
+    println!(
+        "  sign in (local account): {}/login  as {DEMO_ADMIN} / {}",
+        origin("acme"),
+        password.expose_secret()
+    );
+    match &idp {
+        Some(_) => println!(
+            "  sign in (OpenID Connect): {}/login  → 'demo-idp', any account name",
+            origin("globex")
+        ),
+        None => println!("  (no OpenID Connect demo: Node.js and infra/idp were not found)"),
+    }
     println!();
-    Ok((platform, data, app))
+    Ok((platform, data, app, idp.map(|(child, _)| child)))
+}
+
+const DEMO_ADMIN: &str = "admin@acme.example";
+
+/// Starts the test IdP of `infra/idp` (a real `oidc-provider`) for `globex` and adds it as the
+/// OIDC connection `demo-idp`. `None`, with a note, when Node.js or the IdP is not available.
+async fn demo_idp(
+    platform: &Platform,
+    settings: &Settings,
+) -> Option<(tokio::process::Child, String)> {
+    match try_demo_idp(platform, settings).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            println!("  (skipping the OpenID Connect demo: {e:#})");
+            None
+        }
+    }
+}
+
+async fn try_demo_idp(
+    platform: &Platform,
+    settings: &Settings,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/idp");
+    anyhow::ensure!(dir.join("oidc-idp.mjs").exists(), "infra/idp not found");
+    if !dir.join("node_modules").exists() {
+        println!("installing the demo IdP (npm ci in infra/idp)…");
+        let status = tokio::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .await
+            .context("running npm")?;
+        anyhow::ensure!(status.success(), "npm ci failed");
+    }
+    let globex = Slug::parse("globex")?;
+    let host = settings.base_domain.tenant_subdomain(&globex);
+    let redirect = format!(
+        "{}/sso/oidc/demo-idp/callback",
+        settings.runtime.public_origin(host.as_str())
+    );
+    let secret = URL_SAFE_NO_PAD.encode(random_bytes::<24>());
+    let clients = serde_json::json!([{
+        "client_id": "globex-portal", "client_secret": secret, "redirect_uris": [redirect],
+    }]);
+    let mut child = tokio::process::Command::new("node")
+        .arg("oidc-idp.mjs")
+        .current_dir(&dir)
+        .env("OIDC_IDP_CLIENTS", clients.to_string())
+        .env("OIDC_IDP_EMAIL_DOMAIN", "globex.example")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting node")?;
+    let stdout = child.stdout.take().context("IdP output")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .context("the IdP did not start in 20 s")??
+        .context("the IdP exited")?;
+    // Keep reading so the IdP never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let info: serde_json::Value = serde_json::from_str(&first).context("IdP start line")?;
+    let issuer = info["issuer"].as_str().context("issuer")?.to_owned();
+    let client = platform.connect_as_tenant("globex").await?;
+    let (tenant, key) = platform.tenant_key("globex").await?;
+    let fetcher =
+        portico_tenant_runtime::identity::fetch::Fetcher::new(settings.runtime.sso_allow_loopback);
+    portico_tenant_runtime::identity::admin::create(
+        &client,
+        &platform.keyring,
+        tenant,
+        &key,
+        &fetcher,
+        portico_tenant_runtime::identity::admin::NewConnection::Oidc {
+            name: "demo-idp".into(),
+            issuer: issuer.clone(),
+            client_id: "globex-portal".into(),
+            client_secret: SecretString::from(secret),
+            default_role: Some(TokenRole::Member),
+            map_claim: vec!["groups:admins=admin".into()],
+        },
+    )
+    .await
+    .map_err(crate::PlatformError::from)?;
+    println!("  demo IdP:    {issuer} (oidc-provider from infra/idp)");
+    Ok((child, issuer))
 }

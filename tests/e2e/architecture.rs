@@ -50,6 +50,7 @@ fn tenant_runtime_neither_provisions_nor_writes_the_catalog() {
         "db_servers",
         "operator_tokens",
         "operator_audit",
+        "sso_domain_claims",
     ] {
         for verb in ["insert into", "update", "delete from"] {
             forbidden.push(format!("{verb} {table}"));
@@ -67,6 +68,38 @@ fn tenant_runtime_neither_provisions_nor_writes_the_catalog() {
             );
         }
     }
+}
+
+/// The runtime's one writable control-plane pool serves the shared SAML replay cache and
+/// nothing else.
+#[test]
+fn the_runtime_state_pool_only_touches_the_replay_cache() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenant-runtime/src");
+    let mut files = Vec::new();
+    rust_sources(&root, &mut files);
+    let mut users = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source");
+        let uses = text.matches(".state_pool").count();
+        if uses > 0 {
+            users.push(
+                file.file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            let statements: Vec<&str> = text
+                .split("sqlx::query(")
+                .skip(1)
+                .map(|q| q.split(')').next().unwrap_or(""))
+                .collect();
+            assert!(!statements.is_empty());
+            for q in statements {
+                assert!(q.contains("saml_replay"), "{}: {q}", file.display());
+            }
+        }
+    }
+    assert_eq!(users, ["web.rs"]);
 }
 
 #[test]

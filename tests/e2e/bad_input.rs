@@ -296,3 +296,107 @@ async fn token_commands_refuse_bad_input() {
     env.ok(&["tenant", "token", "create", "acme", "--name", "ci"]);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn identity_commands_refuse_bad_input() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let missing = env.dir.path().join("missing.xml");
+    let missing = missing.to_str().expect("path");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["tenant", "user", "invite", "ghost", "a@b.example"],
+            "no tenant named 'ghost'",
+        ),
+        (
+            &["tenant", "user", "invite", "acme", "not-an-email"],
+            "is not an e-mail address",
+        ),
+        (
+            &[
+                "tenant",
+                "user",
+                "deactivate",
+                "acme",
+                "nobody@acme.example",
+            ],
+            "no user with e-mail",
+        ),
+        (
+            &[
+                "tenant",
+                "sso",
+                "add-saml",
+                "acme",
+                "--name",
+                "x",
+                "--metadata-file",
+                missing,
+            ],
+            "cannot read metadata file",
+        ),
+        (
+            &[
+                "tenant",
+                "sso",
+                "add-oidc",
+                "acme",
+                "--name",
+                "x",
+                "--issuer",
+                "https://idp.example",
+                "--client-id",
+                "c",
+                "--client-secret-file",
+                missing,
+            ],
+            "cannot read client secret file",
+        ),
+        (
+            &["tenant", "sso", "show", "acme", "nope"],
+            "has no connection 'nope'",
+        ),
+        (
+            &["tenant", "sso", "remove", "acme", "nope"],
+            "no SSO connection named 'nope'",
+        ),
+        (
+            &[
+                "tenant",
+                "sso",
+                "claim-domain",
+                "acme",
+                "nope",
+                "acme.example",
+            ],
+            "has no connection 'nope'",
+        ),
+        (
+            &["tenant", "sso", "unclaim-domain", "acme", "acme.example"],
+            "has not claimed",
+        ),
+    ];
+    for (args, needle) in cases {
+        env.run(args).assert_error(needle);
+    }
+    env.ok(&["tenant", "user", "invite", "acme", "ann@acme.example"]);
+    // A second invitation for the same address is fine until the account exists.
+    env.ok(&[
+        "tenant",
+        "user",
+        "invite",
+        "acme",
+        "ann@acme.example",
+        "--role",
+        "admin",
+    ]);
+    assert_eq!(
+        env.json(&["tenant", "user", "list", "acme", "--json"]),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        env.json(&["tenant", "sso", "list", "acme", "--json"]),
+        serde_json::json!([])
+    );
+    env.cleanup().await;
+}

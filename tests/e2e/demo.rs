@@ -123,6 +123,10 @@ fn demo_provisions_two_tenants_and_stops_cleanly_on_ctrl_c() {
         s.read_to_string(&mut answer).expect("answer");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.contains("\"slug\":\"acme\""), "{answer}");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(sign_in_as_printed(out, addr));
     });
     for needle in [
         "acme",
@@ -133,6 +137,56 @@ fn demo_provisions_two_tenants_and_stops_cleanly_on_ctrl_c() {
     ] {
         assert!(seen.contains(needle), "demo output lacks {needle}:\n{seen}");
     }
+}
+
+/// The printed sign-ins work: the local admin of acme with the printed password, and (the test
+/// machine has Node.js) a user of globex through the demo OpenID Connect IdP.
+async fn sign_in_as_printed(out: &str, addr: std::net::SocketAddr) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("sign in (local account):"))
+        .unwrap_or_else(|| panic!("no local sign-in line in:\n{out}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (url, email, password) = (words[4], words[6], words[8]);
+    let login = url::Url::parse(url).expect("login URL");
+    let host = login.host_str().expect("host").to_owned();
+    let mut b = crate::idp::Browser::at(addr);
+    let page = b.get(&host, "/login").await;
+    let csrf = page.field("csrf").expect("login form");
+    let done = b
+        .post(
+            &host,
+            "/login",
+            &[("csrf", &csrf), ("email", email), ("password", password)],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{done:?}");
+    let me = b.whoami(&host).await.expect("signed in");
+    assert_eq!(me["caller"]["role"], "admin");
+
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("sign in (OpenID Connect):"))
+        .unwrap_or_else(|| panic!("no OIDC sign-in line (Node.js is installed here):\n{out}"));
+    let url = line.split_whitespace().nth(4).expect("url");
+    let issuer = out
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("demo IdP:"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("IdP line");
+    let host = url::Url::parse(url)
+        .expect("url")
+        .host_str()
+        .expect("host")
+        .to_owned();
+    let start = b.get(&host, "/sso/demo-idp/start").await;
+    let auth = start.location.expect("to the IdP");
+    let back = crate::idp::oidc_sign_in(issuer, issuer, &auth, "grace").await;
+    let done = b.follow(&back).await;
+    assert_eq!(done.status, 303, "{done:?}");
+    let me = b.whoami(&host).await.expect("signed in");
+    assert_eq!(me["caller"]["email"], "grace@globex.example");
 }
 
 /// Ctrl-C while tenants are still being provisioned ends the demo cleanly too (before the

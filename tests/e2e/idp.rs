@@ -145,41 +145,7 @@ impl OidcIdp {
     /// Follows the IdP's redirects from an authorization URL, signing in as `login`, until it
     /// sends the browser back to the relying party; returns that URL.
     pub async fn sign_in(&self, authorize_url: &str, login: &str) -> String {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .cookie_store(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        let mut url = authorize_url.replacen(&self.issuer, &self.base, 1);
-        for _ in 0..10 {
-            if !url.starts_with(&self.base) {
-                return url;
-            }
-            let mut target = url::Url::parse(&url).expect("IdP URL");
-            if target.path().starts_with("/interaction/") {
-                target.query_pairs_mut().append_pair("login", login);
-            }
-            let resp = http.get(target).send().await.expect("IdP request");
-            let location = resp
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let Some(location) = location else {
-                let status = resp.status();
-                panic!(
-                    "the IdP stopped at {url} with {status}: {}",
-                    resp.text().await.unwrap_or_default()
-                );
-            };
-            url = if location.starts_with('/') {
-                format!("{}{location}", self.base)
-            } else {
-                location.replacen(&self.issuer, &self.base, 1)
-            };
-        }
-        panic!("too many IdP redirects");
+        oidc_sign_in(&self.issuer, &self.base, authorize_url, login).await
     }
 
     /// Runs the code flow as `client` itself (PKCE, nonce) and returns the ID token the IdP
@@ -226,6 +192,46 @@ impl OidcIdp {
             .unwrap_or_else(|| panic!("no id_token: {resp}"))
             .to_owned()
     }
+}
+
+/// Follows an `oidc-provider`'s redirects from an authorization URL, signing in as `login`,
+/// until it sends the browser back to the relying party; returns that URL.
+pub async fn oidc_sign_in(issuer: &str, base: &str, authorize_url: &str, login: &str) -> String {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut url = authorize_url.replacen(issuer, base, 1);
+    for _ in 0..10 {
+        if !url.starts_with(base) {
+            return url;
+        }
+        let mut target = url::Url::parse(&url).expect("IdP URL");
+        if target.path().starts_with("/interaction/") {
+            target.query_pairs_mut().append_pair("login", login);
+        }
+        let resp = http.get(target).send().await.expect("IdP request");
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let Some(location) = location else {
+            let status = resp.status();
+            panic!(
+                "the IdP stopped at {url} with {status}: {}",
+                resp.text().await.unwrap_or_default()
+            );
+        };
+        url = if location.starts_with('/') {
+            format!("{}{location}", base)
+        } else {
+            location.replacen(issuer, base, 1)
+        };
+    }
+    panic!("too many IdP redirects");
 }
 
 /// A `samlify` SAML IdP instance.
@@ -347,7 +353,8 @@ pub fn encode(xml: &str) -> String {
 
 /// A browser: cookies per host (as the server set them), no automatic redirects.
 pub struct Browser<'a> {
-    pub server: &'a Server,
+    addr: std::net::SocketAddr,
+    _server: std::marker::PhantomData<&'a Server>,
     http: reqwest::Client,
     /// host -> name -> (value, full Set-Cookie line)
     pub jar: HashMap<String, HashMap<String, (String, String)>>,
@@ -382,8 +389,14 @@ impl Page {
 
 impl<'a> Browser<'a> {
     pub fn new(server: &'a Server) -> Self {
+        Self::at(server.addr)
+    }
+
+    /// A browser for a server at `addr` (the demo's).
+    pub fn at(addr: std::net::SocketAddr) -> Self {
         Self {
-            server,
+            addr,
+            _server: std::marker::PhantomData,
             http: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
@@ -424,10 +437,7 @@ impl<'a> Browser<'a> {
     ) -> Page {
         let mut req = self
             .http
-            .request(
-                method,
-                format!("http://{}{path_and_query}", self.server.addr),
-            )
+            .request(method, format!("http://{}{path_and_query}", self.addr))
             .header("host", host);
         if let Some(cookies) = self.jar.get(host) {
             let line: Vec<String> = cookies

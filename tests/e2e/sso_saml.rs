@@ -466,3 +466,77 @@ async fn saml_metadata_is_validated_when_a_connection_is_saved() {
     assert_eq!(listed, json!([]), "nothing was saved");
     env.cleanup().await;
 }
+
+/// Reproduces the samael 0.0.22 pitfall the connection rules exist for: with IdP metadata that
+/// has no signing certificate, samael's own parsing verifies nothing and accepts a forged,
+/// unsigned response. Our validation refuses the same response.
+#[tokio::test]
+async fn samael_alone_accepts_unsigned_responses_when_metadata_has_no_key() {
+    use portico_tenant_runtime::identity::saml::{self, SpUrls};
+    use portico_tenant_runtime::store::connections::SamlConfig;
+    let idp = SamlIdp::start();
+    let http = reqwest::Client::new();
+    let fetch = |url: String| {
+        let http = http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .expect("md")
+                .text()
+                .await
+                .expect("md")
+        }
+    };
+    let with_key = fetch(idp.metadata_url()).await;
+    let without_key = fetch(format!("{}?nosigning=1", idp.metadata_url())).await;
+    let info = saml::parse_idp_metadata(&with_key).expect("good metadata");
+    assert!(saml::parse_idp_metadata(&without_key).is_err());
+
+    let urls = SpUrls::new("https://acme.portal.test", "corp");
+    let cfg = SamlConfig {
+        idp_entity_id: info.entity_id.clone(),
+        metadata_xml: with_key,
+        sso_url: info.sso_url,
+        allow_idp_initiated: true,
+        group_attribute: "groups".into(),
+        metadata_url: None,
+    };
+    idp.register_sp(&saml::sp_metadata(&cfg, &urls).expect("SP metadata"))
+        .await;
+    let genuine = decode(
+        &idp.issue(json!({"sp_entity_id": urls.entity_id, "login": "alice"}))
+            .await,
+    );
+    let forged = without_signatures(&genuine).replace("alice@example.test", "mallory@example.test");
+
+    let naive = samael::service_provider::ServiceProvider {
+        entity_id: Some(urls.entity_id.clone()),
+        acs_url: Some(urls.acs_url.clone()),
+        idp_metadata: without_key.parse().expect("metadata"),
+        allow_idp_initiated: true,
+        ..Default::default()
+    };
+    let accepted = naive
+        .parse_xml_response(&forged, None)
+        .expect("samael accepts it");
+    assert_eq!(
+        accepted
+            .subject
+            .and_then(|s| s.name_id)
+            .map(|n| n.value)
+            .as_deref(),
+        Some("mallory@example.test")
+    );
+
+    // Ours: refused with the key-less metadata, and with the real one.
+    let keyless = SamlConfig {
+        metadata_xml: without_key,
+        ..cfg.clone()
+    };
+    assert!(saml::validate_response(&keyless, &urls, &encode(&forged), &[]).is_err());
+    let e = saml::validate_response(&cfg, &urls, &encode(&forged), &[]).expect_err("forged");
+    assert_eq!(e.reason(), "saml_unsigned");
+    let ok = saml::validate_response(&cfg, &urls, &encode(&genuine), &[]).expect("genuine");
+    assert_eq!(ok.subject, "alice@example.test");
+}

@@ -31,6 +31,7 @@ const TOTP: &str = r#"{% extends "layout.html" %}{% block title %}Verification c
 {% block body %}<h1>Verification code</h1>
 <form method="post" action="{{ action }}" id="totp">
 <input type="hidden" name="csrf" value="{{ csrf }}">
+{% if error %}<p id="error"><strong>{{ error }}</strong></p>{% endif %}
 {% if secret %}<p>Add this key to your authenticator app, then enter the code it shows.</p>
 <p><code id="totp-secret">{{ secret }}</code></p><p><code id="totp-uri">{{ uri }}</code></p>{% endif %}
 <label>Code <input name="code" inputmode="numeric" autocomplete="one-time-code" required></label>
@@ -45,6 +46,7 @@ const HOME: &str = r#"{% extends "layout.html" %}{% block title %}{{ tenant }}{%
 
 const INVITE: &str = r#"{% extends "layout.html" %}{% block title %}Accept invitation{% endblock %}
 {% block body %}<h1>Welcome to {{ tenant }}</h1><p>Choose a password for <strong>{{ email }}</strong> (at least {{ min_len }} characters).</p>
+{% if error %}<p id="error"><strong>{{ error }}</strong></p>{% endif %}
 <form method="post" id="invite"><input type="hidden" name="csrf" value="{{ csrf }}">
 <label>Password <input type="password" name="password" autocomplete="new-password" required></label>
 <button type="submit">Create account</button></form>{% endblock %}"#;

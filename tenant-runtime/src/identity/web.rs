@@ -632,18 +632,23 @@ pub async fn mfa_enrol(web: Web, Form(form): Form<CodeForm>) -> Response {
             .keyring
             .decrypt_for_tenant(web.tenant.tenant_id, &web.key()?, &c)
             .await?;
-        let ok = match totp(&secret, &account.user.email, &web.tenant.slug)
-            .and_then(|t| totp_step(&t, &form.code))
-        {
+        let t = totp(&secret, &account.user.email, &web.tenant.slug)
+            .ok_or_else(|| RuntimeError::InvalidInput("TOTP".into()))?;
+        let ok = match totp_step(&t, &form.code) {
             Some(step) => users::consume_totp_step(&client, s.user_id, step, true).await?,
             None => false,
         };
         let e = web.event("mfa_enrolled", &account.user.email, ok);
         audit::record(&client, &e).await?;
         if !ok {
-            return Ok(
-                Problem::invalid_input("the code is not valid; try the next one").into_response(),
-            );
+            return Ok(render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "totp.html",
+                minijinja::context! {
+                    action => "/account/mfa", csrf => s.csrf_token, secret => t.get_secret_base32(),
+                    uri => t.get_url(), error => "That code is not valid; enter the one your app shows now.",
+                },
+            ));
         }
         Ok(see_other("/"))
     }
@@ -778,7 +783,15 @@ pub async fn invite_accept(
                 .detail("this invitation is unknown, used or expired")
                 .into_response());
         };
-        users::check_password_policy(&form.password, &inv.email)?;
+        if let Err(RuntimeError::InvalidInput(message)) =
+            users::check_password_policy(&form.password, &inv.email)
+        {
+            return Ok(render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invite.html",
+                minijinja::context! { tenant => web.tenant.slug, email => inv.email, csrf => flow.csrf_token, min_len => users::MIN_PASSWORD_LEN, error => message },
+            ));
+        }
         let pw = form.password.clone();
         let hash = tokio::task::spawn_blocking(move || users::hash_password(&pw))
             .await

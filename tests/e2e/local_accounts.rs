@@ -1,0 +1,309 @@
+//! Local accounts: invitations, argon2id passwords, TOTP enrolment and sign-in, lockout with
+//! backoff, CSRF on every form, deactivation, idle and absolute session timeouts.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::idp::Browser;
+use crate::sso_oidc::assert_refused;
+use crate::support::{Backend, Server, TestEnv, host_of};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Invites `email` by CLI and returns the printed link's path.
+fn invite(env: &TestEnv, slug: &str, email: &str, role: &str) -> String {
+    let out = env.ok(&["tenant", "user", "invite", slug, email, "--role", role]);
+    let link = out.lines().last().expect("link").trim().to_owned();
+    let prefix = format!("https://{}/invite/", host_of(slug));
+    assert!(link.starts_with(&prefix), "{out}");
+    link.trim_start_matches(&format!("https://{}", host_of(slug)))
+        .to_owned()
+}
+
+/// Accepts an invitation in `b`; returns the response to the form.
+async fn accept(b: &mut Browser<'_>, slug: &str, path: &str, password: &str) -> crate::idp::Page {
+    let host = host_of(slug);
+    let page = b.get(&host, path).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let csrf = page.field("csrf").expect("csrf");
+    b.post(&host, path, &[("csrf", &csrf), ("password", password)])
+        .await
+}
+
+async fn password_login(
+    b: &mut Browser<'_>,
+    slug: &str,
+    email: &str,
+    password: &str,
+) -> crate::idp::Page {
+    let host = host_of(slug);
+    let page = b.get(&host, "/login").await;
+    let csrf = page.field("csrf").expect("login form");
+    b.post(
+        &host,
+        "/login",
+        &[("csrf", &csrf), ("email", email), ("password", password)],
+    )
+    .await
+}
+
+fn totp_code(secret_b32: &str, offset_steps: i64) -> String {
+    let secret = totp_rs::Secret::Encoded(secret_b32.to_owned())
+        .to_bytes()
+        .expect("base32");
+    let t = totp_rs::TOTP::new_unchecked(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        secret,
+        None,
+        String::new(),
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64;
+    t.generate((now + offset_steps * 30) as u64)
+}
+
+fn secret_on(page: &crate::idp::Page) -> String {
+    let start = page
+        .body
+        .find("<code id=\"totp-secret\">")
+        .expect("secret shown")
+        + 23;
+    let end = page.body[start..].find('<').expect("end") + start;
+    page.body[start..end].to_owned()
+}
+
+async fn setup() -> (TestEnv, Server) {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    env.ok(&["tenant", "create", "globex"]);
+    let server = env.serve(&[]);
+    (env, server)
+}
+
+#[tokio::test]
+async fn invitation_password_and_totp() {
+    let (env, server) = setup().await;
+    let acme = host_of("acme");
+    let path = invite(&env, "acme", "ann@acme.example", "admin");
+
+    // The invitation is for acme only.
+    let mut other = Browser::new(&server);
+    assert_eq!(other.get(&host_of("globex"), &path).await.status, 404);
+
+    let mut b = Browser::new(&server);
+    // CSRF: a post without the form's token changes nothing.
+    let no_csrf = b
+        .post(&acme, &path, &[("csrf", "x"), ("password", PASSWORD)])
+        .await;
+    assert_eq!(no_csrf.status, 403, "{no_csrf:?}");
+    // Password policy.
+    let short = accept(&mut b, "acme", &path, "short").await;
+    assert_eq!(short.status, 422, "{short:?}");
+    assert!(short.body.contains("at least 12"), "{short:?}");
+    let done = accept(&mut b, "acme", &path, PASSWORD).await;
+    assert_eq!(done.status, 303, "{done:?}");
+    assert_eq!(done.location.as_deref(), Some("/account/mfa"));
+    let me = b.whoami(&acme).await.expect("signed in");
+    assert_eq!(me["caller"]["email"], "ann@acme.example");
+    assert_eq!(me["caller"]["role"], "admin");
+    // Single use.
+    let mut again = Browser::new(&server);
+    assert_eq!(again.get(&acme, &path).await.status, 404);
+
+    // TOTP enrolment: the secret is shown, a wrong code is refused, the right one enables it.
+    let mfa = b.get(&acme, "/account/mfa").await;
+    let secret = secret_on(&mfa);
+    let csrf = mfa.field("csrf").expect("csrf");
+    let wrong = b
+        .post(
+            &acme,
+            "/account/mfa",
+            &[("csrf", &csrf), ("code", "000000")],
+        )
+        .await;
+    assert_eq!(wrong.status, 422, "{wrong:?}");
+    assert_eq!(
+        secret_on(&wrong),
+        secret,
+        "the same secret is offered again"
+    );
+    let ok = b
+        .post(
+            &acme,
+            "/account/mfa",
+            &[("csrf", &csrf), ("code", &totp_code(&secret, 0))],
+        )
+        .await;
+    assert_eq!(ok.status, 303, "{ok:?}");
+
+    // Sign in again: the password alone gives a session that authorises nothing yet.
+    let mut c = Browser::new(&server);
+    let step1 = password_login(&mut c, "acme", "ann@acme.example", PASSWORD).await;
+    assert_eq!(step1.location.as_deref(), Some("/login/totp"), "{step1:?}");
+    assert!(
+        c.whoami(&acme).await.is_none(),
+        "no access before the second factor"
+    );
+    let pending = c
+        .cookie(&acme, "__Host-portico_session")
+        .expect("pending session");
+    let form = c.get(&acme, "/login/totp").await;
+    let csrf = form.field("csrf").expect("csrf");
+    let bad = c
+        .post(&acme, "/login/totp", &[("csrf", &csrf), ("code", "123456")])
+        .await;
+    assert_refused(&env, "acme", &bad, "bad_totp");
+    // The code used at enrolment is spent; the next step's code works once.
+    let replay = c
+        .post(
+            &acme,
+            "/login/totp",
+            &[("csrf", &csrf), ("code", &totp_code(&secret, 0))],
+        )
+        .await;
+    assert_refused(&env, "acme", &replay, "totp_replayed");
+    let next = totp_code(&secret, 1);
+    let good = c
+        .post(&acme, "/login/totp", &[("csrf", &csrf), ("code", &next)])
+        .await;
+    assert_eq!(good.status, 303, "{good:?}");
+    let full = c.cookie(&acme, "__Host-portico_session").expect("session");
+    assert_ne!(full, pending, "rotated after the second factor");
+    assert!(c.whoami(&acme).await.is_some());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn lockout_csrf_and_generic_failures() {
+    let (env, server) = setup().await;
+    let acme = host_of("acme");
+    let path = invite(&env, "acme", "bo@acme.example", "member");
+    let mut b = Browser::new(&server);
+    assert_eq!(accept(&mut b, "acme", &path, PASSWORD).await.status, 303);
+
+    // Unknown e-mail and wrong password look the same to the browser.
+    let mut x = Browser::new(&server);
+    let unknown = password_login(&mut x, "acme", "nobody@acme.example", PASSWORD).await;
+    assert_refused(&env, "acme", &unknown, "unknown_user");
+    let wrong = password_login(&mut x, "acme", "bo@acme.example", "not the password").await;
+    assert_refused(&env, "acme", &wrong, "bad_password");
+    assert_eq!(
+        unknown
+            .body
+            .replace(&unknown.failure_reference().unwrap_or_default(), ""),
+        wrong
+            .body
+            .replace(&wrong.failure_reference().unwrap_or_default(), "")
+    );
+    // A login form post without the flow's CSRF token.
+    let mut y = Browser::new(&server);
+    let _ = y.get(&acme, "/login").await;
+    let forged = y
+        .post(
+            &acme,
+            "/login",
+            &[
+                ("csrf", "forged"),
+                ("email", "bo@acme.example"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_refused(&env, "acme", &forged, "csrf");
+    // The same account on another tenant's host does not exist.
+    let mut z = Browser::new(&server);
+    let elsewhere = password_login(&mut z, "globex", "bo@acme.example", PASSWORD).await;
+    assert_refused(&env, "globex", &elsewhere, "unknown_user");
+
+    // Five failures lock the account; then even the right password is refused.
+    for _ in 0..4 {
+        let p = password_login(&mut x, "acme", "bo@acme.example", "not the password").await;
+        assert!(p.failure_reference().is_some());
+    }
+    let locked = password_login(&mut x, "acme", "bo@acme.example", PASSWORD).await;
+    assert_refused(&env, "acme", &locked, "locked");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn deactivation_and_session_timeouts() {
+    let (env, server) = setup().await;
+    let acme = host_of("acme");
+    for (email, _) in [
+        ("cy@acme.example", 0),
+        ("di@acme.example", 1),
+        ("ed@acme.example", 2),
+    ] {
+        let path = invite(&env, "acme", email, "member");
+        let mut b = Browser::new(&server);
+        assert_eq!(accept(&mut b, "acme", &path, PASSWORD).await.status, 303);
+    }
+    let mut cy = Browser::new(&server);
+    assert_eq!(
+        password_login(&mut cy, "acme", "cy@acme.example", PASSWORD)
+            .await
+            .status,
+        303
+    );
+    let mut di = Browser::new(&server);
+    assert_eq!(
+        password_login(&mut di, "acme", "di@acme.example", PASSWORD)
+            .await
+            .status,
+        303
+    );
+    let mut ed = Browser::new(&server);
+    assert_eq!(
+        password_login(&mut ed, "acme", "ed@acme.example", PASSWORD)
+            .await
+            .status,
+        303
+    );
+
+    // Deactivation ends sessions at once and refuses sign-in.
+    env.ok(&["tenant", "user", "deactivate", "acme", "cy@acme.example"]);
+    assert!(cy.whoami(&acme).await.is_none());
+    let refused = password_login(&mut cy, "acme", "cy@acme.example", PASSWORD).await;
+    assert_refused(&env, "acme", &refused, "user_deactivated");
+
+    // Time passing, simulated in the tenant database: idle for longer than the idle timeout,
+    // and past the absolute end.
+    let p = env.platform().await;
+    let db = p.connect_as_tenant("acme").await.expect("tenant db");
+    assert!(di.whoami(&acme).await.is_some());
+    db.execute(
+        "update sessions s set last_seen_at = now() - interval '31 minutes'
+           from users u where u.id = s.user_id and u.email = 'di@acme.example'",
+        &[],
+    )
+    .await
+    .expect("age");
+    assert!(di.whoami(&acme).await.is_none(), "idle timeout");
+    assert!(ed.whoami(&acme).await.is_some());
+    db.execute(
+        "update sessions s set expires_at = now() - interval '1 second'
+           from users u where u.id = s.user_id and u.email = 'ed@acme.example'",
+        &[],
+    )
+    .await
+    .expect("expire");
+    assert!(ed.whoami(&acme).await.is_none(), "absolute timeout");
+    // Cookies never authorise a state change on the API.
+    let mut again = Browser::new(&server);
+    assert_eq!(
+        password_login(&mut again, "acme", "ed@acme.example", PASSWORD)
+            .await
+            .status,
+        303
+    );
+    let post = again
+        .post(&acme, "/api/v1/sso/connections", &[("kind", "oidc")])
+        .await;
+    assert_eq!(post.status, 401, "{post:?}");
+    drop(server);
+    env.cleanup().await;
+}
