@@ -7,7 +7,8 @@
 //   OIDC_IDP_KID      key id of the signing key (default: random). The key itself is always
 //                     freshly generated: oidc-provider's built-in development key is the same in
 //                     every installation and would make key-separation tests meaningless.
-//   OIDC_IDP_ALG      RS256 (default), PS256 or ES256
+//   OIDC_IDP_ALG      RS256 (default), PS256 or ES256; HS256 signs ID tokens with the client
+//                     secret (for tests that relying parties refuse it)
 //
 // On start it prints one line of JSON: {"issuer": …, "port": …, "kid": …}.
 //
@@ -34,10 +35,11 @@ const clients = JSON.parse(process.env.OIDC_IDP_CLIENTS || '[]').map((c) => ({
 }));
 
 function signingKey() {
-  const { privateKey } = alg === 'ES256'
+  const keyAlg = alg === 'HS256' ? 'RS256' : alg;
+  const { privateKey } = keyAlg === 'ES256'
     ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
     : generateKeyPairSync('rsa', { modulusLength: 2048 });
-  return { ...privateKey.export({ format: 'jwk' }), kid, alg, use: 'sig' };
+  return { ...privateKey.export({ format: 'jwk' }), kid, alg: keyAlg, use: 'sig' };
 }
 
 const groupsOf = new Map();
@@ -55,6 +57,7 @@ const provider = new Provider(issuer, {
   pkce: { required: () => true },
   // Scope claims (email, groups) in the ID token too, as most enterprise IdPs do.
   conformIdTokenClaims: false,
+  enabledJWA: { idTokenSigningAlgValues: ['RS256', 'PS256', 'ES256', 'HS256'] },
   features: { devInteractions: { enabled: false } },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   async findAccount(ctx, id) {

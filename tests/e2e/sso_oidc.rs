@@ -80,11 +80,18 @@ async fn setup() -> Setup {
     let env = TestEnv::new(Backend::FileLocal).await;
     env.ok(&["tenant", "create", "acme"]);
     env.ok(&["tenant", "create", "globex"]);
-    let idp = OidcIdp::start(&[OidcClient {
-        id: "acme-portal",
-        secret: SECRET,
-        redirect_uri: redirect_uri("acme", "corp"),
-    }]);
+    let idp = OidcIdp::start(&[
+        OidcClient {
+            id: "acme-portal",
+            secret: SECRET,
+            redirect_uri: redirect_uri("acme", "corp"),
+        },
+        OidcClient {
+            id: "acme-second",
+            secret: SECRET,
+            redirect_uri: redirect_uri("acme", "second"),
+        },
+    ]);
     add_oidc(
         &env,
         "acme",
@@ -94,6 +101,7 @@ async fn setup() -> Setup {
         SECRET,
         &["--map-claim", "groups:admins=admin"],
     );
+    add_oidc(&env, "acme", "second", &idp, "acme-second", SECRET, &[]);
     let server = env.serve(&[LOOPBACK]);
     Setup { env, idp, server }
 }
@@ -216,6 +224,29 @@ async fn oidc_sign_in_creates_the_user_maps_roles_and_the_session_stays_on_its_h
     let mut replay = Browser::new(&s.server);
     replay.plant(&acme, "__Host-portico_session", &rotated);
     assert!(replay.whoami(&acme).await.is_none());
+
+    // The same e-mail through another connection is another user: identities are
+    // (connection, subject), never e-mail.
+    let mut b2 = Browser::new(&s.server);
+    assert_eq!(
+        sign_in(&mut b2, &s.idp, "acme", "second", "alice")
+            .await
+            .status,
+        303
+    );
+    let first = me["caller"]["user_id"].clone();
+    let other = b2.whoami(&acme).await.expect("signed in");
+    assert_eq!(other["caller"]["email"], "alice@example.test");
+    assert_ne!(other["caller"]["user_id"], first);
+    let users = s.env.json(&["tenant", "user", "list", "acme", "--json"]);
+    assert_eq!(users.as_array().map(Vec::len), Some(2));
+
+    // Deactivation (by e-mail: both) ends the session and refuses the next sign-in.
+    s.env
+        .ok(&["tenant", "user", "deactivate", "acme", "alice@example.test"]);
+    assert!(b2.whoami(&acme).await.is_none());
+    let refused = sign_in(&mut b2, &s.idp, "acme", "second", "alice").await;
+    assert_refused(&s.env, "acme", &refused, "user_deactivated");
     s.env.cleanup().await;
 }
 
@@ -401,6 +432,36 @@ async fn id_tokens_of_another_client_issuer_or_key_are_refused() {
         .await
         .expect_err("another issuer's token");
     assert_eq!(e.reason(), "oidc_id_token", "{e}");
+
+    // ES256 and PS256 IdPs are accepted; HS256 (keyed with the client secret, which the
+    // confidential-client default of openidconnect would accept) is not.
+    for alg in ["ES256", "PS256", "HS256"] {
+        let idp_alg = OidcIdp::start_with(&[ours.clone_ref()], &[("OIDC_IDP_ALG", alg.to_owned())]);
+        let p = oidc::discover(providers.fetcher(), &idp_alg.issuer)
+            .await
+            .expect("discovery");
+        let c = OidcConfig {
+            issuer: idp_alg.issuer.clone(),
+            client_id: "portal".into(),
+        };
+        let token = idp_alg.id_token_for(&ours, "alice", "n-1").await;
+        let header = token.split('.').next().expect("header");
+        let header = String::from_utf8(
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                .expect("b64"),
+        )
+        .expect("utf8");
+        assert!(header.contains(alg), "{header}");
+        let t = openidconnect::core::CoreIdToken::from_str(&token).expect("JWT");
+        let r = oidc::verify_id_token(&providers, &p, &c, &secret, &t, "n-1").await;
+        match alg {
+            "HS256" => {
+                let e = r.expect_err("HS256");
+                assert!(format!("{e:?}").contains("Disallowed"), "{e:?}");
+            }
+            _ => assert_eq!(r.expect(alg).subject, "alice"),
+        }
+    }
 
     let forged = impostor.id_token_for(&ours, "alice", "n-1").await;
     let e = verify(forged, "n-1")

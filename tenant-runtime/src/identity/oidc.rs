@@ -373,7 +373,7 @@ pub async fn verify_id_token(
                     ClaimsVerificationError::SignatureVerification(
                         SignatureVerificationError::NoMatchingKey,
                     ) => None,
-                    other => Some(OidcError::IdToken(other.to_string())),
+                    other => Some(OidcError::IdToken(token_error(&other))),
                 })
         }
     };
