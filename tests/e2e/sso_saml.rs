@@ -285,7 +285,11 @@ async fn wrong_keys_tampering_and_weak_signatures_are_refused() {
     assert_refused(&s.env, "acme", &page, "saml_too_large");
     nobody_named_mallory(&s.env);
 
-    // The control: the same IdP with its own key and SHA-256 signs alice in.
+    // The controls: the same IdP with its own key and SHA-256 signs alice in, whether it signs
+    // the response only, or the response and the assertion.
+    let (mut r, page) = attempt(&s, &[("sign", "response")], same).await;
+    assert_eq!(page.status, 303, "{page:?}");
+    assert!(r.whoami(&host_of("acme")).await.is_some());
     let (mut b, page) = attempt(&s, &[("sign", "both")], same).await;
     assert_eq!(page.status, 303, "{page:?}");
     assert!(b.whoami(&host_of("acme")).await.is_some());

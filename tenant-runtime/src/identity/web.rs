@@ -211,14 +211,20 @@ impl Web {
         }
     }
 
+    /// The browser's live flow, if it has one.
+    async fn existing_flow(&self, client: &Client) -> Result<Option<sessions::Flow>, RuntimeError> {
+        match self.cookie(FLOW_COOKIE) {
+            Some(hash) => sessions::get_flow(client, &hash).await,
+            None => Ok(None),
+        }
+    }
+
     /// The browser's flow, or a new one (and the cookie to set).
     async fn flow(
         &self,
         client: &Client,
     ) -> Result<(sessions::Flow, Option<String>), RuntimeError> {
-        if let Some(hash) = self.cookie(FLOW_COOKIE)
-            && let Some(flow) = sessions::get_flow(client, &hash).await?
-        {
+        if let Some(flow) = self.existing_flow(client).await? {
             return Ok((flow, None));
         }
         let (flow, value) = sessions::create_flow(client).await?;
@@ -337,10 +343,8 @@ async fn flow_csrf(
     client: &Client,
     presented: &str,
 ) -> Result<Option<sessions::Flow>, RuntimeError> {
-    let Some(hash) = web.cookie(FLOW_COOKIE) else {
-        return Ok(None);
-    };
-    Ok(sessions::get_flow(client, &hash)
+    Ok(web
+        .existing_flow(client)
         .await?
         .filter(|f| sessions::csrf_matches(&f.csrf_token, presented)))
 }
@@ -975,10 +979,7 @@ async fn saml_acs_inner(
     let Protocol::Saml(cfg) = &conn.protocol else {
         return Err(Failure::new("not_saml").on(name));
     };
-    let flow = match web.cookie(FLOW_COOKIE) {
-        Some(h) => sessions::get_flow(client, &h).await?,
-        None => None,
-    };
+    let flow = web.existing_flow(client).await?;
     let pending = match &flow {
         Some(f) => sessions::pending_ids(client, &f.id_hash, conn.id).await?,
         None => Vec::new(),
@@ -1081,10 +1082,7 @@ async fn oidc_callback_inner(
     let Protocol::Oidc(cfg) = &conn.protocol else {
         return Err(Failure::new("not_oidc").on(name));
     };
-    let flow = match web.cookie(FLOW_COOKIE) {
-        Some(h) => sessions::get_flow(client, &h).await?,
-        None => None,
-    };
+    let flow = web.existing_flow(client).await?;
     let Some(flow) = flow else {
         return Err(Failure::new("oidc_no_flow").on(name));
     };
