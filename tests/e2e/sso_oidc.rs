@@ -556,3 +556,66 @@ async fn idp_key_rotation_is_followed_and_discovery_must_match_the_issuer() {
     drop(server);
     env.cleanup().await;
 }
+
+/// Unknown key ids make the relying party fetch the IdP's keys again, but at most once per
+/// `JWKS_REFRESH_MIN`: a stream of tokens with made-up `kid`s cannot make it hammer the IdP.
+#[tokio::test]
+async fn jwks_refresh_on_unknown_kid_is_rate_limited() {
+    let ours = OidcClient {
+        id: "portal",
+        secret: SECRET,
+        redirect_uri: "https://acme.portal.test/cb".into(),
+    };
+    let idp = OidcIdp::start(&[ours.clone_ref()]);
+    // A window no test run can outlast, so only the limit explains what follows.
+    let providers = oidc::Providers::new(Fetcher::new(true))
+        .with_refresh_min(std::time::Duration::from_secs(3600));
+    let provider = oidc::discover(providers.fetcher(), &idp.issuer)
+        .await
+        .expect("discovery");
+    let cfg = OidcConfig {
+        issuer: idp.issuer.clone(),
+        client_id: "portal".into(),
+    };
+    let secret = SecretString::from(SECRET.to_owned());
+    let verify = |token: String| {
+        let (providers, provider, cfg, secret) = (&providers, &provider, &cfg, &secret);
+        async move {
+            let t = openidconnect::core::CoreIdToken::from_str(&token).expect("a JWT");
+            oidc::verify_id_token(providers, provider, cfg, secret, &t, "n").await
+        }
+    };
+    // A token under a kid the IdP never published: one refresh, still unknown.
+    let stranger = OidcIdp::start_with(
+        &[ours.clone_ref()],
+        &[("OIDC_IDP_ISSUER", idp.issuer.clone())],
+    );
+    let t = stranger.id_token_for(&ours, "eve", "n").await;
+    assert!(matches!(verify(t).await, Err(oidc::OidcError::UnknownKey)));
+
+    // The IdP now really rotates; within the window the new kid is not fetched yet…
+    let (port, issuer) = (idp.port, idp.issuer.clone());
+    idp.process.stop();
+    let rotated = OidcIdp::start_with(
+        &[ours.clone_ref()],
+        &[
+            ("OIDC_IDP_PORT", port.to_string()),
+            ("OIDC_IDP_ISSUER", issuer.clone()),
+        ],
+    );
+    let t = rotated.id_token_for(&ours, "alice", "n").await;
+    assert!(matches!(
+        verify(t.clone()).await,
+        Err(oidc::OidcError::UnknownKey)
+    ));
+    // … while a relying party that has not refreshed lately takes the same token.
+    let fresh = oidc::Providers::new(Fetcher::new(true));
+    let p = oidc::discover(fresh.fetcher(), &issuer)
+        .await
+        .expect("discovery");
+    let tok = openidconnect::core::CoreIdToken::from_str(&t).expect("JWT");
+    let id = oidc::verify_id_token(&fresh, &p, &cfg, &secret, &tok, "n")
+        .await
+        .expect("valid");
+    assert_eq!(id.subject, "alice");
+}

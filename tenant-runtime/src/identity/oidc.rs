@@ -167,6 +167,7 @@ async fn fetch_jwks(
 pub struct Providers {
     cache: Cache<Uuid, Arc<Provider>>,
     fetcher: Fetcher,
+    refresh_min: Duration,
 }
 
 impl Providers {
@@ -177,7 +178,15 @@ impl Providers {
                 .time_to_live(PROVIDER_TTL)
                 .build(),
             fetcher,
+            refresh_min: JWKS_REFRESH_MIN,
         }
+    }
+
+    /// The least time between two key-set fetches of one connection (default
+    /// [`JWKS_REFRESH_MIN`]).
+    pub fn with_refresh_min(mut self, refresh_min: Duration) -> Self {
+        self.refresh_min = refresh_min;
+        self
     }
 
     pub fn fetcher(&self) -> &Fetcher {
@@ -197,11 +206,11 @@ impl Providers {
         Ok(p)
     }
 
-    /// Fetches the key set again unless it was fetched less than [`JWKS_REFRESH_MIN`] ago.
+    /// Fetches the key set again unless it was refreshed less than `refresh_min` ago.
     /// Returns whether it was refreshed.
     async fn refresh_jwks(&self, provider: &Provider) -> Result<bool, OidcError> {
         let mut guard = provider.jwks.lock().await;
-        if guard.1.is_some_and(|t| t.elapsed() < JWKS_REFRESH_MIN) {
+        if guard.1.is_some_and(|t| t.elapsed() < self.refresh_min) {
             return Ok(false);
         }
         let fresh = fetch_jwks(&self.fetcher, &provider.metadata).await?;
