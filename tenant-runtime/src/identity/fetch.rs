@@ -143,10 +143,33 @@ impl Fetcher {
 
     /// GETs a URL with the size limit.
     pub async fn get(&self, raw: &str, max_bytes: usize) -> Result<Vec<u8>, FetchError> {
+        self.get_with(raw, None, max_bytes).await
+    }
+
+    /// GETs a URL with a bearer token (OIDC UserInfo) and the size limit.
+    pub async fn get_bearer(
+        &self,
+        raw: &str,
+        token: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, FetchError> {
+        self.get_with(raw, Some(token), max_bytes).await
+    }
+
+    async fn get_with(
+        &self,
+        raw: &str,
+        bearer: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, FetchError> {
         let url = self.check_url(raw)?;
         let http =
             |e: reqwest::Error| FetchError::Http(raw.to_owned(), e.without_url().to_string());
-        let mut resp = self.client.get(url).send().await.map_err(http)?;
+        let mut req = self.client.get(url);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req.send().await.map_err(http)?;
         if !resp.status().is_success() {
             return Err(FetchError::Http(
                 raw.to_owned(),

@@ -13,6 +13,9 @@
 //! - **RFC 9207**: the `iss` authorization-response parameter must equal the issuer when
 //!   present, and must be present when discovery says the IdP sends it.
 //! - **azp**: with several audiences, `azp` must be present and equal our client id.
+//! - **UserInfo**: when the IdP has a UserInfo endpoint, its claims (e-mail, groups) complete
+//!   the ID token's — many IdPs put only `sub` in the ID token — and its `sub` must equal the
+//!   ID token's. The ID token's own claims win.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +30,7 @@ use openidconnect::core::{
 use openidconnect::{
     AuthenticationFlow, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
     CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
-    SignatureVerificationError, TokenResponse,
+    OAuth2TokenResponse, SignatureVerificationError, TokenResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
@@ -66,6 +69,8 @@ pub enum OidcError {
     UnknownKey,
     #[error("ID token with several audiences and no matching azp")]
     Azp,
+    #[error("UserInfo: {0}")]
+    UserInfo(String),
     #[error("configuration: {0}")]
     Config(String),
 }
@@ -84,6 +89,7 @@ impl OidcError {
             Self::IdToken(_) => "oidc_id_token",
             Self::UnknownKey => "oidc_unknown_key",
             Self::Azp => "oidc_azp",
+            Self::UserInfo(_) => "oidc_userinfo",
             Self::Config(_) => "oidc_config",
         }
     }
@@ -133,6 +139,7 @@ pub async fn discover(fetcher: &Fetcher, issuer: &str) -> Result<Provider, OidcE
         Some(metadata.authorization_endpoint().as_str()),
         metadata.token_endpoint().map(|t| t.as_str()),
         Some(metadata.jwks_uri().as_str()),
+        metadata.userinfo_endpoint().map(|u| u.as_str()),
     ]
     .into_iter()
     .flatten()
@@ -333,7 +340,49 @@ pub async fn redeem(
         .await
         .map_err(|e| OidcError::Token(token_error(&e)))?;
     let id_token = response.id_token().ok_or(OidcError::NoIdToken)?;
-    verify_id_token(providers, provider, cfg, secret, id_token, nonce).await
+    let mut identity = verify_id_token(providers, provider, cfg, secret, id_token, nonce).await?;
+    if let Some(endpoint) = provider.metadata.userinfo_endpoint() {
+        let body = providers
+            .fetcher()
+            .get_bearer(
+                endpoint.as_str(),
+                response.access_token().secret(),
+                MAX_DOCUMENT_BYTES,
+            )
+            .await?;
+        let info: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
+            .map_err(|_| OidcError::UserInfo("not a JSON object".into()))?;
+        if info.get("sub").and_then(|v| v.as_str()) != Some(identity.subject.as_str()) {
+            return Err(OidcError::UserInfo("its sub is not the ID token's".into()));
+        }
+        for (k, v) in claim_values(&info) {
+            if !identity.claims.iter().any(|(name, _)| *name == k) {
+                if k == "email" && identity.email.is_none() {
+                    identity.email = v.first().cloned();
+                }
+                identity.claims.push((k, v));
+            }
+        }
+    }
+    Ok(identity)
+}
+
+/// String-ish claims as (name, values).
+fn claim_values(obj: &serde_json::Map<String, serde_json::Value>) -> Vec<(String, Vec<String>)> {
+    let mut values = Vec::new();
+    for (k, v) in obj {
+        let vals: Vec<String> = match v {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
+            serde_json::Value::Bool(b) => vec![b.to_string()],
+            _ => continue,
+        };
+        values.push((k.clone(), vals));
+    }
+    values
 }
 
 fn token_error<E: std::error::Error>(e: &E) -> String {
@@ -416,21 +465,7 @@ pub async fn verify_id_token(
         .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .unwrap_or_default();
-    let mut values = Vec::new();
-    if let Some(obj) = payload.as_object() {
-        for (k, v) in obj {
-            let vals: Vec<String> = match v {
-                serde_json::Value::String(s) => vec![s.clone()],
-                serde_json::Value::Array(a) => a
-                    .iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect(),
-                serde_json::Value::Bool(b) => vec![b.to_string()],
-                _ => continue,
-            };
-            values.push((k.clone(), vals));
-        }
-    }
+    let values = payload.as_object().map(claim_values).unwrap_or_default();
     Ok(Identity {
         subject,
         email,
