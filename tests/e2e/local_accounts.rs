@@ -174,6 +174,46 @@ async fn invitation_password_and_totp() {
     let full = c.cookie(&acme, "__Host-portico_session").expect("session");
     assert_ne!(full, pending, "rotated after the second factor");
     assert!(c.whoami(&acme).await.is_some());
+
+    // Guessing codes: the password does not reset the lock that guards the second factor.
+    let mut g = Browser::new(&server);
+    assert_eq!(
+        password_login(&mut g, "acme", "ann@acme.example", PASSWORD)
+            .await
+            .status,
+        303
+    );
+    let csrf = g
+        .get(&acme, "/login/totp")
+        .await
+        .field("csrf")
+        .expect("csrf");
+    for _ in 0..4 {
+        let p = g
+            .post(&acme, "/login/totp", &[("csrf", &csrf), ("code", "000000")])
+            .await;
+        assert!(p.failure_reference().is_some(), "{p:?}");
+    }
+    let mut h = Browser::new(&server);
+    assert_eq!(
+        password_login(&mut h, "acme", "ann@acme.example", PASSWORD)
+            .await
+            .status,
+        303
+    );
+    let csrf = h
+        .get(&acme, "/login/totp")
+        .await
+        .field("csrf")
+        .expect("csrf");
+    let fifth = h
+        .post(&acme, "/login/totp", &[("csrf", &csrf), ("code", "000000")])
+        .await;
+    assert!(fifth.failure_reference().is_some(), "{fifth:?}");
+    // Locked now: the password is refused before any code is looked at.
+    let mut i = Browser::new(&server);
+    let locked = password_login(&mut i, "acme", "ann@acme.example", PASSWORD).await;
+    assert_refused(&env, "acme", &locked, "locked");
     env.cleanup().await;
 }
 

@@ -400,9 +400,13 @@ async fn local_login_inner(
     if !account.user.active {
         return Err(Failure::new("user_deactivated").by(&email));
     }
-    users::reset_failures(client, account.user.id).await?;
     let mfa = account.totp_enabled;
-    let (session, value) = start_session(web, client, account.user.id, None, mfa).await?;
+    // With a second factor, failures are reset only once it is passed too: a known password
+    // must not keep resetting the lock that guards the TOTP code.
+    if !mfa {
+        users::reset_failures(client, account.user.id).await?;
+    }
+    let (_, value) = start_session(web, client, account.user.id, None, mfa).await?;
     sessions::end_flow(client, &flow.id_hash).await?;
     let target = if mfa { "/login/totp" } else { "/" };
     if !mfa {
@@ -410,7 +414,6 @@ async fn local_login_inner(
         e.details = serde_json::json!({"method": "password"});
         audit::record(client, &e).await?;
     }
-    let _ = session;
     Ok(with_cookies(
         see_other(target),
         [
