@@ -76,6 +76,7 @@ create table sessions (
     client_ip inet
 );
 create index sessions_user_idx on sessions (user_id);
+create index sessions_expires_idx on sessions (expires_at);
 
 -- A browser's pre-login state (cookie `__Host-portico_flow`): its CSRF token, and the sign-in
 -- requests it started. `state`/`nonce`/`InResponseTo` are single-use: consumed atomically.
@@ -85,6 +86,7 @@ create table login_flows (
     created_at timestamptz not null default now(),
     expires_at timestamptz not null
 );
+create index login_flows_expires_idx on login_flows (expires_at);
 create table login_requests (
     id text not null constraint login_requests_pkey primary key,
     flow_hash bytea not null references login_flows (id_hash) on delete cascade,

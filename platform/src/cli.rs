@@ -259,7 +259,7 @@ async fn platform(migrate: bool) -> anyhow::Result<Platform> {
     Ok(Platform::connect(settings, migrate).await?)
 }
 
-fn slug(s: &str) -> Result<Slug, PlatformError> {
+pub(crate) fn slug(s: &str) -> Result<Slug, PlatformError> {
     Ok(Slug::parse(s)?)
 }
 
@@ -412,7 +412,7 @@ async fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
 }
 
 async fn tenant_token(cmd: TenantTokenCmd) -> anyhow::Result<()> {
-    use portico_tenant_runtime::store::tokens::{self, TokenRole};
+    use portico_tenant_runtime::store::tokens;
     match cmd {
         TenantTokenCmd::Create {
             slug: s,
@@ -422,8 +422,7 @@ async fn tenant_token(cmd: TenantTokenCmd) -> anyhow::Result<()> {
             json: as_json,
         } => {
             let slug = slug(&s)?;
-            let role = TokenRole::parse(&role)
-                .ok_or_else(|| PlatformError::InvalidInput(format!("unknown role '{role}'")))?;
+            let role = crate::identity_cli::role(&role)?;
             let expires_at = expiry(expires_in.as_deref())?;
             let p = platform(true).await?;
             let client = p.connect_as_tenant(slug.as_str()).await?;

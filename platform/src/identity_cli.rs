@@ -11,6 +11,7 @@ use portico_tenant_runtime::store::tokens::TokenRole;
 use portico_tenant_runtime::store::{audit, users};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::cli::slug;
 use crate::context::Platform;
 use crate::error::PlatformError;
 
@@ -106,12 +107,8 @@ pub enum UserCmd {
     },
 }
 
-fn role(s: &str) -> Result<TokenRole, PlatformError> {
+pub(crate) fn role(s: &str) -> Result<TokenRole, PlatformError> {
     TokenRole::parse(s).ok_or_else(|| PlatformError::InvalidInput(format!("unknown role '{s}'")))
-}
-
-fn slug(s: &str) -> Result<Slug, PlatformError> {
-    Ok(Slug::parse(s)?)
 }
 
 fn read_file(path: &std::path::Path, what: &str) -> Result<String, PlatformError> {

@@ -154,12 +154,16 @@ impl Application {
 /// The runtime's own small catalog pool. Its sessions are read-only
 /// (`default_transaction_read_only`), so the rule that the runtime never writes the catalog is
 /// enforced by PostgreSQL, and operator work cannot starve it.
-pub async fn runtime_catalog_pool(settings: &Settings) -> Result<sqlx::PgPool> {
-    let connect: PgConnectOptions = settings
+fn catalog_options(settings: &Settings) -> Result<PgConnectOptions> {
+    settings
         .database_url
         .expose()
         .parse()
-        .map_err(|e| PlatformError::catalog("reading the catalog URL", e))?;
+        .map_err(|e| PlatformError::catalog("reading the catalog URL", e))
+}
+
+pub async fn runtime_catalog_pool(settings: &Settings) -> Result<sqlx::PgPool> {
+    let connect = catalog_options(settings)?;
     PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(std::time::Duration::from_secs(5))
@@ -175,11 +179,7 @@ pub async fn runtime_catalog_pool(settings: &Settings) -> Result<sqlx::PgPool> {
 /// The runtime's one writable control-plane pool: the shared SAML replay cache
 /// (`saml_replay`) is its only use (see `identity::web::record_assertion`).
 pub async fn runtime_state_pool(settings: &Settings) -> Result<sqlx::PgPool> {
-    let connect: PgConnectOptions = settings
-        .database_url
-        .expose()
-        .parse()
-        .map_err(|e| PlatformError::catalog("reading the catalog URL", e))?;
+    let connect = catalog_options(settings)?;
     Ok(PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(std::time::Duration::from_secs(5))

@@ -273,7 +273,7 @@ async fn root(State(rt): State<Runtime>, req: Request) -> Response {
     }
     let (mut parts, _) = req.into_parts();
     match web::Web::from_request_parts(&mut parts, &rt).await {
-        Ok(w) => web::home(w).await,
+        Ok(w) => web::home(w).await.into_response(),
         Err(r) => r,
     }
 }
@@ -361,15 +361,7 @@ async fn session_caller(
         parts.method,
         axum::http::Method::GET | axum::http::Method::HEAD
     );
-    let hash = parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .and_then(|(_, v)| sessions::presented(v));
+    let hash = web::cookie_digest(&parts.headers, SESSION_COOKIE);
     let (Some(hash), true) = (hash, safe) else {
         return Err(Problem::unauthenticated());
     };

@@ -32,6 +32,7 @@ use openidconnect::{
     CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
     RedirectUrl, Scope, SignatureVerificationError, TokenResponse,
 };
+use portico_core::TenantId;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -169,10 +170,10 @@ async fn fetch_jwks(
     serde_json::from_slice(&body).map_err(|e| OidcError::Discovery(format!("JWKS: {e}")))
 }
 
-/// Cache of providers by connection id.
+/// Cache of providers by (tenant, connection): one tenant's cache entry is never another's.
 #[derive(Clone)]
 pub struct Providers {
-    cache: Cache<Uuid, Arc<Provider>>,
+    cache: Cache<(TenantId, Uuid), Arc<Provider>>,
     fetcher: Fetcher,
     refresh_min: Duration,
 }
@@ -202,14 +203,16 @@ impl Providers {
 
     pub async fn get(
         &self,
+        tenant: TenantId,
         connection: Uuid,
         cfg: &OidcConfig,
     ) -> Result<Arc<Provider>, OidcError> {
-        if let Some(p) = self.cache.get(&connection).await {
+        let key = (tenant, connection);
+        if let Some(p) = self.cache.get(&key).await {
             return Ok(p);
         }
         let p = Arc::new(discover(&self.fetcher, &cfg.issuer).await?);
-        self.cache.insert(connection, p.clone()).await;
+        self.cache.insert(key, p.clone()).await;
         Ok(p)
     }
 

@@ -140,49 +140,6 @@ fn check_no_doctype(xml: &str) -> Result<(), SamlError> {
     Ok(())
 }
 
-/// Checks every `SignatureMethod`/`DigestMethod` algorithm in the document against the
-/// allow-list, and that there is at least one signature.
-fn check_algorithms(xml: &str) -> Result<(), SamlError> {
-    use quick_xml::events::Event;
-    let allowed = allowed_algorithms();
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut signatures = 0;
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => {
-                let name = e.local_name();
-                let local = name.as_ref();
-                if local == b"Signature" {
-                    signatures += 1;
-                }
-                if local == b"SignatureMethod" || local == b"DigestMethod" {
-                    let alg = e
-                        .try_get_attribute("Algorithm")
-                        .ok()
-                        .flatten()
-                        .map(|a| String::from_utf8_lossy(&a.value).into_owned())
-                        .unwrap_or_default();
-                    let ok = if local == b"SignatureMethod" {
-                        allowed.iter().any(|a| a.signature_uri() == alg)
-                    } else {
-                        allowed.iter().any(|a| a.digest_uri() == alg)
-                    };
-                    if !ok {
-                        return Err(SamlError::WeakAlgorithm(alg));
-                    }
-                }
-            }
-            Ok(Event::Eof) => break,
-            Ok(_) => {}
-            Err(e) => return Err(SamlError::Malformed(e.to_string())),
-        }
-    }
-    if signatures == 0 {
-        return Err(SamlError::Unsigned);
-    }
-    Ok(())
-}
-
 /// What the raw document looks like before anything is verified.
 struct Shape {
     /// The root's `InResponseTo`, only used to pick the stricter path (a response that names
@@ -190,13 +147,19 @@ struct Shape {
     in_response_to: Option<String>,
 }
 
-/// Checks the raw document's shape: a `Response` root whose `Destination`, when present, is
-/// this ACS (samael drops the unsigned envelope when only the assertion is signed, and with it
-/// this check), and exactly one `Assertion` element in the whole document, nested in nothing
-/// but the root. A second assertion anywhere is how signature-wrapping attacks look; the
-/// verified one would be used, but such a response is malformed and refused outright.
-fn check_shape(xml: &str, acs_url: &str) -> Result<Shape, SamlError> {
+/// One pass over the raw document, before samael verifies anything:
+///
+/// - a `Response` root whose `Destination`, when present, is this ACS (samael drops the
+///   unsigned envelope when only the assertion is signed, and with it this check);
+/// - exactly one `Assertion` element, directly under the root. A second assertion anywhere is
+///   how signature-wrapping attacks look; the verified one would be used, but such a response
+///   is malformed and refused outright;
+/// - at least one signature, and every `SignatureMethod`/`DigestMethod` on the allow-list (so
+///   a SHA-1 signature is named as such rather than as a failed verification).
+fn inspect(xml: &str, acs_url: &str) -> Result<Shape, SamlError> {
     use quick_xml::events::Event;
+    let allowed = allowed_algorithms();
+    let mut signatures = 0usize;
     let attr = |e: &quick_xml::events::BytesStart<'_>, name: &str| {
         e.try_get_attribute(name)
             .ok()
@@ -245,6 +208,18 @@ fn check_shape(xml: &str, acs_url: &str) -> Result<Shape, SamlError> {
             if depth != 1 || local == b"EncryptedAssertion" {
                 return Err(SamlError::Structure);
             }
+        } else if local == b"Signature" {
+            signatures += 1;
+        } else if local == b"SignatureMethod" || local == b"DigestMethod" {
+            let alg = attr(&e, "Algorithm").unwrap_or_default();
+            let ok = if local == b"SignatureMethod" {
+                allowed.iter().any(|a| a.signature_uri() == alg)
+            } else {
+                allowed.iter().any(|a| a.digest_uri() == alg)
+            };
+            if !ok {
+                return Err(SamlError::WeakAlgorithm(alg));
+            }
         }
         if !empty {
             depth += 1;
@@ -252,6 +227,9 @@ fn check_shape(xml: &str, acs_url: &str) -> Result<Shape, SamlError> {
     }
     if assertions != 1 {
         return Err(SamlError::Structure);
+    }
+    if signatures == 0 {
+        return Err(SamlError::Unsigned);
     }
     shape.ok_or_else(|| SamlError::Malformed("empty document".into()))
 }
@@ -385,9 +363,7 @@ pub fn validate_response(
     let bytes = STANDARD.decode(cleaned).map_err(|_| SamlError::Encoding)?;
     let xml = String::from_utf8(bytes).map_err(|_| SamlError::Encoding)?;
     check_no_doctype(&xml)?;
-    check_algorithms(&xml)?;
-
-    let shape = check_shape(&xml, &urls.acs_url)?;
+    let shape = inspect(&xml, &urls.acs_url)?;
     let solicited = shape.in_response_to.is_some() || !cfg.allow_idp_initiated;
     if solicited && pending.is_empty() {
         return Err(if cfg.allow_idp_initiated {
@@ -531,36 +507,45 @@ mod tests {
         ));
     }
 
+    const SIG: &str = r#"<Signature><SignedInfo><SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"/><Reference><DigestMethod Algorithm="http://www.w3.org/2001/04/xmlenc#sha256"/></Reference></SignedInfo></Signature>"#;
+
     #[test]
     fn one_assertion_directly_under_the_response() {
         let acs = "https://a.example/acs";
-        let one = r#"<p:Response xmlns:p="p" Destination="https://a.example/acs"><a:Assertion xmlns:a="a"><a:Subject/></a:Assertion></p:Response>"#;
-        assert!(check_shape(one, acs).is_ok());
-        let two = r#"<Response><Assertion/><Assertion/></Response>"#;
-        assert!(matches!(check_shape(two, acs), Err(SamlError::Structure)));
-        let nested =
-            r#"<Response><Assertion><Subject><Assertion/></Subject></Assertion></Response>"#;
+        let one = format!(
+            r#"<p:Response xmlns:p="p" Destination="https://a.example/acs"><a:Assertion xmlns:a="a">{SIG}<a:Subject/></a:Assertion></p:Response>"#
+        );
+        assert!(inspect(&one, acs).is_ok());
+        let two = format!("<Response><Assertion>{SIG}</Assertion><Assertion/></Response>");
+        assert!(matches!(inspect(&two, acs), Err(SamlError::Structure)));
+        let nested = format!(
+            "<Response><Assertion>{SIG}<Subject><Assertion/></Subject></Assertion></Response>"
+        );
+        assert!(matches!(inspect(&nested, acs), Err(SamlError::Structure)));
+        let elsewhere = format!(
+            r#"<Response Destination="https://b.example/acs"><Assertion>{SIG}</Assertion></Response>"#
+        );
         assert!(matches!(
-            check_shape(nested, acs),
-            Err(SamlError::Structure)
-        ));
-        let elsewhere = r#"<Response Destination="https://b.example/acs"><Assertion/></Response>"#;
-        assert!(matches!(
-            check_shape(elsewhere, acs),
+            inspect(&elsewhere, acs),
             Err(SamlError::Rejected(_))
         ));
-        assert!(check_shape("<Assertion/>", acs).is_err());
+        assert!(inspect(&format!("<Assertion>{SIG}</Assertion>"), acs).is_err());
     }
 
     #[test]
-    fn sha1_is_not_on_the_allow_list() {
-        let xml = r#"<Response><Signature><SignedInfo><SignatureMethod Algorithm="http://www.w3.org/2000/09/xmldsig#rsa-sha1"/></SignedInfo></Signature></Response>"#;
+    fn unsigned_and_sha1_are_refused() {
+        let acs = "https://a.example/acs";
+        let sha1 = SIG.replace(
+            "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+            "http://www.w3.org/2000/09/xmldsig#rsa-sha1",
+        );
+        let xml = format!("<Response><Assertion>{sha1}</Assertion></Response>");
         assert!(matches!(
-            check_algorithms(xml),
+            inspect(&xml, acs),
             Err(SamlError::WeakAlgorithm(_))
         ));
         assert!(matches!(
-            check_algorithms("<Response/>"),
+            inspect("<Response><Assertion/></Response>", acs),
             Err(SamlError::Unsigned)
         ));
     }

@@ -47,8 +47,8 @@ pub struct IdentityState {
     /// Writable control-plane pool, used for the shared SAML replay cache only.
     pub state_pool: PgPool,
     pub login_host: Hostname,
-    pub public_scheme: String,
-    pub public_port: u16,
+    /// What browsers see (scheme and port), for the URLs handed to them and to IdPs.
+    public: portico_core::settings::RuntimeSettings,
     pub timeouts: Timeouts,
 }
 
@@ -60,8 +60,7 @@ impl IdentityState {
             keyring,
             state_pool,
             login_host: rt.login_host.clone(),
-            public_scheme: rt.public_scheme.clone(),
-            public_port: rt.public_port,
+            public: rt.clone(),
             timeouts: Timeouts {
                 idle: time::Duration::seconds(rt.session_idle.as_secs() as i64),
                 absolute: time::Duration::seconds(rt.session_absolute.as_secs() as i64),
@@ -70,10 +69,7 @@ impl IdentityState {
     }
 
     pub fn origin(&self, host: &Hostname) -> String {
-        match self.public_port {
-            0 => format!("{}://{}", self.public_scheme, host.as_str()),
-            p => format!("{}://{}:{p}", self.public_scheme, host.as_str()),
-        }
+        self.public.public_origin(host.as_str())
     }
 }
 
@@ -150,23 +146,12 @@ impl Web {
         self.identity().origin(&self.host)
     }
 
-    async fn conn(&self) -> Result<TenantConn, Response> {
-        self.rt
-            .pools
-            .get(&self.tenant)
-            .await
-            .map_err(|e| Problem::from(e).into_response())
+    async fn conn(&self) -> Result<TenantConn, Problem> {
+        Ok(self.rt.pools.get(&self.tenant).await?)
     }
 
     fn cookie(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| Cookie::parse(c.trim().to_owned()).ok())
-            .find(|c| c.name() == name)
-            .and_then(|c| sessions::presented(c.value()))
+        cookie_digest(&self.headers, name)
     }
 
     fn event<'a>(&'a self, event_type: &'static str, actor: &'a str, ok: bool) -> audit::Event<'a> {
@@ -176,24 +161,45 @@ impl Web {
         e
     }
 
-    /// Audits a failed sign-in and answers with the generic page.
-    async fn fail(&self, client: Option<&Client>, f: Failure) -> Response {
+    /// The answer to a sign-in attempt: its own on success; on failure, the failure is audited
+    /// and the browser gets the generic page.
+    async fn settle(&self, client: &Client, outcome: Result<Response, Failure>) -> Response {
+        match outcome {
+            Ok(r) => r,
+            Err(f) => self.fail(client, f).await,
+        }
+    }
+
+    async fn fail(&self, client: &Client, f: Failure) -> Response {
         tracing::info!(reason = %f.reason, connection = ?f.connection, "sign-in failed");
         metrics::counter!("portico_login_failures_total").increment(1);
         let mut e = self.event("login_failure", &f.actor, false);
         e.reason = Some(&f.reason);
         e.target = f.connection.as_deref();
-        let recorded = match client {
-            Some(c) => audit::record(c, &e).await,
-            None => match self.conn().await {
-                Ok(c) => audit::record(&c, &e).await,
-                Err(_) => Ok(()),
-            },
-        };
-        if let Err(err) = recorded {
+        if let Err(err) = audit::record(client, &e).await {
             tracing::error!(error = %err, "could not audit a failed sign-in");
         }
         pages::sign_in_failed(&self.request_id)
+    }
+
+    /// Encrypts a secret of this tenant (TOTP seed) under the tenant's key.
+    async fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, RuntimeError> {
+        Ok(self
+            .rt
+            .identity
+            .keyring
+            .encrypt_for_tenant(self.tenant.tenant_id, &self.key()?, plaintext)
+            .await?)
+    }
+
+    /// Decrypts what [`Web::seal`] (or the CLI, for OIDC client secrets) stored.
+    async fn open(&self, ciphertext: &[u8]) -> Result<Vec<u8>, RuntimeError> {
+        Ok(self
+            .rt
+            .identity
+            .keyring
+            .decrypt_for_tenant(self.tenant.tenant_id, &self.key()?, ciphertext)
+            .await?)
     }
 
     fn key(&self) -> Result<TenantKeyRef, RuntimeError> {
@@ -230,6 +236,18 @@ impl Web {
         let (flow, value) = sessions::create_flow(client).await?;
         Ok((flow, Some(flow_cookie(Some(value.expose_secret())))))
     }
+}
+
+/// The digest of one of our cookies in a request, if present and well-formed.
+pub fn cookie_digest(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| Cookie::parse(c.trim().to_owned()).ok())
+        .find(|c| c.name() == name)
+        .and_then(|c| sessions::presented(c.value()))
 }
 
 fn session_cookie(value: Option<&str>, timeouts: Timeouts) -> String {
@@ -290,33 +308,26 @@ fn safe_return_to(raw: Option<&str>) -> String {
 
 // ---- /login ----------------------------------------------------------------------------------
 
-pub async fn login_page(web: Web) -> Response {
-    let client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let result: Result<Response, RuntimeError> = async {
-        if web.session(&client).await?.is_some_and(|s| !s.mfa_pending) {
-            return Ok(see_other("/"));
-        }
-        let (flow, set) = web.flow(&client).await?;
-        let conns = connections::list(&client).await?;
-        let local = conns.is_empty() || has_local_accounts(&client).await?;
-        let list: Vec<_> = conns
-            .iter()
-            .map(|c| minijinja::context! { name => c.name, kind => c.protocol.kind() })
-            .collect();
-        Ok(with_cookies(
-            render(
-                StatusCode::OK,
-                "login.html",
-                minijinja::context! { tenant => web.tenant.slug, connections => list, local => local, csrf => flow.csrf_token },
-            ),
-            set,
-        ))
+pub async fn login_page(web: Web) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    if web.session(&client).await?.is_some_and(|s| !s.mfa_pending) {
+        return Ok(see_other("/"));
     }
-    .await;
-    result.unwrap_or_else(|e| Problem::from(e).into_response())
+    let (flow, set) = web.flow(&client).await?;
+    let conns = connections::list(&client).await?;
+    let local = conns.is_empty() || has_local_accounts(&client).await?;
+    let list: Vec<_> = conns
+        .iter()
+        .map(|c| minijinja::context! { name => c.name, kind => c.protocol.kind() })
+        .collect();
+    Ok(with_cookies(
+        render(
+            StatusCode::OK,
+            "login.html",
+            minijinja::context! { tenant => web.tenant.slug, connections => list, local => local, csrf => flow.csrf_token },
+        ),
+        set,
+    ))
 }
 
 async fn has_local_accounts(client: &Client) -> Result<bool, RuntimeError> {
@@ -349,15 +360,10 @@ async fn flow_csrf(
         .filter(|f| sessions::csrf_matches(&f.csrf_token, presented)))
 }
 
-pub async fn local_login(web: Web, Form(form): Form<LocalLogin>) -> Response {
-    let mut client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match local_login_inner(&web, &mut client, form).await {
-        Ok(r) => r,
-        Err(f) => web.fail(Some(&client), f).await,
-    }
+pub async fn local_login(web: Web, Form(form): Form<LocalLogin>) -> Result<Response, Problem> {
+    let mut client = web.conn().await?;
+    let outcome = local_login_inner(&web, &mut client, form).await;
+    Ok(web.settle(&client, outcome).await)
 }
 
 async fn local_login_inner(
@@ -474,20 +480,16 @@ fn totp_step(t: &totp_rs::TOTP, code: &str) -> Option<i64> {
     None
 }
 
-pub async fn totp_page(web: Web) -> Response {
-    let client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match web.session(&client).await {
-        Ok(Some(s)) if s.mfa_pending => render(
+pub async fn totp_page(web: Web) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    Ok(match web.session(&client).await? {
+        Some(s) if s.mfa_pending => render(
             StatusCode::OK,
             "totp.html",
             minijinja::context! { action => "/login/totp", csrf => s.csrf_token },
         ),
-        Ok(_) => see_other("/login"),
-        Err(e) => Problem::from(e).into_response(),
-    }
+        _ => see_other("/login"),
+    })
 }
 
 #[derive(Deserialize)]
@@ -496,15 +498,10 @@ pub struct CodeForm {
     csrf: String,
 }
 
-pub async fn totp_verify(web: Web, Form(form): Form<CodeForm>) -> Response {
-    let client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match totp_verify_inner(&web, &client, form).await {
-        Ok(r) => r,
-        Err(f) => web.fail(Some(&client), f).await,
-    }
+pub async fn totp_verify(web: Web, Form(form): Form<CodeForm>) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    let outcome = totp_verify_inner(&web, &client, form).await;
+    Ok(web.settle(&client, outcome).await)
 }
 
 async fn totp_verify_inner(
@@ -531,13 +528,7 @@ async fn totp_verify_inner(
         return Err(Failure::new("locked").by(&email));
     }
     let secret = match &account.totp_secret_ciphertext {
-        Some(c) => web
-            .rt
-            .identity
-            .keyring
-            .decrypt_for_tenant(web.tenant.tenant_id, &web.key()?, c)
-            .await
-            .map_err(RuntimeError::from)?,
+        Some(c) => web.open(c).await?,
         None => return Err(Failure::new("no_totp").by(&email)),
     };
     let step = totp(&secret, &email, &web.tenant.slug).and_then(|t| totp_step(&t, &form.code));
@@ -583,113 +574,87 @@ async fn totp_verify_inner(
     ))
 }
 
-pub async fn mfa_page(web: Web) -> Response {
-    let client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
+pub async fn mfa_page(web: Web) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
+        return Ok(see_other("/login"));
     };
-    let r: Result<Response, RuntimeError> = async {
-        let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
-            return Ok(see_other("/login"));
-        };
-        let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
-            return Ok(see_other("/"));
-        };
-        let secret = portico_core::keys::random_bytes::<20>().to_vec();
-        let t = totp(&secret, &account.user.email, &web.tenant.slug)
-            .ok_or_else(|| RuntimeError::InvalidInput("TOTP".into()))?;
-        let ciphertext = web.rt.identity.keyring.encrypt_for_tenant(web.tenant.tenant_id, &web.key()?, &secret).await?;
-        users::set_totp_secret(&client, s.user_id, &ciphertext).await?;
-        Ok(render(
-            StatusCode::OK,
-            "totp.html",
-            minijinja::context! { action => "/account/mfa", csrf => s.csrf_token, secret => t.get_secret_base32(), uri => t.get_url() },
-        ))
-    }
-    .await;
-    r.unwrap_or_else(|e| Problem::from(e).into_response())
+    let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
+        return Ok(see_other("/"));
+    };
+    let secret = portico_core::keys::random_bytes::<20>().to_vec();
+    let t = totp(&secret, &account.user.email, &web.tenant.slug)
+        .ok_or_else(|| RuntimeError::InvalidInput("TOTP".into()))?;
+    let ciphertext = web.seal(&secret).await?;
+    users::set_totp_secret(&client, s.user_id, &ciphertext).await?;
+    Ok(render(
+        StatusCode::OK,
+        "totp.html",
+        minijinja::context! { action => "/account/mfa", csrf => s.csrf_token, secret => t.get_secret_base32(), uri => t.get_url() },
+    ))
 }
 
-pub async fn mfa_enrol(web: Web, Form(form): Form<CodeForm>) -> Response {
-    let client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
+pub async fn mfa_enrol(web: Web, Form(form): Form<CodeForm>) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
+        return Ok(see_other("/login"));
     };
-    let r: Result<Response, RuntimeError> = async {
-        let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
-            return Ok(see_other("/login"));
-        };
-        if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
-            return Ok(Problem::new(
-                StatusCode::FORBIDDEN,
-                "csrf_failed",
-                "The form has expired; reload the page",
-            )
-            .into_response());
-        }
-        let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
-            return Ok(see_other("/"));
-        };
-        let Some(c) = account.totp_secret_ciphertext else {
-            return Ok(see_other("/account/mfa"));
-        };
-        let secret = web
-            .rt
-            .identity
-            .keyring
-            .decrypt_for_tenant(web.tenant.tenant_id, &web.key()?, &c)
-            .await?;
-        let t = totp(&secret, &account.user.email, &web.tenant.slug)
-            .ok_or_else(|| RuntimeError::InvalidInput("TOTP".into()))?;
-        let ok = match totp_step(&t, &form.code) {
-            Some(step) => users::consume_totp_step(&client, s.user_id, step, true).await?,
-            None => false,
-        };
-        let e = web.event("mfa_enrolled", &account.user.email, ok);
-        audit::record(&client, &e).await?;
-        if !ok {
-            return Ok(render(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "totp.html",
-                minijinja::context! {
-                    action => "/account/mfa", csrf => s.csrf_token, secret => t.get_secret_base32(),
-                    uri => t.get_url(), error => "That code is not valid; enter the one your app shows now.",
-                },
-            ));
-        }
-        Ok(see_other("/"))
+    if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
+        return Ok(Problem::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "The form has expired; reload the page",
+        )
+        .into_response());
     }
-    .await;
-    r.unwrap_or_else(|e| Problem::from(e).into_response())
+    let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
+        return Ok(see_other("/"));
+    };
+    let Some(c) = account.totp_secret_ciphertext else {
+        return Ok(see_other("/account/mfa"));
+    };
+    let secret = web.open(&c).await?;
+    let t = totp(&secret, &account.user.email, &web.tenant.slug)
+        .ok_or_else(|| RuntimeError::InvalidInput("TOTP".into()))?;
+    let ok = match totp_step(&t, &form.code) {
+        Some(step) => users::consume_totp_step(&client, s.user_id, step, true).await?,
+        None => false,
+    };
+    let e = web.event("mfa_enrolled", &account.user.email, ok);
+    audit::record(&client, &e).await?;
+    if !ok {
+        return Ok(render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "totp.html",
+            minijinja::context! {
+                action => "/account/mfa", csrf => s.csrf_token, secret => t.get_secret_base32(),
+                uri => t.get_url(), error => "That code is not valid; enter the one your app shows now.",
+            },
+        ));
+    }
+    Ok(see_other("/"))
 }
 
 // ---- home and logout -------------------------------------------------------------------------
 
-pub async fn home(web: Web) -> Response {
-    let client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
+pub async fn home(web: Web) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
+        return Ok(see_other("/login"));
     };
-    let r: Result<Response, RuntimeError> = async {
-        let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
-            return Ok(see_other("/login"));
-        };
-        let Some(user) = users::get(&client, s.user_id).await? else {
-            return Ok(see_other("/login"));
-        };
-        let local = users::local_account_by_user(&client, s.user_id).await?;
-        Ok(render(
-            StatusCode::OK,
-            "home.html",
-            minijinja::context! {
-                tenant => web.tenant.slug, email => user.email, role => user.role.as_str(),
-                csrf => s.csrf_token, local => local.is_some(),
-                mfa => local.map(|l| l.totp_enabled).unwrap_or(false),
-            },
-        ))
-    }
-    .await;
-    r.unwrap_or_else(|e| Problem::from(e).into_response())
+    let Some(user) = users::get(&client, s.user_id).await? else {
+        return Ok(see_other("/login"));
+    };
+    let local = users::local_account_by_user(&client, s.user_id).await?;
+    Ok(render(
+        StatusCode::OK,
+        "home.html",
+        minijinja::context! {
+            tenant => web.tenant.slug, email => user.email, role => user.role.as_str(),
+            csrf => s.csrf_token, local => local.is_some(),
+            mfa => local.map(|l| l.totp_enabled).unwrap_or(false),
+        },
+    ))
 }
 
 #[derive(Deserialize)]
@@ -697,68 +662,54 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-pub async fn logout(web: Web, Form(form): Form<CsrfForm>) -> Response {
-    let client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r: Result<Response, RuntimeError> = async {
-        let Some(s) = web.session(&client).await? else {
-            return Ok(with_cookies(
-                see_other("/login"),
-                [session_cookie(None, web.identity().timeouts)],
-            ));
-        };
-        if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
-            return Ok(Problem::new(
-                StatusCode::FORBIDDEN,
-                "csrf_failed",
-                "The form has expired; reload the page",
-            )
-            .into_response());
-        }
-        sessions::end(&client, &s.id_hash).await?;
-        let email = users::get(&client, s.user_id)
-            .await?
-            .map(|u| u.email)
-            .unwrap_or_default();
-        audit::record(&client, &web.event("logout", &email, true)).await?;
-        Ok(with_cookies(
+pub async fn logout(web: Web, Form(form): Form<CsrfForm>) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    let Some(s) = web.session(&client).await? else {
+        return Ok(with_cookies(
             see_other("/login"),
             [session_cookie(None, web.identity().timeouts)],
-        ))
+        ));
+    };
+    if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
+        return Ok(Problem::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "The form has expired; reload the page",
+        )
+        .into_response());
     }
-    .await;
-    r.unwrap_or_else(|e| Problem::from(e).into_response())
+    sessions::end(&client, &s.id_hash).await?;
+    let email = users::get(&client, s.user_id)
+        .await?
+        .map(|u| u.email)
+        .unwrap_or_default();
+    audit::record(&client, &web.event("logout", &email, true)).await?;
+    Ok(with_cookies(
+        see_other("/login"),
+        [session_cookie(None, web.identity().timeouts)],
+    ))
 }
 
 // ---- invitations -----------------------------------------------------------------------------
 
-pub async fn invite_page(web: Web, Path(token): Path<String>) -> Response {
-    let client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
+pub async fn invite_page(web: Web, Path(token): Path<String>) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    let Some(inv) = users::open_invitation(&client, &token).await? else {
+        return Ok(render(
+            StatusCode::NOT_FOUND,
+            "error.html",
+            minijinja::context! { title => "Invitation not valid", message => "This invitation link is unknown, used or expired.", request_id => web.request_id },
+        ));
     };
-    let r: Result<Response, RuntimeError> = async {
-        let Some(inv) = users::open_invitation(&client, &token).await? else {
-            return Ok(render(
-                StatusCode::NOT_FOUND,
-                "error.html",
-                minijinja::context! { title => "Invitation not valid", message => "This invitation link is unknown, used or expired.", request_id => web.request_id },
-            ));
-        };
-        let (flow, set) = web.flow(&client).await?;
-        Ok(with_cookies(
-            render(
-                StatusCode::OK,
-                "invite.html",
-                minijinja::context! { tenant => web.tenant.slug, email => inv.email, csrf => flow.csrf_token, min_len => users::MIN_PASSWORD_LEN },
-            ),
-            set,
-        ))
-    }
-    .await;
-    r.unwrap_or_else(|e| Problem::from(e).into_response())
+    let (flow, set) = web.flow(&client).await?;
+    Ok(with_cookies(
+        render(
+            StatusCode::OK,
+            "invite.html",
+            minijinja::context! { tenant => web.tenant.slug, email => inv.email, csrf => flow.csrf_token, min_len => users::MIN_PASSWORD_LEN },
+        ),
+        set,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -771,58 +722,51 @@ pub async fn invite_accept(
     web: Web,
     Path(token): Path<String>,
     Form(form): Form<InviteForm>,
-) -> Response {
-    let mut client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
+) -> Result<Response, Problem> {
+    let mut client = web.conn().await?;
+    let Some(flow) = flow_csrf(&web, &client, &form.csrf).await? else {
+        return Ok(Problem::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "The form has expired; reload the page",
+        )
+        .into_response());
     };
-    let r: Result<Response, RuntimeError> = async {
-        let Some(flow) = flow_csrf(&web, &client, &form.csrf).await? else {
-            return Ok(Problem::new(
-                StatusCode::FORBIDDEN,
-                "csrf_failed",
-                "The form has expired; reload the page",
-            )
+    let Some(inv) = users::open_invitation(&client, &token).await? else {
+        return Ok(Problem::not_found()
+            .detail("this invitation is unknown, used or expired")
             .into_response());
-        };
-        let Some(inv) = users::open_invitation(&client, &token).await? else {
-            return Ok(Problem::not_found()
-                .detail("this invitation is unknown, used or expired")
-                .into_response());
-        };
-        if let Err(RuntimeError::InvalidInput(message)) =
-            users::check_password_policy(&form.password, &inv.email)
-        {
-            return Ok(render(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invite.html",
-                minijinja::context! { tenant => web.tenant.slug, email => inv.email, csrf => flow.csrf_token, min_len => users::MIN_PASSWORD_LEN, error => message },
-            ));
-        }
-        let pw = form.password.clone();
-        let hash = tokio::task::spawn_blocking(move || users::hash_password(&pw))
-            .await
-            .map_err(|_| RuntimeError::InvalidInput("hashing failed".into()))??;
-        let Some(user) = users::accept_invitation(&mut client, &token, &hash).await? else {
-            return Ok(Problem::not_found()
-                .detail("this invitation is unknown, used or expired")
-                .into_response());
-        };
-        let mut e = web.event("invitation_accepted", &user.email, true);
-        e.target = Some(&user.email);
-        audit::record(&client, &e).await?;
-        let (_, value) = start_session(&web, &client, user.id, None, false).await?;
-        sessions::end_flow(&client, &flow.id_hash).await?;
-        Ok(with_cookies(
-            see_other("/account/mfa"),
-            [
-                session_cookie(Some(value.expose_secret()), web.identity().timeouts),
-                flow_cookie(None),
-            ],
-        ))
+    };
+    if let Err(RuntimeError::InvalidInput(message)) =
+        users::check_password_policy(&form.password, &inv.email)
+    {
+        return Ok(render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invite.html",
+            minijinja::context! { tenant => web.tenant.slug, email => inv.email, csrf => flow.csrf_token, min_len => users::MIN_PASSWORD_LEN, error => message },
+        ));
     }
-    .await;
-    r.unwrap_or_else(|e| Problem::from(e).into_response())
+    let pw = form.password.clone();
+    let hash = tokio::task::spawn_blocking(move || users::hash_password(&pw))
+        .await
+        .map_err(|_| RuntimeError::InvalidInput("hashing failed".into()))??;
+    let Some(user) = users::accept_invitation(&mut client, &token, &hash).await? else {
+        return Ok(Problem::not_found()
+            .detail("this invitation is unknown, used or expired")
+            .into_response());
+    };
+    let mut e = web.event("invitation_accepted", &user.email, true);
+    e.target = Some(&user.email);
+    audit::record(&client, &e).await?;
+    let (_, value) = start_session(&web, &client, user.id, None, false).await?;
+    sessions::end_flow(&client, &flow.id_hash).await?;
+    Ok(with_cookies(
+        see_other("/account/mfa"),
+        [
+            session_cookie(Some(value.expose_secret()), web.identity().timeouts),
+            flow_cookie(None),
+        ],
+    ))
 }
 
 // ---- SSO -------------------------------------------------------------------------------------
@@ -844,13 +788,7 @@ async fn oidc_secret(web: &Web, conn: &Connection) -> Result<SecretString, Failu
         .secret_ciphertext
         .as_ref()
         .ok_or_else(|| Failure::new("oidc_no_secret").on(&conn.name))?;
-    let plain = web
-        .rt
-        .identity
-        .keyring
-        .decrypt_for_tenant(web.tenant.tenant_id, &web.key()?, c)
-        .await
-        .map_err(RuntimeError::from)?;
+    let plain = web.open(c).await?;
     String::from_utf8(plain)
         .map(SecretString::from)
         .map_err(|_| Failure::new("oidc_secret_corrupt").on(&conn.name))
@@ -864,15 +802,10 @@ pub async fn sso_start(
     web: Web,
     Path(name): Path<String>,
     Query(q): Query<StartQuery>,
-) -> Response {
-    let client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match sso_start_inner(&web, &client, &name, q).await {
-        Ok(r) => r,
-        Err(f) => web.fail(Some(&client), f).await,
-    }
+) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    let outcome = sso_start_inner(&web, &client, &name, q).await;
+    Ok(web.settle(&client, outcome).await)
 }
 
 async fn sso_start_inner(
@@ -899,7 +832,7 @@ async fn sso_start_inner(
                 .rt
                 .identity
                 .providers
-                .get(conn.id, cfg)
+                .get(web.tenant.tenant_id, conn.id, cfg)
                 .await
                 .map_err(|e| Failure::new(e.reason()).on(name))?;
             let secret = oidc_secret(web, &conn).await?;
@@ -929,30 +862,23 @@ async fn sso_start_inner(
     Ok(with_cookies(see_other(&url), set))
 }
 
-pub async fn saml_metadata(web: Web, Path(name): Path<String>) -> Response {
-    let client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let conn = match connections::by_name(&client, &name).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return Problem::not_found().into_response(),
-        Err(e) => return Problem::from(e).into_response(),
-    };
+pub async fn saml_metadata(web: Web, Path(name): Path<String>) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    let conn = connections::by_name(&client, &name)
+        .await?
+        .ok_or_else(Problem::not_found)?;
     let Protocol::Saml(cfg) = &conn.protocol else {
-        return Problem::not_found().into_response();
+        return Err(Problem::not_found());
     };
-    match saml::sp_metadata(cfg, &SpUrls::new(&web.origin(), &conn.name)) {
-        Ok(xml) => (
-            [(header::CONTENT_TYPE, "application/samlmetadata+xml")],
-            xml,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot render SP metadata");
-            Problem::internal().into_response()
-        }
-    }
+    let xml = saml::sp_metadata(cfg, &SpUrls::new(&web.origin(), &conn.name)).map_err(|e| {
+        tracing::error!(error = %e, "cannot render SP metadata");
+        Problem::internal()
+    })?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/samlmetadata+xml")],
+        xml,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -961,15 +887,14 @@ pub struct AcsForm {
     saml_response: String,
 }
 
-pub async fn saml_acs(web: Web, Path(name): Path<String>, Form(form): Form<AcsForm>) -> Response {
-    let mut client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match saml_acs_inner(&web, &mut client, &name, form).await {
-        Ok(r) => r,
-        Err(f) => web.fail(Some(&client), f).await,
-    }
+pub async fn saml_acs(
+    web: Web,
+    Path(name): Path<String>,
+    Form(form): Form<AcsForm>,
+) -> Result<Response, Problem> {
+    let mut client = web.conn().await?;
+    let outcome = saml_acs_inner(&web, &mut client, &name, form).await;
+    Ok(web.settle(&client, outcome).await)
 }
 
 async fn saml_acs_inner(
@@ -1064,15 +989,10 @@ pub async fn oidc_callback(
     web: Web,
     Path(name): Path<String>,
     Query(q): Query<CallbackQuery>,
-) -> Response {
-    let mut client = match web.conn().await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match oidc_callback_inner(&web, &mut client, &name, q).await {
-        Ok(r) => r,
-        Err(f) => web.fail(Some(&client), f).await,
-    }
+) -> Result<Response, Problem> {
+    let mut client = web.conn().await?;
+    let outcome = oidc_callback_inner(&web, &mut client, &name, q).await;
+    Ok(web.settle(&client, outcome).await)
 }
 
 async fn oidc_callback_inner(
@@ -1100,7 +1020,7 @@ async fn oidc_callback_inner(
         .rt
         .identity
         .providers
-        .get(conn.id, cfg)
+        .get(web.tenant.tenant_id, conn.id, cfg)
         .await
         .map_err(|e| Failure::new(e.reason()).on(name))?;
     oidc::check_iss_parameter(&provider, cfg, q.iss.as_deref())

@@ -7,45 +7,37 @@
 
 use std::net::IpAddr;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
 use time::{Duration, OffsetDateTime};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::error::RuntimeError;
+use crate::store::tokens;
 
 /// How long a pre-login flow (and each sign-in request it starts) stays usable.
 pub const FLOW_TTL: Duration = Duration::minutes(15);
 
-/// A fresh random value (cookie or CSRF token) and its digest.
+/// A fresh cookie value and its digest: the same 256-bit secrets as API tokens, without a
+/// prefix.
 pub fn new_secret() -> (SecretString, Vec<u8>) {
-    let value = URL_SAFE_NO_PAD.encode(portico_core::keys::random_bytes::<32>());
-    let hash = digest(&value);
-    (SecretString::from(value), hash)
+    tokens::generate("")
 }
 
 /// The digest of a presented cookie value, or `None` if it is not shaped like ours.
 pub fn presented(value: &str) -> Option<Vec<u8>> {
-    let decoded = URL_SAFE_NO_PAD.decode(value).ok()?;
-    (decoded.len() == 32).then(|| digest(value))
+    tokens::presented_digest("", value)
 }
 
-fn digest(value: &str) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes())
-        .as_ref()
-        .to_vec()
-}
-
+/// A CSRF token (kept in the session or flow row, embedded in forms).
 pub fn random_token() -> String {
-    URL_SAFE_NO_PAD.encode(portico_core::keys::random_bytes::<32>())
+    new_secret().0.expose_secret().to_owned()
 }
 
-/// Constant-time comparison of a presented CSRF token with the expected one.
+/// Constant-time comparison of a presented CSRF token (or TOTP code) with the expected one.
 pub fn csrf_matches(expected: &str, presented: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    expected.len() == presented.len() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+    aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), presented.as_bytes())
+        .is_ok()
 }
 
 // ---- flows -----------------------------------------------------------------------------------
@@ -247,8 +239,12 @@ pub async fn create(
     ))
 }
 
+/// How stale `last_seen_at` may get before a request writes it again: the idle timeout is
+/// enforced to within this, and most requests are a read only.
+const TOUCH_AFTER_S: f64 = 60.0;
+
 /// The live session behind a cookie: not expired (absolute), not idle too long, of an active
-/// user. Touches `last_seen_at`.
+/// user. Refreshes `last_seen_at` when it is more than a minute old.
 pub async fn current(
     client: &Client,
     hash: &[u8],
@@ -257,17 +253,26 @@ pub async fn current(
     let idle_s = idle.whole_seconds() as f64;
     let row = client
         .query_opt(
-            "update sessions s set last_seen_at = now()
-               from users u
-              where s.id_hash = $1 and u.id = s.user_id and u.status = 'active'
-                and s.expires_at > now()
-                and s.last_seen_at > now() - make_interval(secs => $2)
-              returning s.id_hash, s.user_id, s.csrf_token, s.mfa_pending, s.connection_id",
-            &[&hash, &idle_s],
+            "select s.id_hash, s.user_id, s.csrf_token, s.mfa_pending, s.connection_id,
+                    s.last_seen_at < now() - make_interval(secs => $3)
+               from sessions s join users u on u.id = s.user_id
+              where s.id_hash = $1 and u.status = 'active' and s.expires_at > now()
+                and s.last_seen_at > now() - make_interval(secs => $2)",
+            &[&hash, &idle_s, &TOUCH_AFTER_S],
         )
         .await
         .map_err(|e| RuntimeError::query("reading a session", e))?;
-    Ok(row.map(|r| Session {
+    let Some(r) = row else { return Ok(None) };
+    if r.get::<_, bool>(5) {
+        client
+            .execute(
+                "update sessions set last_seen_at = now() where id_hash = $1",
+                &[&hash],
+            )
+            .await
+            .map_err(|e| RuntimeError::query("touching a session", e))?;
+    }
+    Ok(Some(Session {
         id_hash: r.get(0),
         user_id: r.get(1),
         csrf_token: r.get(2),
