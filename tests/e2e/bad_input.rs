@@ -303,6 +303,9 @@ async fn identity_commands_refuse_bad_input() {
     env.ok(&["tenant", "create", "acme"]);
     let missing = env.dir.path().join("missing.xml");
     let missing = missing.to_str().expect("path");
+    let secret_file = env.dir.path().join("secret");
+    std::fs::write(&secret_file, "s3cret").expect("secret");
+    let secret = secret_file.to_str().expect("path");
     let cases: &[(&[&str], &str)] = &[
         (
             &["tenant", "user", "invite", "ghost", "a@b.example"],
@@ -374,6 +377,41 @@ async fn identity_commands_refuse_bad_input() {
         (
             &["tenant", "sso", "unclaim-domain", "acme", "acme.example"],
             "has not claimed",
+        ),
+        // Refused before anything is fetched (the host does not exist).
+        (
+            &[
+                "tenant",
+                "sso",
+                "add-saml",
+                "acme",
+                "--name",
+                "x",
+                "--metadata-url",
+                "https://idp.invalid/md",
+                "--map-group",
+                "admins",
+            ],
+            "is not a mapping",
+        ),
+        (
+            &[
+                "tenant",
+                "sso",
+                "add-oidc",
+                "acme",
+                "--name",
+                "x",
+                "--issuer",
+                "https://idp.invalid",
+                "--client-id",
+                "c",
+                "--client-secret-file",
+                secret,
+                "--map-claim",
+                "groups:a=root",
+            ],
+            "unknown role 'root'",
         ),
     ];
     for (args, needle) in cases {

@@ -151,6 +151,11 @@ async fn invitation_password_and_totp() {
     let pending = c
         .cookie(&acme, "__Host-portico_session")
         .expect("pending session");
+    // Neither the pending nor (below) the full session means anything on globex's host.
+    let mut elsewhere = Browser::new(&server);
+    elsewhere.plant(&host_of("globex"), "__Host-portico_session", &pending);
+    let p = elsewhere.get(&host_of("globex"), "/login/totp").await;
+    assert_eq!(p.location.as_deref(), Some("/login"), "{p:?}");
     let form = c.get(&acme, "/login/totp").await;
     let csrf = form.field("csrf").expect("csrf");
     let bad = c
@@ -174,6 +179,11 @@ async fn invitation_password_and_totp() {
     let full = c.cookie(&acme, "__Host-portico_session").expect("session");
     assert_ne!(full, pending, "rotated after the second factor");
     assert!(c.whoami(&acme).await.is_some());
+    elsewhere.plant(&host_of("globex"), "__Host-portico_session", &full);
+    for path in ["/account/mfa", "/"] {
+        let p = elsewhere.get(&host_of("globex"), path).await;
+        assert_eq!(p.location.as_deref(), Some("/login"), "{path}: {p:?}");
+    }
 
     // Guessing codes: the password does not reset the lock that guards the second factor.
     let mut g = Browser::new(&server);

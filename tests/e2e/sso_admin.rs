@@ -154,6 +154,13 @@ async fn tenant_admins_manage_their_own_connections_only() {
         "{}",
         login.body
     );
+    // globex's sign-in page offers none of acme's connections.
+    let theirs = b.get(&host_of("globex"), "/login").await;
+    assert!(
+        !theirs.body.contains("/sso/corp/") && !theirs.body.contains("/sso/okta/"),
+        "{}",
+        theirs.body
+    );
     let r = server
         .request(
             Method::DELETE,

@@ -191,6 +191,13 @@ async fn oidc_sign_in_creates_the_user_maps_roles_and_the_session_stays_on_its_h
         b.get(&globex, "/").await.location.as_deref(),
         Some("/login")
     );
+    // Nor can it end the session from there: globex's logout does not know it.
+    let csrf = b.get(&acme, "/").await.field("csrf").expect("csrf");
+    let _ = b.post(&globex, "/logout", &[("csrf", &csrf)]).await;
+    assert!(
+        b.whoami(&acme).await.is_some(),
+        "acme's session survived globex's logout"
+    );
 
     // A second sign-in maps roles again (no admins group now) and rotates the session id.
     s.idp.set_groups("alice", &[]).await;

@@ -177,6 +177,20 @@ async fn saml_sp_and_idp_initiated_sign_in() {
         md.body
     );
 
+    // globex's metadata names globex; acme's IdP-initiated connection does not exist there.
+    let theirs = b.get(&host_of("globex"), "/sso/saml/corp/metadata").await;
+    assert!(
+        theirs
+            .body
+            .contains(&format!("entityID=\"{}\"", sp_entity("globex", "corp")))
+    );
+    assert_eq!(
+        b.get(&host_of("globex"), "/sso/saml/direct/metadata")
+            .await
+            .status,
+        404
+    );
+
     // SP-initiated, with a group mapped to admin.
     let url = start(&mut b, "acme", "corp").await;
     assert!(url.starts_with(&s.idp.base), "{url}");

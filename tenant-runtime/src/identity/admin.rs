@@ -61,6 +61,11 @@ pub async fn create(
             group_attribute,
         } => {
             let group_attribute = group_attribute.unwrap_or_else(|| "groups".into());
+            // Cheap checks first: nothing is fetched for a request that is wrong anyway.
+            let mappings = map_group
+                .iter()
+                .map(|m| RoleMapping::parse(m, &group_attribute))
+                .collect::<Result<Vec<_>, _>>()?;
             let xml = match (metadata_xml, &metadata_url) {
                 (Some(x), None) => x,
                 (None, Some(url)) => {
@@ -84,10 +89,6 @@ pub async fn create(
                 group_attribute.clone(),
             )
             .map_err(|e| invalid(format!("the IdP metadata is refused: {e}")))?;
-            let mappings = map_group
-                .iter()
-                .map(|m| RoleMapping::parse(m, &group_attribute))
-                .collect::<Result<Vec<_>, _>>()?;
             connections::create(
                 client,
                 &name,
@@ -112,16 +113,16 @@ pub async fn create(
             if client_secret.expose_secret().is_empty() {
                 return Err(invalid("the client secret is empty".into()));
             }
+            let mappings = map_claim
+                .iter()
+                .map(|m| RoleMapping::parse(m, "groups"))
+                .collect::<Result<Vec<_>, _>>()?;
             fetcher
                 .check_url(&issuer)
                 .map_err(|e| invalid(e.to_string()))?;
             oidc::discover(fetcher, &issuer)
                 .await
                 .map_err(|e| invalid(format!("OIDC discovery failed: {e}")))?;
-            let mappings = map_claim
-                .iter()
-                .map(|m| RoleMapping::parse(m, "groups"))
-                .collect::<Result<Vec<_>, _>>()?;
             let ciphertext = keyring
                 .encrypt_for_tenant(tenant, key, client_secret.expose_secret().as_bytes())
                 .await?;
