@@ -24,19 +24,7 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   fi
 fi
 
-# Build dependencies of samael (SAML signatures through xmlsec): Debian's -dev packages.
-missing_debs=""
-for pkg in libxmlsec1-dev libxml2-dev libclang-dev pkg-config; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing_debs="$missing_debs $pkg"
-done
-if [ -n "$missing_debs" ]; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-    log "installing build dependencies of samael (apt):$missing_debs"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing_debs >/dev/null
-  else
-    die "missing Debian packages:$missing_debs (samael needs them to build)"
-  fi
-fi
+"$INFRA_REPO_ROOT/infra/build-deps.sh"
 
 # The real identity providers the tests sign in with (oidc-provider, samlify), from npm, at
 # the versions package-lock.json pins. Needs Node.js 20+ and openssl (per-instance IdP keys).
