@@ -14,6 +14,20 @@ if ! pg_bindir >/dev/null; then
   fi
 fi
 
+# ClamAV's daemon, so uploads are scanned by a real clamd (the tests load their own tiny
+# signature database: no signature download is needed).
+if ! command -v clamd >/dev/null 2>&1 && [ ! -x /usr/sbin/clamd ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    log "installing ClamAV's daemon (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clamav-daemon >/dev/null
+    # Debian's own service would want the full signature download; ours is started by
+    # infra/clamav.sh with a local database only.
+    systemctl disable --now clamav-daemon clamav-freshclam >/dev/null 2>&1 || true
+  else
+    die "clamd not found; install ClamAV's daemon (Debian: clamav-daemon)"
+  fi
+fi
+
 # nginx, so the test suite can check infra/nginx/ with `nginx -t` (installed, never started).
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command two: run the whole test suite. Installs what is missing (idempotent), starts
 # a throwaway PostgreSQL cluster (unless PORTICO_TEST_DATABASE_URL is set), a SeaweedFS S3
-# server and moto's KMS endpoint, all on 127.0.0.1, runs `cargo test --workspace`, and stops
+# server, moto's KMS endpoint and a ClamAV daemon, all on 127.0.0.1, runs `cargo test --workspace`, and stops
 # everything again, whatever the outcome. Extra arguments go to `cargo test`.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -11,6 +11,7 @@ run_dir="$(mktemp -d "${TMPDIR:-/tmp}/portico-test-XXXXXX")"
 chmod 755 "$run_dir"
 started_pg=""
 cleanup() {
+  "$INFRA_REPO_ROOT/infra/clamav.sh" stop "$run_dir/clamav" || true
   "$INFRA_REPO_ROOT/infra/moto.sh" stop "$run_dir/moto" || true
   "$INFRA_REPO_ROOT/infra/seaweedfs.sh" stop "$run_dir/s3" || true
   [ -n "$started_pg" ] && { "$INFRA_REPO_ROOT/infra/postgres.sh" stop "$run_dir/pg" || true; }
@@ -30,9 +31,10 @@ if [ -z "${PORTICO_TEST_DATABASE_URL:-}" ]; then
   # Our cluster uses infra/postgresql/pg_hba.conf; the tests then also check its confinement.
   export PORTICO_TEST_PG_HBA_HARDENED=1
 fi
-log "starting SeaweedFS (S3) and moto (KMS)"
+log "starting SeaweedFS (S3), moto (KMS) and clamd (ClamAV)"
 export "$("$INFRA_REPO_ROOT/infra/seaweedfs.sh" start "$run_dir/s3")"
 export "$("$INFRA_REPO_ROOT/infra/moto.sh" start "$run_dir/moto")"
+export "$("$INFRA_REPO_ROOT/infra/clamav.sh" start "$run_dir/clamav")"
 
 cd "$INFRA_REPO_ROOT"
 cargo test --workspace "$@"

@@ -50,6 +50,9 @@ enum Command {
     /// Operators of the control plane: API tokens and the audit trail.
     #[command(subcommand)]
     Operator(OperatorCmd),
+    /// Tenants' tamper-evident audit logs: verify, export, anchor.
+    #[command(subcommand)]
+    Audit(crate::audit_cli::AuditCmd),
 }
 
 #[derive(Subcommand)]
@@ -94,8 +97,16 @@ enum TenantTokenCmd {
         slug: String,
         #[arg(long)]
         name: String,
-        #[arg(long, default_value = "member", value_parser = ["admin", "member"])]
+        /// A built-in (admin, member, accounting, technician) or custom role of the tenant.
+        #[arg(long, default_value = "member")]
         role: String,
+        /// Act for this user (by e-mail): the token has the user's role and sites, and stops
+        /// working when the user is deactivated.
+        #[arg(long)]
+        user: Option<String>,
+        /// Limit the token to this site (repeatable; default: every site).
+        #[arg(long = "site")]
+        sites: Vec<String>,
         /// Lifetime, e.g. 30d or 12h (default: no expiry).
         #[arg(long)]
         expires_in: Option<String>,
@@ -304,6 +315,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             only,
         } => serve(listen, metrics_listen, only).await?,
         Command::Operator(cmd) => operator(cmd).await?,
+        Command::Audit(cmd) => {
+            let p = platform(true).await?;
+            if !crate::audit_cli::run(&p, cmd).await? {
+                // The report is printed; a broken chain is the command's answer, not a crash.
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
 }
@@ -412,12 +430,15 @@ async fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
 }
 
 async fn tenant_token(cmd: TenantTokenCmd) -> anyhow::Result<()> {
+    use portico_tenant_runtime::store::audit::EventType;
     use portico_tenant_runtime::store::tokens;
     match cmd {
         TenantTokenCmd::Create {
             slug: s,
             name,
             role,
+            user,
+            sites,
             expires_in,
             json: as_json,
         } => {
@@ -426,9 +447,44 @@ async fn tenant_token(cmd: TenantTokenCmd) -> anyhow::Result<()> {
             let expires_at = expiry(expires_in.as_deref())?;
             let p = platform(true).await?;
             let client = p.connect_as_tenant(slug.as_str()).await?;
-            let (token, secret) = tokens::create(&client, &name, role, expires_at)
-                .await
-                .map_err(PlatformError::from)?;
+            let user_id = match &user {
+                None => None,
+                Some(email) => {
+                    let found: Vec<_> = portico_tenant_runtime::store::users::list(&client)
+                        .await
+                        .map_err(PlatformError::from)?
+                        .into_iter()
+                        .filter(|u| u.active && u.email.eq_ignore_ascii_case(email))
+                        .collect();
+                    match found.as_slice() {
+                        [u] => Some(u.id),
+                        [] => {
+                            return Err(PlatformError::InvalidInput(format!(
+                                "tenant '{slug}' has no active user '{email}'"
+                            ))
+                            .into());
+                        }
+                        _ => {
+                            return Err(PlatformError::InvalidInput(format!(
+                                "several users of tenant '{slug}' have the e-mail '{email}'"
+                            ))
+                            .into());
+                        }
+                    }
+                }
+            };
+            let sites = (!sites.is_empty()).then_some(sites);
+            let (token, secret) =
+                tokens::create_scoped(&client, &name, role, expires_at, user_id, sites)
+                    .await
+                    .map_err(PlatformError::from)?;
+            token_event(
+                &client,
+                EventType::TokenCreated,
+                &token.name,
+                token.role.as_str(),
+            )
+            .await?;
             if as_json {
                 use secrecy::ExposeSecret;
                 let mut v = serde_json::to_value(&token)?;
@@ -474,9 +530,27 @@ async fn tenant_token(cmd: TenantTokenCmd) -> anyhow::Result<()> {
             let t = tokens::revoke(&client, &name)
                 .await
                 .map_err(PlatformError::from)?;
+            token_event(&client, EventType::TokenRevoked, &t.name, t.role.as_str()).await?;
             println!("revoked token '{}' of tenant '{slug}'", t.name);
         }
     }
+    Ok(())
+}
+
+/// Records a token change in the tenant's audit log (the CLI is the actor).
+async fn token_event(
+    client: &tokio_postgres::Client,
+    event_type: portico_tenant_runtime::store::audit::EventType,
+    name: &str,
+    role: &str,
+) -> anyhow::Result<()> {
+    use portico_tenant_runtime::store::audit;
+    let mut e = audit::Event::new(event_type, "cli", true);
+    e.target = Some(name);
+    e.details = serde_json::json!({ "role": role });
+    audit::record(client, &e)
+        .await
+        .map_err(PlatformError::from)?;
     Ok(())
 }
 

@@ -147,12 +147,27 @@ async fn setup(
     settings.runtime.public_scheme = "http".into();
     settings.runtime.public_port = settings.runtime.listen.port();
     settings.runtime.sso_allow_loopback = true;
+    // Uploads are scanned only when a clamd is configured; the demo must run without one.
+    settings.runtime.clamd = match std::env::var("PORTICO_CLAMD") {
+        Ok(v) => portico_core::settings::ClamdAddress::parse(&v).ok_or_else(|| {
+            anyhow::anyhow!("PORTICO_CLAMD '{v}' is not unix:/path, tcp:host:port or none")
+        })?,
+        Err(_) => portico_core::settings::ClamdAddress::Disabled,
+    };
     println!(
         "  PostgreSQL:  127.0.0.1:{} (password auth), cluster in {}",
         cluster.port(),
         cluster.dir().display()
     );
     println!("  storage:     file://{}/storage", data.path().display());
+    println!(
+        "  scanning:    {}",
+        match &settings.runtime.clamd {
+            portico_core::settings::ClamdAddress::Disabled =>
+                "off (set PORTICO_CLAMD=unix:/path/to/clamd.sock to scan uploads)".to_owned(),
+            other => format!("{other:?}"),
+        }
+    );
     println!(
         "  keys:        local://{}/keys/master.key",
         data.path().display()
@@ -190,7 +205,7 @@ async fn setup(
     println!();
 
     let client = platform.connect_as_tenant("acme").await?;
-    let (_, token) = store::tokens::create(&client, "demo", TokenRole::Admin, None)
+    let (_, token) = store::tokens::create(&client, "demo", TokenRole::admin(), None)
         .await
         .map_err(crate::PlatformError::from)?;
     let password = SecretString::from(URL_SAFE_NO_PAD.encode(random_bytes::<12>()));
@@ -199,7 +214,7 @@ async fn setup(
         .await
         .context("hashing the demo password")?
         .map_err(crate::PlatformError::from)?;
-    store::users::create_local(&client, DEMO_ADMIN, TokenRole::Admin, &hash)
+    store::users::create_local(&client, DEMO_ADMIN, TokenRole::admin(), &hash)
         .await
         .map_err(crate::PlatformError::from)?;
     let idp = demo_idp(&platform, &settings).await;
@@ -225,6 +240,11 @@ async fn setup(
     );
     println!(
         "        (*.localhost resolves to this machine; elsewhere add -H 'Host: {acme}' and use {addr})"
+    );
+    println!(
+        "  upload: curl -H 'Authorization: Bearer {}' -H 'Content-Type: application/pdf' --data-binary @invoice.pdf 'http://{acme}:{}/api/v1/documents?type=invoice&title=Invoice'",
+        token.expose_secret(),
+        addr.port()
     );
     let origin = |slug: &str| {
         let host = settings
@@ -327,7 +347,7 @@ async fn try_demo_idp(
             issuer: issuer.clone(),
             client_id: "globex-portal".into(),
             client_secret: SecretString::from(secret),
-            default_role: Some(TokenRole::Member),
+            default_role: Some(TokenRole::member()),
             map_claim: vec!["groups:admins=admin".into()],
         },
     )

@@ -241,7 +241,13 @@ pub async fn sso(p: &Platform, cmd: SsoCmd) -> anyhow::Result<()> {
             connections::remove(&client, &name)
                 .await
                 .map_err(PlatformError::from)?;
-            record(&client, "sso_connection_changed", &name, "removed").await?;
+            record(
+                &client,
+                audit::EventType::SsoConnectionChanged,
+                &name,
+                "removed",
+            )
+            .await?;
             println!("removed SSO connection '{name}' of tenant '{slug}'");
             Ok(())
         }
@@ -286,7 +292,13 @@ async fn add(
     let c = admin::create(&client, &p.keyring, tenant, &key, fetcher, new)
         .await
         .map_err(PlatformError::from)?;
-    record(&client, "sso_connection_changed", &c.name, "created").await?;
+    record(
+        &client,
+        audit::EventType::SsoConnectionChanged,
+        &c.name,
+        "created",
+    )
+    .await?;
     let origin = tenant_origin(p, slug);
     println!(
         "added {} connection '{}' to tenant '{slug}'",
@@ -307,7 +319,7 @@ async fn add(
 
 async fn record(
     client: &tokio_postgres::Client,
-    event: &'static str,
+    event: audit::EventType,
     target: &str,
     change: &str,
 ) -> anyhow::Result<()> {
@@ -330,10 +342,16 @@ pub async fn user(p: &Platform, cmd: UserCmd) -> anyhow::Result<()> {
             let slug = slug(&s)?;
             let role = role(&r)?;
             let client = p.connect_as_tenant(slug.as_str()).await?;
-            let (inv, token) = users::invite(&client, &email, role)
+            let (inv, token) = users::invite(&client, &email, role.clone())
                 .await
                 .map_err(PlatformError::from)?;
-            record(&client, "user_invited", &inv.email, role.as_str()).await?;
+            record(
+                &client,
+                audit::EventType::UserInvited,
+                &inv.email,
+                role.as_str(),
+            )
+            .await?;
             println!(
                 "invited {} ({}) to tenant '{slug}'; the link is valid until {} and works once:",
                 inv.email,
@@ -373,7 +391,13 @@ pub async fn user(p: &Platform, cmd: UserCmd) -> anyhow::Result<()> {
             let done = users::deactivate(&mut client, &email)
                 .await
                 .map_err(PlatformError::from)?;
-            record(&client, "user_deactivated", &email, "deactivated").await?;
+            record(
+                &client,
+                audit::EventType::UserDeactivated,
+                &email,
+                "deactivated",
+            )
+            .await?;
             println!(
                 "deactivated {} user(s) with e-mail '{email}' of tenant '{slug}'; their sessions are ended",
                 done.len()

@@ -5,6 +5,7 @@
 //! creation and destruction of tenant resources.
 
 pub mod api;
+pub mod audit_cli;
 pub mod catalog;
 pub mod cli;
 pub mod context;

@@ -46,6 +46,7 @@ pub struct Application {
     router: Router,
     runtime: Runtime,
     _platform: Arc<Platform>,
+    role: ServeRole,
 }
 
 /// The process-wide Prometheus recorder (installed once; every `Application` in the process
@@ -72,7 +73,13 @@ impl Application {
         let platform = Arc::new(Platform::connect(settings.clone(), true).await?);
         let catalog = runtime_catalog_pool(&settings).await?;
         let state = runtime_state_pool(&settings).await?;
-        let runtime = Runtime::start(&settings, catalog, state, platform.keyring.clone());
+        let runtime = Runtime::start(
+            &settings,
+            catalog,
+            state,
+            platform.keyring.clone(),
+            platform.store.clone(),
+        );
 
         let mut router = runtime.health_routes();
         if options.role != ServeRole::Operator {
@@ -104,6 +111,7 @@ impl Application {
             router,
             runtime,
             _platform: platform,
+            role: options.role,
         })
     }
 
@@ -137,6 +145,18 @@ impl Application {
             AbortOnDrop(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "metrics listener failed");
+                }
+            }))
+        });
+        // The control plane anchors every tenant's audit chain head periodically (hourly; also
+        // `portico audit anchor` on demand), unless this instance serves tenant hosts only.
+        let _anchor_task = (self.role != ServeRole::Tenant).then(|| {
+            let platform = self._platform.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+                loop {
+                    tick.tick().await;
+                    crate::audit_cli::anchor_all(&platform).await;
                 }
             }))
         });

@@ -29,6 +29,7 @@ use crate::identity::web::{self, IdentityState, SESSION_COOKIE};
 use crate::pools::{PoolSettings, TenantConn, TenantPools};
 use crate::resolve::{ListenerState, Resolver, normalize_host, spawn_listener};
 use crate::store::connections::{self, Connection};
+use crate::store::roles::{Permission, Permissions, RoleName};
 use crate::store::{audit, profile, sessions, tokens, users};
 
 /// Hosts kept in the resolution cache.
@@ -44,6 +45,7 @@ pub struct Runtime {
     pub operator_host: Hostname,
     pub edge: Edge,
     pub identity: Arc<IdentityState>,
+    pub content: Arc<crate::portal::ContentState>,
     tenant_limiter: Option<Arc<KeyedLimiter<TenantId>>>,
     _tasks: Arc<Tasks>,
 }
@@ -62,7 +64,13 @@ impl Runtime {
     /// Starts the runtime on a catalog pool: resolver, pools, the catalog listener and the
     /// housekeeping task. `state` is a writable control-plane pool used only for the shared
     /// SAML replay cache.
-    pub fn start(settings: &Settings, catalog: PgPool, state: PgPool, keyring: Keyring) -> Self {
+    pub fn start(
+        settings: &Settings,
+        catalog: PgPool,
+        state: PgPool,
+        keyring: Keyring,
+        store: portico_core::storage::ObjectStore,
+    ) -> Self {
         let rt = &settings.runtime;
         let reader = CatalogReader::new(catalog.clone());
         let resolver = Arc::new(Resolver::new(
@@ -71,6 +79,7 @@ impl Runtime {
             RESOLVER_CAPACITY,
         ));
         let identity = Arc::new(IdentityState::new(settings, keyring.clone(), state));
+        let content = Arc::new(crate::portal::ContentState::new(rt, keyring.clone(), store));
         let pools = TenantPools::new(
             keyring,
             PoolSettings {
@@ -85,6 +94,7 @@ impl Runtime {
             trusted_proxies: Arc::new(rt.trusted_proxies.clone()),
             ip_limiter: keyed_limiter::<IpAddr>(rt.rate_limit_per_ip),
             request_timeout: rt.request_timeout,
+            upload_timeout: rt.upload_timeout,
         };
         let tenant_limiter = keyed_limiter::<TenantId>(rt.rate_limit_per_tenant);
         let sweep_task = {
@@ -115,6 +125,7 @@ impl Runtime {
             operator_host: rt.operator_host.clone(),
             edge,
             identity,
+            content,
             tenant_limiter,
             _tasks: Arc::new(Tasks(vec![listen_task, sweep_task])),
         }
@@ -133,6 +144,7 @@ impl Runtime {
                 "/api/v1/sso/connections/{name}",
                 get(show_connection).delete(remove_connection),
             )
+            .merge(crate::portal::routes())
             .route("/", get(root).post(web::discover))
             .route("/login", get(web::login_page).post(web::local_login))
             .route("/login/totp", get(web::totp_page).post(web::totp_verify))
@@ -278,31 +290,83 @@ async fn root(State(rt): State<Runtime>, req: Request) -> Response {
     }
 }
 
-/// Who is calling.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Caller {
-    ApiToken(tokens::TokenCaller),
+/// How a caller authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerKind {
+    ApiToken,
     /// A browser session (safe methods only: cookies never authorise a state change here).
-    User {
-        user_id: uuid::Uuid,
-        email: String,
-        role: tokens::TokenRole,
-    },
+    User,
+}
+
+/// Who is calling, with the permissions and sites of their role, read from the tenant's
+/// database on every request (so a revoked role or a deactivated user counts at once).
+#[derive(Debug, Clone, Serialize)]
+pub struct Caller {
+    pub kind: CallerKind,
+    /// The token's name, or the user's e-mail.
+    pub name: String,
+    pub email: Option<String>,
+    pub user_id: Option<uuid::Uuid>,
+    pub token_id: Option<uuid::Uuid>,
+    pub role: RoleName,
+    pub permissions: Vec<Permission>,
+    /// Sites this caller is limited to; `None`: every site.
+    pub sites: Option<Vec<String>>,
+    #[serde(skip)]
+    pub perms: Permissions,
 }
 
 impl Caller {
-    pub fn role(&self) -> tokens::TokenRole {
-        match self {
-            Self::ApiToken(t) => t.role,
-            Self::User { role, .. } => *role,
+    pub fn role(&self) -> RoleName {
+        self.role.clone()
+    }
+
+    /// The actor recorded in the audit log: the user's e-mail (signed in, or through a token
+    /// acting for them), else `token:<name>`.
+    pub fn name(&self) -> String {
+        match (&self.email, self.kind) {
+            (Some(email), _) => email.clone(),
+            (None, CallerKind::ApiToken) => format!("token:{}", self.name),
+            (None, CallerKind::User) => self.name.clone(),
         }
     }
 
-    pub fn name(&self) -> String {
-        match self {
-            Self::ApiToken(t) => format!("token:{}", t.name),
-            Self::User { email, .. } => email.clone(),
+    /// The principal an `Idempotency-Key` or an approval belongs to: the user (whichever of
+    /// their tokens or sessions is used), else the token.
+    pub fn principal(&self) -> String {
+        match (self.user_id, self.token_id) {
+            (Some(u), _) => format!("user:{u}"),
+            (None, Some(t)) => format!("token:{t}"),
+            (None, None) => self.name(),
+        }
+    }
+
+    pub fn can(&self, p: Permission) -> bool {
+        self.perms.contains(p)
+    }
+
+    /// `403 forbidden` unless the caller holds `p`.
+    pub fn require(&self, p: Permission) -> Result<(), Problem> {
+        if self.can(p) {
+            Ok(())
+        } else {
+            Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "You do not have the permission this needs",
+            )
+            .detail(format!("This needs the '{}' permission", p.as_str())))
+        }
+    }
+
+    /// Whether the caller may see things of `site` (`None`: organization-wide things, which
+    /// site-limited callers do not see).
+    pub fn sees_site(&self, site: Option<&str>) -> bool {
+        match (&self.sites, site) {
+            (None, _) => true,
+            (Some(allowed), Some(s)) => allowed.iter().any(|a| a == s),
+            (Some(_), None) => false,
         }
     }
 }
@@ -313,6 +377,67 @@ pub struct Authenticated {
     pub tenant: Arc<TenantRoute>,
     pub caller: Caller,
     pub conn: TenantConn,
+    /// The true client address (behind trusted proxies), for the audit log.
+    pub ip: Option<IpAddr>,
+}
+
+impl Authenticated {
+    /// An audit event by this caller, with client address and request id filled in.
+    pub async fn audit(
+        &self,
+        event_type: audit::EventType,
+        target: Option<&str>,
+        success: bool,
+        reason: Option<&str>,
+        details: serde_json::Value,
+    ) -> Result<(), Problem> {
+        let actor = self.caller.name();
+        let request_id = crate::http::RequestId::current().map(|r| r.0);
+        let mut e = audit::Event::new(event_type, &actor, success);
+        e.client_ip = self.ip;
+        e.request_id = request_id.as_deref();
+        e.target = target;
+        e.reason = reason;
+        e.details = details;
+        audit::record(&self.conn, &e).await?;
+        Ok(())
+    }
+
+    /// Records a successful action of this caller on `target`.
+    pub async fn record(
+        &self,
+        event_type: audit::EventType,
+        target: &str,
+        details: serde_json::Value,
+    ) -> Result<(), Problem> {
+        self.audit(event_type, Some(target), true, None, details)
+            .await
+    }
+
+    /// `403` unless the caller holds `p`; a refusal is audited.
+    pub async fn require(&self, p: Permission) -> Result<(), Problem> {
+        if let Err(problem) = self.caller.require(p) {
+            self.audit(
+                audit::EventType::PermissionDenied,
+                None,
+                false,
+                Some(p.as_str()),
+                serde_json::json!({}),
+            )
+            .await?;
+            return Err(problem);
+        }
+        Ok(())
+    }
+
+    /// The tenant's key reference.
+    pub fn key_ref(&self) -> Result<portico_core::keys::TenantKeyRef, Problem> {
+        self.tenant
+            .placement
+            .as_ref()
+            .map(|p| portico_core::keys::TenantKeyRef::new(p.key_id.clone()))
+            .ok_or_else(Problem::internal)
+    }
 }
 
 impl<S> FromRequestParts<S> for Authenticated
@@ -344,8 +469,19 @@ where
             .ok_or_else(Problem::invalid_token)?;
         Ok(Self {
             tenant,
-            caller: Caller::ApiToken(caller),
+            caller: Caller {
+                kind: CallerKind::ApiToken,
+                name: caller.name,
+                email: caller.email,
+                user_id: caller.user_id,
+                token_id: Some(caller.token_id),
+                role: caller.role,
+                permissions: caller.permissions.list(),
+                sites: caller.sites,
+                perms: caller.permissions,
+            },
             conn,
+            ip: parts.extensions.get::<crate::http::ClientIp>().map(|c| c.0),
         })
     }
 }
@@ -372,28 +508,29 @@ async fn session_caller(
         .ok_or_else(Problem::unauthenticated)?;
     let user = users::get(&conn, session.user_id)
         .await?
+        .filter(|u| u.active)
         .ok_or_else(Problem::unauthenticated)?;
+    let perms = users::permissions_of(&conn, &user.role).await?;
     Ok(Authenticated {
         tenant,
-        caller: Caller::User {
-            user_id: user.id,
-            email: user.email,
+        caller: Caller {
+            kind: CallerKind::User,
+            name: user.email.clone(),
+            email: Some(user.email),
+            user_id: Some(user.id),
+            token_id: None,
             role: user.role,
+            permissions: perms.list(),
+            sites: user.site_scope,
+            perms,
         },
         conn,
+        ip: parts.extensions.get::<crate::http::ClientIp>().map(|c| c.0),
     })
 }
 
 fn require_admin(auth: &Authenticated) -> Result<(), Problem> {
-    if auth.caller.role() == tokens::TokenRole::Admin {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "This needs the admin role",
-        ))
-    }
+    auth.caller.require(Permission::SsoManage)
 }
 
 async fn list_connections(auth: Authenticated) -> Result<Json<Vec<Connection>>, Problem> {
@@ -415,16 +552,13 @@ async fn show_connection(
 async fn create_connection(
     State(rt): State<Runtime>,
     auth: Authenticated,
-    crate::http::ApiJson(new): crate::http::ApiJson<NewConnection>,
-) -> Result<(StatusCode, Json<Connection>), Problem> {
-    require_admin(&auth)?;
-    let key = auth
-        .tenant
-        .placement
-        .as_ref()
-        .map(|p| portico_core::keys::TenantKeyRef::new(p.key_id.clone()))
-        .ok_or_else(Problem::internal)?;
-    let created = admin::create(
+    crate::http::ApiJson(raw): crate::http::ApiJson<serde_json::Value>,
+) -> Result<Response, Problem> {
+    auth.require(Permission::SsoManage).await?;
+    let new: NewConnection =
+        serde_json::from_value(raw.clone()).map_err(|e| Problem::invalid_input(e.to_string()))?;
+    let key = auth.key_ref()?;
+    let prepared = admin::prepare(
         &auth.conn,
         &rt.identity.keyring,
         auth.tenant.tenant_id,
@@ -433,18 +567,45 @@ async fn create_connection(
         new,
     )
     .await?;
+    // Mapping an IdP group to a role is granting it: only roles the caller could grant.
+    for role in prepared.roles() {
+        let perms = users::permissions_of(&auth.conn, &role).await?;
+        if !perms.is_subset(auth.caller.perms) {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "escalation_refused",
+                "You cannot grant a permission you do not hold",
+            )
+            .detail(format!("role '{role}' has permissions you do not hold")));
+        }
+    }
+    if let Some(pending) =
+        crate::portal::access::sso_change_needs_approval(&auth, &prepared.name, Some(&prepared))
+            .await?
+    {
+        return Ok(pending);
+    }
+    let created = prepared.store(&auth.conn).await?;
     audit_connection_change(&auth, &created.name, "created").await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 async fn remove_connection(
     auth: Authenticated,
     axum::extract::Path(name): axum::extract::Path<String>,
-) -> Result<StatusCode, Problem> {
-    require_admin(&auth)?;
+) -> Result<Response, Problem> {
+    auth.require(Permission::SsoManage).await?;
+    connections::by_name(&auth.conn, &name)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    if let Some(pending) =
+        crate::portal::access::sso_change_needs_approval(&auth, &name, None).await?
+    {
+        return Ok(pending);
+    }
     connections::remove(&auth.conn, &name).await?;
     audit_connection_change(&auth, &name, "removed").await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn audit_connection_change(
@@ -452,14 +613,12 @@ async fn audit_connection_change(
     name: &str,
     change: &str,
 ) -> Result<(), Problem> {
-    let actor = auth.caller.name();
-    let mut e = audit::Event::new("sso_connection_changed", &actor, true);
-    let request_id = crate::http::RequestId::current().map(|r| r.0);
-    e.request_id = request_id.as_deref();
-    e.target = Some(name);
-    e.details = serde_json::json!({ "change": change });
-    audit::record(&auth.conn, &e).await?;
-    Ok(())
+    auth.record(
+        audit::EventType::SsoConnectionChanged,
+        name,
+        serde_json::json!({ "change": change }),
+    )
+    .await
 }
 
 async fn get_tenant(auth: Authenticated) -> Result<Json<profile::Profile>, Problem> {

@@ -99,6 +99,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     current
 }
 
+/// Routes whose request body is a streamed file (their handlers bound its size themselves).
+pub const UPLOAD_ROUTES: &[&str] = &["/api/v1/documents", "/api/v1/documents/{id}/versions"];
+
 /// An RFC 9457 problem with a stable `code`. Internal causes are logged, never sent.
 #[derive(Debug, Clone)]
 pub struct Problem {
@@ -107,6 +110,8 @@ pub struct Problem {
     pub title: &'static str,
     pub detail: Option<String>,
     pub retry_after: Option<u64>,
+    /// Per-field validation errors: (field, what is wrong).
+    pub errors: Box<[(String, String)]>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -118,8 +123,27 @@ impl Problem {
             title,
             detail: None,
             retry_after: None,
+            errors: Box::new([]),
             headers: Vec::new(),
         }
+    }
+
+    /// `422 invalid_input` listing what is wrong with which field.
+    pub fn fields(errors: Vec<(String, String)>) -> Self {
+        let mut p = Self::invalid_input(
+            errors
+                .iter()
+                .map(|(f, m)| format!("{f}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+        p.errors = errors.into_boxed_slice();
+        p
+    }
+
+    /// `403 forbidden`.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail(detail)
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -215,6 +239,13 @@ impl IntoResponse for Problem {
         if let Some(detail) = &self.detail {
             body["detail"] = detail.as_str().into();
         }
+        if !self.errors.is_empty() {
+            body["errors"] = self
+                .errors
+                .iter()
+                .map(|(f, m)| serde_json::json!({"field": f, "detail": m}))
+                .collect();
+        }
         if let Some(id) = RequestId::current() {
             body["request_id"] = id.0.into();
         }
@@ -305,6 +336,8 @@ pub struct Edge {
     pub trusted_proxies: Arc<Vec<IpNet>>,
     pub ip_limiter: Option<Arc<KeyedLimiter<IpAddr>>>,
     pub request_timeout: Duration,
+    /// The time limit of streamed uploads ([`UPLOAD_ROUTES`]) instead of `request_timeout`.
+    pub upload_timeout: Duration,
 }
 
 const SECURITY_HEADERS: &[(&str, &str)] = &[
@@ -357,8 +390,14 @@ pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Res
         if !health && let Err(p) = check_limit(edge.ip_limiter.as_deref(), &ip, "rate_limited") {
             return p.into_response();
         }
+        let upload = method == axum::http::Method::POST && UPLOAD_ROUTES.contains(&route.as_str());
+        let limit = if upload {
+            edge.upload_timeout
+        } else {
+            edge.request_timeout
+        };
         let mut handler = Box::pin(next.run(req));
-        let response = match tokio::time::timeout(edge.request_timeout, handler.as_mut()).await {
+        let response = match tokio::time::timeout(limit, handler.as_mut()).await {
             Ok(r) => r,
             Err(_) => {
                 // Drop the unfinished handler here, where connections it holds can see that
@@ -434,6 +473,25 @@ async fn as_problem(response: Response) -> Response {
     problem.into_response()
 }
 
+/// The field a JSON body error is about: serde's "missing field `x`" / "unknown field `x`", or
+/// the path axum puts before the message ("items[2].title: invalid type …").
+fn json_error_field(detail: &str) -> Option<String> {
+    let msg = detail
+        .rsplit_once("target type: ")
+        .map_or(detail, |(_, m)| m);
+    for marker in ["missing field `", "unknown field `"] {
+        if let Some(rest) = msg.split_once(marker).map(|(_, r)| r) {
+            return rest.split_once('`').map(|(f, _)| f.to_owned());
+        }
+    }
+    let (path, _) = msg.split_once(": ")?;
+    let ok = !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+    ok.then(|| path.to_owned())
+}
+
 /// A JSON body extractor whose rejections are problems (422/400/415 with the reason).
 pub struct ApiJson<T>(pub T);
 
@@ -460,7 +518,11 @@ where
                     StatusCode::UNPROCESSABLE_ENTITY => ("invalid_input", "Invalid input"),
                     _ => ("bad_request", "Malformed JSON body"),
                 };
-                Err(Problem::new(status, code, title).detail(detail))
+                let mut p = Problem::new(status, code, title).detail(detail.clone());
+                if let Some(field) = json_error_field(&detail) {
+                    p.errors = vec![(field, detail)].into_boxed_slice();
+                }
+                Err(p)
             }
         }
     }
@@ -513,6 +575,22 @@ mod tests {
             client_ip(mapped, &xff(&["198.51.100.7"]), &trusted),
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn json_errors_name_their_field() {
+        let pre = "Failed to deserialize the JSON body into the target type: ";
+        assert_eq!(
+            json_error_field(&format!("{pre}missing field `title` at line 1 column 2")),
+            Some("title".into())
+        );
+        assert_eq!(
+            json_error_field(&format!(
+                "{pre}attachments[0]: invalid length 3 at line 1 column 9"
+            )),
+            Some("attachments[0]".into())
+        );
+        assert_eq!(json_error_field("EOF while parsing a value"), None);
     }
 
     #[test]

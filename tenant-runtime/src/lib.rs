@@ -7,10 +7,12 @@
 
 pub mod api;
 pub mod catalog;
+pub mod content;
 pub mod error;
 pub mod http;
 pub mod identity;
 pub mod pools;
+pub mod portal;
 pub mod resolve;
 pub mod store;
 

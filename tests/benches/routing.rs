@@ -734,7 +734,7 @@ async fn provision(
                 .await?;
                 let client = platform.connect_as_tenant(&slug).await?;
                 let (_, token) =
-                    tokens::create(&client, "bench", tokens::TokenRole::Member, None).await?;
+                    tokens::create(&client, "bench", tokens::TokenRole::member(), None).await?;
                 anyhow::Ok(Target {
                     host: format!("{slug}.{BASE}"),
                     slug: slug.clone(),

@@ -411,7 +411,7 @@ async fn identity_commands_refuse_bad_input() {
                 "--map-claim",
                 "groups:a=root",
             ],
-            "unknown role 'root'",
+            "there is no role 'root'",
         ),
     ];
     for (args, needle) in cases {

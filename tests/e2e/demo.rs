@@ -123,6 +123,28 @@ fn demo_provisions_two_tenants_and_stops_cleanly_on_ctrl_c() {
         s.read_to_string(&mut answer).expect("answer");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.contains("\"slug\":\"acme\""), "{answer}");
+        // The printed upload line works too (file storage, local key, no scanner).
+        let upload = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("upload:"))
+            .unwrap_or_else(|| panic!("no 'upload:' line in:\n{out}"));
+        let url = upload.rsplit('\'').nth(1).expect("quoted URL");
+        let path = url
+            .strip_prefix(&format!("http://{authority}"))
+            .expect("same host");
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("port")))
+            .expect("connect to the demo");
+        let body = b"%PDF-1.4 demo invoice";
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/pdf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .expect("request");
+        s.write_all(body).expect("body");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         tokio::runtime::Runtime::new()
             .expect("runtime")

@@ -2,19 +2,25 @@
 //! a SeaweedFS S3 server and moto's KMS endpoint, all started by `infra/test.sh`.
 
 mod idp;
+mod portal;
 mod support;
 
+mod access;
 mod architecture;
+mod audit_log;
 mod bad_input;
 mod crash;
 mod db_servers;
 mod demo;
+mod documents;
 mod isolation;
 mod lifecycle;
 mod local_accounts;
 mod nginx;
+mod openapi;
 mod pools;
 mod routing;
 mod sso_admin;
 mod sso_oidc;
 mod sso_saml;
+mod tickets;

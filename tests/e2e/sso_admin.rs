@@ -16,6 +16,8 @@ async fn tenant_admins_manage_their_own_connections_only() {
     env.ok(&["tenant", "create", "acme"]);
     env.ok(&["tenant", "create", "globex"]);
     let admin = env.tenant_token("acme", "admin", "admin");
+    // Changing a connection is four-eyes by default: a second admin approves.
+    let second = env.tenant_token("acme", "second", "admin");
     let member = env.tenant_token("acme", "member", "member");
     let globex = env.tenant_token("globex", "admin", "admin");
     let saml = SamlIdp::start();
@@ -69,8 +71,21 @@ async fn tenant_admins_manage_their_own_connections_only() {
     .await
     .assert_problem(422, "invalid_input");
 
-    let r = post(&admin, json!({"kind": "saml", "name": "corp", "metadata_url": saml.metadata_url(), "map_group": ["admins=admin"]})).await;
-    assert_eq!(r.status, 201, "{r:?}");
+    let pending = post(&admin, json!({"kind": "saml", "name": "corp", "metadata_url": saml.metadata_url(), "map_group": ["admins=admin"]})).await;
+    assert_eq!(pending.status, 202, "{pending:?}");
+    // Nothing exists until a second admin approves.
+    let none = server
+        .get(&acme, "/api/v1/sso/connections", Some(&admin))
+        .await;
+    assert_eq!(none.body, json!([]));
+    crate::portal::approve(&server, &acme, &pending, &admin)
+        .await
+        .assert_problem(403, "four_eyes");
+    let r = crate::portal::approve(&server, &acme, &pending, &second).await;
+    assert_eq!(r.body["status"], "approved", "{r:?}");
+    let r = server
+        .get(&acme, "/api/v1/sso/connections/corp", Some(&admin))
+        .await;
     assert_eq!(r.body["protocol"]["kind"], "saml");
     post(
         &admin,
@@ -79,11 +94,28 @@ async fn tenant_admins_manage_their_own_connections_only() {
     .await
     .assert_problem(409, "conflict");
     let r = post(&admin, json!({"kind": "oidc", "name": "okta", "issuer": oidc.issuer, "client_id": "acme-api", "client_secret": secret})).await;
-    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.status, 202, "{r:?}");
     assert!(
         !r.body.to_string().contains(secret),
         "the secret is never echoed: {}",
         r.body
+    );
+    // The pending request keeps the secret only encrypted.
+    let p = env.platform().await;
+    let db = p.connect_as_tenant("acme").await.expect("db");
+    let payloads: Vec<String> = db
+        .query("select payload::text from approvals", &[])
+        .await
+        .expect("approvals")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(payloads.iter().all(|p| !p.contains(secret)));
+    assert_eq!(
+        crate::portal::approve(&server, &acme, &r, &second)
+            .await
+            .status,
+        200
     );
 
     let list = server
@@ -99,8 +131,6 @@ async fn tenant_admins_manage_their_own_connections_only() {
     assert_eq!(names, ["corp", "okta"]);
     assert!(!list.body.to_string().contains(secret));
     // The client secret is stored encrypted in acme's database.
-    let p = env.platform().await;
-    let db = p.connect_as_tenant("acme").await.expect("db");
     let row = db
         .query_one(
             "select secret_ciphertext, config::text from sso_connections where name = 'okta'",
@@ -171,7 +201,13 @@ async fn tenant_admins_manage_their_own_connections_only() {
             None,
         )
         .await;
-    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(
+        crate::portal::approve(&server, &acme, &r, &second)
+            .await
+            .status,
+        200
+    );
     let events = env.json(&["tenant", "user", "events", "acme", "--json"]);
     let changes: Vec<_> = events
         .as_array()
@@ -188,9 +224,9 @@ async fn tenant_admins_manage_their_own_connections_only() {
     assert_eq!(
         changes,
         [
-            ("corp", "token:admin"),
-            ("okta", "token:admin"),
-            ("corp", "token:admin")
+            ("corp", "token:second"),
+            ("okta", "token:second"),
+            ("corp", "token:second")
         ]
     );
     drop(server);

@@ -88,6 +88,7 @@ impl TestEnv {
             ("PORTICO_DATABASE_URL".into(), self.catalog_url()),
             ("PORTICO_BASE_DOMAIN".into(), BASE_DOMAIN.into()),
             ("HOME".into(), self.dir.path().display().to_string()),
+            ("PORTICO_CLAMD".into(), required("PORTICO_TEST_CLAMD")),
         ];
         match self.backend {
             Backend::FileLocal => {
@@ -422,6 +423,7 @@ impl RunBounded for Command {
     }
 }
 
+#[derive(Debug)]
 pub struct Run {
     pub success: bool,
     pub code: Option<i32>,
@@ -684,6 +686,52 @@ impl Server {
         }
     }
 
+    /// The server process id (to read its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends raw bytes (or a stream) and returns status, headers and the raw body; a body that
+    /// breaks off is an `Err` with what arrived before.
+    pub async fn send_raw(
+        &self,
+        method: reqwest::Method,
+        host: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<reqwest::Body>,
+    ) -> (u16, reqwest::header::HeaderMap, Result<Vec<u8>, Vec<u8>>) {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.addr))
+            .header("host", host);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        // A server that gives up on a response before its headers are flushed just closes the
+        // connection: status 0, nothing received.
+        let Ok(mut resp) = req.send().await else {
+            return (0, reqwest::header::HeaderMap::new(), Err(Vec::new()));
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut got = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => got.extend_from_slice(&c),
+                Ok(None) => return (status, headers, Ok(got)),
+                Err(_) => return (status, headers, Err(got)),
+            }
+        }
+    }
+
     pub async fn get(&self, host: &str, path: &str, token: Option<&str>) -> Answer {
         self.request(reqwest::Method::GET, host, path, token, &[], None)
             .await
@@ -742,6 +790,15 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test shows what the server said last.
+            let lines = self.stderr_lines();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            eprintln!(
+                "--- last lines of portico serve's stderr ---\n{}",
+                tail.join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

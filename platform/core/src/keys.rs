@@ -100,6 +100,28 @@ pub enum Keyring {
     Kms(KmsKeyring),
 }
 
+/// Counts calls to the key service (KMS requests, or uses of a local tenant key) made for data
+/// keys, so that caching can be measured.
+static DATA_KEY_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Data-key calls (`GenerateDataKey` and `Decrypt` of a data key) made by this process so far.
+pub fn data_key_calls() -> u64 {
+    DATA_KEY_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A fresh 256-bit data key: its plaintext (kept in memory only) and its ciphertext under the
+/// tenant's key (stored next to what it encrypts).
+pub struct DataKey {
+    pub plaintext: [u8; 32],
+    pub wrapped: Vec<u8>,
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -181,6 +203,72 @@ impl Keyring {
         }
     }
 
+    /// A new data key under the tenant's key: KMS `GenerateDataKey` (AES-256) with the tenant id
+    /// in the encryption context, or random bytes wrapped by the local tenant key.
+    pub async fn generate_data_key(
+        &self,
+        tenant: TenantId,
+        key: &TenantKeyRef,
+    ) -> Result<DataKey, KeyError> {
+        DATA_KEY_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self {
+            Self::Local(l) => {
+                l.check_ref(tenant, key)?;
+                let k = l.load_tenant_key(tenant)?;
+                let plaintext = random_bytes::<32>();
+                let wrapped = seal(&k, &data_key_aad(tenant), &plaintext)?;
+                Ok(DataKey { plaintext, wrapped })
+            }
+            Self::Kms(k) => {
+                let out = k
+                    .client
+                    .generate_data_key()
+                    .key_id(key.as_str())
+                    .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+                    .encryption_context(TENANT_CONTEXT_KEY, tenant.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| kms_err("GenerateDataKey", e))?;
+                let plaintext: [u8; 32] = out
+                    .plaintext
+                    .map(Blob::into_inner)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or(KeyError::Encrypt)?;
+                let wrapped = out
+                    .ciphertext_blob
+                    .map(Blob::into_inner)
+                    .ok_or(KeyError::Encrypt)?;
+                Ok(DataKey { plaintext, wrapped })
+            }
+        }
+    }
+
+    /// The plaintext of a data key made by [`Keyring::generate_data_key`] for the same tenant.
+    pub async fn decrypt_data_key(
+        &self,
+        tenant: TenantId,
+        key: &TenantKeyRef,
+        wrapped: &[u8],
+    ) -> Result<[u8; 32], KeyError> {
+        DATA_KEY_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let plain = match self {
+            Self::Local(l) => {
+                l.check_ref(tenant, key)?;
+                let k = l.load_tenant_key(tenant)?;
+                open(&k, &data_key_aad(tenant), wrapped)?
+            }
+            Self::Kms(k) => {
+                k.decrypt(
+                    key.as_str(),
+                    (TENANT_CONTEXT_KEY, &tenant.to_string()),
+                    wrapped,
+                )
+                .await?
+            }
+        };
+        plain.try_into().map_err(|_| KeyError::Decrypt)
+    }
+
     /// Encrypts a control-plane secret (for example a database server's admin URL). Under
     /// `aws-kms` this uses the key behind [`PLATFORM_KEY_ALIAS`], which provisioning creates.
     pub async fn encrypt_platform(
@@ -222,6 +310,10 @@ impl Keyring {
 
 fn tenant_aad(tenant: TenantId) -> Vec<u8> {
     format!("portico:tenant:{tenant}").into_bytes()
+}
+
+fn data_key_aad(tenant: TenantId) -> Vec<u8> {
+    format!("portico:data-key:{tenant}").into_bytes()
 }
 
 fn platform_aad(purpose: &str) -> Vec<u8> {

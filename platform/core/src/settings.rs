@@ -47,6 +47,11 @@ const KEYS: &[&str] = &[
     "session_idle_s",
     "session_absolute_s",
     "sso_allow_loopback",
+    "clamd",
+    "max_upload_bytes",
+    "upload_timeout_s",
+    "data_key_ttl_s",
+    "data_key_max_uses",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +110,11 @@ struct Raw {
     session_idle_s: i64,
     session_absolute_s: i64,
     sso_allow_loopback: bool,
+    clamd: String,
+    max_upload_bytes: i64,
+    upload_timeout_s: i64,
+    data_key_ttl_s: i64,
+    data_key_max_uses: i64,
 }
 
 impl Default for Raw {
@@ -137,7 +147,37 @@ impl Default for Raw {
             session_idle_s: 30 * 60,
             session_absolute_s: 12 * 3600,
             sso_allow_loopback: false,
+            clamd: "unix:/var/run/clamav/clamd.ctl".into(),
+            max_upload_bytes: 4 << 30,
+            upload_timeout_s: 3600,
+            data_key_ttl_s: 900,
+            data_key_max_uses: 100_000,
         }
+    }
+}
+
+/// Where uploads are scanned for malware.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClamdAddress {
+    /// `unix:<path>`: clamd's local socket.
+    Unix(std::path::PathBuf),
+    /// `tcp:<host>:<port>`.
+    Tcp(String),
+    /// `none`: no scanning (the local demo only; every upload is recorded as unscanned).
+    Disabled,
+}
+
+impl ClamdAddress {
+    pub fn parse(s: &str) -> Option<Self> {
+        if s == "none" {
+            return Some(Self::Disabled);
+        }
+        if let Some(p) = s.strip_prefix("unix:") {
+            return (!p.is_empty() && p.starts_with('/')).then(|| Self::Unix(p.into()));
+        }
+        let a = s.strip_prefix("tcp:")?;
+        let (host, port) = a.rsplit_once(':')?;
+        (!host.is_empty() && port.parse::<u16>().is_ok()).then(|| Self::Tcp(a.to_owned()))
     }
 }
 
@@ -262,6 +302,15 @@ pub struct RuntimeSettings {
     pub session_absolute: Duration,
     /// Allow SSO metadata/discovery/token URLs on loopback over plain HTTP (tests, demo).
     pub sso_allow_loopback: bool,
+    /// clamd, which scans every upload (`PORTICO_CLAMD`: `unix:<path>`, `tcp:<host>:<port>`
+    /// or `none`). Unreachable means uploads are refused.
+    pub clamd: ClamdAddress,
+    pub max_upload_bytes: u64,
+    /// Request time limit of streamed uploads (instead of `request_timeout`).
+    pub upload_timeout: Duration,
+    /// A tenant's cached data key is replaced after this long or this many uses.
+    pub data_key_ttl: Duration,
+    pub data_key_max_uses: u64,
 }
 
 impl RuntimeSettings {
@@ -376,6 +425,22 @@ impl RuntimeSettings {
                 .unsigned_abs(),
             ),
             sso_allow_loopback: raw.sso_allow_loopback,
+            clamd: ClamdAddress::parse(&raw.clamd).ok_or_else(|| {
+                invalid(
+                    "clamd",
+                    "expected unix:/path/to/clamd.sock, tcp:host:port or none",
+                )
+            })?,
+            max_upload_bytes: ranged("max_upload_bytes", raw.max_upload_bytes, 1024, 64 << 30)?
+                .unsigned_abs(),
+            upload_timeout: Duration::from_secs(
+                ranged("upload_timeout_s", raw.upload_timeout_s, 10, 86_400)?.unsigned_abs(),
+            ),
+            data_key_ttl: Duration::from_secs(
+                ranged("data_key_ttl_s", raw.data_key_ttl_s, 1, 86_400)?.unsigned_abs(),
+            ),
+            data_key_max_uses: ranged("data_key_max_uses", raw.data_key_max_uses, 1, 100_000_000)?
+                .unsigned_abs(),
         })
     }
 }

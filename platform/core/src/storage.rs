@@ -24,6 +24,8 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the stored object is shorter than its metadata says")]
+    ShortObject,
     #[error("S3 {operation} on bucket '{bucket}': {message}")]
     S3 {
         operation: &'static str,
@@ -162,6 +164,89 @@ impl ObjectStore {
         }
     }
 
+    /// Starts a streaming upload to `key`.
+    pub async fn writer(&self, key: &ObjectKey) -> Result<ObjectWriter, StorageError> {
+        match self {
+            Self::File(f) => f.temp_for(key).await,
+            Self::S3(s) => {
+                let full = s.full(key);
+                let out = s
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&s.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err("CreateMultipartUpload", &s.bucket, e))?;
+                let upload_id = out.upload_id.ok_or_else(|| StorageError::S3 {
+                    operation: "CreateMultipartUpload",
+                    bucket: s.bucket.clone(),
+                    message: "no upload id in the answer".into(),
+                })?;
+                Ok(ObjectWriter {
+                    inner: WriterInner::S3 {
+                        store: s.clone(),
+                        key: full,
+                        upload_id,
+                        parts: Vec::new(),
+                        buf: Vec::new(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Reads `len` bytes from `start` (`len` > 0), or `None` when the object does not exist.
+    pub async fn read_range(
+        &self,
+        key: &ObjectKey,
+        start: u64,
+        len: u64,
+    ) -> Result<Option<ObjectReader>, StorageError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        match self {
+            Self::File(f) => {
+                let path = f.path(key);
+                let mut file = match tokio::fs::File::open(&path).await {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(io_err(&path, e)),
+                };
+                file.seek(std::io::SeekFrom::Start(start))
+                    .await
+                    .map_err(|e| io_err(&path, e))?;
+                Ok(Some(ObjectReader {
+                    inner: ReaderInner::File(file.take(len), path),
+                    remaining: len,
+                }))
+            }
+            Self::S3(s) => {
+                let out = s
+                    .client
+                    .get_object()
+                    .bucket(&s.bucket)
+                    .key(s.full(key))
+                    .range(format!("bytes={start}-{}", start + len.max(1) - 1))
+                    .send()
+                    .await;
+                match out {
+                    Ok(out) => Ok(Some(ObjectReader {
+                        inner: ReaderInner::S3(out.body, s.bucket.clone()),
+                        remaining: len,
+                    })),
+                    Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+                    Err(e) => {
+                        // A range past the end of a (truncated) object.
+                        if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) {
+                            return Err(StorageError::ShortObject);
+                        }
+                        Err(s3_err("GetObject", &s.bucket, e))
+                    }
+                }
+            }
+        }
+    }
+
     /// Keys of all objects under `prefix` (which should end in `/`), sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
         let mut keys = match self {
@@ -195,6 +280,203 @@ impl ObjectStore {
     }
 }
 
+/// S3 multipart part size: memory held per upload stays at about this much.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// A streaming upload: nothing is visible under the key until [`ObjectWriter::finish`]; an
+/// aborted or dropped writer leaves no object (S3: the multipart upload is aborted; file: the
+/// temporary file is removed).
+pub struct ObjectWriter {
+    inner: WriterInner,
+}
+
+enum WriterInner {
+    File {
+        tmp: PathBuf,
+        path: PathBuf,
+        file: tokio::fs::File,
+    },
+    S3 {
+        store: S3Store,
+        key: String,
+        upload_id: String,
+        parts: Vec<aws_sdk_s3::types::CompletedPart>,
+        buf: Vec<u8>,
+    },
+}
+
+impl ObjectWriter {
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        match &mut self.inner {
+            WriterInner::File { tmp, file, .. } => {
+                file.write_all(data).await.map_err(|e| io_err(tmp, e))
+            }
+            WriterInner::S3 { buf, .. } => {
+                buf.extend_from_slice(data);
+                if buf.len() >= PART_SIZE {
+                    self.flush_part().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn flush_part(&mut self) -> Result<(), StorageError> {
+        let WriterInner::S3 {
+            store,
+            key,
+            upload_id,
+            parts,
+            buf,
+        } = &mut self.inner
+        else {
+            return Ok(());
+        };
+        let number = i32::try_from(parts.len() + 1).unwrap_or(i32::MAX);
+        let body = std::mem::replace(buf, Vec::with_capacity(PART_SIZE));
+        let out = store
+            .client
+            .upload_part()
+            .bucket(&store.bucket)
+            .key(key.as_str())
+            .upload_id(upload_id.as_str())
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_err("UploadPart", &store.bucket, e))?;
+        parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag)
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// Makes the object visible under its key.
+    pub async fn finish(mut self) -> Result<(), StorageError> {
+        // The last (or only) part; an empty object is one empty part.
+        let flush = matches!(&self.inner, WriterInner::S3 { parts, buf, .. } if !buf.is_empty() || parts.is_empty());
+        if flush {
+            self.flush_part().await?;
+        }
+        match self.inner {
+            WriterInner::File { tmp, path, file } => {
+                file.sync_all().await.map_err(|e| io_err(&tmp, e))?;
+                drop(file);
+                tokio::fs::rename(&tmp, &path)
+                    .await
+                    .map_err(|e| io_err(&path, e))
+            }
+            WriterInner::S3 {
+                store,
+                key,
+                upload_id,
+                parts,
+                ..
+            } => {
+                let done = store
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&store.bucket)
+                    .key(key.as_str())
+                    .upload_id(upload_id.as_str())
+                    .multipart_upload(
+                        aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await;
+                if let Err(e) = done {
+                    abort_multipart(&store, &key, &upload_id).await;
+                    return Err(s3_err("CompleteMultipartUpload", &store.bucket, e));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops everything written so far.
+    pub async fn abort(self) {
+        match self.inner {
+            WriterInner::File { tmp, file, .. } => {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            WriterInner::S3 {
+                store,
+                key,
+                upload_id,
+                ..
+            } => abort_multipart(&store, &key, &upload_id).await,
+        }
+    }
+}
+
+async fn abort_multipart(store: &S3Store, key: &str, upload_id: &str) {
+    if let Err(e) = store
+        .client
+        .abort_multipart_upload()
+        .bucket(&store.bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        tracing::warn!(error = %crate::error_chain(&e), "could not abort a multipart upload");
+    }
+}
+
+/// A byte range of an object, read in chunks as they arrive.
+pub struct ObjectReader {
+    inner: ReaderInner,
+    remaining: u64,
+}
+
+enum ReaderInner {
+    File(tokio::io::Take<tokio::fs::File>, PathBuf),
+    S3(ByteStream, String),
+}
+
+impl ObjectReader {
+    /// The next chunk, or `None` at the end of the range. A range that ends early (the object
+    /// is shorter than asked) is an error, never a short read.
+    pub async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, StorageError> {
+        use tokio::io::AsyncReadExt;
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let chunk = match &mut self.inner {
+            ReaderInner::File(f, path) => {
+                let mut buf = vec![0u8; 256 * 1024];
+                let n = f.read(&mut buf).await.map_err(|e| io_err(path, e))?;
+                buf.truncate(n);
+                (n > 0).then(|| bytes::Bytes::from(buf))
+            }
+            ReaderInner::S3(body, bucket) => match body.next().await {
+                Some(Ok(b)) => Some(b),
+                Some(Err(e)) => return Err(s3_err("GetObject", bucket, e)),
+                None => None,
+            },
+        };
+        match chunk {
+            None => Err(StorageError::ShortObject),
+            Some(c) => {
+                let len = c.len() as u64;
+                if len > self.remaining {
+                    let keep = usize::try_from(self.remaining).unwrap_or(usize::MAX);
+                    self.remaining = 0;
+                    return Ok(Some(c.slice(..keep)));
+                }
+                self.remaining -= len;
+                Ok(Some(c))
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct FileStore {
     root: PathBuf,
@@ -212,28 +494,31 @@ impl FileStore {
         self.root.join(key.as_str())
     }
 
-    async fn put(&self, key: &ObjectKey, bytes: &[u8]) -> Result<(), StorageError> {
+    /// A temporary file next to `key`'s place (written, then renamed over it, so readers never
+    /// see a partial object).
+    async fn temp_for(&self, key: &ObjectKey) -> Result<ObjectWriter, StorageError> {
         let path = self.path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| io_err(&dir, e))?;
-        // Write to a temporary name and rename, so readers never see a partial object.
         let tmp = dir.join(format!(
             "{TEMP_PREFIX}{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
-        let mut file = tokio::fs::File::create(&tmp)
+        let file = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| io_err(&tmp, e))?;
-        file.write_all(bytes).await.map_err(|e| io_err(&tmp, e))?;
-        file.sync_all().await.map_err(|e| io_err(&tmp, e))?;
-        drop(file);
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| io_err(&path, e))?;
-        Ok(())
+        Ok(ObjectWriter {
+            inner: WriterInner::File { tmp, path, file },
+        })
+    }
+
+    async fn put(&self, key: &ObjectKey, bytes: &[u8]) -> Result<(), StorageError> {
+        let mut w = self.temp_for(key).await?;
+        w.write(bytes).await?;
+        w.finish().await
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StorageError> {

@@ -4,7 +4,7 @@
 use portico_core::TenantId;
 use portico_core::keys::{Keyring, TenantKeyRef};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use super::fetch::Fetcher;
@@ -39,6 +39,38 @@ pub enum NewConnection {
     },
 }
 
+/// A validated connection, ready to store (secrets already encrypted under the tenant's key):
+/// what a four-eyes approval keeps until it is approved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prepared {
+    pub name: String,
+    pub protocol: Protocol,
+    pub secret_ciphertext: Option<Vec<u8>>,
+    pub default_role: Role,
+    pub mappings: Vec<RoleMapping>,
+}
+
+impl Prepared {
+    /// Every role this connection can give.
+    pub fn roles(&self) -> Vec<Role> {
+        let mut all = vec![self.default_role.clone()];
+        all.extend(self.mappings.iter().map(|m| m.role.clone()));
+        all
+    }
+
+    pub async fn store(&self, client: &Client) -> Result<Connection, RuntimeError> {
+        connections::create(
+            client,
+            &self.name,
+            &self.protocol,
+            self.secret_ciphertext.as_deref(),
+            self.default_role.clone(),
+            &self.mappings,
+        )
+        .await
+    }
+}
+
 /// Validates and stores a new connection. SAML metadata must carry a signing certificate; OIDC
 /// discovery must answer with exactly the configured issuer.
 pub async fn create(
@@ -49,6 +81,35 @@ pub async fn create(
     fetcher: &Fetcher,
     new: NewConnection,
 ) -> Result<Connection, RuntimeError> {
+    prepare(client, keyring, tenant, key, fetcher, new)
+        .await?
+        .store(client)
+        .await
+}
+
+/// Validates a new connection (fetching and checking its metadata or discovery document) and
+/// encrypts its secret, without storing anything.
+pub async fn prepare(
+    client: &Client,
+    keyring: &Keyring,
+    tenant: TenantId,
+    key: &TenantKeyRef,
+    fetcher: &Fetcher,
+    new: NewConnection,
+) -> Result<Prepared, RuntimeError> {
+    let name = match &new {
+        NewConnection::Saml { name, .. } | NewConnection::Oidc { name, .. } => name.clone(),
+    };
+    if !connections::valid_name(&name) {
+        return Err(RuntimeError::InvalidInput(format!(
+            "'{name}' is not a connection name (1-40 of a-z, 0-9, '-')"
+        )));
+    }
+    if connections::by_name(client, &name).await?.is_some() {
+        return Err(RuntimeError::Conflict(format!(
+            "a connection named '{name}' already exists"
+        )));
+    }
     let invalid = |m: String| RuntimeError::InvalidInput(m);
     match new {
         NewConnection::Saml {
@@ -66,6 +127,7 @@ pub async fn create(
                 .iter()
                 .map(|m| RoleMapping::parse(m, &group_attribute))
                 .collect::<Result<Vec<_>, _>>()?;
+            check_roles(client, default_role.as_ref(), &mappings).await?;
             let xml = match (metadata_xml, &metadata_url) {
                 (Some(x), None) => x,
                 (None, Some(url)) => {
@@ -89,15 +151,14 @@ pub async fn create(
                 group_attribute.clone(),
             )
             .map_err(|e| invalid(format!("the IdP metadata is refused: {e}")))?;
-            connections::create(
-                client,
-                &name,
-                &Protocol::Saml(cfg),
-                None,
-                default_role.unwrap_or(Role::Member),
-                &mappings,
-            )
-            .await
+            let p = Prepared {
+                name,
+                protocol: Protocol::Saml(cfg),
+                secret_ciphertext: None,
+                default_role: default_role.unwrap_or(Role::member()),
+                mappings,
+            };
+            Ok(p)
         }
         NewConnection::Oidc {
             name,
@@ -117,6 +178,7 @@ pub async fn create(
                 .iter()
                 .map(|m| RoleMapping::parse(m, "groups"))
                 .collect::<Result<Vec<_>, _>>()?;
+            check_roles(client, default_role.as_ref(), &mappings).await?;
             fetcher
                 .check_url(&issuer)
                 .map_err(|e| invalid(e.to_string()))?;
@@ -126,15 +188,29 @@ pub async fn create(
             let ciphertext = keyring
                 .encrypt_for_tenant(tenant, key, client_secret.expose_secret().as_bytes())
                 .await?;
-            connections::create(
-                client,
-                &name,
-                &Protocol::Oidc(OidcConfig { issuer, client_id }),
-                Some(&ciphertext),
-                default_role.unwrap_or(Role::Member),
-                &mappings,
-            )
-            .await
+            let p = Prepared {
+                name,
+                protocol: Protocol::Oidc(OidcConfig { issuer, client_id }),
+                secret_ciphertext: Some(ciphertext),
+                default_role: default_role.unwrap_or(Role::member()),
+                mappings,
+            };
+            Ok(p)
         }
     }
+}
+
+/// Every role the connection can give must exist (checked before anything is fetched).
+async fn check_roles(
+    client: &Client,
+    default_role: Option<&Role>,
+    mappings: &[RoleMapping],
+) -> Result<(), RuntimeError> {
+    for r in default_role
+        .into_iter()
+        .chain(mappings.iter().map(|m| &m.role))
+    {
+        crate::store::roles::require(client, r).await?;
+    }
+    Ok(())
 }

@@ -154,7 +154,12 @@ impl Web {
         cookie_digest(&self.headers, name)
     }
 
-    fn event<'a>(&'a self, event_type: &'static str, actor: &'a str, ok: bool) -> audit::Event<'a> {
+    fn event<'a>(
+        &'a self,
+        event_type: audit::EventType,
+        actor: &'a str,
+        ok: bool,
+    ) -> audit::Event<'a> {
         let mut e = audit::Event::new(event_type, actor, ok);
         e.client_ip = self.ip;
         e.request_id = Some(&self.request_id);
@@ -173,7 +178,7 @@ impl Web {
     async fn fail(&self, client: &Client, f: Failure) -> Response {
         tracing::info!(reason = %f.reason, connection = ?f.connection, "sign-in failed");
         metrics::counter!("portico_login_failures_total").increment(1);
-        let mut e = self.event("login_failure", &f.actor, false);
+        let mut e = self.event(audit::EventType::LoginFailure, &f.actor, false);
         e.reason = Some(&f.reason);
         e.target = f.connection.as_deref();
         if let Err(err) = audit::record(client, &e).await {
@@ -416,7 +421,7 @@ async fn local_login_inner(
     sessions::end_flow(client, &flow.id_hash).await?;
     let target = if mfa { "/login/totp" } else { "/" };
     if !mfa {
-        let mut e = web.event("login_success", &email, true);
+        let mut e = web.event(audit::EventType::LoginSuccess, &email, true);
         e.details = serde_json::json!({"method": "password"});
         audit::record(client, &e).await?;
     }
@@ -562,7 +567,7 @@ async fn totp_verify_inner(
         web.ip,
     )
     .await?;
-    let mut e = web.event("login_success", &email, true);
+    let mut e = web.event(audit::EventType::LoginSuccess, &email, true);
     e.details = serde_json::json!({"method": "password+totp"});
     audit::record(client, &e).await?;
     Ok(with_cookies(
@@ -620,7 +625,7 @@ pub async fn mfa_enrol(web: Web, Form(form): Form<CodeForm>) -> Result<Response,
         Some(step) => users::consume_totp_step(&client, s.user_id, step, true).await?,
         None => false,
     };
-    let e = web.event("mfa_enrolled", &account.user.email, ok);
+    let e = web.event(audit::EventType::MfaEnrolled, &account.user.email, ok);
     audit::record(&client, &e).await?;
     if !ok {
         return Ok(render(
@@ -683,7 +688,7 @@ pub async fn logout(web: Web, Form(form): Form<CsrfForm>) -> Result<Response, Pr
         .await?
         .map(|u| u.email)
         .unwrap_or_default();
-    audit::record(&client, &web.event("logout", &email, true)).await?;
+    audit::record(&client, &web.event(audit::EventType::Logout, &email, true)).await?;
     Ok(with_cookies(
         see_other("/login"),
         [session_cookie(None, web.identity().timeouts)],
@@ -755,7 +760,7 @@ pub async fn invite_accept(
             .detail("this invitation is unknown, used or expired")
             .into_response());
     };
-    let mut e = web.event("invitation_accepted", &user.email, true);
+    let mut e = web.event(audit::EventType::InvitationAccepted, &user.email, true);
     e.target = Some(&user.email);
     audit::record(&client, &e).await?;
     let (_, value) = start_session(&web, &client, user.id, None, false).await?;
@@ -1080,7 +1085,7 @@ async fn finish_sso(
     flow: Option<&sessions::Flow>,
     return_to: &str,
 ) -> Result<Response, Failure> {
-    let role: Role = role_for(conn.default_role, &conn.role_mappings, attributes);
+    let role: Role = role_for(conn.default_role.clone(), &conn.role_mappings, attributes);
     let (user, created) = users::upsert_sso_user(client, conn.id, subject, email, role).await?;
     if !user.active {
         return Err(Failure::new("user_deactivated").on(&conn.name).by(email));
@@ -1089,7 +1094,7 @@ async fn finish_sso(
     if let Some(f) = flow {
         sessions::end_flow(client, &f.id_hash).await?;
     }
-    let mut e = web.event("login_success", email, true);
+    let mut e = web.event(audit::EventType::LoginSuccess, email, true);
     e.target = Some(&conn.name);
     e.details = serde_json::json!({"method": conn.protocol.kind(), "subject": subject, "created": created, "role": user.role.as_str()});
     audit::record(client, &e).await?;

@@ -64,9 +64,8 @@ impl RoleMapping {
             ))
         };
         let (lhs, role) = spec.rsplit_once('=').ok_or_else(bad)?;
-        let role = Role::parse(role.trim()).ok_or_else(|| {
-            RuntimeError::InvalidInput(format!("unknown role '{role}' (admin or member)"))
-        })?;
+        let role = Role::parse(role.trim())
+            .ok_or_else(|| RuntimeError::InvalidInput(format!("'{role}' is not a role name")))?;
         let (attribute, value) = match lhs.split_once(':') {
             Some((a, v)) => (a.trim(), v.trim()),
             None => (default_attribute, lhs.trim()),
@@ -93,10 +92,10 @@ pub fn role_for(
         let hit = attributes
             .iter()
             .any(|(name, values)| *name == m.attribute && values.contains(&m.value));
-        if hit && m.role == Role::Admin {
-            role = Role::Admin;
-        } else if hit && role != Role::Admin {
-            role = m.role;
+        if hit && m.role == Role::admin() {
+            role = Role::admin();
+        } else if hit && role != Role::admin() {
+            role = m.role.clone();
         }
     }
     role
@@ -242,14 +241,14 @@ mod tests {
         let c = RoleMapping::parse("dept:it=member", "groups").unwrap();
         assert_eq!((c.attribute.as_str(), c.value.as_str()), ("dept", "it"));
         assert!(RoleMapping::parse("admins", "groups").is_err());
-        assert!(RoleMapping::parse("admins=root", "groups").is_err());
+        assert!(RoleMapping::parse("admins=Root!", "groups").is_err());
         let attrs = vec![("groups".to_owned(), vec!["admins".to_owned()])];
         assert_eq!(
-            role_for(Role::Member, &[c.clone(), m.clone()], &attrs),
-            Role::Admin
+            role_for(Role::member(), &[c.clone(), m.clone()], &attrs),
+            Role::admin()
         );
-        assert_eq!(role_for(Role::Member, &[c], &attrs), Role::Member);
-        assert_eq!(role_for(Role::Member, &[], &attrs), Role::Member);
+        assert_eq!(role_for(Role::member(), &[c], &attrs), Role::member());
+        assert_eq!(role_for(Role::member(), &[], &attrs), Role::member());
     }
 
     #[test]

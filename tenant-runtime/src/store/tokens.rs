@@ -13,33 +13,12 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::error::RuntimeError;
+use crate::store::roles::{Permission, Permissions};
 
 pub const TOKEN_PREFIX: &str = "ptk_";
 const SECRET_LEN: usize = 32;
 
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenRole {
-    Admin,
-    Member,
-}
-
-impl TokenRole {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "admin" => Some(Self::Admin),
-            "member" => Some(Self::Member),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Member => "member",
-        }
-    }
-}
+pub use super::roles::RoleName as TokenRole;
 
 /// A token's record (never its secret).
 #[derive(Debug, Clone, Serialize)]
@@ -55,12 +34,17 @@ pub struct TokenInfo {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
-/// The identity behind a valid token.
-#[derive(Debug, Clone, Serialize)]
+/// The identity behind a valid token: its own role and sites, or, for a token that acts for a
+/// user, that user's (and only while the user is active).
+#[derive(Debug, Clone)]
 pub struct TokenCaller {
     pub token_id: Uuid,
     pub name: String,
     pub role: TokenRole,
+    pub user_id: Option<Uuid>,
+    pub email: Option<String>,
+    pub permissions: Permissions,
+    pub sites: Option<Vec<String>>,
 }
 
 /// A fresh secret with its prefix, and its digest.
@@ -107,6 +91,19 @@ pub async fn create(
     role: TokenRole,
     expires_at: Option<OffsetDateTime>,
 ) -> Result<(TokenInfo, SecretString), RuntimeError> {
+    create_scoped(client, name, role, expires_at, None, None).await
+}
+
+/// Creates a token that acts for `user` (with that user's role and sites) or, without a user,
+/// with `role` limited to `sites` (`None`: every site).
+pub async fn create_scoped(
+    client: &Client,
+    name: &str,
+    role: TokenRole,
+    expires_at: Option<OffsetDateTime>,
+    user: Option<Uuid>,
+    sites: Option<Vec<String>>,
+) -> Result<(TokenInfo, SecretString), RuntimeError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
         return Err(RuntimeError::InvalidInput(
@@ -116,15 +113,29 @@ pub async fn create(
     let (secret, hash) = generate(TOKEN_PREFIX);
     let row = client
         .query_one(
-            "insert into api_tokens (id, name, role, token_hash, expires_at)
-             values ($1, $2, $3, $4, $5)
+            "insert into api_tokens (id, name, role, token_hash, expires_at, user_id, site_scope)
+             values ($1, $2, $3, $4, $5, $6, $7)
              returning id, name, role, created_at, expires_at, revoked_at",
-            &[&Uuid::new_v4(), &name, &role.as_str(), &hash, &expires_at],
+            &[
+                &Uuid::new_v4(),
+                &name,
+                &role.as_str(),
+                &hash,
+                &expires_at,
+                &user,
+                &sites,
+            ],
         )
         .await
         .map_err(|e| match RuntimeError::constraint_of(&e) {
             Some("api_tokens_active_name_key") => {
                 RuntimeError::Conflict(format!("an active token named '{name}' already exists"))
+            }
+            Some("api_tokens_role_fkey") => {
+                RuntimeError::InvalidInput(format!("there is no role '{role}'"))
+            }
+            Some("api_tokens_user_id_fkey") => {
+                RuntimeError::InvalidInput("there is no such user".into())
             }
             _ => RuntimeError::query("creating a token", e),
         })?;
@@ -160,16 +171,22 @@ pub async fn revoke(client: &Client, name: &str) -> Result<TokenInfo, RuntimeErr
     info(&row)
 }
 
-/// The caller behind a presented token's digest: active (not revoked, not expired) only.
+/// The caller behind a presented token's digest: active (not revoked, not expired) tokens only,
+/// and for a user's token, active users only.
 pub async fn authenticate(
     client: &deadpool_postgres::ClientWrapper,
     digest: &[u8],
 ) -> Result<Option<TokenCaller>, RuntimeError> {
     let stmt = client
         .prepare_cached(
-            "select id, name, role from api_tokens
-              where token_hash = $1 and revoked_at is null
-                and (expires_at is null or expires_at > now())",
+            "select t.id, t.name, coalesce(u.role, t.role), t.user_id, u.email,
+                    case when t.user_id is null then t.site_scope else u.site_scope end,
+                    array(select p.permission from role_permissions p
+                           where p.role = coalesce(u.role, t.role))
+               from api_tokens t left join users u on u.id = t.user_id
+              where t.token_hash = $1 and t.revoked_at is null
+                and (t.expires_at is null or t.expires_at > now())
+                and (t.user_id is null or u.status = 'active')",
         )
         .await
         .map_err(|e| RuntimeError::query("checking a token", e))?;
@@ -179,10 +196,15 @@ pub async fn authenticate(
         .map_err(|e| RuntimeError::query("checking a token", e))?;
     Ok(row.and_then(|r| {
         let role: String = r.get(2);
+        let perms: Vec<String> = r.get(6);
         Some(TokenCaller {
             token_id: r.get(0),
             name: r.get(1),
             role: TokenRole::parse(&role)?,
+            user_id: r.get(3),
+            email: r.get(4),
+            sites: r.get(5),
+            permissions: perms.iter().filter_map(|p| Permission::parse(p)).collect(),
         })
     }))
 }

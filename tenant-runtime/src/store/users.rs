@@ -15,6 +15,7 @@ use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
 use crate::error::RuntimeError;
+use crate::store::roles::{Permission, Permissions};
 use crate::store::tokens::{self, TokenRole as Role};
 
 /// Failed local sign-ins before the account is locked.
@@ -34,6 +35,8 @@ pub struct User {
     pub display_name: String,
     pub role: Role,
     pub active: bool,
+    /// Sites this user is limited to; `None`: every site.
+    pub site_scope: Option<Vec<String>>,
 }
 
 fn user(row: &tokio_postgres::Row) -> Result<User, RuntimeError> {
@@ -48,10 +51,11 @@ fn user(row: &tokio_postgres::Row) -> Result<User, RuntimeError> {
             message: format!("unknown role '{role}'"),
         })?,
         active: status == "active",
+        site_scope: row.get(5),
     })
 }
 
-const USER_COLUMNS: &str = "u.id, u.email, u.display_name, u.role, u.status";
+const USER_COLUMNS: &str = "u.id, u.email, u.display_name, u.role, u.status, u.site_scope";
 
 pub async fn get(client: &Client, id: Uuid) -> Result<Option<User>, RuntimeError> {
     let row = client
@@ -62,6 +66,94 @@ pub async fn get(client: &Client, id: Uuid) -> Result<Option<User>, RuntimeError
         .await
         .map_err(|e| RuntimeError::query("reading a user", e))?;
     row.as_ref().map(user).transpose()
+}
+
+/// The permissions of a role.
+pub async fn permissions_of(client: &Client, role: &Role) -> Result<Permissions, RuntimeError> {
+    let rows = client
+        .query(
+            "select permission from role_permissions where role = $1",
+            &[&role.as_str()],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("reading permissions", e))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Permission::parse(r.get::<_, &str>(0)))
+        .collect())
+}
+
+/// Gives a user another role (which must exist).
+pub async fn set_role(client: &Client, id: Uuid, role: &Role) -> Result<User, RuntimeError> {
+    let row = client
+        .query_opt(
+            &format!("update users u set role = $2 where u.id = $1 returning {USER_COLUMNS}"),
+            &[&id, &role.as_str()],
+        )
+        .await
+        .map_err(|e| match RuntimeError::constraint_of(&e) {
+            Some("users_role_fkey") => {
+                RuntimeError::InvalidInput(format!("there is no role '{role}'"))
+            }
+            _ => RuntimeError::query("changing a role", e),
+        })?
+        .ok_or_else(|| RuntimeError::NotFound("no such user".into()))?;
+    user(&row)
+}
+
+/// Limits a user to sites (`None`: every site). Every site must exist.
+pub async fn set_sites(
+    client: &Client,
+    id: Uuid,
+    sites: Option<&[String]>,
+) -> Result<User, RuntimeError> {
+    if let Some(sites) = sites {
+        let known: i64 = client
+            .query_one("select count(*) from sites where code = any($1)", &[&sites])
+            .await
+            .map_err(|e| RuntimeError::query("checking sites", e))?
+            .get(0);
+        let distinct: std::collections::BTreeSet<&String> = sites.iter().collect();
+        if known != distinct.len() as i64 {
+            return Err(RuntimeError::InvalidInput(
+                "unknown site in the list".into(),
+            ));
+        }
+    }
+    let row = client
+        .query_opt(
+            &format!("update users u set site_scope = $2 where u.id = $1 returning {USER_COLUMNS}"),
+            &[&id, &sites],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("changing sites", e))?
+        .ok_or_else(|| RuntimeError::NotFound("no such user".into()))?;
+    user(&row)
+}
+
+/// Deactivates one user and ends their sessions (their tokens stop working with it).
+pub async fn deactivate_id(client: &mut Client, id: Uuid) -> Result<User, RuntimeError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| RuntimeError::query("starting a transaction", e))?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "update users u set status = 'deactivated' where u.id = $1 returning {USER_COLUMNS}"
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("deactivating a user", e))?
+        .ok_or_else(|| RuntimeError::NotFound("no such user".into()))?;
+    tx.execute("delete from sessions where user_id = $1", &[&id])
+        .await
+        .map_err(|e| RuntimeError::query("ending sessions", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| RuntimeError::query("committing", e))?;
+    user(&row)
 }
 
 pub async fn list(client: &Client) -> Result<Vec<User>, RuntimeError> {
@@ -262,12 +354,12 @@ pub async fn local_account(
     row.map(|r| {
         Ok(LocalAccount {
             user: user(&r)?,
-            password_hash: r.get(5),
-            totp_secret_ciphertext: r.get(6),
-            totp_enabled: r.get(7),
-            totp_last_step: r.get(8),
-            failed_attempts: r.get(9),
-            locked_until: r.get(10),
+            password_hash: r.get(6),
+            totp_secret_ciphertext: r.get(7),
+            totp_enabled: r.get(8),
+            totp_last_step: r.get(9),
+            failed_attempts: r.get(10),
+            locked_until: r.get(11),
         })
     })
     .transpose()
@@ -428,7 +520,12 @@ pub async fn invite(
             &[&id, &email, &role.as_str(), &hash, &expires_at],
         )
         .await
-        .map_err(|e| RuntimeError::query("creating an invitation", e))?;
+        .map_err(|e| match RuntimeError::constraint_of(&e) {
+            Some("invitations_role_fkey") => {
+                RuntimeError::InvalidInput(format!("there is no role '{role}'"))
+            }
+            _ => RuntimeError::query("creating an invitation", e),
+        })?;
     Ok((
         Invitation {
             id,
@@ -459,7 +556,7 @@ pub async fn open_invitation(
     Ok(row.map(|r| Invitation {
         id: r.get(0),
         email: r.get(1),
-        role: Role::parse(r.get::<_, &str>(2)).unwrap_or(Role::Member),
+        role: Role::parse(r.get::<_, &str>(2)).unwrap_or(Role::member()),
         expires_at: r.get(3),
     }))
 }

@@ -1,0 +1,719 @@
+//! Roles, users, sites, and four-eyes approvals of one tenant.
+//!
+//! Delegation never escalates: whoever defines or grants a role, or changes a user, must hold
+//! every permission of the role (and of the user's current role). Actions the tenant's policy
+//! marks sensitive (by default granting a role with `users.manage`, `roles.manage` or
+//! `sso.manage`, defining such a role, and changing an SSO connection) are stored as a pending
+//! approval (`202`) and carried out only when a *different* principal with the needed
+//! permissions approves.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+use super::dto::*;
+use super::{ApiQuery, path_id};
+use crate::api::{Authenticated, Runtime};
+use crate::http::{ApiJson, Problem};
+use crate::identity::admin;
+use crate::store::audit::EventType;
+use crate::store::roles::{self, Permission, Permissions, RoleName};
+use crate::store::{approvals, connections, users};
+
+pub const GRANT_PRIVILEGED_ROLE: &str = "grant_privileged_role";
+pub const CHANGE_PRIVILEGED_ROLE: &str = "change_privileged_role";
+pub const CHANGE_SSO_CONNECTION: &str = "change_sso_connection";
+/// Turning a four-eyes rule off is itself four-eyes (turning one on is not).
+pub const CHANGE_APPROVAL_POLICY: &str = "change_approval_policy";
+
+fn no_escalation(auth: &Authenticated, perms: Permissions) -> Result<(), Problem> {
+    if perms.is_subset(auth.caller.perms) {
+        Ok(())
+    } else {
+        let missing: Vec<&str> = perms
+            .list()
+            .into_iter()
+            .filter(|p| !auth.caller.can(*p))
+            .map(Permission::as_str)
+            .collect();
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "escalation_refused",
+            "You cannot grant a permission you do not hold",
+        )
+        .detail(format!("You do not hold: {}", missing.join(", "))))
+    }
+}
+
+fn any_of(auth: &Authenticated, perms: &[Permission]) -> Result<(), Problem> {
+    if perms.iter().any(|p| auth.caller.can(*p)) {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(format!(
+            "This needs one of: {}",
+            perms
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+fn parse_permissions(names: &[String]) -> Result<Permissions, Problem> {
+    let mut errors = Vec::new();
+    let mut out = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        match Permission::parse(n) {
+            Some(p) => out.push(p),
+            None => errors.push((
+                format!("permissions[{i}]"),
+                format!("unknown permission '{n}'"),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out.into_iter().collect())
+    } else {
+        Err(Problem::fields(errors))
+    }
+}
+
+fn role_name(field: &str, s: &str) -> Result<RoleName, Problem> {
+    RoleName::parse(s).ok_or_else(|| {
+        Problem::fields(vec![(
+            field.to_owned(),
+            "lowercase letters, digits, '_' or '-', starting with a letter, at most 40".into(),
+        )])
+    })
+}
+
+async fn pending(
+    auth: &Authenticated,
+    action: &str,
+    target: &str,
+    mut payload: serde_json::Value,
+) -> Result<Response, Problem> {
+    payload["requested_by_name"] = auth.caller.name().into();
+    let a = approvals::request(
+        &auth.conn,
+        action,
+        target,
+        &payload,
+        &auth.caller.principal(),
+    )
+    .await?;
+    auth.record(
+        EventType::ApprovalRequested,
+        target,
+        serde_json::json!({"approval": a.id, "action": action}),
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PendingApprovalDto {
+            status: "pending_approval".into(),
+            approval: a.into(),
+        }),
+    )
+        .into_response())
+}
+
+// ---- roles -----------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/v1/roles", tag = "access",
+    responses((status = 200, body = [RoleDto])), security(("bearer" = [])))]
+pub async fn list_roles(auth: Authenticated) -> Result<Json<Vec<RoleDto>>, Problem> {
+    any_of(&auth, &[Permission::UsersManage, Permission::RolesManage])?;
+    Ok(Json(
+        roles::list(&auth.conn)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/roles", tag = "access", request_body = RoleRequest,
+    responses((status = 201, body = RoleDto), (status = 202, body = PendingApprovalDto)),
+    security(("bearer" = [])))]
+pub async fn create_role(
+    auth: Authenticated,
+    ApiJson(req): ApiJson<RoleRequest>,
+) -> Result<Response, Problem> {
+    auth.require(Permission::RolesManage).await?;
+    let name = role_name("name", req.name.as_deref().unwrap_or(""))?;
+    save_role(auth, name, req, false).await
+}
+
+#[utoipa::path(put, path = "/api/v1/roles/{name}", tag = "access", request_body = RoleRequest,
+    params(("name" = String, Path)),
+    responses((status = 200, body = RoleDto), (status = 202, body = PendingApprovalDto)),
+    security(("bearer" = [])))]
+pub async fn update_role(
+    auth: Authenticated,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<RoleRequest>,
+) -> Result<Response, Problem> {
+    auth.require(Permission::RolesManage).await?;
+    let name = RoleName::parse(&name).ok_or_else(Problem::not_found)?;
+    if req.name.as_deref().is_some_and(|n| n != name.as_str()) {
+        return Err(Problem::fields(vec![(
+            "name".into(),
+            "cannot be changed".into(),
+        )]));
+    }
+    let existing = roles::get(&auth.conn, name.as_str())
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    no_escalation(&auth, existing.permission_set())?;
+    save_role(auth, name, req, true).await
+}
+
+async fn save_role(
+    mut auth: Authenticated,
+    name: RoleName,
+    req: RoleRequest,
+    replace: bool,
+) -> Result<Response, Problem> {
+    let perms = parse_permissions(&req.permissions)?;
+    if req.description.chars().count() > 500 {
+        return Err(Problem::fields(vec![(
+            "description".into(),
+            "at most 500 characters".into(),
+        )]));
+    }
+    no_escalation(&auth, perms)?;
+    if perms.intersects(Permissions::PRIVILEGED)
+        && approvals::required(&auth.conn, CHANGE_PRIVILEGED_ROLE).await?
+    {
+        let payload = serde_json::json!({
+            "name": name.as_str(), "description": req.description,
+            "permissions": perms.names(), "replace": replace,
+        });
+        return pending(&auth, CHANGE_PRIVILEGED_ROLE, name.as_str(), payload).await;
+    }
+    let role = roles::save(&mut auth.conn, &name, &req.description, perms, replace).await?;
+    let t = if replace {
+        EventType::RoleChanged
+    } else {
+        EventType::RoleCreated
+    };
+    auth.audit(
+        t,
+        Some(name.as_str()),
+        true,
+        None,
+        serde_json::json!({"permissions": perms.names()}),
+    )
+    .await?;
+    let status = if replace {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(RoleDto::from(role))).into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/roles/{name}", tag = "access",
+    params(("name" = String, Path)), responses((status = 204)), security(("bearer" = [])))]
+pub async fn delete_role(
+    auth: Authenticated,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    auth.require(Permission::RolesManage).await?;
+    let name = RoleName::parse(&name).ok_or_else(Problem::not_found)?;
+    let role = roles::get(&auth.conn, name.as_str())
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    no_escalation(&auth, role.permission_set())?;
+    roles::delete(&auth.conn, &name).await?;
+    auth.record(EventType::RoleDeleted, name.as_str(), serde_json::json!({}))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- users -----------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/v1/users", tag = "access",
+    responses((status = 200, body = [UserDto])), security(("bearer" = [])))]
+pub async fn list_users(auth: Authenticated) -> Result<Json<Vec<UserDto>>, Problem> {
+    auth.require(Permission::UsersManage).await?;
+    Ok(Json(
+        users::list(&auth.conn)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// The user, if the caller may manage them: holding every permission of the user's role,
+/// and (for a site-limited caller) only users limited to the caller's sites.
+async fn managed_user(auth: &Authenticated, id: &str) -> Result<users::User, Problem> {
+    auth.require(Permission::UsersManage).await?;
+    let user = users::get(&auth.conn, path_id(id)?)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    let perms = users::permissions_of(&auth.conn, &user.role).await?;
+    no_escalation(auth, perms)?;
+    if let Some(mine) = &auth.caller.sites {
+        let theirs_ok = user
+            .site_scope
+            .as_ref()
+            .is_some_and(|s| s.iter().all(|x| mine.contains(x)));
+        if !theirs_ok {
+            return Err(Problem::forbidden("This user is not limited to your sites"));
+        }
+    }
+    Ok(user)
+}
+
+#[utoipa::path(put, path = "/api/v1/users/{id}/role", tag = "access", request_body = SetRoleRequest,
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = UserDto), (status = 202, body = PendingApprovalDto)),
+    security(("bearer" = [])))]
+pub async fn set_user_role(
+    auth: Authenticated,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<SetRoleRequest>,
+) -> Result<Response, Problem> {
+    let user = managed_user(&auth, &id).await?;
+    let name = role_name("role", &req.role)?;
+    let role = roles::get(&auth.conn, name.as_str())
+        .await?
+        .ok_or_else(|| {
+            Problem::fields(vec![("role".into(), format!("there is no role '{name}'"))])
+        })?;
+    no_escalation(&auth, role.permission_set())?;
+    if role.permission_set().intersects(Permissions::PRIVILEGED)
+        && approvals::required(&auth.conn, GRANT_PRIVILEGED_ROLE).await?
+    {
+        let payload =
+            serde_json::json!({"user_id": user.id, "email": user.email, "role": name.as_str()});
+        return pending(&auth, GRANT_PRIVILEGED_ROLE, &user.email, payload).await;
+    }
+    let updated = users::set_role(&auth.conn, user.id, &name).await?;
+    auth.record(
+        EventType::RoleGranted,
+        &user.email,
+        serde_json::json!({"role": name.as_str(), "previous": user.role.as_str()}),
+    )
+    .await?;
+    Ok(Json(UserDto::from(updated)).into_response())
+}
+
+#[utoipa::path(put, path = "/api/v1/users/{id}/sites", tag = "access", request_body = SetSitesRequest,
+    params(("id" = Uuid, Path)), responses((status = 200, body = UserDto)), security(("bearer" = [])))]
+pub async fn set_user_sites(
+    auth: Authenticated,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<SetSitesRequest>,
+) -> Result<Json<UserDto>, Problem> {
+    let user = managed_user(&auth, &id).await?;
+    if let Some(mine) = &auth.caller.sites {
+        let ok = req
+            .sites
+            .as_ref()
+            .is_some_and(|s| s.iter().all(|x| mine.contains(x)));
+        if !ok {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "escalation_refused",
+                "You cannot grant sites you do not have",
+            ));
+        }
+    }
+    let updated = users::set_sites(&auth.conn, user.id, req.sites.as_deref()).await?;
+    auth.record(
+        EventType::UserSitesChanged,
+        &user.email,
+        serde_json::json!({"sites": req.sites}),
+    )
+    .await?;
+    Ok(Json(updated.into()))
+}
+
+#[utoipa::path(post, path = "/api/v1/users/{id}/deactivate", tag = "access",
+    params(("id" = Uuid, Path)), responses((status = 200, body = UserDto)), security(("bearer" = [])))]
+pub async fn deactivate_user(
+    mut auth: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<UserDto>, Problem> {
+    let user = managed_user(&auth, &id).await?;
+    if auth.caller.user_id == Some(user.id) {
+        return Err(Problem::new(StatusCode::CONFLICT, "conflict", "Conflict")
+            .detail("You cannot deactivate yourself"));
+    }
+    let done = users::deactivate_id(&mut auth.conn, user.id).await?;
+    auth.record(
+        EventType::UserDeactivated,
+        &user.email,
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(Json(done.into()))
+}
+
+#[utoipa::path(post, path = "/api/v1/users/invitations", tag = "access", request_body = InviteRequest,
+    responses((status = 201, body = InvitationDto)), security(("bearer" = [])))]
+pub async fn invite_user(
+    State(rt): State<Runtime>,
+    headers: HeaderMap,
+    auth: Authenticated,
+    ApiJson(req): ApiJson<InviteRequest>,
+) -> Result<(StatusCode, Json<InvitationDto>), Problem> {
+    auth.require(Permission::UsersManage).await?;
+    let name = role_name("role", &req.role)?;
+    let role = roles::get(&auth.conn, name.as_str())
+        .await?
+        .ok_or_else(|| {
+            Problem::fields(vec![("role".into(), format!("there is no role '{name}'"))])
+        })?;
+    no_escalation(&auth, role.permission_set())?;
+    if role.permission_set().intersects(Permissions::PRIVILEGED)
+        && approvals::required(&auth.conn, GRANT_PRIVILEGED_ROLE).await?
+    {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "approval_required",
+            "Invite with an unprivileged role, then grant this one (which needs a second admin)",
+        ));
+    }
+    let (inv, token) = users::invite(&auth.conn, &req.email, name.clone()).await?;
+    auth.record(
+        EventType::UserInvited,
+        &inv.email,
+        serde_json::json!({"role": name.as_str()}),
+    )
+    .await?;
+    let host = crate::api::request_host(&headers)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(InvitationDto {
+            email: inv.email,
+            role: name.as_str().to_owned(),
+            url: format!(
+                "{}/invite/{}",
+                rt.identity.origin(&host),
+                token.expose_secret()
+            ),
+            expires_at: inv.expires_at,
+        }),
+    ))
+}
+
+// ---- sites -----------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/v1/sites", tag = "access",
+    responses((status = 200, body = [SiteDto])), security(("bearer" = [])))]
+pub async fn list_sites(auth: Authenticated) -> Result<Json<Vec<SiteDto>>, Problem> {
+    Ok(Json(
+        approvals::sites(&auth.conn)
+            .await?
+            .into_iter()
+            .filter(|(code, _)| auth.caller.sees_site(Some(code)))
+            .map(|(code, name)| SiteDto { code, name })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/sites", tag = "access", request_body = SiteDto,
+    responses((status = 201, body = SiteDto)), security(("bearer" = [])))]
+pub async fn create_site(
+    auth: Authenticated,
+    ApiJson(req): ApiJson<SiteDto>,
+) -> Result<(StatusCode, Json<SiteDto>), Problem> {
+    auth.require(Permission::UsersManage).await?;
+    if auth.caller.sites.is_some() {
+        return Err(Problem::forbidden(
+            "Site-limited callers cannot create sites",
+        ));
+    }
+    if req.name.trim().is_empty() || req.name.chars().count() > 200 {
+        return Err(Problem::fields(vec![(
+            "name".into(),
+            "1 to 200 characters".into(),
+        )]));
+    }
+    approvals::create_site(&auth.conn, &req.code, req.name.trim()).await?;
+    auth.record(EventType::SiteCreated, &req.code, serde_json::json!({}))
+        .await?;
+    Ok((StatusCode::CREATED, Json(req)))
+}
+
+// ---- approvals -------------------------------------------------------------------------------
+
+const MANAGERS: [Permission; 3] = [
+    Permission::UsersManage,
+    Permission::RolesManage,
+    Permission::SsoManage,
+];
+
+#[utoipa::path(get, path = "/api/v1/approvals", tag = "access", params(ApprovalQuery),
+    responses((status = 200, body = [ApprovalDto])), security(("bearer" = [])))]
+pub async fn list_approvals(
+    auth: Authenticated,
+    ApiQuery(q): ApiQuery<ApprovalQuery>,
+) -> Result<Json<Vec<ApprovalDto>>, Problem> {
+    any_of(&auth, &MANAGERS)?;
+    Ok(Json(
+        approvals::list(&auth.conn, q.status.as_deref())
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// What the approver must hold to decide on `a`.
+fn approver_needs(a: &approvals::Approval) -> Result<Permissions, Problem> {
+    let mut needs: Vec<Permission> = Vec::new();
+    match a.action.as_str() {
+        GRANT_PRIVILEGED_ROLE => needs.push(Permission::UsersManage),
+        CHANGE_PRIVILEGED_ROLE => needs.push(Permission::RolesManage),
+        CHANGE_SSO_CONNECTION => needs.push(Permission::SsoManage),
+        CHANGE_APPROVAL_POLICY => needs.extend(MANAGERS),
+        _ => return Err(Problem::internal()),
+    }
+    if let Some(perms) = a.payload.get("permissions").and_then(|p| p.as_array()) {
+        needs.extend(
+            perms
+                .iter()
+                .filter_map(|p| p.as_str().and_then(Permission::parse)),
+        );
+    }
+    Ok(needs.into_iter().collect())
+}
+
+async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval, Problem> {
+    any_of(auth, &MANAGERS)?;
+    let mut a = approvals::get(&auth.conn, path_id(id)?)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    if a.status != "pending" {
+        return Err(
+            Problem::new(StatusCode::CONFLICT, "approval_decided", "Already decided")
+                .detail(format!("This request is {}", a.status)),
+        );
+    }
+    if a.requested_by == auth.caller.principal() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "four_eyes",
+            "A second person must decide on this request",
+        ));
+    }
+    // The role being granted decides what the approver must hold.
+    if a.action == GRANT_PRIVILEGED_ROLE
+        && let Some(role) = a.payload.get("role").and_then(|r| r.as_str())
+        && let Some(role) = roles::get(&auth.conn, role).await?
+    {
+        a.payload["permissions"] = role.permission_set().names().into();
+    }
+    no_escalation(auth, approver_needs(&a)?)?;
+    Ok(a)
+}
+
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/approve", tag = "access",
+    params(("id" = Uuid, Path)), responses((status = 200, body = ApprovalDto)), security(("bearer" = [])))]
+pub async fn approve(
+    mut auth: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<ApprovalDto>, Problem> {
+    let a = decidable(&auth, &id).await?;
+    let me = auth.caller.principal();
+    approvals::decide(&auth.conn, a.id, &me, "approved", "applying")
+        .await?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "approval_decided",
+                "Already decided or expired",
+            )
+        })?;
+    auth.record(EventType::ApprovalApproved, &a.target, serde_json::json!({"approval": a.id, "action": a.action, "requested_by": a.payload.get("requested_by_name")}))
+    .await?;
+    let applied = apply(&mut auth, &a).await;
+    let (status, outcome) = match &applied {
+        Ok(()) => ("approved", "applied".to_owned()),
+        Err(p) => (
+            "failed",
+            p.detail.clone().unwrap_or_else(|| p.title.to_owned()),
+        ),
+    };
+    approvals::set_outcome(&auth.conn, a.id, status, &outcome).await?;
+    applied?;
+    let done = approvals::get(&auth.conn, a.id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    Ok(Json(done.into()))
+}
+
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/reject", tag = "access",
+    params(("id" = Uuid, Path)), responses((status = 200, body = ApprovalDto)), security(("bearer" = [])))]
+pub async fn reject(
+    auth: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<ApprovalDto>, Problem> {
+    let a = decidable(&auth, &id).await?;
+    let done = approvals::decide(
+        &auth.conn,
+        a.id,
+        &auth.caller.principal(),
+        "rejected",
+        "rejected",
+    )
+    .await?
+    .ok_or_else(|| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "approval_decided",
+            "Already decided or expired",
+        )
+    })?;
+    auth.record(
+        EventType::ApprovalRejected,
+        &a.target,
+        serde_json::json!({"approval": a.id, "action": a.action}),
+    )
+    .await?;
+    Ok(Json(done.into()))
+}
+
+/// Carries out an approved action, audited as the approver's.
+async fn apply(auth: &mut Authenticated, a: &approvals::Approval) -> Result<(), Problem> {
+    let p = &a.payload;
+    let s = |k: &str| {
+        p.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let details = serde_json::json!({"approval": a.id, "requested_by": p.get("requested_by_name")});
+    match a.action.as_str() {
+        GRANT_PRIVILEGED_ROLE => {
+            let user = Uuid::parse_str(&s("user_id")).map_err(|_| Problem::internal())?;
+            let role = RoleName::parse(&s("role")).ok_or_else(Problem::internal)?;
+            users::set_role(&auth.conn, user, &role).await?;
+            auth.record(EventType::RoleGranted, &s("email"), details)
+                .await
+        }
+        CHANGE_PRIVILEGED_ROLE => {
+            let name = RoleName::parse(&s("name")).ok_or_else(Problem::internal)?;
+            let perms: Vec<String> =
+                serde_json::from_value(p["permissions"].clone()).unwrap_or_default();
+            let replace = p["replace"].as_bool().unwrap_or(false);
+            roles::save(
+                &mut auth.conn,
+                &name,
+                &s("description"),
+                parse_permissions(&perms)?,
+                replace,
+            )
+            .await?;
+            let t = if replace {
+                EventType::RoleChanged
+            } else {
+                EventType::RoleCreated
+            };
+            auth.audit(t, Some(name.as_str()), true, None, details)
+                .await
+        }
+        CHANGE_SSO_CONNECTION => match s("change").as_str() {
+            "create" => {
+                let prepared: admin::Prepared = serde_json::from_value(p["connection"].clone())
+                    .map_err(|_| Problem::internal())?;
+                let c = prepared.store(&auth.conn).await?;
+                auth.record(
+                    EventType::SsoConnectionChanged,
+                    &c.name,
+                    serde_json::json!({"change": "created", "approval": a.id}),
+                )
+                .await
+            }
+            _ => {
+                connections::remove(&auth.conn, &a.target).await?;
+                auth.record(
+                    EventType::SsoConnectionChanged,
+                    &a.target,
+                    serde_json::json!({"change": "removed", "approval": a.id}),
+                )
+                .await
+            }
+        },
+        CHANGE_APPROVAL_POLICY => {
+            approvals::set_policy(&auth.conn, &a.target, false).await?;
+            Ok(())
+        }
+        _ => Err(Problem::internal()),
+    }
+}
+
+/// Called by the SSO connection endpoints: `Some(202)` when the change must wait. A new
+/// connection waits validated, its secret already encrypted under the tenant's key.
+pub async fn sso_change_needs_approval(
+    auth: &Authenticated,
+    name: &str,
+    create: Option<&admin::Prepared>,
+) -> Result<Option<Response>, Problem> {
+    if !approvals::required(&auth.conn, CHANGE_SSO_CONNECTION).await? {
+        return Ok(None);
+    }
+    let payload = match create {
+        Some(p) => serde_json::json!({"change": "create", "connection": p}),
+        None => serde_json::json!({"change": "remove"}),
+    };
+    pending(auth, CHANGE_SSO_CONNECTION, name, payload)
+        .await
+        .map(Some)
+}
+
+// ---- policy ----------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/v1/approval-policy", tag = "access",
+    responses((status = 200, body = [PolicyEntryDto])), security(("bearer" = [])))]
+pub async fn get_policy(auth: Authenticated) -> Result<Json<Vec<PolicyEntryDto>>, Problem> {
+    any_of(&auth, &MANAGERS)?;
+    Ok(Json(
+        approvals::policy(&auth.conn)
+            .await?
+            .into_iter()
+            .map(|(action, required)| PolicyEntryDto { action, required })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(put, path = "/api/v1/approval-policy", tag = "access", request_body = PolicyEntryDto,
+    responses((status = 200, body = [PolicyEntryDto]), (status = 202, body = PendingApprovalDto)),
+    security(("bearer" = [])))]
+pub async fn set_policy(
+    auth: Authenticated,
+    ApiJson(req): ApiJson<PolicyEntryDto>,
+) -> Result<Response, Problem> {
+    no_escalation(&auth, MANAGERS.into_iter().collect())?;
+    if !approvals::policy(&auth.conn)
+        .await?
+        .iter()
+        .any(|(a, _)| *a == req.action)
+    {
+        return Err(Problem::fields(vec![(
+            "action".into(),
+            format!("unknown action '{}'", req.action),
+        )]));
+    }
+    if !req.required {
+        return pending(
+            &auth,
+            CHANGE_APPROVAL_POLICY,
+            &req.action,
+            serde_json::json!({}),
+        )
+        .await;
+    }
+    approvals::set_policy(&auth.conn, &req.action, true).await?;
+    Ok(get_policy(auth).await?.into_response())
+}

@@ -1,0 +1,169 @@
+//! The customer portal API under `/api/v1`: access (roles, users, sites, four-eyes approvals),
+//! documents (encrypted content, versions, links), tickets and the audit log. Request and
+//! response bodies are DTOs ([`dto`]), separate from the store's domain types; the OpenAPI
+//! document ([`openapi`]) is generated from these handlers and types.
+
+pub mod access;
+pub mod audit_api;
+pub mod documents;
+pub mod dto;
+pub mod openapi;
+pub mod tickets;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use moka::future::Cache;
+use portico_core::TenantId;
+use portico_core::keys::Keyring;
+use portico_core::settings::RuntimeSettings;
+use portico_core::storage::ObjectStore;
+
+use crate::api::Runtime;
+use crate::content::datakeys::DataKeys;
+use crate::content::scan::Scanner;
+use crate::http::Problem;
+
+/// What the document endpoints share: storage, data keys, the scanner, link secrets.
+pub struct ContentState {
+    pub store: ObjectStore,
+    pub keys: DataKeys,
+    pub scanner: Scanner,
+    pub max_upload: u64,
+    pub keyring: Keyring,
+    /// Each tenant's link-signing key, decrypted once per cache lifetime.
+    pub link_secrets: Cache<TenantId, Arc<[u8; 32]>>,
+}
+
+impl ContentState {
+    pub fn new(rt: &RuntimeSettings, keyring: Keyring, store: ObjectStore) -> Self {
+        Self {
+            store,
+            keys: DataKeys::new(keyring.clone(), rt.data_key_ttl, rt.data_key_max_uses),
+            scanner: Scanner::new(rt.clamd.clone()),
+            max_upload: rt.max_upload_bytes,
+            keyring,
+            link_secrets: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(rt.data_key_ttl)
+                .build(),
+        }
+    }
+}
+
+/// The portal routes (tenant hosts; resolved by the caller's middleware).
+pub fn routes() -> Router<Runtime> {
+    Router::new()
+        .route(
+            "/api/v1/roles",
+            get(access::list_roles).post(access::create_role),
+        )
+        .route(
+            "/api/v1/roles/{name}",
+            put(access::update_role).delete(access::delete_role),
+        )
+        .route("/api/v1/users", get(access::list_users))
+        .route("/api/v1/users/invitations", post(access::invite_user))
+        .route("/api/v1/users/{id}/role", put(access::set_user_role))
+        .route("/api/v1/users/{id}/sites", put(access::set_user_sites))
+        .route(
+            "/api/v1/users/{id}/deactivate",
+            post(access::deactivate_user),
+        )
+        .route(
+            "/api/v1/sites",
+            get(access::list_sites).post(access::create_site),
+        )
+        .route("/api/v1/approvals", get(access::list_approvals))
+        .route("/api/v1/approvals/{id}/approve", post(access::approve))
+        .route("/api/v1/approvals/{id}/reject", post(access::reject))
+        .route(
+            "/api/v1/approval-policy",
+            get(access::get_policy).put(access::set_policy),
+        )
+        .route(
+            "/api/v1/documents",
+            get(documents::list).post(documents::upload),
+        )
+        .route("/api/v1/documents/{id}", get(documents::show))
+        .route("/api/v1/documents/{id}/content", get(documents::content))
+        .route(
+            "/api/v1/documents/{id}/versions",
+            post(documents::new_version),
+        )
+        .route(
+            "/api/v1/documents/{id}/links",
+            get(documents::list_links).post(documents::create_link),
+        )
+        .route(
+            "/api/v1/documents/{id}/links/{link}",
+            axum::routing::delete(documents::revoke_link),
+        )
+        .route("/d/{token}", get(documents::use_link))
+        .route("/api/v1/tickets", get(tickets::list).post(tickets::create))
+        .route("/api/v1/tickets/{id}", get(tickets::show))
+        .route("/api/v1/tickets/{id}/status", post(tickets::set_status))
+        .route("/api/v1/tickets/{id}/comments", post(tickets::comment))
+        .route("/api/v1/tickets/{id}/attachments", post(tickets::attach))
+        .route("/api/v1/audit-events", get(audit_api::list))
+        .route("/api/v1/openapi.json", get(openapi::serve))
+}
+
+/// Page size from a query (`1..=200`, default 50).
+pub fn page_size(limit: Option<i64>) -> Result<i64, Problem> {
+    match limit {
+        None => Ok(50),
+        Some(n) if (1..=200).contains(&n) => Ok(n),
+        Some(_) => Err(Problem::fields(vec![(
+            "limit".into(),
+            "must be between 1 and 200".into(),
+        )])),
+    }
+}
+
+/// An opaque cursor: base64url of a short text.
+pub fn encode_cursor(text: &str) -> String {
+    URL_SAFE_NO_PAD.encode(text)
+}
+
+pub fn decode_cursor(cursor: &str) -> Result<String, Problem> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            Problem::fields(vec![(
+                "cursor".into(),
+                "is not a cursor of this list".into(),
+            )])
+        })
+}
+
+/// A query-string extractor whose rejections are problems listing the reason.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(r) => Err(Problem::invalid_input(r.body_text())),
+        }
+    }
+}
+
+/// A path id that must be a UUID; anything else is simply not found.
+pub fn path_id(s: &str) -> Result<uuid::Uuid, Problem> {
+    uuid::Uuid::parse_str(s).map_err(|_| Problem::not_found())
+}

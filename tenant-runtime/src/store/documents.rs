@@ -1,0 +1,505 @@
+//! Documents: metadata, the version chain, and time-limited links. Content lives in object
+//! storage (see [`crate::content`]); each version row carries what is needed to read it back
+//! (object key, wrapped data key, key reference, salt) but never a plaintext key.
+
+use time::{Date, OffsetDateTime};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::error::RuntimeError;
+
+pub const DOC_TYPES: [&str; 5] = [
+    "invoice",
+    "delivery_note",
+    "contract",
+    "certificate",
+    "other",
+];
+pub const DOC_STATUSES: [&str; 3] = ["draft", "released", "archived"];
+
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub id: Uuid,
+    pub doc_type: String,
+    pub title: String,
+    pub period: Option<String>,
+    pub site: Option<String>,
+    pub status: String,
+    pub retention_until: Option<Date>,
+    pub created_by: String,
+    pub created_at: OffsetDateTime,
+    pub current: Option<Version>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub id: Uuid,
+    pub document_id: Uuid,
+    pub version: i32,
+    pub file_name: String,
+    pub media_type: String,
+    pub size: i64,
+    pub sha256: Vec<u8>,
+    pub object_key: String,
+    pub data_key_wrapped: Vec<u8>,
+    pub data_key_ref: String,
+    pub nonce: Vec<u8>,
+    pub segment_size: i32,
+    pub valid_from: OffsetDateTime,
+    pub valid_until: Option<OffsetDateTime>,
+    pub replaced_by: Option<Uuid>,
+    pub released_by: Option<String>,
+    pub released_at: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+}
+
+/// Metadata of a new document.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub doc_type: String,
+    pub title: String,
+    pub period: Option<String>,
+    pub site: Option<String>,
+    pub status: String,
+    pub retention_until: Option<Date>,
+}
+
+/// A stored content version to record.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub id: Uuid,
+    pub file_name: String,
+    pub media_type: String,
+    pub size: i64,
+    pub sha256: Vec<u8>,
+    pub object_key: String,
+    pub data_key_wrapped: Vec<u8>,
+    pub data_key_ref: String,
+    pub nonce: Vec<u8>,
+    pub segment_size: i32,
+    pub valid_until: Option<OffsetDateTime>,
+    pub released_by: Option<String>,
+}
+
+const VERSION_COLUMNS: &str = "v.id, v.document_id, v.version, v.file_name, v.media_type, v.size,
+    v.sha256, v.object_key, v.data_key_wrapped, v.data_key_ref, v.nonce, v.segment_size,
+    v.valid_from, v.valid_until, v.replaced_by, v.released_by, v.released_at, v.created_at";
+
+fn version_at(r: &tokio_postgres::Row, o: usize) -> Version {
+    Version {
+        id: r.get(o),
+        document_id: r.get(o + 1),
+        version: r.get(o + 2),
+        file_name: r.get(o + 3),
+        media_type: r.get(o + 4),
+        size: r.get(o + 5),
+        sha256: r.get(o + 6),
+        object_key: r.get(o + 7),
+        data_key_wrapped: r.get(o + 8),
+        data_key_ref: r.get(o + 9),
+        nonce: r.get(o + 10),
+        segment_size: r.get(o + 11),
+        valid_from: r.get(o + 12),
+        valid_until: r.get(o + 13),
+        replaced_by: r.get(o + 14),
+        released_by: r.get(o + 15),
+        released_at: r.get(o + 16),
+        created_at: r.get(o + 17),
+    }
+}
+
+const DOC_COLUMNS: &str = "d.id, d.doc_type, d.title, d.period, d.site, d.status,
+    d.retention_until, d.created_by, d.created_at";
+
+fn document(r: &tokio_postgres::Row) -> Document {
+    let current = r.get::<_, Option<Uuid>>(9).map(|_| version_at(r, 9));
+    Document {
+        id: r.get(0),
+        doc_type: r.get(1),
+        title: r.get(2),
+        period: r.get(3),
+        site: r.get(4),
+        status: r.get(5),
+        retention_until: r.get(6),
+        created_by: r.get(7),
+        created_at: r.get(8),
+        current,
+    }
+}
+
+fn q(op: &'static str) -> impl Fn(tokio_postgres::Error) -> RuntimeError {
+    move |e| match RuntimeError::constraint_of(&e) {
+        Some("documents_site_fkey") => RuntimeError::InvalidInput("unknown site".into()),
+        Some("documents_period_check") => {
+            RuntimeError::InvalidInput("period must be YYYY, YYYY-MM or YYYY-Qn".into())
+        }
+        Some("documents_title_check") => {
+            RuntimeError::InvalidInput("title must be 1 to 300 characters".into())
+        }
+        Some("documents_doc_type_check") | Some("documents_status_check") => {
+            RuntimeError::InvalidInput("unknown type or status".into())
+        }
+        _ => RuntimeError::query(op, e),
+    }
+}
+
+async fn insert_version(
+    tx: &tokio_postgres::Transaction<'_>,
+    document: Uuid,
+    number: i32,
+    v: &NewVersion,
+) -> Result<(), RuntimeError> {
+    tx.execute(
+        "insert into document_versions (id, document_id, version, file_name, media_type, size,
+             sha256, object_key, data_key_wrapped, data_key_ref, nonce, segment_size, valid_until,
+             released_by, released_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                 case when $14::text is null then null else now() end)",
+        &[
+            &v.id,
+            &document,
+            &number,
+            &v.file_name,
+            &v.media_type,
+            &v.size,
+            &v.sha256,
+            &v.object_key,
+            &v.data_key_wrapped,
+            &v.data_key_ref,
+            &v.nonce,
+            &v.segment_size,
+            &v.valid_until,
+            &v.released_by,
+        ],
+    )
+    .await
+    .map_err(q("recording a document version"))?;
+    Ok(())
+}
+
+/// Records a new document with its first version.
+pub async fn create(
+    client: &mut Client,
+    id: Uuid,
+    d: &NewDocument,
+    v: &NewVersion,
+    actor: &str,
+) -> Result<Document, RuntimeError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(q("recording a document"))?;
+    tx.execute(
+        "insert into documents (id, doc_type, title, period, site, status, retention_until, created_by)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &id,
+            &d.doc_type,
+            &d.title,
+            &d.period,
+            &d.site,
+            &d.status,
+            &d.retention_until,
+            &actor,
+        ],
+    )
+    .await
+    .map_err(q("recording a document"))?;
+    insert_version(&tx, id, 1, v).await?;
+    tx.execute(
+        "update documents set current_version = $2 where id = $1",
+        &[&id, &v.id],
+    )
+    .await
+    .map_err(q("recording a document"))?;
+    tx.commit().await.map_err(q("recording a document"))?;
+    get(client, id)
+        .await?
+        .ok_or_else(|| RuntimeError::NotFound("document".into()))
+}
+
+/// Adds a version that replaces the current one (which gets `valid_until` and `replaced_by`).
+pub async fn add_version(
+    client: &mut Client,
+    document: Uuid,
+    v: &NewVersion,
+) -> Result<Version, RuntimeError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(q("recording a version"))?;
+    let row = tx
+        .query_opt(
+            "select current_version,
+                    (select coalesce(max(version), 0) from document_versions where document_id = d.id)
+               from documents d where d.id = $1 for update",
+            &[&document],
+        )
+        .await
+        .map_err(q("recording a version"))?
+        .ok_or_else(|| RuntimeError::NotFound("no such document".into()))?;
+    let previous: Option<Uuid> = row.get(0);
+    let number: i32 = row.get(1);
+    insert_version(&tx, document, number + 1, v).await?;
+    if let Some(prev) = previous {
+        tx.execute(
+            "update document_versions set valid_until = least(coalesce(valid_until, now()), now()),
+                    replaced_by = $2
+              where id = $1",
+            &[&prev, &v.id],
+        )
+        .await
+        .map_err(q("recording a version"))?;
+    }
+    tx.execute(
+        "update documents set current_version = $2 where id = $1",
+        &[&document, &v.id],
+    )
+    .await
+    .map_err(q("recording a version"))?;
+    tx.commit().await.map_err(q("recording a version"))?;
+    version(client, v.id)
+        .await?
+        .ok_or_else(|| RuntimeError::NotFound("version".into()))
+}
+
+pub async fn get(client: &Client, id: Uuid) -> Result<Option<Document>, RuntimeError> {
+    Ok(client
+        .query_opt(
+            &format!(
+                "select {DOC_COLUMNS}, {VERSION_COLUMNS} from documents d
+                   left join document_versions v on v.id = d.current_version
+                  where d.id = $1"
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(q("reading a document"))?
+        .as_ref()
+        .map(document))
+}
+
+pub async fn versions(client: &Client, document: Uuid) -> Result<Vec<Version>, RuntimeError> {
+    Ok(client
+        .query(
+            &format!(
+                "select {VERSION_COLUMNS} from document_versions v where v.document_id = $1
+                  order by v.version"
+            ),
+            &[&document],
+        )
+        .await
+        .map_err(q("reading versions"))?
+        .iter()
+        .map(|r| version_at(r, 0))
+        .collect())
+}
+
+pub async fn version(client: &Client, id: Uuid) -> Result<Option<Version>, RuntimeError> {
+    Ok(client
+        .query_opt(
+            &format!("select {VERSION_COLUMNS} from document_versions v where v.id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(q("reading a version"))?
+        .as_ref()
+        .map(|r| version_at(r, 0)))
+}
+
+/// Filters of the document list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub doc_type: Option<String>,
+    pub period: Option<String>,
+    pub site: Option<String>,
+    pub status: Option<String>,
+    /// Documents whose current version is valid at this moment.
+    pub valid_at: Option<OffsetDateTime>,
+    /// The caller's site scope (`None`: every site; organisation-wide documents only for those).
+    pub scope: Option<Vec<String>>,
+    /// Cursor: documents strictly after this (created_at, id) in the listing order.
+    pub after: Option<(OffsetDateTime, Uuid)>,
+}
+
+/// Newest first.
+pub async fn list(client: &Client, f: &Filter, limit: i64) -> Result<Vec<Document>, RuntimeError> {
+    let (after_at, after_id) = f.after.map_or((None, None), |(a, i)| (Some(a), Some(i)));
+    Ok(client
+        .query(
+            &format!(
+                "select {DOC_COLUMNS}, {VERSION_COLUMNS} from documents d
+                   left join document_versions v on v.id = d.current_version
+                  where ($1::text is null or d.doc_type = $1)
+                    and ($2::text is null or d.period = $2)
+                    and ($3::text is null or d.site = $3)
+                    and ($4::text is null or d.status = $4)
+                    and ($5::timestamptz is null
+                         or (v.valid_from <= $5 and (v.valid_until is null or v.valid_until > $5)))
+                    and ($6::text[] is null or d.site = any($6))
+                    and ($7::timestamptz is null or (d.created_at, d.id) < ($7, $8::uuid))
+                  order by d.created_at desc, d.id desc
+                  limit $9"
+            ),
+            &[
+                &f.doc_type,
+                &f.period,
+                &f.site,
+                &f.status,
+                &f.valid_at,
+                &f.scope,
+                &after_at,
+                &after_id,
+                &limit,
+            ],
+        )
+        .await
+        .map_err(q("listing documents"))?
+        .iter()
+        .map(document)
+        .collect())
+}
+
+// ---- links -----------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub id: Uuid,
+    pub document_id: Uuid,
+    pub version_id: Uuid,
+    pub expires_at: OffsetDateTime,
+    pub created_by: String,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+    pub uses: i32,
+}
+
+const LINK_COLUMNS: &str =
+    "id, document_id, version_id, expires_at, created_by, created_at, revoked_at, uses";
+
+fn link(r: &tokio_postgres::Row) -> Link {
+    Link {
+        id: r.get(0),
+        document_id: r.get(1),
+        version_id: r.get(2),
+        expires_at: r.get(3),
+        created_by: r.get(4),
+        created_at: r.get(5),
+        revoked_at: r.get(6),
+        uses: r.get(7),
+    }
+}
+
+pub async fn create_link(
+    client: &Client,
+    document: Uuid,
+    version: Uuid,
+    expires_at: OffsetDateTime,
+    actor: &str,
+) -> Result<Link, RuntimeError> {
+    let row = client
+        .query_one(
+            &format!(
+                "insert into document_links (id, document_id, version_id, expires_at, created_by)
+                 values ($1, $2, $3, date_trunc('second', $4::timestamptz), $5)
+                 returning {LINK_COLUMNS}"
+            ),
+            &[&Uuid::new_v4(), &document, &version, &expires_at, &actor],
+        )
+        .await
+        .map_err(q("creating a link"))?;
+    Ok(link(&row))
+}
+
+pub async fn get_link(client: &Client, id: Uuid) -> Result<Option<Link>, RuntimeError> {
+    Ok(client
+        .query_opt(
+            &format!("select {LINK_COLUMNS} from document_links where id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(q("reading a link"))?
+        .as_ref()
+        .map(link))
+}
+
+pub async fn links(client: &Client, document: Uuid) -> Result<Vec<Link>, RuntimeError> {
+    Ok(client
+        .query(
+            &format!(
+                "select {LINK_COLUMNS} from document_links where document_id = $1 order by created_at"
+            ),
+            &[&document],
+        )
+        .await
+        .map_err(q("listing links"))?
+        .iter()
+        .map(link)
+        .collect())
+}
+
+/// Revokes a link of this document; `NotFound` when there is none.
+pub async fn revoke_link(client: &Client, document: Uuid, id: Uuid) -> Result<Link, RuntimeError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "update document_links set revoked_at = coalesce(revoked_at, now())
+                  where id = $1 and document_id = $2 returning {LINK_COLUMNS}"
+            ),
+            &[&id, &document],
+        )
+        .await
+        .map_err(q("revoking a link"))?
+        .ok_or_else(|| RuntimeError::NotFound("no such link".into()))?;
+    Ok(link(&row))
+}
+
+/// Counts a use of a live link; `None` when it is revoked or expired.
+pub async fn use_link(client: &Client, id: Uuid) -> Result<Option<Link>, RuntimeError> {
+    Ok(client
+        .query_opt(
+            &format!(
+                "update document_links set uses = uses + 1
+                  where id = $1 and revoked_at is null and expires_at > now()
+                 returning {LINK_COLUMNS}"
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(q("using a link"))?
+        .as_ref()
+        .map(link))
+}
+
+// ---- tenant secrets --------------------------------------------------------------------------
+
+/// The stored ciphertext of a tenant secret, if there is one.
+pub async fn tenant_secret(client: &Client, name: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+    Ok(client
+        .query_opt(
+            "select ciphertext from tenant_secrets where name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("reading a tenant secret", e))?
+        .map(|r| r.get(0)))
+}
+
+/// Stores a tenant secret unless one exists; returns the stored ciphertext (the first writer
+/// wins, so concurrent creators all end up with the same secret).
+pub async fn put_tenant_secret(
+    client: &Client,
+    name: &str,
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, RuntimeError> {
+    client
+        .execute(
+            "insert into tenant_secrets (name, ciphertext) values ($1, $2) on conflict do nothing",
+            &[&name, &ciphertext],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("storing a tenant secret", e))?;
+    tenant_secret(client, name)
+        .await?
+        .ok_or_else(|| RuntimeError::NotFound("tenant secret".into()))
+}
