@@ -247,6 +247,13 @@ async fn delegation_never_escalates_and_four_eyes_guard_privileged_changes() {
     let helpdesk = json!({"name": "helpdesk", "description": "first-level support", "permissions": ["users.manage", "documents.read", "tickets.create"]});
     let pending = post(&server, &acme, "/api/v1/roles", &alice, helpdesk.clone()).await;
     assert_eq!(pending.status, 202, "{pending:?}");
+    // The approver sees what is asked, and by whom.
+    let asked = &pending.body["approval"];
+    assert_eq!(asked["requested_by"], "alice@acme.example");
+    assert_eq!(
+        asked["details"]["permissions"],
+        json!(["documents.read", "tickets.create", "users.manage"])
+    );
     assert_eq!(
         server
             .get(&acme, "/api/v1/roles", Some(&alice))
@@ -518,6 +525,7 @@ async fn delegation_never_escalates_and_four_eyes_guard_privileged_changes() {
         "approval_rejected",
         "role_created",
         "role_granted",
+        "role_revoked",
         "user_deactivated",
         "permission_denied",
     ] {

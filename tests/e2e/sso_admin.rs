@@ -111,6 +111,10 @@ async fn tenant_admins_manage_their_own_connections_only() {
         .map(|r| r.get(0))
         .collect();
     assert!(payloads.iter().all(|p| !p.contains(secret)));
+    // The approver sees the connection's settings, not even its encrypted secret.
+    let shown = &r.body["approval"]["details"]["connection"];
+    assert_eq!(shown["name"], "okta");
+    assert!(shown.get("secret_ciphertext").is_none(), "{shown}");
     assert_eq!(
         crate::portal::approve(&server, &acme, &r, &second)
             .await

@@ -298,6 +298,12 @@ pub async fn set_user_role(
     }
     let updated = users::set_role(&auth.conn, user.id, &name).await?;
     auth.record(
+        EventType::RoleRevoked,
+        &user.email,
+        serde_json::json!({"role": user.role.as_str()}),
+    )
+    .await?;
+    auth.record(
         EventType::RoleGranted,
         &user.email,
         serde_json::json!({"role": name.as_str(), "previous": user.role.as_str()}),
@@ -598,7 +604,17 @@ async fn apply(auth: &mut Authenticated, a: &approvals::Approval) -> Result<(), 
         GRANT_PRIVILEGED_ROLE => {
             let user = Uuid::parse_str(&s("user_id")).map_err(|_| Problem::internal())?;
             let role = RoleName::parse(&s("role")).ok_or_else(Problem::internal)?;
+            let previous = users::get(&auth.conn, user)
+                .await?
+                .ok_or_else(Problem::not_found)?
+                .role;
             users::set_role(&auth.conn, user, &role).await?;
+            auth.record(
+                EventType::RoleRevoked,
+                &s("email"),
+                serde_json::json!({"role": previous.as_str(), "approval": a.id}),
+            )
+            .await?;
             auth.record(EventType::RoleGranted, &s("email"), details)
                 .await
         }

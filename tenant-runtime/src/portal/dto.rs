@@ -114,6 +114,11 @@ pub struct ApprovalDto {
     pub id: Uuid,
     pub action: String,
     pub target: String,
+    /// The requested change as the approver should see it (for a new SSO connection: name,
+    /// protocol and IdP settings; never its encrypted secret).
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    /// Who asked (their e-mail, or `token:<name>`).
     pub requested_by: String,
     pub status: String,
     pub decided_by: Option<String>,
@@ -128,11 +133,23 @@ pub struct ApprovalDto {
 
 impl From<approvals::Approval> for ApprovalDto {
     fn from(a: approvals::Approval) -> Self {
+        let mut details = a.payload.clone();
+        let requested_by = details
+            .get("requested_by_name")
+            .and_then(|n| n.as_str())
+            .map_or_else(|| a.requested_by.clone(), str::to_owned);
+        if let Some(obj) = details.as_object_mut() {
+            obj.remove("requested_by_name");
+            if let Some(c) = obj.get_mut("connection").and_then(|c| c.as_object_mut()) {
+                c.remove("secret_ciphertext");
+            }
+        }
         Self {
             id: a.id,
             action: a.action,
             target: a.target,
-            requested_by: a.requested_by,
+            details,
+            requested_by,
             status: a.status,
             decided_by: a.decided_by,
             decided_at: a.decided_at,

@@ -50,7 +50,6 @@ pub enum EventType {
     TokenCreated,
     TokenRevoked,
     ExportRequested,
-    AuditAnchored,
     PermissionDenied,
 }
 
@@ -87,7 +86,6 @@ impl EventType {
         Self::TokenCreated,
         Self::TokenRevoked,
         Self::ExportRequested,
-        Self::AuditAnchored,
         Self::PermissionDenied,
     ];
 
@@ -124,7 +122,6 @@ impl EventType {
             Self::TokenCreated => "token_created",
             Self::TokenRevoked => "token_revoked",
             Self::ExportRequested => "export_requested",
-            Self::AuditAnchored => "audit_anchored",
             Self::PermissionDenied => "permission_denied",
         }
     }
