@@ -68,22 +68,43 @@ pub fn generate_password() -> SecretString {
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn ensure_template(server: &DbServer, admin: &Client) -> Result<String, ProvisionError> {
     let name = migrations::template_name();
-    if template_ready(admin, &name).await? {
-        return Ok(name);
+    ensure_template_named(server, admin, &name, true).await?;
+    Ok(name)
+}
+
+/// [`ensure_template`] under a given name; `remove_stale` drops other `portico_tpl_*`
+/// templates after a build. Public for the tests, which build templates of their own.
+///
+/// Advisory locks are per database: admin sessions connected to different databases of one
+/// cluster (the control-plane server's admin is in the catalog database, a registered
+/// server's usually in `postgres`) would not exclude each other and would create the same
+/// database at once. So the lock is taken in the cluster's `postgres` maintenance database,
+/// and only when that cannot be reached in the admin session's own.
+#[doc(hidden)]
+pub async fn ensure_template_named(
+    server: &DbServer,
+    admin: &Client,
+    name: &str,
+    remove_stale: bool,
+) -> Result<(), ProvisionError> {
+    if template_ready(admin, name).await? {
+        return Ok(());
     }
-    admin
+    let maintenance = server.admin_in("postgres").await.ok();
+    let locker: &Client = maintenance.as_ref().unwrap_or(admin);
+    locker
         .execute("select pg_advisory_lock(hashtext('portico:template'))", &[])
         .await
         .map_err(|e| pg_err("locking the template build", e))?;
-    let result = build_template(server, admin, &name).await;
-    // The lock is session-level; it is released when `admin` closes in any case.
-    let _ = admin
+    let result = build_template(server, admin, name, remove_stale).await;
+    // The lock is session-level; it is released when the session closes in any case.
+    let _ = locker
         .execute(
             "select pg_advisory_unlock(hashtext('portico:template'))",
             &[],
         )
         .await;
-    result.map(|()| name)
+    result
 }
 
 async fn template_ready(
@@ -104,6 +125,7 @@ async fn build_template(
     server: &DbServer,
     admin: &tokio_postgres::Client,
     name: &str,
+    remove_stale: bool,
 ) -> Result<(), ProvisionError> {
     if template_ready(admin, name).await? {
         return Ok(());
@@ -164,6 +186,9 @@ async fn build_template(
         ))
         .await
         .map_err(|e| pg_err("finishing the template database", e))?;
+    if !remove_stale {
+        return Ok(());
+    }
     // Older templates are no longer needed. One still being copied from keeps its lock and
     // is left for the next build to remove.
     let stale = admin

@@ -113,3 +113,54 @@ async fn template_is_built_on_demand() {
     );
     server.cleanup().await;
 }
+
+/// Builders whose admin sessions are in different databases of one cluster (as the
+/// control-plane server's and a registered server's are) still build a template one at a
+/// time: advisory locks are per database, so the lock lives in `postgres`. Without that, the
+/// builders create the same database at once and all but one fail.
+#[tokio::test]
+async fn template_builders_in_different_databases_exclude_each_other() {
+    let env = crate::support::TestEnv::new(Backend::FileLocal).await;
+    let server = env.server();
+    let name = format!("portico_race_tpl_{}", uuid::Uuid::new_v4().simple());
+    let mut admins = Vec::new();
+    for _ in 0..2 {
+        admins.push(crate::support::connect(&crate::support::admin_url("postgres")).await);
+        admins.push(crate::support::connect(&env.catalog_url()).await);
+    }
+    let builds = admins.iter().map(|admin| {
+        portico_provisioning::database::ensure_template_named(&server, admin, &name, false)
+    });
+    for (i, r) in futures_util::future::join_all(builds)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert!(r.is_ok(), "builder {i}: {:?}", r.err());
+    }
+    let root = crate::support::connect(&crate::support::admin_url("postgres")).await;
+    let found: Vec<String> = root
+        .query(
+            "select datname from pg_database where datname like $1 || '%'",
+            &[&name],
+        )
+        .await
+        .expect("databases")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        found,
+        std::slice::from_ref(&name),
+        "one template, no half-built copy"
+    );
+    for stmt in [
+        format!("alter database {name} with is_template false"),
+        format!("drop database {name}"),
+    ] {
+        root.batch_execute(&stmt)
+            .await
+            .expect("drop the test template");
+    }
+    env.cleanup().await;
+}
