@@ -46,7 +46,7 @@ fn mib_s(bytes: usize, d: Duration) -> f64 {
 async fn up(
     store: &ObjectStore,
     key: &ObjectKey,
-    cipher: Option<&ObjectCipher>,
+    cipher: Option<ObjectCipher>,
     chunk: &Bytes,
     mib: usize,
 ) -> anyhow::Result<Duration> {
@@ -95,11 +95,11 @@ async fn throughput(
         // Alternate which side goes first, so warm-up and drift hit both alike.
         if round % 2 == 0 {
             pu.push(up(store, &pkey, None, &chunk, mib).await?);
-            eu.push(up(store, &ekey, Some(&cipher()), &chunk, mib).await?);
+            eu.push(up(store, &ekey, Some(cipher()), &chunk, mib).await?);
             pd.push(down(store, &pkey, None, mib).await?);
             ed.push(down(store, &ekey, Some(cipher()), mib).await?);
         } else {
-            eu.push(up(store, &ekey, Some(&cipher()), &chunk, mib).await?);
+            eu.push(up(store, &ekey, Some(cipher()), &chunk, mib).await?);
             pu.push(up(store, &pkey, None, &chunk, mib).await?);
             ed.push(down(store, &ekey, Some(cipher()), mib).await?);
             pd.push(down(store, &pkey, None, mib).await?);

@@ -777,8 +777,10 @@ async fn large_uploads_and_downloads_stream_in_bounded_memory() {
     );
     let grown_mib = (peak_rss_kb(server.pid()).saturating_sub(before)) / 1024;
     println!("peak RSS grew by {grown_mib} MiB moving a {size_mib} MiB file each way");
+    // Measured: about 65 MiB whatever the size (256 MiB or 1 GiB): one S3 part, the queues,
+    // and what the allocator keeps. A server that buffered the file would grow by its size.
     assert!(
-        grown_mib < 100,
+        grown_mib < 128,
         "peak RSS grew by {grown_mib} MiB for a {size_mib} MiB file"
     );
     env.cleanup().await;

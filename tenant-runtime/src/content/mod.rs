@@ -47,7 +47,7 @@ pub struct Stored {
 pub async fn store<S, E>(
     store: &ObjectStore,
     key: &ObjectKey,
-    cipher: Option<&ObjectCipher>,
+    cipher: Option<ObjectCipher>,
     mut scan: Option<ScanSession>,
     body: S,
     max: u64,
@@ -57,20 +57,26 @@ where
     E: std::fmt::Display,
 {
     let writer = store.writer(key).await?;
-    // Storage writes run in their own task, fed through a bounded queue, so sending a part to
-    // S3 overlaps with hashing, scanning and encrypting the next one (memory stays bounded by
-    // the queue and one part).
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE_SEGMENTS);
+    // Encryption and storage writes run in a task of their own, fed plaintext segments
+    // through a bounded queue: hashing and scanning (here) and sealing and sending (there) use
+    // both cores, and a part travelling to S3 overlaps with the next one being prepared.
+    // Memory stays bounded by the queue and one part.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, u64, bool)>(QUEUE_SEGMENTS);
     let write_task = tokio::spawn(async move {
         let mut writer = writer;
-        while let Some(segment) = rx.recv().await {
+        while let Some((mut segment, index, last)) = rx.recv().await {
+            if let Some(c) = &cipher
+                && c.seal(index, last, &mut segment).is_err()
+            {
+                return (writer, Err(None));
+            }
             if let Err(e) = writer.write(&segment).await {
-                return (writer, Err(e));
+                return (writer, Err(Some(e)));
             }
         }
         (writer, Ok(()))
     });
-    let pumped = pump(&tx, cipher, scan.as_mut(), body, max).await;
+    let pumped = pump(&tx, scan.as_mut(), body, max).await;
     drop(tx);
     let (writer, written) = write_task
         .await
@@ -78,7 +84,8 @@ where
     let pumped = match (pumped, written) {
         (Ok(stored), Ok(())) => Ok(stored),
         // A failed write closes the queue; its error is the one to report.
-        (_, Err(e)) => Err(ContentError::Storage(e)),
+        (_, Err(Some(e))) => Err(ContentError::Storage(e)),
+        (_, Err(None)) => Err(ContentError::Cipher(CipherError::Encrypt)),
         (Err(e), Ok(())) => Err(e),
     };
     let verdict = match (&pumped, scan) {
@@ -115,8 +122,7 @@ fn writer_gone() -> ContentError {
 }
 
 async fn pump<S, E>(
-    writer: &tokio::sync::mpsc::Sender<Vec<u8>>,
-    cipher: Option<&ObjectCipher>,
+    writer: &tokio::sync::mpsc::Sender<(Vec<u8>, u64, bool)>,
     mut scan: Option<&mut ScanSession>,
     mut body: S,
     max: u64,
@@ -144,18 +150,18 @@ where
         pending.extend_from_slice(&chunk);
         while pending.len() > seg {
             let rest = pending.split_off(seg);
-            let mut segment = std::mem::replace(&mut pending, rest);
-            if let Some(c) = cipher {
-                c.seal(index, false, &mut segment)?;
-            }
-            writer.send(segment).await.map_err(|_| writer_gone())?;
+            let segment = std::mem::replace(&mut pending, rest);
+            writer
+                .send((segment, index, false))
+                .await
+                .map_err(|_| writer_gone())?;
             index += 1;
         }
     }
-    if let Some(c) = cipher {
-        c.seal(index, true, &mut pending)?;
-    }
-    writer.send(pending).await.map_err(|_| writer_gone())?;
+    writer
+        .send((pending, index, true))
+        .await
+        .map_err(|_| writer_gone())?;
     Ok(Stored {
         size,
         sha256: hash.finish().as_ref().to_vec(),

@@ -164,7 +164,7 @@ async fn store_body(
     let stored = content::store(
         &rt.content.store,
         &object,
-        Some(&cipher),
+        Some(cipher),
         scan,
         stream,
         rt.content.max_upload,
