@@ -91,6 +91,18 @@ fn role_name(field: &str, s: &str) -> Result<RoleName, Problem> {
     })
 }
 
+/// The role named in a request's `role` field, if it exists and the caller holds all of it.
+async fn grantable(auth: &Authenticated, role: &str) -> Result<(RoleName, roles::Role), Problem> {
+    let name = role_name("role", role)?;
+    let role = roles::get(&auth.conn, name.as_str())
+        .await?
+        .ok_or_else(|| {
+            Problem::fields(vec![("role".into(), format!("there is no role '{name}'"))])
+        })?;
+    no_escalation(auth, role.permission_set())?;
+    Ok((name, role))
+}
+
 async fn pending(
     auth: &Authenticated,
     action: &str,
@@ -282,13 +294,7 @@ pub async fn set_user_role(
     ApiJson(req): ApiJson<SetRoleRequest>,
 ) -> Result<Response, Problem> {
     let user = managed_user(&auth, &id).await?;
-    let name = role_name("role", &req.role)?;
-    let role = roles::get(&auth.conn, name.as_str())
-        .await?
-        .ok_or_else(|| {
-            Problem::fields(vec![("role".into(), format!("there is no role '{name}'"))])
-        })?;
-    no_escalation(&auth, role.permission_set())?;
+    let (name, role) = grantable(&auth, &req.role).await?;
     if role.permission_set().intersects(Permissions::PRIVILEGED)
         && approvals::required(&auth.conn, GRANT_PRIVILEGED_ROLE).await?
     {
@@ -373,13 +379,7 @@ pub async fn invite_user(
     ApiJson(req): ApiJson<InviteRequest>,
 ) -> Result<(StatusCode, Json<InvitationDto>), Problem> {
     auth.require(Permission::UsersManage).await?;
-    let name = role_name("role", &req.role)?;
-    let role = roles::get(&auth.conn, name.as_str())
-        .await?
-        .ok_or_else(|| {
-            Problem::fields(vec![("role".into(), format!("there is no role '{name}'"))])
-        })?;
-    no_escalation(&auth, role.permission_set())?;
+    let (name, role) = grantable(&auth, &req.role).await?;
     if role.permission_set().intersects(Permissions::PRIVILEGED)
         && approvals::required(&auth.conn, GRANT_PRIVILEGED_ROLE).await?
     {

@@ -249,17 +249,6 @@ fn scanner_unavailable() -> Problem {
     .retry_after(30)
 }
 
-fn check_site(auth: &Authenticated, site: Option<&str>) -> Result<(), Problem> {
-    if auth.caller.sees_site(site) {
-        Ok(())
-    } else {
-        Err(Problem::fields(vec![(
-            "site".into(),
-            "is not one of your sites".into(),
-        )]))
-    }
-}
-
 #[utoipa::path(post, path = "/api/v1/documents", tag = "documents", params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "The file itself; its media type in Content-Type"),
@@ -310,18 +299,7 @@ pub async fn upload(
     if !errors.is_empty() {
         return Err(Problem::fields(errors));
     }
-    check_site(&auth, q.site.as_deref())?;
-    if let Some(site) = &q.site
-        && !crate::store::approvals::sites(&auth.conn)
-            .await?
-            .iter()
-            .any(|(c, _)| c == site)
-    {
-        return Err(Problem::fields(vec![(
-            "site".into(),
-            "unknown site".into(),
-        )]));
-    }
+    super::check_site(&auth, q.site.as_deref()).await?;
     let id = Uuid::new_v4();
     let version = store_body(&rt, &auth, &headers, id, name, valid_until, body).await?;
     let meta = NewDocument {

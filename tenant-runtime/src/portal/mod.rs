@@ -163,6 +163,26 @@ where
     }
 }
 
+/// A `site` field of a new object: one of the caller's sites, and a site that exists.
+pub async fn check_site(
+    auth: &crate::api::Authenticated,
+    site: Option<&str>,
+) -> Result<(), Problem> {
+    let field = |m: &str| Problem::fields(vec![("site".into(), m.into())]);
+    if !auth.caller.sees_site(site) {
+        return Err(field("is not one of your sites"));
+    }
+    if let Some(site) = site
+        && !crate::store::approvals::sites(&auth.conn)
+            .await?
+            .iter()
+            .any(|(c, _)| c == site)
+    {
+        return Err(field("unknown site"));
+    }
+    Ok(())
+}
+
 /// A path id that must be a UUID; anything else is simply not found.
 pub fn path_id(s: &str) -> Result<uuid::Uuid, Problem> {
     uuid::Uuid::parse_str(s).map_err(|_| Problem::not_found())

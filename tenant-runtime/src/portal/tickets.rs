@@ -13,9 +13,9 @@ use super::{ApiQuery, decode_cursor, encode_cursor, page_size, path_id};
 use crate::api::Authenticated;
 use crate::http::{ApiJson, Problem};
 use crate::store::audit::EventType;
+use crate::store::documents;
 use crate::store::roles::Permission;
 use crate::store::tickets::{self, Claim, Creator, Ticket};
-use crate::store::{approvals, documents};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -102,23 +102,7 @@ pub async fn create(
     if !errors.is_empty() {
         return Err(Problem::fields(errors));
     }
-    if !auth.caller.sees_site(req.site.as_deref()) {
-        return Err(Problem::fields(vec![(
-            "site".into(),
-            "is not one of your sites".into(),
-        )]));
-    }
-    if let Some(site) = &req.site
-        && !approvals::sites(&auth.conn)
-            .await?
-            .iter()
-            .any(|(c, _)| c == site)
-    {
-        return Err(Problem::fields(vec![(
-            "site".into(),
-            "unknown site".into(),
-        )]));
-    }
+    super::check_site(&auth, req.site.as_deref()).await?;
     check_attachments(&auth, &req.attachments).await?;
     let principal = auth.caller.principal();
     let name = auth.caller.name();
