@@ -47,10 +47,18 @@ wait_for_port() {
   done
 }
 
-# Stop the process whose pid is in file $1 (if any) and remove the file.
+# Stop the process whose pid is in file $1 (if any) and remove the file. Waits (at most 5 s)
+# for it to exit, then kills it, so nothing is still writing when its directory is removed.
 stop_pidfile() {
   if [ -f "$1" ]; then
-    kill "$(cat "$1")" 2>/dev/null || true
+    local pid
+    pid="$(cat "$1")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
     rm -f "$1"
   fi
 }
