@@ -274,6 +274,25 @@ async fn token_commands_refuse_bad_input() {
     .assert_error("--expires-in 'soon'");
     env.run(&["tenant", "token", "create", "acme", "--name", "  "])
         .assert_error("token name");
+    env.run(&[
+        "tenant", "token", "create", "acme", "--name", "x", "--role", "root",
+    ])
+    .assert_error("there is no role 'root'");
+    env.run(&[
+        "tenant", "token", "create", "acme", "--name", "x", "--site", "atlantis",
+    ])
+    .assert_error("unknown site 'atlantis'");
+    env.run(&[
+        "tenant",
+        "token",
+        "create",
+        "acme",
+        "--name",
+        "x",
+        "--user",
+        "nobody@acme.example",
+    ])
+    .assert_error("no active user 'nobody@acme.example'");
     env.ok(&["tenant", "token", "create", "acme", "--name", "ci"]);
     env.run(&["tenant", "token", "create", "acme", "--name", "ci"])
         .assert_error("already exists");

@@ -785,3 +785,41 @@ async fn large_uploads_and_downloads_stream_in_bounded_memory() {
     );
     env.cleanup().await;
 }
+
+/// A client that goes away in the middle of an upload leaves nothing behind: no object, no
+/// temporary file, no document row.
+#[tokio::test]
+async fn an_interrupted_upload_leaves_nothing_behind() {
+    use std::io::Write;
+    let env = TestEnv::new(Backend::FileLocal).await;
+    let row = env.json(&["tenant", "create", "acme", "--json"]);
+    let admin = env.tenant_token("acme", "admin", "admin");
+    let server = env.serve(&[]);
+    let acme = host_of("acme");
+    let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
+    write!(
+        s,
+        "POST /api/v1/documents?type=other&title=cut HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/pdf\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    .expect("head");
+    s.write_all(&content(300_000, 1)).expect("part of the body");
+    s.flush().expect("flush");
+    drop(s);
+    server.wait_for_stderr(
+        r#""route":"/api/v1/documents","status":400"#,
+        std::time::Duration::from_secs(30),
+    );
+    let dir = env
+        .storage_root()
+        .join(format!("{}documents", tenant_prefix(tenant_id(&row))));
+    assert_eq!(walk(&dir), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        ids(&server
+            .get(&acme, "/api/v1/documents", Some(&admin))
+            .await
+            .body)
+        .len(),
+        0
+    );
+    env.cleanup().await;
+}

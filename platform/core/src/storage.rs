@@ -184,13 +184,13 @@ impl ObjectStore {
                     message: "no upload id in the answer".into(),
                 })?;
                 Ok(ObjectWriter {
-                    inner: WriterInner::S3 {
+                    inner: Some(WriterInner::S3 {
                         store: s.clone(),
                         key: full,
                         upload_id,
                         parts: Vec::new(),
                         buf: Vec::new(),
-                    },
+                    }),
                 })
             }
         }
@@ -287,7 +287,32 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 /// aborted or dropped writer leaves no object (S3: the multipart upload is aborted; file: the
 /// temporary file is removed).
 pub struct ObjectWriter {
-    inner: WriterInner,
+    /// `None` once finished or aborted.
+    inner: Option<WriterInner>,
+}
+
+impl Drop for ObjectWriter {
+    /// A writer dropped unfinished (its request abandoned: a timeout, a shutdown) leaves
+    /// nothing: the temporary file is removed, the multipart upload aborted in the background.
+    fn drop(&mut self) {
+        match self.inner.take() {
+            None => {}
+            Some(WriterInner::File { tmp, file, .. }) => {
+                drop(file);
+                let _ = std::fs::remove_file(&tmp);
+            }
+            Some(WriterInner::S3 {
+                store,
+                key,
+                upload_id,
+                ..
+            }) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move { abort_multipart(&store, &key, &upload_id).await });
+                }
+            }
+        }
+    }
 }
 
 enum WriterInner {
@@ -308,10 +333,11 @@ enum WriterInner {
 impl ObjectWriter {
     pub async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
         match &mut self.inner {
-            WriterInner::File { tmp, file, .. } => {
+            None => Ok(()),
+            Some(WriterInner::File { tmp, file, .. }) => {
                 file.write_all(data).await.map_err(|e| io_err(tmp, e))
             }
-            WriterInner::S3 { buf, .. } => {
+            Some(WriterInner::S3 { buf, .. }) => {
                 buf.extend_from_slice(data);
                 if buf.len() >= PART_SIZE {
                     self.flush_part().await?;
@@ -322,13 +348,13 @@ impl ObjectWriter {
     }
 
     async fn flush_part(&mut self) -> Result<(), StorageError> {
-        let WriterInner::S3 {
+        let Some(WriterInner::S3 {
             store,
             key,
             upload_id,
             parts,
             buf,
-        } = &mut self.inner
+        }) = &mut self.inner
         else {
             return Ok(());
         };
@@ -357,25 +383,33 @@ impl ObjectWriter {
     /// Makes the object visible under its key.
     pub async fn finish(mut self) -> Result<(), StorageError> {
         // The last (or only) part; an empty object is one empty part.
-        let flush = matches!(&self.inner, WriterInner::S3 { parts, buf, .. } if !buf.is_empty() || parts.is_empty());
+        let flush = matches!(&self.inner, Some(WriterInner::S3 { parts, buf, .. }) if !buf.is_empty() || parts.is_empty());
         if flush {
             self.flush_part().await?;
         }
-        match self.inner {
-            WriterInner::File { tmp, path, file } => {
-                file.sync_all().await.map_err(|e| io_err(&tmp, e))?;
+        match self.inner.take() {
+            None => Ok(()),
+            Some(WriterInner::File { tmp, path, file }) => {
+                let synced = file.sync_all().await.map_err(|e| io_err(&tmp, e));
                 drop(file);
-                tokio::fs::rename(&tmp, &path)
-                    .await
-                    .map_err(|e| io_err(&path, e))
+                let done = match synced {
+                    Ok(()) => tokio::fs::rename(&tmp, &path)
+                        .await
+                        .map_err(|e| io_err(&path, e)),
+                    Err(e) => Err(e),
+                };
+                if done.is_err() {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                }
+                done
             }
-            WriterInner::S3 {
+            Some(WriterInner::S3 {
                 store,
                 key,
                 upload_id,
                 parts,
                 ..
-            } => {
+            }) => {
                 let done = store
                     .client
                     .complete_multipart_upload()
@@ -399,18 +433,19 @@ impl ObjectWriter {
     }
 
     /// Drops everything written so far.
-    pub async fn abort(self) {
-        match self.inner {
-            WriterInner::File { tmp, file, .. } => {
+    pub async fn abort(mut self) {
+        match self.inner.take() {
+            None => {}
+            Some(WriterInner::File { tmp, file, .. }) => {
                 drop(file);
                 let _ = tokio::fs::remove_file(&tmp).await;
             }
-            WriterInner::S3 {
+            Some(WriterInner::S3 {
                 store,
                 key,
                 upload_id,
                 ..
-            } => abort_multipart(&store, &key, &upload_id).await,
+            }) => abort_multipart(&store, &key, &upload_id).await,
         }
     }
 }
@@ -511,7 +546,7 @@ impl FileStore {
             .await
             .map_err(|e| io_err(&tmp, e))?;
         Ok(ObjectWriter {
-            inner: WriterInner::File { tmp, path, file },
+            inner: Some(WriterInner::File { tmp, path, file }),
         })
     }
 
@@ -740,6 +775,39 @@ mod tests {
         assert_eq!(store.get(&k).await.unwrap(), None);
         // Nothing is left behind: not even empty directories.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn streamed_writes_appear_only_when_finished_and_leave_nothing_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::File(FileStore {
+            root: dir.path().to_path_buf(),
+        });
+        let t = TenantId::random();
+        let k = ObjectKey::tenant_object(t, "documents/a").unwrap();
+        let mut w = store.writer(&k).await.unwrap();
+        w.write(b"hello ").await.unwrap();
+        w.write(b"world").await.unwrap();
+        assert_eq!(
+            store.get(&k).await.unwrap(),
+            None,
+            "not visible before finish"
+        );
+        w.finish().await.unwrap();
+        assert_eq!(
+            store.get(&k).await.unwrap().as_deref(),
+            Some(&b"hello world"[..])
+        );
+        // Abandoned (its request dropped): the temporary file goes with it.
+        let k2 = ObjectKey::tenant_object(t, "documents/b").unwrap();
+        let mut w = store.writer(&k2).await.unwrap();
+        w.write(b"partial").await.unwrap();
+        drop(w);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join(format!("tenants/{t}/documents")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["a"]);
     }
 
     #[tokio::test]
