@@ -823,3 +823,60 @@ async fn an_interrupted_upload_leaves_nothing_behind() {
     );
     env.cleanup().await;
 }
+
+/// An upload in progress does not hold a connection of the tenant's pool: with a pool of one,
+/// other requests of the tenant are served while a file is still arriving.
+#[tokio::test]
+async fn a_slow_upload_does_not_hold_the_tenants_connection() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    let row = env.json(&["tenant", "create", "acme", "--json"]);
+    let admin = env.tenant_token("acme", "admin", "admin");
+    let server = env.serve(&[
+        ("PORTICO_TENANT_POOL_SIZE", "1"),
+        ("PORTICO_POOL_WAIT_MS", "500"),
+    ]);
+    let acme = host_of("acme");
+    // The body's second half is sent only when the test says so.
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let first = bytes::Bytes::from(content(100_000, 1));
+    let second = bytes::Bytes::from(content(100_000, 2));
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
+        futures_util::stream::once(async move {
+            let _ = wait.await;
+            Ok::<_, std::io::Error>(second)
+        }),
+    );
+    use futures_util::StreamExt;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let upload = tokio::spawn(
+        http.post(format!(
+            "http://{}/api/v1/documents?type=other&title=slow",
+            server.addr
+        ))
+        .header("host", &acme)
+        .bearer_auth(&admin)
+        .header("content-length", "200000")
+        .body(reqwest::Body::wrap_stream(body))
+        .send(),
+    );
+    // The upload is streaming once its temporary file exists (the handler gave its
+    // connection back just before).
+    let dir = env
+        .storage_root()
+        .join(format!("{}documents", tenant_prefix(tenant_id(&row))));
+    let started = crate::support::within(std::time::Duration::from_secs(30), || {
+        let dir = dir.clone();
+        async move { !walk(&dir).is_empty() }
+    })
+    .await;
+    assert!(started.is_some(), "the upload never started streaming");
+    let listed = server.get(&acme, "/api/v1/documents", Some(&admin)).await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    go.send(()).expect("upload waiting");
+    let done = upload.await.expect("task").expect("upload");
+    assert_eq!(done.status(), 201);
+    env.cleanup().await;
+}

@@ -21,7 +21,7 @@ use crate::http::{ApiJson, Problem};
 use crate::identity::admin;
 use crate::store::audit::EventType;
 use crate::store::roles::{self, Permission, Permissions, RoleName};
-use crate::store::{approvals, connections, users};
+use crate::store::{approvals, connections, sites, users};
 
 pub const GRANT_PRIVILEGED_ROLE: &str = "grant_privileged_role";
 pub const CHANGE_PRIVILEGED_ROLE: &str = "change_privileged_role";
@@ -418,7 +418,7 @@ pub async fn invite_user(
     responses((status = 200, body = [SiteDto])), security(("bearer" = [])))]
 pub async fn list_sites(auth: Authenticated) -> Result<Json<Vec<SiteDto>>, Problem> {
     Ok(Json(
-        approvals::sites(&auth.conn)
+        sites::list(&auth.conn)
             .await?
             .into_iter()
             .filter(|(code, _)| auth.caller.sees_site(Some(code)))
@@ -445,7 +445,7 @@ pub async fn create_site(
             "1 to 200 characters".into(),
         )]));
     }
-    approvals::create_site(&auth.conn, &req.code, req.name.trim()).await?;
+    sites::create(&auth.conn, &req.code, req.name.trim()).await?;
     auth.record(EventType::SiteCreated, &req.code, serde_json::json!({}))
         .await?;
     Ok((StatusCode::CREATED, Json(req)))

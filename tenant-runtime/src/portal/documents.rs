@@ -115,15 +115,19 @@ async fn audit_rejection(
 }
 
 /// Streams the request body into storage as a new version of `doc`; returns its record.
+///
+/// The caller's tenant connection goes back to the pool while the file streams, and a fresh
+/// one is taken for what follows (returned with the version): an upload may take minutes,
+/// and a handful of them must not hold every connection of the tenant's pool.
 async fn store_body(
     rt: &Runtime,
-    auth: &Authenticated,
+    auth: Authenticated,
     headers: &HeaderMap,
     doc: Uuid,
     name: String,
     valid_until: Option<OffsetDateTime>,
     body: Body,
-) -> Result<NewVersion, Problem> {
+) -> Result<(Authenticated, NewVersion), Problem> {
     let media = media_type(headers)?;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -141,7 +145,7 @@ async fn store_body(
         Err(e) => {
             tracing::error!(error = %e, "malware scanner unavailable; upload refused");
             audit_rejection(
-                auth,
+                &auth,
                 "scanner_unavailable",
                 serde_json::json!({"file_name": name}),
             )
@@ -161,6 +165,13 @@ async fn store_body(
     let object = ObjectKey::tenant_object(tenant, &format!("documents/{doc}/{version}"))
         .map_err(|_| Problem::internal())?;
     let stream = body.into_data_stream();
+    let Authenticated {
+        tenant: route,
+        caller,
+        conn,
+        ip,
+    } = auth;
+    drop(conn);
     let stored = content::store(
         &rt.content.store,
         &object,
@@ -170,11 +181,27 @@ async fn store_body(
         rt.content.max_upload,
     )
     .await;
+    let conn = match rt.pools.get(&route).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Nothing may point at the object now: it goes.
+            if stored.is_ok() {
+                let _ = rt.content.store.delete(&object).await;
+            }
+            return Err(e.into());
+        }
+    };
+    let auth = Authenticated {
+        tenant: route,
+        caller,
+        conn,
+        ip,
+    };
     let stored = match stored {
         Ok(s) => s,
         Err(ContentError::Infected(signature)) => {
             audit_rejection(
-                auth,
+                &auth,
                 "infected",
                 serde_json::json!({"file_name": name, "signature": signature}),
             )
@@ -189,7 +216,7 @@ async fn store_body(
         Err(ContentError::Scan(e)) => {
             tracing::error!(error = %e, "malware scan failed; upload refused");
             audit_rejection(
-                auth,
+                &auth,
                 "scanner_failed",
                 serde_json::json!({"file_name": name}),
             )
@@ -215,7 +242,8 @@ async fn store_body(
             .retry_after(5));
         }
     };
-    Ok(NewVersion {
+    let released_by = Some(auth.caller.name());
+    let version = NewVersion {
         id: version,
         file_name: name,
         media_type: media,
@@ -227,8 +255,9 @@ async fn store_body(
         nonce: salt.to_vec(),
         segment_size: SEGMENT as i32,
         valid_until,
-        released_by: Some(auth.caller.name()),
-    })
+        released_by,
+    };
+    Ok((auth, version))
 }
 
 fn too_large(max: u64) -> Problem {
@@ -258,7 +287,7 @@ fn scanner_unavailable() -> Problem {
 pub async fn upload(
     State(rt): State<Runtime>,
     headers: HeaderMap,
-    mut auth: Authenticated,
+    auth: Authenticated,
     ApiQuery(q): ApiQuery<UploadQuery>,
     body: Body,
 ) -> Result<(StatusCode, Json<DocumentDto>), Problem> {
@@ -301,7 +330,7 @@ pub async fn upload(
     }
     super::check_site(&auth, q.site.as_deref()).await?;
     let id = Uuid::new_v4();
-    let version = store_body(&rt, &auth, &headers, id, name, valid_until, body).await?;
+    let (mut auth, version) = store_body(&rt, auth, &headers, id, name, valid_until, body).await?;
     let meta = NewDocument {
         doc_type,
         title,
@@ -353,7 +382,7 @@ fn valid_period(p: &str) -> bool {
 pub async fn new_version(
     State(rt): State<Runtime>,
     headers: HeaderMap,
-    mut auth: Authenticated,
+    auth: Authenticated,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<UploadQuery>,
     body: Body,
@@ -377,7 +406,7 @@ pub async fn new_version(
     if !errors.is_empty() {
         return Err(Problem::fields(errors));
     }
-    let v = store_body(&rt, &auth, &headers, doc.id, name, valid_until, body).await?;
+    let (mut auth, v) = store_body(&rt, auth, &headers, doc.id, name, valid_until, body).await?;
     let version = documents::add_version(&mut auth.conn, doc.id, &v).await?;
     auth.record(
         EventType::DocumentVersionCreated,

@@ -173,10 +173,9 @@ pub async fn check_site(
         return Err(field("is not one of your sites"));
     }
     if let Some(site) = site
-        && !crate::store::approvals::sites(&auth.conn)
+        && crate::store::sites::first_unknown(&auth.conn, &[site.to_owned()])
             .await?
-            .iter()
-            .any(|(c, _)| c == site)
+            .is_some()
     {
         return Err(field("unknown site"));
     }

@@ -49,10 +49,12 @@ async fn check_attachments(auth: &Authenticated, ids: &[uuid::Uuid]) -> Result<(
         return Ok(());
     }
     auth.require(Permission::DocumentsRead).await?;
+    // One query for all of them: the site of each that exists.
+    let found = documents::sites_of(&auth.conn, ids).await?;
     for (i, id) in ids.iter().enumerate() {
-        let ok = documents::get(&auth.conn, *id)
-            .await?
-            .is_some_and(|d| auth.caller.sees_site(d.site.as_deref()));
+        let ok = found
+            .iter()
+            .any(|(d, site)| d == id && auth.caller.sees_site(site.as_deref()));
         if !ok {
             return Err(Problem::fields(vec![(
                 format!("attachments[{i}]"),

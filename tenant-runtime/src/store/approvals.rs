@@ -179,32 +179,3 @@ pub async fn set_outcome(
         .map_err(|e| RuntimeError::query("recording an approval outcome", e))?;
     Ok(())
 }
-
-// ---- sites -----------------------------------------------------------------------------------
-
-pub async fn create_site(client: &Client, code: &str, name: &str) -> Result<(), RuntimeError> {
-    client
-        .execute(
-            "insert into sites (code, name) values ($1, $2)",
-            &[&code, &name],
-        )
-        .await
-        .map_err(|e| match RuntimeError::constraint_of(&e) {
-            Some("sites_pkey") => RuntimeError::Conflict(format!("site '{code}' exists")),
-            Some("sites_code_check") => RuntimeError::InvalidInput(
-                "a site code is 1 to 40 lowercase letters, digits, '_' or '-'".into(),
-            ),
-            _ => RuntimeError::query("creating a site", e),
-        })?;
-    Ok(())
-}
-
-pub async fn sites(client: &Client) -> Result<Vec<(String, String)>, RuntimeError> {
-    Ok(client
-        .query("select code, name from sites order by code", &[])
-        .await
-        .map_err(|e| RuntimeError::query("listing sites", e))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
-}

@@ -200,8 +200,44 @@ pub fn canonical(
         reason,
         details
     ]);
-    // Serialising a `Value` cannot fail.
-    serde_json::to_vec(&v).unwrap_or_default()
+    let mut out = String::new();
+    write_canonical(&v, &mut out);
+    out.into_bytes()
+}
+
+/// JSON with object keys sorted by their bytes, whatever order the `Value` keeps them in (so
+/// the hash does not depend on serde_json's `preserve_order` feature being off).
+fn write_canonical(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    // Serialising a string or a number cannot fail.
+    let scalar = |v: &Value| serde_json::to_string(v).unwrap_or_default();
+    match v {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&scalar(&Value::String(k.clone())));
+                out.push(':');
+                write_canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&scalar(other)),
+    }
 }
 
 fn sha256(data: &[u8]) -> Vec<u8> {
@@ -229,9 +265,7 @@ pub async fn record(client: &Client, e: &Event<'_>) -> Result<i64, RuntimeError>
         .unwrap_or(now);
     let ip = e.client_ip.map(|ip| ip.to_string());
     let outcome = if e.success { "success" } else { "failure" };
-    // Round-tripped through the same normalisation jsonb applies (sorted keys).
-    let details: serde_json::Value =
-        serde_json::from_str(&e.details.to_string()).unwrap_or_default();
+    let details = &e.details;
     let payload = canonical(
         at,
         e.event_type.as_str(),
@@ -241,7 +275,7 @@ pub async fn record(client: &Client, e: &Event<'_>) -> Result<i64, RuntimeError>
         e.target,
         outcome,
         e.reason,
-        &details,
+        details,
     );
     let row = client
         .query_one(
@@ -259,7 +293,7 @@ pub async fn record(client: &Client, e: &Event<'_>) -> Result<i64, RuntimeError>
                 &e.target,
                 &outcome,
                 &e.reason,
-                &details,
+                details,
                 &sha256(&payload),
             ],
         )
@@ -487,7 +521,7 @@ mod tests {
     #[test]
     fn canonical_form_is_stable_and_field_sensitive() {
         let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        let d = serde_json::json!({"b": 1, "a": "x"});
+        let d = serde_json::json!({"b": 1, "a": "x", "c": {"z": [1, {"y": null, "x": true}]}});
         let one = canonical(
             at,
             "logout",
@@ -501,7 +535,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(one.clone()).unwrap(),
-            r#"["portico-audit-v1","2027-01-15T08:00:00.000000Z","logout","a@x","127.0.0.1",null,null,"success",null,{"a":"x","b":1}]"#
+            r#"["portico-audit-v1","2027-01-15T08:00:00.000000Z","logout","a@x","127.0.0.1",null,null,"success",null,{"a":"x","b":1,"c":{"z":[1,{"x":true,"y":null}]}}]"#
         );
         let other = canonical(
             at,

@@ -279,6 +279,20 @@ pub async fn get(client: &Client, id: Uuid) -> Result<Option<Document>, RuntimeE
         .map(document))
 }
 
+/// (id, site) of those of `ids` that exist.
+pub async fn sites_of(
+    client: &Client,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, Option<String>)>, RuntimeError> {
+    Ok(client
+        .query("select id, site from documents where id = any($1)", &[&ids])
+        .await
+        .map_err(q("reading documents"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 pub async fn versions(client: &Client, document: Uuid) -> Result<Vec<Version>, RuntimeError> {
     Ok(client
         .query(

@@ -9,6 +9,7 @@ pub mod documents;
 pub mod profile;
 pub mod roles;
 pub mod sessions;
+pub mod sites;
 pub mod tickets;
 pub mod tokens;
 pub mod users;

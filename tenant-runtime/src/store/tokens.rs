@@ -110,14 +110,8 @@ pub async fn create_scoped(
             "a token name must be 1 to 100 printable characters".into(),
         ));
     }
-    for site in sites.iter().flatten() {
-        let known = client
-            .query_opt("select 1 from sites where code = $1", &[site])
-            .await
-            .map_err(|e| RuntimeError::query("checking sites", e))?;
-        if known.is_none() {
-            return Err(RuntimeError::InvalidInput(format!("unknown site '{site}'")));
-        }
+    if let Some(sites) = &sites {
+        crate::store::sites::require_all(client, sites).await?;
     }
     let (secret, hash) = generate(TOKEN_PREFIX);
     let row = client

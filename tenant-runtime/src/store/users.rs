@@ -108,17 +108,7 @@ pub async fn set_sites(
     sites: Option<&[String]>,
 ) -> Result<User, RuntimeError> {
     if let Some(sites) = sites {
-        let known: i64 = client
-            .query_one("select count(*) from sites where code = any($1)", &[&sites])
-            .await
-            .map_err(|e| RuntimeError::query("checking sites", e))?
-            .get(0);
-        let distinct: std::collections::BTreeSet<&String> = sites.iter().collect();
-        if known != distinct.len() as i64 {
-            return Err(RuntimeError::InvalidInput(
-                "unknown site in the list".into(),
-            ));
-        }
+        crate::store::sites::require_all(client, sites).await?;
     }
     let row = client
         .query_opt(
