@@ -13,7 +13,7 @@ use sqlx::Connection;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portico_core::keys::random_bytes;
-use portico_tenant_runtime::store::{self, tokens::TokenRole};
+use portico_tenant_runtime::store::{self, roles::RoleName};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::cli::{print_tenant, print_tenant_table};
@@ -205,7 +205,7 @@ async fn setup(
     println!();
 
     let client = platform.connect_as_tenant("acme").await?;
-    let (_, token) = store::tokens::create(&client, "demo", TokenRole::admin(), None)
+    let (_, token) = store::tokens::create(&client, "demo", RoleName::admin(), None)
         .await
         .map_err(crate::PlatformError::from)?;
     let password = SecretString::from(URL_SAFE_NO_PAD.encode(random_bytes::<12>()));
@@ -214,7 +214,7 @@ async fn setup(
         .await
         .context("hashing the demo password")?
         .map_err(crate::PlatformError::from)?;
-    store::users::create_local(&client, DEMO_ADMIN, TokenRole::admin(), &hash)
+    store::users::create_local(&client, DEMO_ADMIN, RoleName::admin(), &hash)
         .await
         .map_err(crate::PlatformError::from)?;
     let idp = demo_idp(&platform, &settings).await;
@@ -347,7 +347,7 @@ async fn try_demo_idp(
             issuer: issuer.clone(),
             client_id: "globex-portal".into(),
             client_secret: SecretString::from(secret),
-            default_role: Some(TokenRole::member()),
+            default_role: Some(RoleName::member()),
             map_claim: vec!["groups:admins=admin".into()],
         },
     )

@@ -7,7 +7,7 @@ use portico_core::Slug;
 use portico_tenant_runtime::identity::admin::{self, NewConnection};
 use portico_tenant_runtime::identity::fetch::Fetcher;
 use portico_tenant_runtime::store::connections::{self, Protocol};
-use portico_tenant_runtime::store::tokens::TokenRole;
+use portico_tenant_runtime::store::roles::RoleName;
 use portico_tenant_runtime::store::{audit, users};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -107,8 +107,8 @@ pub enum UserCmd {
     },
 }
 
-pub(crate) fn role(s: &str) -> Result<TokenRole, PlatformError> {
-    TokenRole::parse(s).ok_or_else(|| PlatformError::InvalidInput(format!("unknown role '{s}'")))
+pub(crate) fn role(s: &str) -> Result<RoleName, PlatformError> {
+    RoleName::parse(s).ok_or_else(|| PlatformError::InvalidInput(format!("unknown role '{s}'")))
 }
 
 fn read_file(path: &std::path::Path, what: &str) -> Result<String, PlatformError> {

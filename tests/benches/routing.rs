@@ -733,8 +733,13 @@ async fn provision(
                 )
                 .await?;
                 let client = platform.connect_as_tenant(&slug).await?;
-                let (_, token) =
-                    tokens::create(&client, "bench", tokens::TokenRole::member(), None).await?;
+                let (_, token) = tokens::create(
+                    &client,
+                    "bench",
+                    portico_tenant_runtime::store::roles::RoleName::member(),
+                    None,
+                )
+                .await?;
                 anyhow::Ok(Target {
                     host: format!("{slug}.{BASE}"),
                     slug: slug.clone(),

@@ -481,12 +481,21 @@ async fn delegation_never_escalates_and_four_eyes_guard_privileged_changes() {
             "/api/v1/roles/helpdesk".to_owned(),
             json!({}),
         ),
+        (
+            Method::PUT,
+            "/api/v1/roles/helpdesk".to_owned(),
+            json!({"permissions": []}),
+        ),
     ] {
         server
             .request(m.clone(), &globex, &path, Some(&g_admin), &[], Some(body))
             .await
             .assert_problem(404, "not_found");
     }
+    let their_approvals = server
+        .get(&globex, "/api/v1/approvals", Some(&g_admin))
+        .await;
+    assert_eq!(their_approvals.body, json!([]));
     let their_users = server.get(&globex, "/api/v1/users", Some(&g_admin)).await;
     assert_eq!(their_users.body, json!([]));
 

@@ -312,6 +312,18 @@ async fn another_tenant_cannot_reach_documents_by_id_host_token_link_or_key() {
             .body),
         Vec::<String>::new()
     );
+    let link_id = link.body["id"].as_str().expect("link id");
+    server
+        .request(
+            Method::DELETE,
+            &globex,
+            &format!("/api/v1/documents/{id}/links/{link_id}"),
+            Some(&g_admin),
+            &[],
+            None,
+        )
+        .await
+        .assert_problem(404, "not_found");
     // Acme's token on globex's host is no token at all.
     server
         .get(&globex, &format!("/api/v1/documents/{id}"), Some(&a_admin))

@@ -30,6 +30,9 @@ pub enum ContentError {
     Body(String),
     #[error("the stored object is missing")]
     Missing,
+    /// The storage writer task ended early; the error it ended with is the one reported.
+    #[error("the storage writer stopped")]
+    WriterStopped,
 }
 
 /// What was stored.
@@ -116,11 +119,6 @@ where
 /// Segments queued between the pipeline stages (each at most 64 KiB and a tag).
 const QUEUE_SEGMENTS: usize = 64;
 
-/// The queue to the storage writer is closed: the writer failed (its error is reported).
-fn writer_gone() -> ContentError {
-    ContentError::Storage(StorageError::ShortObject)
-}
-
 async fn pump<S, E>(
     writer: &tokio::sync::mpsc::Sender<(Vec<u8>, u64, bool)>,
     mut scan: Option<&mut ScanSession>,
@@ -154,14 +152,14 @@ where
             writer
                 .send((segment, index, false))
                 .await
-                .map_err(|_| writer_gone())?;
+                .map_err(|_| ContentError::WriterStopped)?;
             index += 1;
         }
     }
     writer
         .send((pending, index, true))
         .await
-        .map_err(|_| writer_gone())?;
+        .map_err(|_| ContentError::WriterStopped)?;
     Ok(Stored {
         size,
         sha256: hash.finish().as_ref().to_vec(),

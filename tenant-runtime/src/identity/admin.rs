@@ -11,7 +11,7 @@ use super::fetch::Fetcher;
 use super::{oidc, saml};
 use crate::error::RuntimeError;
 use crate::store::connections::{self, Connection, OidcConfig, Protocol, RoleMapping};
-use crate::store::tokens::TokenRole as Role;
+use crate::store::roles::RoleName as Role;
 
 /// A connection to create, as the CLI and the API describe it.
 #[derive(Deserialize)]

@@ -33,8 +33,8 @@ use crate::error::RuntimeError;
 use crate::http::{ClientIp, Problem, RequestId};
 use crate::pools::TenantConn;
 use crate::store::connections::{self, Connection, Protocol, role_for};
+use crate::store::roles::RoleName as Role;
 use crate::store::sessions::{self, Session, Timeouts};
-use crate::store::tokens::TokenRole as Role;
 use crate::store::{audit, users};
 
 pub const SESSION_COOKIE: &str = "__Host-portico_session";

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::error::RuntimeError;
-use crate::store::tokens::TokenRole as Role;
+use crate::store::roles::RoleName as Role;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "lowercase")]

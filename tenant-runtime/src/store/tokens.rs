@@ -18,14 +18,14 @@ use crate::store::roles::{Permission, Permissions};
 pub const TOKEN_PREFIX: &str = "ptk_";
 const SECRET_LEN: usize = 32;
 
-pub use super::roles::RoleName as TokenRole;
+use super::roles::RoleName;
 
 /// A token's record (never its secret).
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenInfo {
     pub id: Uuid,
     pub name: String,
-    pub role: TokenRole,
+    pub role: RoleName,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -40,7 +40,7 @@ pub struct TokenInfo {
 pub struct TokenCaller {
     pub token_id: Uuid,
     pub name: String,
-    pub role: TokenRole,
+    pub role: RoleName,
     pub user_id: Option<Uuid>,
     pub email: Option<String>,
     pub permissions: Permissions,
@@ -74,7 +74,7 @@ fn info(row: &tokio_postgres::Row) -> Result<TokenInfo, RuntimeError> {
     Ok(TokenInfo {
         id: row.get(0),
         name: row.get(1),
-        role: TokenRole::parse(&role).ok_or_else(|| RuntimeError::Query {
+        role: RoleName::parse(&role).ok_or_else(|| RuntimeError::Query {
             operation: "reading a token",
             message: format!("unknown role '{role}'"),
         })?,
@@ -88,7 +88,7 @@ fn info(row: &tokio_postgres::Row) -> Result<TokenInfo, RuntimeError> {
 pub async fn create(
     client: &Client,
     name: &str,
-    role: TokenRole,
+    role: RoleName,
     expires_at: Option<OffsetDateTime>,
 ) -> Result<(TokenInfo, SecretString), RuntimeError> {
     create_scoped(client, name, role, expires_at, None, None).await
@@ -99,7 +99,7 @@ pub async fn create(
 pub async fn create_scoped(
     client: &Client,
     name: &str,
-    role: TokenRole,
+    role: RoleName,
     expires_at: Option<OffsetDateTime>,
     user: Option<Uuid>,
     sites: Option<Vec<String>>,
@@ -203,7 +203,7 @@ pub async fn authenticate(
         Some(TokenCaller {
             token_id: r.get(0),
             name: r.get(1),
-            role: TokenRole::parse(&role)?,
+            role: RoleName::parse(&role)?,
             user_id: r.get(3),
             email: r.get(4),
             sites: r.get(5),

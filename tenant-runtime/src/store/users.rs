@@ -15,8 +15,9 @@ use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
 use crate::error::RuntimeError;
+use crate::store::roles::RoleName as Role;
 use crate::store::roles::{Permission, Permissions};
-use crate::store::tokens::{self, TokenRole as Role};
+use crate::store::tokens;
 
 /// Failed local sign-ins before the account is locked.
 pub const LOCK_AFTER: i32 = 5;
