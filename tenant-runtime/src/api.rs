@@ -318,10 +318,6 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn role(&self) -> RoleName {
-        self.role.clone()
-    }
-
     /// The actor recorded in the audit log: the user's e-mail (signed in, or through a token
     /// acting for them), else `token:<name>`.
     pub fn name(&self) -> String {
@@ -506,11 +502,10 @@ async fn session_caller(
         .await?
         .filter(|s| !s.mfa_pending)
         .ok_or_else(Problem::unauthenticated)?;
-    let user = users::get(&conn, session.user_id)
+    let (user, perms) = users::with_permissions(&conn, session.user_id)
         .await?
-        .filter(|u| u.active)
+        .filter(|(u, _)| u.active)
         .ok_or_else(Problem::unauthenticated)?;
-    let perms = users::permissions_of(&conn, &user.role).await?;
     Ok(Authenticated {
         tenant,
         caller: Caller {

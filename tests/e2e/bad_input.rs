@@ -305,6 +305,10 @@ async fn token_commands_refuse_bad_input() {
         .assert_error("exists");
     env.run(&["operator", "token", "create", "bob", "--expires-in", "0s"])
         .assert_error("positive duration");
+    for cmd in ["verify", "export", "anchor"] {
+        env.run(&["audit", cmd, "ghost"])
+            .assert_error("no tenant named 'ghost'");
+    }
     // Only the two good tokens exist.
     let tokens = env.json(&["tenant", "token", "list", "acme", "--json"]);
     assert_eq!(tokens.as_array().map(Vec::len), Some(1));

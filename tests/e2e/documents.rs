@@ -251,6 +251,21 @@ async fn documents_are_stored_encrypted_listed_ranged_and_versioned() {
     assert_eq!(fields, ["type", "title", "period"]);
     assert_eq!(store.list(&prefix).await.expect("list").len(), 4);
 
+    // Every upload says in the audit log that clamd scanned it.
+    let uploads = server
+        .get(
+            &acme,
+            "/api/v1/audit-events?event_type=document_uploaded",
+            Some(&admin),
+        )
+        .await;
+    let scanned: Vec<&serde_json::Value> = uploads.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| &e["details"]["scanned"])
+        .collect();
+    assert_eq!(scanned, [&json!(true); 3]);
     // Data keys are cached: 4 uploads and 8 downloads cost one GenerateDataKey in all.
     assert_eq!(data_key_calls(&server).await, 1.0);
     env.cleanup().await;

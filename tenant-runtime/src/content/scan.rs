@@ -44,10 +44,6 @@ impl Scanner {
         Self { address }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.address != ClamdAddress::Disabled
-    }
-
     /// Opens a scan, or `None` when scanning is turned off (the demo).
     pub async fn start(&self) -> Result<Option<ScanSession>, ScanError> {
         let conn: Box<dyn Conn> = match &self.address {

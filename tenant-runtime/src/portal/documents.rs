@@ -127,7 +127,7 @@ async fn store_body(
     name: String,
     valid_until: Option<OffsetDateTime>,
     body: Body,
-) -> Result<(Authenticated, NewVersion), Problem> {
+) -> Result<(Authenticated, NewVersion, bool), Problem> {
     let media = media_type(headers)?;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -257,7 +257,7 @@ async fn store_body(
         valid_until,
         released_by,
     };
-    Ok((auth, version))
+    Ok((auth, version, stored.scanned))
 }
 
 fn too_large(max: u64) -> Problem {
@@ -330,7 +330,8 @@ pub async fn upload(
     }
     super::check_site(&auth, q.site.as_deref()).await?;
     let id = Uuid::new_v4();
-    let (mut auth, version) = store_body(&rt, auth, &headers, id, name, valid_until, body).await?;
+    let (mut auth, version, scanned) =
+        store_body(&rt, auth, &headers, id, name, valid_until, body).await?;
     let meta = NewDocument {
         doc_type,
         title,
@@ -344,7 +345,7 @@ pub async fn upload(
     auth.record(
         EventType::DocumentUploaded,
         &id.to_string(),
-        serde_json::json!({"version": version.id, "size": version.size, "type": meta.doc_type}),
+        serde_json::json!({"version": version.id, "size": version.size, "type": meta.doc_type, "scanned": scanned}),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(doc.into())))
@@ -406,12 +407,13 @@ pub async fn new_version(
     if !errors.is_empty() {
         return Err(Problem::fields(errors));
     }
-    let (mut auth, v) = store_body(&rt, auth, &headers, doc.id, name, valid_until, body).await?;
+    let (mut auth, v, scanned) =
+        store_body(&rt, auth, &headers, doc.id, name, valid_until, body).await?;
     let version = documents::add_version(&mut auth.conn, doc.id, &v).await?;
     auth.record(
         EventType::DocumentVersionCreated,
         &doc.id.to_string(),
-        serde_json::json!({"version": version.id, "number": version.version, "size": version.size}),
+        serde_json::json!({"version": version.id, "number": version.version, "size": version.size, "scanned": scanned}),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(version.into())))

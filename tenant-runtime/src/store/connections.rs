@@ -92,9 +92,7 @@ pub fn role_for(
         let hit = attributes
             .iter()
             .any(|(name, values)| *name == m.attribute && values.contains(&m.value));
-        if hit && m.role == Role::admin() {
-            role = Role::admin();
-        } else if hit && role != Role::admin() {
+        if hit && (m.role.is_admin() || !role.is_admin()) {
             role = m.role.clone();
         }
     }

@@ -69,6 +69,32 @@ pub async fn get(client: &Client, id: Uuid) -> Result<Option<User>, RuntimeError
     row.as_ref().map(user).transpose()
 }
 
+/// A user with the permissions of their role, in one query (the session caller's hot path).
+pub async fn with_permissions(
+    client: &Client,
+    id: Uuid,
+) -> Result<Option<(User, Permissions)>, RuntimeError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "select {USER_COLUMNS},
+                        array(select p.permission from role_permissions p where p.role = u.role)
+                   from users u where u.id = $1"
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("reading a user", e))?;
+    row.map(|r| {
+        let perms: Vec<String> = r.get(6);
+        Ok((
+            user(&r)?,
+            perms.iter().filter_map(|p| Permission::parse(p)).collect(),
+        ))
+    })
+    .transpose()
+}
+
 /// The permissions of a role.
 pub async fn permissions_of(client: &Client, role: &Role) -> Result<Permissions, RuntimeError> {
     let rows = client
