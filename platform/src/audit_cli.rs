@@ -13,8 +13,10 @@ use crate::error::PlatformError;
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
-    /// Recompute a tenant's audit chain and compare it with the control plane's anchors.
-    /// Exits 0 when intact; otherwise prints the first broken link and exits 1.
+    /// Check, as the database admin, that the audit log is still out of the tenant role's
+    /// reach (owner, schema, triggers, functions, privileges); recompute its chain and compare
+    /// it with the control plane's anchors. Exits 0 when intact; otherwise prints what is
+    /// wrong (the first broken link) and exits 1.
     Verify {
         slug: String,
         #[arg(long)]
@@ -42,6 +44,9 @@ pub struct Report {
     pub intact: bool,
     /// The first broken link: (sequence number, what is wrong).
     pub broken: Option<(i64, String)>,
+    /// What is wrong with the log's protection (owner, schema, triggers, functions,
+    /// privileges), checked as the database admin; empty when it is as provisioned.
+    pub protection: Vec<String>,
 }
 
 /// Records the current head of `slug`'s chain; returns (seq, hex hash), or `None` for an empty
@@ -96,6 +101,12 @@ pub async fn anchor_all(p: &Platform) {
 
 pub async fn verify(p: &Platform, slug: &str) -> anyhow::Result<Report> {
     let (tenant, _) = p.tenant_key(slug).await?;
+    // The protection first, as the admin: a log the tenant role could rewrite proves nothing,
+    // however well its chain verifies.
+    let protection = {
+        let (admin, role) = p.connect_as_admin(slug).await?;
+        portico_provisioning::database::audit_protection_problems(&admin, &role).await?
+    };
     let client = p.connect_as_tenant(slug).await?;
     let v = audit::verify(&client).await.map_err(PlatformError::from)?;
     let mut report = Report {
@@ -104,10 +115,11 @@ pub async fn verify(p: &Platform, slug: &str) -> anyhow::Result<Report> {
         head_seq: v.head_seq,
         head: v.head.clone(),
         anchors_checked: 0,
-        intact: v.broken.is_none(),
+        intact: v.broken.is_none() && protection.is_empty(),
         broken: v.broken.map(|b| (b.seq, b.problem)),
+        protection,
     };
-    if report.broken.is_some() {
+    if !report.intact {
         return Ok(report);
     }
     let anchors: Vec<(i64, Vec<u8>)> =
@@ -144,6 +156,11 @@ pub async fn run(p: &Platform, cmd: AuditCmd) -> anyhow::Result<bool> {
             let r = verify(p, &slug).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if !r.protection.is_empty() {
+                println!(
+                    "audit log of '{slug}' is UNPROTECTED: {}",
+                    r.protection.join("; ")
+                );
             } else if let Some((seq, problem)) = &r.broken {
                 println!("audit log of '{slug}' is BROKEN at event {seq}: {problem}");
             } else {

@@ -88,6 +88,9 @@ pub enum UserCmd {
         email: String,
         #[arg(long, default_value = "member", value_parser = ["admin", "member"])]
         role: String,
+        /// Limit the invited user to this site (repeatable; default: every site).
+        #[arg(long = "site")]
+        sites: Vec<String>,
     },
     /// List a tenant's users.
     List {
@@ -338,11 +341,13 @@ pub async fn user(p: &Platform, cmd: UserCmd) -> anyhow::Result<()> {
             slug: s,
             email,
             role: r,
+            sites,
         } => {
             let slug = slug(&s)?;
             let role = role(&r)?;
+            let sites = (!sites.is_empty()).then_some(sites);
             let client = p.connect_as_tenant(slug.as_str()).await?;
-            let (inv, token) = users::invite(&client, &email, role.clone())
+            let (inv, token) = users::invite(&client, &email, role.clone(), sites.as_deref())
                 .await
                 .map_err(PlatformError::from)?;
             record(

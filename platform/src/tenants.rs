@@ -533,6 +533,28 @@ impl Platform {
             )
             .await?)
     }
+
+    /// A connection to a tenant's database as its server's admin, with the tenant role's
+    /// name (for checks the tenant role must not be able to fake, such as the audit log's
+    /// ownership and triggers).
+    pub async fn connect_as_admin(&self, slug: &str) -> Result<(tokio_postgres::Client, String)> {
+        let t = tenant_row(self, slug).await?;
+        let placement = self
+            .catalog
+            .placement(t.tenant_id())
+            .await?
+            .ok_or_else(|| {
+                PlatformError::InvalidState(format!("tenant '{slug}' has no placement"))
+            })?;
+        let server_row = self
+            .catalog
+            .db_server_by_id(placement.db_server_id)
+            .await?
+            .ok_or_else(|| PlatformError::ServerNotFound(placement.db_server.clone()))?;
+        let server = db_servers::connect(self, &server_row).await?;
+        let client = server.admin_in(&placement.database_name).await?;
+        Ok((client, placement.role_name))
+    }
 }
 
 /// What a rollback removed.

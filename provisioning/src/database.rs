@@ -243,6 +243,7 @@ pub async fn ensure_role(
              grant {g} to {r};
              alter role {r} with login nosuperuser nocreatedb nocreaterole inherit noreplication
                  nobypassrls connection limit {limit} password {pw};
+             alter role {r} set search_path = public;
              alter role {r} set statement_timeout = {timeout};
              alter role {r} set idle_in_transaction_session_timeout = {idle};",
             r = ident(&names.role),
@@ -420,3 +421,105 @@ pub async fn tenant_objects_exist(
         .map_err(|e| pg_err("looking up tenant objects", e))?;
     Ok((row.get(0), row.get(1)))
 }
+
+/// Checks, as the server's admin in a tenant database, that the audit log is still out of the
+/// tenant role's reach: its schema, table and functions belong to `portico_audit`, the three
+/// triggers are there and enabled and call the shipped functions, the functions pin their
+/// search path and their bodies are the ones the tenant migrations define, and the tenant
+/// role can neither change the table nor create in its schema. Returns what is wrong (empty:
+/// all is well). The tenant role cannot fake any of this: catalogs are read as the admin.
+pub async fn audit_protection_problems(
+    admin_in_tenant_db: &Client,
+    tenant_role: &str,
+) -> Result<Vec<String>, ProvisionError> {
+    let row = admin_in_tenant_db
+        .query_one(
+            "select
+               (select pg_get_userbyid(n.nspowner) from pg_namespace n
+                 where n.nspname = 'portico_audit'),
+               (select pg_get_userbyid(c.relowner) from pg_class c
+                 where c.oid = to_regclass('portico_audit.audit_events') and c.relkind = 'r'),
+               array(select format('%s:%s:%s', t.tgname, t.tgenabled, t.tgfoid::regprocedure)
+                       from pg_trigger t
+                      where t.tgrelid = to_regclass('portico_audit.audit_events')
+                        and not t.tgisinternal
+                      order by t.tgname),
+               array(select format('%s:%s:%s:%s', p.proname, pg_get_userbyid(p.proowner),
+                                   case when p.prosecdef then 'definer' else 'invoker' end,
+                                   coalesce(array_to_string(p.proconfig, ','), ''))
+                       from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                      where n.nspname = 'portico_audit' order by p.proname),
+               array(select p.prosrc from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                      where n.nspname = 'portico_audit' order by p.proname),
+               coalesce(has_table_privilege($1, 'portico_audit.audit_events',
+                        'update, delete, truncate, trigger, references'), true),
+               coalesce(has_schema_privilege($1, 'portico_audit', 'create'), true),
+               pg_has_role($1, 'portico_audit', 'member')",
+            &[&tenant_role],
+        )
+        .await
+        .map_err(|e| pg_err("checking the audit log's protection", e))?;
+    let mut problems = Vec::new();
+    let owner = |i: usize| row.get::<_, Option<String>>(i);
+    match owner(0).as_deref() {
+        Some(AUDIT_ROLE) => {}
+        Some(o) => problems.push(format!("schema portico_audit is owned by {o}")),
+        None => problems.push("schema portico_audit is missing".into()),
+    }
+    match owner(1).as_deref() {
+        Some(AUDIT_ROLE) => {}
+        Some(o) => problems.push(format!("table portico_audit.audit_events is owned by {o}")),
+        None => problems.push("table portico_audit.audit_events is missing".into()),
+    }
+    let triggers: Vec<String> = row.get(2);
+    let expected = [
+        "audit_events_chain:O:portico_audit.audit_events_chain()",
+        "audit_events_no_truncate:O:portico_audit.audit_events_append_only()",
+        "audit_events_no_update:O:portico_audit.audit_events_append_only()",
+    ];
+    if triggers != expected {
+        problems.push(format!(
+            "the audit triggers are [{}], expected [{}] (name:enabled:function)",
+            triggers.join(", "),
+            expected.join(", ")
+        ));
+    }
+    let functions: Vec<String> = row.get(3);
+    let expected = [
+        "audit_events_append_only:portico_audit:invoker:search_path=pg_catalog, pg_temp",
+        "audit_events_chain:portico_audit:definer:search_path=pg_catalog, pg_temp",
+    ];
+    if functions != expected {
+        problems.push(format!(
+            "the audit functions are [{}], expected [{}] (name:owner:security:settings)",
+            functions.join("; "),
+            expected.join("; ")
+        ));
+    }
+    let bodies: Vec<String> = row.get(4);
+    let shipped: String = migrations::runner()
+        .get_migrations()
+        .iter()
+        .filter_map(|m| m.sql())
+        .collect();
+    if bodies.iter().any(|b| !shipped.contains(b.as_str())) {
+        problems.push("an audit function's body is not the one the migrations define".into());
+    }
+    if row.get::<_, bool>(5) {
+        problems.push(format!(
+            "role {tenant_role} may change portico_audit.audit_events"
+        ));
+    }
+    if row.get::<_, bool>(6) {
+        problems.push(format!(
+            "role {tenant_role} may create objects in schema portico_audit"
+        ));
+    }
+    if row.get::<_, bool>(7) {
+        problems.push(format!("role {tenant_role} is a member of portico_audit"));
+    }
+    Ok(problems)
+}
+
+/// The role that owns the audit log in every tenant database (created by the migrations).
+pub const AUDIT_ROLE: &str = "portico_audit";

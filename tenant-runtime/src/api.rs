@@ -150,6 +150,8 @@ impl Runtime {
             .route("/login/totp", get(web::totp_page).post(web::totp_verify))
             .route("/logout", post(web::logout))
             .route("/account/mfa", get(web::mfa_page).post(web::mfa_enrol))
+            .route("/account/mfa/start", post(web::mfa_start))
+            .route("/account/mfa/remove", post(web::mfa_remove))
             .route(
                 "/invite/{token}",
                 get(web::invite_page).post(web::invite_accept),

@@ -398,6 +398,9 @@ impl TenantPools {
             .user(&placement.role)
             .password(password.expose_secret())
             .application_name("portico-runtime")
+            // Pinned at start-up (and so restored by every `DISCARD ALL`): a schema the tenant
+            // role creates under its own name never comes first on our search path.
+            .options("-c search_path=public")
             .connect_timeout(self.inner.settings.wait.max(Duration::from_secs(1)));
         let budget = self.inner.budget_for(placement);
         let manager = TenantManager {

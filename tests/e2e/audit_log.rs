@@ -29,12 +29,17 @@ async fn the_audit_log_is_append_only_chained_anchored_and_verifiable() {
     let tenant_db = p.connect_as_tenant("acme").await.expect("db");
     // The tenant's own role: insert and read only.
     for stmt in [
-        "update audit_events set actor = 'mallory'",
-        "delete from audit_events",
-        "truncate audit_events",
-        "alter table audit_events disable trigger audit_events_no_update",
-        "drop trigger audit_events_chain on audit_events",
-        "create or replace function audit_events_chain() returns trigger language plpgsql as $$ begin return new; end $$",
+        "update portico_audit.audit_events set actor = 'mallory'",
+        "delete from portico_audit.audit_events",
+        "truncate portico_audit.audit_events",
+        "alter table portico_audit.audit_events disable trigger audit_events_no_update",
+        "drop trigger audit_events_chain on portico_audit.audit_events",
+        "create or replace function portico_audit.audit_events_chain() returns trigger language plpgsql as $$ begin return new; end $$",
+        "drop table portico_audit.audit_events",
+        "drop schema portico_audit cascade",
+        "alter schema portico_audit rename to gone",
+        "create table portico_audit.decoy (x int)",
+        "create trigger t before insert on portico_audit.audit_events for each row execute function portico_audit.audit_events_append_only()",
     ] {
         let e = tenant_db.batch_execute(stmt).await.expect_err(stmt);
         let msg = e
@@ -110,19 +115,19 @@ async fn the_audit_log_is_append_only_chained_anchored_and_verifiable() {
     // An edit made as superuser (triggers bypassed) is found, with its position.
     let db_name = format!("t_{}", crate::support::tenant_id(&row).simple());
     let su = crate::support::connect(&crate::support::admin_url(&db_name)).await;
-    su.batch_execute("set session_replication_role = replica; update audit_events set actor = 'mallory' where seq = 3")
+    su.batch_execute("set session_replication_role = replica; update portico_audit.audit_events set actor = 'mallory' where seq = 3")
         .await
         .expect("superuser edit");
     let r = env.run(&["audit", "verify", "acme"]);
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stdout.contains("BROKEN at event 3"), "{}", r.stdout);
-    su.batch_execute("set session_replication_role = replica; update audit_events set actor = 'token:admin' where seq = 3")
+    su.batch_execute("set session_replication_role = replica; update portico_audit.audit_events set actor = 'token:admin' where seq = 3")
         .await
         .expect("undo");
     assert!(env.ok(&["audit", "verify", "acme"]).contains("intact"));
     // Deleting an event breaks the link after it.
     su.batch_execute(
-        "set session_replication_role = replica; delete from audit_events where seq = 2",
+        "set session_replication_role = replica; delete from portico_audit.audit_events where seq = 2",
     )
     .await
     .expect("delete");
@@ -131,9 +136,11 @@ async fn the_audit_log_is_append_only_chained_anchored_and_verifiable() {
 
     // Rewriting the whole chain consistently (drop everything, record new events through the
     // same trigger) passes the chain check but not the anchor.
-    su.batch_execute("set session_replication_role = replica; delete from audit_events")
-        .await
-        .expect("wipe");
+    su.batch_execute(
+        "set session_replication_role = replica; delete from portico_audit.audit_events",
+    )
+    .await
+    .expect("wipe");
     for i in 0..6 {
         post(
             &server,

@@ -46,7 +46,18 @@ async fn password_login(
     .await
 }
 
+/// The code of the current 30-second step (the server accepts the previous and the next step
+/// too, so a step boundary between computing and posting it does not matter).
 fn totp_code(secret_b32: &str, offset_steps: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64;
+    totp_code_at_step(secret_b32, now.div_euclid(30) + offset_steps)
+}
+
+/// The code of one given 30-second step.
+fn totp_code_at_step(secret_b32: &str, step: i64) -> String {
     let secret = totp_rs::Secret::Encoded(secret_b32.to_owned())
         .to_bytes()
         .expect("base32");
@@ -59,11 +70,27 @@ fn totp_code(secret_b32: &str, offset_steps: i64) -> String {
         None,
         String::new(),
     );
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("time")
-        .as_secs() as i64;
-    t.generate((now + offset_steps * 30) as u64)
+    t.generate((step * 30) as u64)
+}
+
+/// The TOTP step the server last accepted for `email` (what a replay must reuse), read from the
+/// tenant's database, so tests never depend on where a wall-clock step boundary falls.
+async fn recorded_step(env: &TestEnv, slug: &str, email: &str) -> i64 {
+    let db = env
+        .platform()
+        .await
+        .connect_as_tenant(slug)
+        .await
+        .expect("tenant db");
+    db.query_one(
+        "select c.totp_last_step from local_credentials c join users u on u.id = c.user_id
+          where u.email = $1",
+        &[&email],
+    )
+    .await
+    .expect("step")
+    .get::<_, Option<i64>>(0)
+    .expect("a step was recorded")
 }
 
 fn secret_on(page: &crate::idp::Page) -> String {
@@ -74,6 +101,21 @@ fn secret_on(page: &crate::idp::Page) -> String {
         + 23;
     let end = page.body[start..].find('<').expect("end") + start;
     page.body[start..end].to_owned()
+}
+
+/// Starts a TOTP enrolment (POST with CSRF) and reads the new secret from the MFA page.
+async fn start_enrolment(b: &mut Browser<'_>, host: &str) -> (String, String) {
+    let page = b.get(host, "/account/mfa").await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let csrf = page.field("csrf").expect("csrf");
+    let started = b.post(host, "/account/mfa/start", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        started.location.as_deref(),
+        Some("/account/mfa"),
+        "{started:?}"
+    );
+    let mfa = b.get(host, "/account/mfa").await;
+    (secret_on(&mfa), csrf)
 }
 
 async fn setup() -> (TestEnv, Server) {
@@ -114,10 +156,9 @@ async fn invitation_password_and_totp() {
     let mut again = Browser::new(&server);
     assert_eq!(again.get(&acme, &path).await.status, 404);
 
-    // TOTP enrolment: the secret is shown, a wrong code is refused, the right one enables it.
-    let mfa = b.get(&acme, "/account/mfa").await;
-    let secret = secret_on(&mfa);
-    let csrf = mfa.field("csrf").expect("csrf");
+    // TOTP enrolment: started by a POST, the secret is shown, a wrong code is refused, the
+    // right one enables it.
+    let (secret, csrf) = start_enrolment(&mut b, &acme).await;
     let wrong = b
         .post(
             &acme,
@@ -162,16 +203,22 @@ async fn invitation_password_and_totp() {
         .post(&acme, "/login/totp", &[("csrf", &csrf), ("code", "123456")])
         .await;
     assert_refused(&env, "acme", &bad, "bad_totp");
-    // The code used at enrolment is spent; the next step's code works once.
+    // The code used at enrolment is spent; the next step's code works once. Both are computed
+    // from the step the server recorded, not from the clock: enrolment and this sign-in may
+    // fall into different 30 s steps.
+    let spent = recorded_step(&env, "acme", "ann@acme.example").await;
     let replay = c
         .post(
             &acme,
             "/login/totp",
-            &[("csrf", &csrf), ("code", &totp_code(&secret, 0))],
+            &[
+                ("csrf", &csrf),
+                ("code", &totp_code_at_step(&secret, spent)),
+            ],
         )
         .await;
     assert_refused(&env, "acme", &replay, "totp_replayed");
-    let next = totp_code(&secret, 1);
+    let next = totp_code_at_step(&secret, spent + 1);
     let good = c
         .post(&acme, "/login/totp", &[("csrf", &csrf), ("code", &next)])
         .await;
@@ -355,5 +402,188 @@ async fn deactivation_and_session_timeouts() {
         .await;
     assert_eq!(post.status, 401, "{post:?}");
     drop(server);
+    env.cleanup().await;
+}
+
+/// A GET changes nothing (the Lax session cookie rides cross-site navigations): it neither
+/// replaces nor disables an active second factor. Replacing or removing it takes a POST with
+/// CSRF and the current code or the password; until a new secret is confirmed, the old one
+/// stays in force. Every change is audited.
+#[tokio::test]
+async fn an_active_second_factor_changes_only_with_reauthentication() {
+    let (env, server) = setup().await;
+    let acme = host_of("acme");
+    let path = invite(&env, "acme", "fay@acme.example", "member");
+    let mut b = Browser::new(&server);
+    assert_eq!(accept(&mut b, "acme", &path, PASSWORD).await.status, 303);
+    let (secret, csrf) = start_enrolment(&mut b, &acme).await;
+    let ok = b
+        .post(
+            &acme,
+            "/account/mfa",
+            &[("csrf", &csrf), ("code", &totp_code(&secret, 0))],
+        )
+        .await;
+    assert_eq!(ok.status, 303, "{ok:?}");
+    let db = env
+        .platform()
+        .await
+        .connect_as_tenant("acme")
+        .await
+        .expect("tenant db");
+    let state = || async {
+        let r = db
+            .query_one(
+                "select c.totp_enabled, c.totp_secret_ciphertext, c.totp_pending_ciphertext is not null
+                   from local_credentials c join users u on u.id = c.user_id
+                  where u.email = 'fay@acme.example'",
+                &[],
+            )
+            .await
+            .expect("state");
+        (
+            r.get::<_, bool>(0),
+            r.get::<_, Option<Vec<u8>>>(1),
+            r.get::<_, bool>(2),
+        )
+    };
+    let before = state().await;
+    assert!(before.0 && before.1.is_some() && !before.2, "{before:?}");
+
+    // Any number of GETs: nothing changes (before the fix, each one wrote a new secret and
+    // switched TOTP off).
+    for _ in 0..3 {
+        let page = b.get(&acme, "/account/mfa").await;
+        assert_eq!(page.status, 200);
+        assert!(
+            page.body
+                .contains("id=\"mfa-state\">Two-factor authentication is on"),
+            "{page:?}"
+        );
+        assert!(!page.body.contains("totp-secret"), "no new secret on a GET");
+    }
+    assert_eq!(state().await, before);
+
+    // Without the current code or password (or without CSRF): refused, nothing changes.
+    let forged = b
+        .post(&acme, "/account/mfa/start", &[("csrf", "forged")])
+        .await;
+    assert_eq!(forged.status, 403, "{forged:?}");
+    let bare = b
+        .post(&acme, "/account/mfa/start", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(bare.status, 403, "{bare:?}");
+    let wrong = b
+        .post(
+            &acme,
+            "/account/mfa/remove",
+            &[("csrf", &csrf), ("password", "not the password")],
+        )
+        .await;
+    assert_eq!(wrong.status, 403, "{wrong:?}");
+    assert_eq!(state().await, before);
+
+    // With the password: a new secret waits beside the active one, which still signs in.
+    let replace = b
+        .post(
+            &acme,
+            "/account/mfa/start",
+            &[("csrf", &csrf), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(
+        replace.location.as_deref(),
+        Some("/account/mfa"),
+        "{replace:?}"
+    );
+    let pending = state().await;
+    assert!(
+        pending.0 && pending.1 == before.1 && pending.2,
+        "{pending:?}"
+    );
+    let new_secret = secret_on(&b.get(&acme, "/account/mfa").await);
+    assert_ne!(new_secret, secret);
+    let mut c = Browser::new(&server);
+    let step1 = password_login(&mut c, "acme", "fay@acme.example", PASSWORD).await;
+    assert_eq!(step1.location.as_deref(), Some("/login/totp"), "{step1:?}");
+    let spent = recorded_step(&env, "acme", "fay@acme.example").await;
+    let form = c.get(&acme, "/login/totp").await;
+    let totp_csrf = form.field("csrf").expect("csrf");
+    let good = c
+        .post(
+            &acme,
+            "/login/totp",
+            &[
+                ("csrf", &totp_csrf),
+                ("code", &totp_code_at_step(&secret, spent + 1)),
+            ],
+        )
+        .await;
+    assert_eq!(
+        good.status, 303,
+        "the old factor is in force until the new one is confirmed: {good:?}"
+    );
+    // Confirmed: the new secret is the factor.
+    let confirm = b
+        .post(
+            &acme,
+            "/account/mfa",
+            &[("csrf", &csrf), ("code", &totp_code(&new_secret, 0))],
+        )
+        .await;
+    assert_eq!(confirm.status, 303, "{confirm:?}");
+    let after = state().await;
+    assert!(after.0 && after.1 != before.1 && !after.2, "{after:?}");
+
+    // Removal with the current code (of the new secret), once.
+    let spent = recorded_step(&env, "acme", "fay@acme.example").await;
+    let code = totp_code_at_step(&new_secret, spent + 1);
+    let removed = b
+        .post(
+            &acme,
+            "/account/mfa/remove",
+            &[("csrf", &csrf), ("current_code", &code)],
+        )
+        .await;
+    assert_eq!(
+        removed.location.as_deref(),
+        Some("/account/mfa"),
+        "{removed:?}"
+    );
+    let off = state().await;
+    assert!(!off.0 && off.1.is_none(), "{off:?}");
+
+    let events = env.json(&[
+        "tenant", "user", "events", "acme", "--json", "--limit", "100",
+    ]);
+    let mfa: Vec<(String, String)> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| {
+            e["event_type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("mfa_"))
+        })
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap_or("").to_owned(),
+                e["outcome"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("mfa_enrolment_started", "failure"),
+        ("mfa_enrolment_started", "success"),
+        ("mfa_enrolled", "success"),
+        ("mfa_removed", "failure"),
+        ("mfa_removed", "success"),
+    ] {
+        assert!(
+            mfa.iter()
+                .any(|(t, o)| (t.as_str(), o.as_str()) == expected),
+            "{expected:?} missing from {mfa:?}"
+        );
+    }
     env.cleanup().await;
 }

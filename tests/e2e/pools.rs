@@ -86,7 +86,11 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
         pid,
         "the pool should hand out the same connection"
     );
-    assert_eq!(row.get::<_, String>(1), "\"$user\", public");
+    assert_eq!(
+        row.get::<_, String>(1),
+        "public",
+        "the search path pinned at connection start-up"
+    );
     assert_eq!(
         row.get::<_, String>(2),
         "30s",

@@ -16,8 +16,9 @@ async fn tenant_admins_manage_their_own_connections_only() {
     env.ok(&["tenant", "create", "acme"]);
     env.ok(&["tenant", "create", "globex"]);
     let admin = env.tenant_token("acme", "admin", "admin");
-    // Changing a connection is four-eyes by default: a second admin approves.
-    let second = env.tenant_token("acme", "second", "admin");
+    // Changing a connection is four-eyes by default: a second admin (a person: service tokens
+    // cannot approve) approves.
+    let (_, second) = crate::portal::user(&env, "acme", "second@acme.example", "admin").await;
     let member = env.tenant_token("acme", "member", "member");
     let globex = env.tenant_token("globex", "admin", "admin");
     let saml = SamlIdp::start();
@@ -228,9 +229,9 @@ async fn tenant_admins_manage_their_own_connections_only() {
     assert_eq!(
         changes,
         [
-            ("corp", "token:second"),
-            ("okta", "token:second"),
-            ("corp", "token:second")
+            ("corp", "second@acme.example"),
+            ("okta", "second@acme.example"),
+            ("corp", "second@acme.example")
         ]
     );
     drop(server);

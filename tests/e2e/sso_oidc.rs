@@ -626,3 +626,33 @@ async fn jwks_refresh_on_unknown_kid_is_rate_limited() {
         .expect("valid");
     assert_eq!(id.subject, "alice");
 }
+
+/// Open redirects through OIDC: `return_to` is followed only to a path of the tenant's own
+/// origin (the tab case was reproduced in Chromium: `/\t/example.org` went to example.org).
+#[tokio::test]
+async fn return_to_never_leaves_the_tenant_origin() {
+    let s = setup().await;
+    let acme = host_of("acme");
+    for (raw, expected) in [
+        ("/\t/example.org", "/"),
+        ("/\r\n/example.org", "/"),
+        ("/\\/example.org", "/"),
+        ("\\\\example.org", "/"),
+        ("/%2F/example.org", "/%2F/example.org"),
+        ("/%40example.org", "/%40example.org"),
+        ("/login", "/"),
+        ("/documents#top", "/documents#top"),
+    ] {
+        let mut b = Browser::new(&s.server);
+        let q = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("return_to", raw)
+            .finish();
+        let p = b.get(&acme, &format!("/sso/corp/start?{q}")).await;
+        assert_eq!(p.status, 303, "{p:?}");
+        let back = s.idp.sign_in(&p.location.expect("IdP URL"), "alice").await;
+        let done = b.follow(&back).await;
+        assert_eq!(done.status, 303, "{raw:?}: {done:?}");
+        assert_eq!(done.location.as_deref(), Some(expected), "{raw:?}");
+    }
+    s.env.cleanup().await;
+}

@@ -558,3 +558,62 @@ async fn samael_alone_accepts_unsigned_responses_when_metadata_has_no_key() {
     let ok = saml::validate_response(&cfg, &urls, &encode(&genuine), &[]).expect("genuine");
     assert_eq!(ok.subject, "alice@example.test");
 }
+
+/// Open redirects: `return_to` (SP-initiated) and `RelayState` (IdP-initiated) are followed
+/// only to a path of the tenant's own origin, as a browser would resolve them.
+#[tokio::test]
+async fn return_to_and_relay_state_never_leave_the_tenant_origin() {
+    let s = setup().await;
+    let acme = host_of("acme");
+    // A browser drops tab and newline and reads `\` as `/`: each of these would be `//example.org`.
+    let hostile = [
+        "/\t/example.org",
+        "/\n/example.org",
+        "/\\example.org",
+        "\\\\example.org",
+        "//example.org",
+        "https://example.org/",
+    ];
+    let cases: Vec<(&str, &str)> = hostile
+        .iter()
+        .map(|h| (*h, "/"))
+        .chain([
+            ("/%2F/example.org", "/%2F/example.org"),
+            ("/%40example.org", "/%40example.org"),
+            ("/documents?site=berlin", "/documents?site=berlin"),
+        ])
+        .collect();
+    for (raw, expected) in &cases {
+        // SP-initiated: the value rides the start request.
+        let mut b = Browser::new(&s.server);
+        let q = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("return_to", raw)
+            .finish();
+        let p = b.get(&acme, &format!("/sso/corp/start?{q}")).await;
+        assert_eq!(p.status, 303, "{p:?}");
+        let (_, response, _) = s
+            .idp
+            .answer(&p.location.expect("IdP URL"), "alice", &[])
+            .await;
+        let done = post_acs(&mut b, "acme", "corp", &response).await;
+        assert_eq!(done.status, 303, "{raw:?}: {done:?}");
+        assert_eq!(done.location.as_deref(), Some(*expected), "{raw:?}");
+
+        // IdP-initiated: the value is the RelayState.
+        let unsolicited = s
+            .idp
+            .issue(json!({"sp_entity_id": sp_entity("acme", "direct"), "login": "dora"}))
+            .await;
+        let mut d = Browser::new(&s.server);
+        let done = d
+            .post(
+                &acme,
+                "/sso/saml/direct/acs",
+                &[("SAMLResponse", &unsolicited), ("RelayState", raw)],
+            )
+            .await;
+        assert_eq!(done.status, 303, "{raw:?}: {done:?}");
+        assert_eq!(done.location.as_deref(), Some(*expected), "{raw:?}");
+    }
+    s.env.cleanup().await;
+}

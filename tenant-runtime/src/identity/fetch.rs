@@ -41,14 +41,34 @@ pub fn ip_allowed(ip: IpAddr, allow_loopback: bool) -> bool {
                 || v4.is_broadcast()
                 || v4.is_documentation()
                 || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1])))
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                // IETF protocol assignments, benchmarking, and the reserved 240/4.
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (18..20).contains(&o[1]))
+                || o[0] >= 240)
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return ip_allowed(IpAddr::V4(v4), allow_loopback);
             }
             let seg = v6.segments();
-            !((seg[0] & 0xfe00) == 0xfc00 || (seg[0] & 0xffc0) == 0xfe80)
+            // Forms that carry or reach an IPv4 address (and so could reach a private one
+            // through a translator or tunnel) are refused whole: IPv4-compatible `::/96`,
+            // NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo
+            // `2001::/32`; then unique-local `fc00::/7`, link-local `fe80::/10`, site-local
+            // `fec0::/10`, and documentation `2001:db8::/32`.
+            let v4_compatible = seg[..6].iter().all(|s| *s == 0);
+            let nat64 = seg[0] == 0x64
+                && seg[1] == 0xff9b
+                && (seg[2] == 1 || seg[2..6].iter().all(|s| *s == 0));
+            !(v4_compatible
+                || nat64
+                || seg[0] == 0x2002
+                || (seg[0] == 0x2001 && seg[1] == 0)
+                || (seg[0] == 0x2001 && seg[1] == 0xdb8)
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] & 0xffc0) == 0xfec0)
         }
     }
 }
@@ -206,10 +226,41 @@ mod tests {
             "::",
             "fe80::1",
             "fd00::1",
+            "fc00::1",
+            "febf::1",
+            "fec0::1",
             "::ffff:10.0.0.1",
+            // Every blocked IPv4 range in IPv4-mapped form too.
+            "::ffff:172.16.0.1",
+            "::ffff:192.168.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:100.64.0.1",
+            "::ffff:0.0.0.0",
+            "::ffff:255.255.255.255",
+            "::ffff:192.0.2.1",
+            "::ffff:198.18.0.1",
+            "::ffff:240.0.0.1",
+            // Translated and tunnelled forms of IPv4 addresses, whatever they embed.
+            "64:ff9b::a00:1",
+            "64:ff9b::5db8:d822",
+            "64:ff9b:1::a00:1",
+            "2002:a00:1::1",
+            "2002:5db8:d822::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "::10.0.0.1",
+            "::169.254.169.254",
+            "::93.184.216.34",
+            "2001:db8::1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "198.18.0.1",
+            "192.0.0.8",
         ] {
             assert!(!ip_allowed(ip.parse().unwrap(), true), "{ip}");
         }
+        assert!(!ip_allowed("::ffff:127.0.0.1".parse().unwrap(), false));
+        assert!(ip_allowed("2606:4700::1111".parse().unwrap(), false));
+        assert!(ip_allowed("::ffff:93.184.216.34".parse().unwrap(), false));
         assert!(!ip_allowed("127.0.0.1".parse().unwrap(), false));
         assert!(ip_allowed("127.0.0.1".parse().unwrap(), true));
         assert!(ip_allowed("93.184.216.34".parse().unwrap(), false));

@@ -5,5 +5,6 @@ pub mod admin;
 pub mod fetch;
 pub mod oidc;
 pub mod pages;
+pub mod return_to;
 pub mod saml;
 pub mod web;

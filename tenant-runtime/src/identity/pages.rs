@@ -37,6 +37,28 @@ const TOTP: &str = r#"{% extends "layout.html" %}{% block title %}Verification c
 <label>Code <input name="code" inputmode="numeric" autocomplete="one-time-code" required></label>
 <button type="submit">Verify</button></form>{% endblock %}"#;
 
+const MFA: &str = r#"{% extends "layout.html" %}{% block title %}Two-factor authentication{% endblock %}
+{% block body %}<h1>Two-factor authentication</h1>
+{% if error %}<p id="error"><strong>{{ error }}</strong></p>{% endif %}
+{% if secret %}<p>Add this key to your authenticator app, then enter the code it shows.</p>
+<p><code id="totp-secret">{{ secret }}</code></p><p><code id="totp-uri">{{ uri }}</code></p>
+<form method="post" action="/account/mfa" id="totp"><input type="hidden" name="csrf" value="{{ csrf }}">
+<label>Code <input name="code" inputmode="numeric" autocomplete="one-time-code" required></label>
+<button type="submit">Verify</button></form>{% endif %}
+{% if enabled %}<p id="mfa-state">Two-factor authentication is on.</p>
+<form method="post" action="/account/mfa/start" id="mfa-replace"><input type="hidden" name="csrf" value="{{ csrf }}">
+<label>Current code <input name="current_code" inputmode="numeric" autocomplete="one-time-code"></label>
+<label>or password <input type="password" name="password" autocomplete="current-password"></label>
+<button type="submit">Use a new authenticator</button></form>
+<form method="post" action="/account/mfa/remove" id="mfa-remove"><input type="hidden" name="csrf" value="{{ csrf }}">
+<label>Current code <input name="current_code" inputmode="numeric" autocomplete="one-time-code"></label>
+<label>or password <input type="password" name="password" autocomplete="current-password"></label>
+<button type="submit">Turn off</button></form>
+{% elif not secret %}<p id="mfa-state">Two-factor authentication is off.</p>
+<form method="post" action="/account/mfa/start" id="mfa-start"><input type="hidden" name="csrf" value="{{ csrf }}">
+<button type="submit">Set up</button></form>{% endif %}
+{% endblock %}"#;
+
 const HOME: &str = r#"{% extends "layout.html" %}{% block title %}{{ tenant }}{% endblock %}
 {% block body %}<h1>{{ tenant }}</h1>
 <p>Signed in as <strong id="user-email">{{ email }}</strong> (<span id="user-role">{{ role }}</span>).</p>
@@ -70,6 +92,7 @@ fn env() -> &'static Environment<'static> {
             ("layout.html", LAYOUT),
             ("login.html", LOGIN),
             ("totp.html", TOTP),
+            ("mfa.html", MFA),
             ("home.html", HOME),
             ("invite.html", INVITE),
             ("discover.html", DISCOVER),
@@ -131,6 +154,7 @@ mod tests {
             "layout.html",
             "login.html",
             "totp.html",
+            "mfa.html",
             "home.html",
             "invite.html",
             "discover.html",

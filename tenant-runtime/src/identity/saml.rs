@@ -140,6 +140,39 @@ fn check_no_doctype(xml: &str) -> Result<(), SamlError> {
     Ok(())
 }
 
+/// Refuses an XML declaration (`<?xml … encoding="…"?>`) naming any encoding but UTF-8,
+/// before libxml2 sees the document. We decoded it as UTF-8; a parser told otherwise would
+/// read other characters than every check before it (UTF-7 and UTF-16 tricks hide markup).
+///
+/// Entity loading and network access need no parser flag here: every `<!DOCTYPE`/`<!ENTITY`
+/// is refused before parsing ([`check_no_doctype`]), so no external entity, DTD or
+/// parameter entity can be named, and libxml2 never processes XInclude unless asked to.
+fn check_utf8_declaration(xml: &str) -> Result<(), SamlError> {
+    let lower = xml.to_ascii_lowercase();
+    let mut rest = lower.as_str();
+    while let Some(i) = rest.find("<?xml") {
+        let decl = &rest[i + 5..];
+        let end = decl.find("?>").ok_or(SamlError::Encoding)?;
+        let decl = &decl[..end];
+        if let Some(at) = decl.find("encoding") {
+            let value = decl[at + 8..]
+                .trim_start()
+                .strip_prefix('=')
+                .map(str::trim_start)
+                .and_then(|v| {
+                    let quote = v.chars().next().filter(|q| *q == '"' || *q == '\'')?;
+                    v[1..].split(quote).next()
+                })
+                .ok_or(SamlError::Encoding)?;
+            if value != "utf-8" {
+                return Err(SamlError::Encoding);
+            }
+        }
+        rest = &rest[i + 5 + end..];
+    }
+    Ok(())
+}
+
 /// What the raw document looks like before anything is verified.
 struct Shape {
     /// The root's `InResponseTo`, only used to pick the stricter path (a response that names
@@ -248,6 +281,7 @@ pub fn parse_idp_metadata(xml: &str) -> Result<IdpInfo, SamlError> {
         return Err(SamlError::TooLarge);
     }
     check_no_doctype(xml)?;
+    check_utf8_declaration(xml)?;
     let descriptor = xml
         .parse::<EntityDescriptor>()
         .map_err(|e| SamlError::Malformed(e.to_string()))?;
@@ -363,6 +397,7 @@ pub fn validate_response(
     let bytes = STANDARD.decode(cleaned).map_err(|_| SamlError::Encoding)?;
     let xml = String::from_utf8(bytes).map_err(|_| SamlError::Encoding)?;
     check_no_doctype(&xml)?;
+    check_utf8_declaration(&xml)?;
     let shape = inspect(&xml, &urls.acs_url)?;
     let solicited = shape.in_response_to.is_some() || !cfg.allow_idp_initiated;
     if solicited && pending.is_empty() {
@@ -504,6 +539,48 @@ mod tests {
         assert!(matches!(
             check_no_doctype("<!DOCTYPE a [<!ENTITY x 'y'>]><a/>"),
             Err(SamlError::Doctype)
+        ));
+    }
+
+    #[test]
+    fn only_utf8_declarations_reach_the_parser() {
+        for ok in [
+            "<a/>",
+            "<?xml version=\"1.0\"?><a/>",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><a/>",
+            "<?xml version='1.0' encoding = 'utf-8' ?><a/>",
+        ] {
+            assert!(check_utf8_declaration(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "<?xml version=\"1.0\" encoding=\"UTF-16\"?><a/>",
+            "<?xml version=\"1.0\" encoding=\"UTF-7\"?><a/>",
+            "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a/>",
+            "<?xml version=\"1.0\" encoding=\"utf8\"?><a/>",
+            "<?XML version=\"1.0\" ENCODING=\"us-ascii\"?><a/>",
+            "<?xml version=\"1.0\" encoding=UTF-16?><a/>",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"",
+            "<a/><?xml version=\"1.0\" encoding=\"UTF-16\"?>",
+        ] {
+            assert!(
+                matches!(check_utf8_declaration(bad), Err(SamlError::Encoding)),
+                "{bad}"
+            );
+        }
+        // And through the whole validation path, before any signature is looked at.
+        let cfg = SamlConfig {
+            idp_entity_id: "https://idp.example".into(),
+            metadata_xml: String::new(),
+            sso_url: "https://idp.example/sso".into(),
+            allow_idp_initiated: true,
+            group_attribute: "groups".into(),
+            metadata_url: None,
+        };
+        let urls = SpUrls::new("https://acme.example", "corp");
+        let utf7 = STANDARD.encode("<?xml version=\"1.0\" encoding=\"UTF-7\"?><samlp:Response/>");
+        assert!(matches!(
+            validate_response(&cfg, &urls, &utf7, &[]),
+            Err(SamlError::Encoding)
         ));
     }
 

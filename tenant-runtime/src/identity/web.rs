@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::fetch::Fetcher;
 use super::oidc::{self, Providers};
 use super::pages::{self, render};
+use super::return_to::safe_return_to;
 use super::saml::{self, SpUrls};
 use crate::api::{Runtime, request_host};
 use crate::catalog::TenantRoute;
@@ -50,9 +51,34 @@ pub struct IdentityState {
     /// What browsers see (scheme and port), for the URLs handed to them and to IdPs.
     public: portico_core::settings::RuntimeSettings,
     pub timeouts: Timeouts,
+    /// Bounds concurrent argon2 work (19 MiB and tens of milliseconds each) to the cores.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl IdentityState {
+    /// Whether `password` matches `phc`, computed off the async workers behind the hashing
+    /// semaphore.
+    pub async fn verify_password(&self, password: SecretString, phc: String) -> bool {
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || users::verify_password(&password, &phc))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// A new argon2id hash of `password`, behind the hashing semaphore.
+    pub async fn hash_password(&self, password: SecretString) -> Result<String, RuntimeError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| RuntimeError::InvalidInput("hashing is shut down".into()))?;
+        tokio::task::spawn_blocking(move || users::hash_password(&password))
+            .await
+            .map_err(|_| RuntimeError::InvalidInput("hashing failed".into()))?
+    }
+
     pub fn new(settings: &portico_core::Settings, keyring: Keyring, state_pool: PgPool) -> Self {
         let rt = &settings.runtime;
         Self {
@@ -65,6 +91,9 @@ impl IdentityState {
                 idle: time::Duration::seconds(rt.session_idle.as_secs() as i64),
                 absolute: time::Duration::seconds(rt.session_absolute.as_secs() as i64),
             },
+            hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         }
     }
 
@@ -296,21 +325,6 @@ fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
 
-/// Only same-site relative paths are followed after sign-in.
-fn safe_return_to(raw: Option<&str>) -> String {
-    match raw {
-        Some(p)
-            if p.starts_with('/')
-                && !p.starts_with("//")
-                && !p.contains('\\')
-                && p.len() < 1024 =>
-        {
-            p.to_owned()
-        }
-        _ => "/".to_owned(),
-    }
-}
-
 // ---- /login ----------------------------------------------------------------------------------
 
 pub async fn login_page(web: Web) -> Result<Response, Problem> {
@@ -365,51 +379,74 @@ async fn flow_csrf(
         .filter(|f| sessions::csrf_matches(&f.csrf_token, presented)))
 }
 
+/// `POST /login`. Argon2 runs behind the runtime's hashing semaphore and never while a pooled
+/// connection of the tenant is held: look-ups on one connection, given back; the hash; then a
+/// fresh connection for the outcome. A flood of sign-ins cannot hold the tenant's pool.
 pub async fn local_login(web: Web, Form(form): Form<LocalLogin>) -> Result<Response, Problem> {
+    let email = form.email.trim().to_owned();
+    let (flow, account) = {
+        let client = web.conn().await?;
+        let flow = flow_csrf(&web, &client, &form.csrf).await?;
+        let account = match &flow {
+            Some(_) => users::local_account(&client, &email).await?,
+            None => None,
+        };
+        (flow, account)
+    };
+    let locked = account.as_ref().is_some_and(|a| {
+        a.locked_until
+            .is_some_and(|t| t > OffsetDateTime::now_utc())
+    });
+    let verified = match (&flow, &account) {
+        (Some(_), Some(a)) if !locked => {
+            web.identity()
+                .verify_password(form.password.clone(), a.password_hash.clone())
+                .await
+        }
+        (Some(_), None) => {
+            // Same work as for a real account, so timing does not tell which e-mails exist.
+            web.identity()
+                .verify_password(form.password.clone(), users::dummy_hash().to_owned())
+                .await;
+            false
+        }
+        _ => false,
+    };
     let mut client = web.conn().await?;
-    let outcome = local_login_inner(&web, &mut client, form).await;
+    let outcome =
+        local_login_finish(&web, &mut client, &email, flow, account, locked, verified).await;
     Ok(web.settle(&client, outcome).await)
 }
 
-async fn local_login_inner(
+async fn local_login_finish(
     web: &Web,
     client: &mut TenantConn,
-    form: LocalLogin,
+    email: &str,
+    flow: Option<sessions::Flow>,
+    account: Option<users::LocalAccount>,
+    locked: bool,
+    verified: bool,
 ) -> Result<Response, Failure> {
-    let email = form.email.trim().to_owned();
-    let Some(flow) = flow_csrf(web, client, &form.csrf).await? else {
-        return Err(Failure::new("csrf").by(&email));
+    let Some(flow) = flow else {
+        return Err(Failure::new("csrf").by(email));
     };
-    let account = users::local_account(client, &email).await?;
     let Some(account) = account else {
-        // Same work as for a real account, so timing does not tell which e-mails exist.
-        let pw = form.password.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || users::verify_password(&pw, users::dummy_hash()))
-                .await;
-        return Err(Failure::new("unknown_user").by(&email));
+        return Err(Failure::new("unknown_user").by(email));
     };
-    if account
-        .locked_until
-        .is_some_and(|t| t > OffsetDateTime::now_utc())
-    {
-        return Err(Failure::new("locked").by(&email));
+    if locked {
+        return Err(Failure::new("locked").by(email));
     }
-    let (pw, phc) = (form.password.clone(), account.password_hash.clone());
-    let ok = tokio::task::spawn_blocking(move || users::verify_password(&pw, &phc))
-        .await
-        .unwrap_or(false);
-    if !ok {
+    if !verified {
         let locked = users::record_failure(client, account.user.id).await?;
         let reason = if locked.is_some() {
             "bad_password_locked"
         } else {
             "bad_password"
         };
-        return Err(Failure::new(reason).by(&email));
+        return Err(Failure::new(reason).by(email));
     }
     if !account.user.active {
-        return Err(Failure::new("user_deactivated").by(&email));
+        return Err(Failure::new("user_deactivated").by(email));
     }
     let mfa = account.totp_enabled;
     // With a second factor, failures are reset only once it is passed too: a known password
@@ -421,7 +458,7 @@ async fn local_login_inner(
     sessions::end_flow(client, &flow.id_hash).await?;
     let target = if mfa { "/login/totp" } else { "/" };
     if !mfa {
-        let mut e = web.event(audit::EventType::LoginSuccess, &email, true);
+        let mut e = web.event(audit::EventType::LoginSuccess, email, true);
         e.details = serde_json::json!({"method": "password"});
         audit::record(client, &e).await?;
     }
@@ -579,6 +616,8 @@ async fn totp_verify_inner(
     ))
 }
 
+/// `GET /account/mfa`: shows the second factor's state and forms. It changes nothing: a GET
+/// rides cross-site top-level navigations with the Lax session cookie.
 pub async fn mfa_page(web: Web) -> Result<Response, Problem> {
     let client = web.conn().await?;
     let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
@@ -587,57 +626,202 @@ pub async fn mfa_page(web: Web) -> Result<Response, Problem> {
     let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
         return Ok(see_other("/"));
     };
-    let secret = portico_core::keys::random_bytes::<20>().to_vec();
-    let t = totp(&secret, &account.user.email, &web.tenant.slug)
-        .ok_or_else(|| RuntimeError::InvalidInput("TOTP".into()))?;
-    let ciphertext = web.seal(&secret).await?;
-    users::set_totp_secret(&client, s.user_id, &ciphertext).await?;
+    mfa_render(&web, &account, &s.csrf_token, StatusCode::OK, None).await
+}
+
+/// The MFA page for `account`: a pending secret to confirm, else the active factor's state.
+async fn mfa_render(
+    web: &Web,
+    account: &users::LocalAccount,
+    csrf: &str,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Result<Response, Problem> {
+    let pending = match &account.totp_pending_ciphertext {
+        Some(c) => {
+            let secret = web.open(c).await?;
+            totp(&secret, &account.user.email, &web.tenant.slug)
+        }
+        None => None,
+    };
     Ok(render(
-        StatusCode::OK,
-        "totp.html",
-        minijinja::context! { action => "/account/mfa", csrf => s.csrf_token, secret => t.get_secret_base32(), uri => t.get_url() },
+        status,
+        "mfa.html",
+        minijinja::context! {
+            csrf => csrf, enabled => account.totp_enabled, error => error,
+            secret => pending.as_ref().map(|t| t.get_secret_base32()),
+            uri => pending.as_ref().map(|t| t.get_url()),
+        },
     ))
 }
 
+#[derive(Deserialize)]
+pub struct ReauthForm {
+    csrf: String,
+    /// The active second factor's current code, or:
+    #[serde(default)]
+    current_code: Option<String>,
+    /// the account's password.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+fn csrf_failed() -> Response {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "csrf_failed",
+        "The form has expired; reload the page",
+    )
+    .into_response()
+}
+
+/// Whether the form proves the account holder is here again: the active factor's current code
+/// (each code once), or the password. A wrong answer counts towards the lockout.
+async fn reauthenticated(
+    web: &Web,
+    client: &Client,
+    account: &users::LocalAccount,
+    form: &ReauthForm,
+) -> Result<bool, Problem> {
+    let code = form
+        .current_code
+        .as_deref()
+        .filter(|c| !c.trim().is_empty());
+    let ok = match (code, &account.totp_secret_ciphertext, &form.password) {
+        (Some(code), Some(c), _) if account.totp_enabled => {
+            let secret = web.open(c).await?;
+            match totp(&secret, &account.user.email, &web.tenant.slug)
+                .and_then(|t| totp_step(&t, code))
+            {
+                Some(step) => {
+                    users::consume_totp_step(client, account.user.id, step, false).await?
+                }
+                None => false,
+            }
+        }
+        (_, _, Some(password)) if !password.is_empty() => {
+            let password = SecretString::from(password.clone());
+            web.identity()
+                .verify_password(password, account.password_hash.clone())
+                .await
+        }
+        _ => false,
+    };
+    if !ok {
+        users::record_failure(client, account.user.id).await?;
+    }
+    Ok(ok)
+}
+
+/// `POST /account/mfa/start`: a new secret to confirm. Replacing an active factor needs its
+/// current code or the password first; until the new secret is confirmed the old one stays.
+pub async fn mfa_start(web: Web, Form(form): Form<ReauthForm>) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
+        return Ok(see_other("/login"));
+    };
+    if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
+        return Ok(csrf_failed());
+    }
+    let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
+        return Ok(see_other("/"));
+    };
+    if account.totp_enabled && !reauthenticated(&web, &client, &account, &form).await? {
+        let mut e = web.event(
+            audit::EventType::MfaEnrolmentStarted,
+            &account.user.email,
+            false,
+        );
+        e.reason = Some("reauthentication_failed");
+        audit::record(&client, &e).await?;
+        return mfa_render(
+            &web,
+            &account,
+            &s.csrf_token,
+            StatusCode::FORBIDDEN,
+            Some("Enter your current code or your password to replace your second factor."),
+        )
+        .await;
+    }
+    let secret = portico_core::keys::random_bytes::<20>().to_vec();
+    let ciphertext = web.seal(&secret).await?;
+    users::set_pending_totp(&client, s.user_id, &ciphertext).await?;
+    let e = web.event(
+        audit::EventType::MfaEnrolmentStarted,
+        &account.user.email,
+        true,
+    );
+    audit::record(&client, &e).await?;
+    Ok(see_other("/account/mfa"))
+}
+
+/// `POST /account/mfa`: confirms the pending secret with its first code.
 pub async fn mfa_enrol(web: Web, Form(form): Form<CodeForm>) -> Result<Response, Problem> {
     let client = web.conn().await?;
     let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
         return Ok(see_other("/login"));
     };
     if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
-        return Ok(Problem::new(
-            StatusCode::FORBIDDEN,
-            "csrf_failed",
-            "The form has expired; reload the page",
-        )
-        .into_response());
+        return Ok(csrf_failed());
     }
     let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
         return Ok(see_other("/"));
     };
-    let Some(c) = account.totp_secret_ciphertext else {
+    let Some(pending) = account.totp_pending_ciphertext.clone() else {
         return Ok(see_other("/account/mfa"));
     };
-    let secret = web.open(&c).await?;
+    let secret = web.open(&pending).await?;
     let t = totp(&secret, &account.user.email, &web.tenant.slug)
         .ok_or_else(|| RuntimeError::InvalidInput("TOTP".into()))?;
     let ok = match totp_step(&t, &form.code) {
-        Some(step) => users::consume_totp_step(&client, s.user_id, step, true).await?,
+        Some(step) => users::confirm_totp(&client, s.user_id, &pending, step).await?,
         None => false,
     };
     let e = web.event(audit::EventType::MfaEnrolled, &account.user.email, ok);
     audit::record(&client, &e).await?;
     if !ok {
-        return Ok(render(
+        return mfa_render(
+            &web,
+            &account,
+            &s.csrf_token,
             StatusCode::UNPROCESSABLE_ENTITY,
-            "totp.html",
-            minijinja::context! {
-                action => "/account/mfa", csrf => s.csrf_token, secret => t.get_secret_base32(),
-                uri => t.get_url(), error => "That code is not valid; enter the one your app shows now.",
-            },
-        ));
+            Some("That code is not valid; enter the one your app shows now."),
+        )
+        .await;
     }
     Ok(see_other("/"))
+}
+
+/// `POST /account/mfa/remove`: turns the second factor off, with its current code or the
+/// password.
+pub async fn mfa_remove(web: Web, Form(form): Form<ReauthForm>) -> Result<Response, Problem> {
+    let client = web.conn().await?;
+    let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
+        return Ok(see_other("/login"));
+    };
+    if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
+        return Ok(csrf_failed());
+    }
+    let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
+        return Ok(see_other("/"));
+    };
+    let ok = reauthenticated(&web, &client, &account, &form).await?;
+    let mut e = web.event(audit::EventType::MfaRemoved, &account.user.email, ok);
+    if !ok {
+        e.reason = Some("reauthentication_failed");
+        audit::record(&client, &e).await?;
+        return mfa_render(
+            &web,
+            &account,
+            &s.csrf_token,
+            StatusCode::FORBIDDEN,
+            Some("Enter your current code or your password to remove your second factor."),
+        )
+        .await;
+    }
+    users::remove_totp(&client, s.user_id).await?;
+    audit::record(&client, &e).await?;
+    Ok(see_other("/account/mfa"))
 }
 
 // ---- home and logout -------------------------------------------------------------------------
@@ -728,19 +912,17 @@ pub async fn invite_accept(
     Path(token): Path<String>,
     Form(form): Form<InviteForm>,
 ) -> Result<Response, Problem> {
-    let mut client = web.conn().await?;
-    let Some(flow) = flow_csrf(&web, &client, &form.csrf).await? else {
-        return Ok(Problem::new(
-            StatusCode::FORBIDDEN,
-            "csrf_failed",
-            "The form has expired; reload the page",
-        )
-        .into_response());
-    };
-    let Some(inv) = users::open_invitation(&client, &token).await? else {
-        return Ok(Problem::not_found()
-            .detail("this invitation is unknown, used or expired")
-            .into_response());
+    let (flow, inv) = {
+        let client = web.conn().await?;
+        let Some(flow) = flow_csrf(&web, &client, &form.csrf).await? else {
+            return Ok(csrf_failed());
+        };
+        let Some(inv) = users::open_invitation(&client, &token).await? else {
+            return Ok(Problem::not_found()
+                .detail("this invitation is unknown, used or expired")
+                .into_response());
+        };
+        (flow, inv)
     };
     if let Err(RuntimeError::InvalidInput(message)) =
         users::check_password_policy(&form.password, &inv.email)
@@ -751,10 +933,9 @@ pub async fn invite_accept(
             minijinja::context! { tenant => web.tenant.slug, email => inv.email, csrf => flow.csrf_token, min_len => users::MIN_PASSWORD_LEN, error => message },
         ));
     }
-    let pw = form.password.clone();
-    let hash = tokio::task::spawn_blocking(move || users::hash_password(&pw))
-        .await
-        .map_err(|_| RuntimeError::InvalidInput("hashing failed".into()))??;
+    // Hashed with no pooled connection held (see `local_login`).
+    let hash = web.identity().hash_password(form.password.clone()).await?;
+    let mut client = web.conn().await?;
     let Some(user) = users::accept_invitation(&mut client, &token, &hash).await? else {
         return Ok(Problem::not_found()
             .detail("this invitation is unknown, used or expired")
@@ -821,8 +1002,8 @@ async fn sso_start_inner(
 ) -> Result<Response, Failure> {
     let conn = connection(client, name).await?;
     let (flow, set) = web.flow(client).await?;
-    let return_to = safe_return_to(q.return_to.as_deref());
     let origin = web.origin();
+    let return_to = safe_return_to(&origin, q.return_to.as_deref());
     let url = match &conn.protocol {
         Protocol::Saml(cfg) => {
             let urls = SpUrls::new(&origin, &conn.name);
@@ -890,6 +1071,9 @@ pub async fn saml_metadata(web: Web, Path(name): Path<String>) -> Result<Respons
 pub struct AcsForm {
     #[serde(rename = "SAMLResponse")]
     saml_response: String,
+    /// IdP-initiated sign-ins may name where to go (checked like `return_to`).
+    #[serde(rename = "RelayState")]
+    relay_state: Option<String>,
 }
 
 pub async fn saml_acs(
@@ -932,13 +1116,15 @@ async fn saml_acs_inner(
     if !replay_new {
         return Err(Failure::new("saml_replay").on(name).by(&assertion.subject));
     }
-    let mut return_to = "/".to_owned();
+    // SP-initiated: where the start asked to go; IdP-initiated: the RelayState, if any.
+    let mut return_to = form.relay_state;
     if let (Some(id), Some(f)) = (&assertion.in_response_to, &flow) {
         match sessions::take_request(client, id, &f.id_hash, conn.id).await? {
-            Some(req) => return_to = req.return_to,
+            Some(req) => return_to = Some(req.return_to),
             None => return Err(Failure::new("saml_unknown_request").on(name)),
         }
     }
+    let return_to = safe_return_to(&web.origin(), return_to.as_deref());
     let email = assertion
         .email
         .clone()
@@ -1098,8 +1284,10 @@ async fn finish_sso(
     e.target = Some(&conn.name);
     e.details = serde_json::json!({"method": conn.protocol.kind(), "subject": subject, "created": created, "role": user.role.as_str()});
     audit::record(client, &e).await?;
+    // Checked again here: a stored value may predate a stricter rule.
+    let return_to = safe_return_to(&web.origin(), Some(return_to));
     Ok(with_cookies(
-        see_other(return_to),
+        see_other(&return_to),
         [
             session_cookie(Some(value.expose_secret()), web.identity().timeouts),
             flow_cookie(None),

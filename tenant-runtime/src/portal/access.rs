@@ -29,38 +29,75 @@ pub const CHANGE_SSO_CONNECTION: &str = "change_sso_connection";
 /// Turning a four-eyes rule off is itself four-eyes (turning one on is not).
 pub const CHANGE_APPROVAL_POLICY: &str = "change_approval_policy";
 
-fn no_escalation(auth: &Authenticated, perms: Permissions) -> Result<(), Problem> {
-    if perms.is_subset(auth.caller.perms) {
-        Ok(())
-    } else {
-        let missing: Vec<&str> = perms
-            .list()
-            .into_iter()
-            .filter(|p| !auth.caller.can(*p))
-            .map(Permission::as_str)
-            .collect();
-        Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "escalation_refused",
-            "You cannot grant a permission you do not hold",
+/// A refusal, audited as `permission_denied` with `reason` before it is returned.
+async fn refused(auth: &Authenticated, problem: Problem, reason: &str) -> Problem {
+    match auth
+        .audit(
+            EventType::PermissionDenied,
+            None,
+            false,
+            Some(reason),
+            serde_json::json!({"code": problem.code}),
         )
-        .detail(format!("You do not hold: {}", missing.join(", "))))
+        .await
+    {
+        Ok(()) => problem,
+        Err(e) => e,
     }
 }
 
-fn any_of(auth: &Authenticated, perms: &[Permission]) -> Result<(), Problem> {
-    if perms.iter().any(|p| auth.caller.can(*p)) {
-        Ok(())
-    } else {
-        Err(Problem::forbidden(format!(
-            "This needs one of: {}",
-            perms
-                .iter()
-                .map(|p| p.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )))
+/// `403 escalation_refused` (audited) unless the caller holds every permission in `perms`.
+async fn no_escalation(auth: &Authenticated, perms: Permissions) -> Result<(), Problem> {
+    if perms.is_subset(auth.caller.perms) {
+        return Ok(());
     }
+    let missing: Vec<&str> = perms
+        .list()
+        .into_iter()
+        .filter(|p| !auth.caller.can(*p))
+        .map(Permission::as_str)
+        .collect();
+    let problem = Problem::new(
+        StatusCode::FORBIDDEN,
+        "escalation_refused",
+        "You cannot grant a permission you do not hold",
+    )
+    .detail(format!("You do not hold: {}", missing.join(", ")));
+    Err(refused(auth, problem, "no_escalation").await)
+}
+
+/// `403 escalation_refused` (audited) unless `wanted` (`None`: every site) lies within the
+/// caller's own sites.
+async fn within_my_sites(auth: &Authenticated, wanted: Option<&[String]>) -> Result<(), Problem> {
+    let Some(mine) = &auth.caller.sites else {
+        return Ok(());
+    };
+    if wanted.is_some_and(|w| w.iter().all(|x| mine.contains(x))) {
+        return Ok(());
+    }
+    let problem = Problem::new(
+        StatusCode::FORBIDDEN,
+        "escalation_refused",
+        "You cannot grant sites you do not have",
+    )
+    .detail(format!("You are limited to: {}", mine.join(", ")));
+    Err(refused(auth, problem, "site_scope").await)
+}
+
+/// `403 forbidden` (audited) unless the caller holds at least one of `perms`.
+async fn any_of(auth: &Authenticated, perms: &[Permission]) -> Result<(), Problem> {
+    if perms.iter().any(|p| auth.caller.can(*p)) {
+        return Ok(());
+    }
+    let problem = Problem::forbidden(format!(
+        "This needs one of: {}",
+        perms
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Err(refused(auth, problem, "require_any").await)
 }
 
 fn parse_permissions(names: &[String]) -> Result<Permissions, Problem> {
@@ -99,7 +136,7 @@ async fn grantable(auth: &Authenticated, role: &str) -> Result<(RoleName, roles:
         .ok_or_else(|| {
             Problem::fields(vec![("role".into(), format!("there is no role '{name}'"))])
         })?;
-    no_escalation(auth, role.permission_set())?;
+    no_escalation(auth, role.permission_set()).await?;
     Ok((name, role))
 }
 
@@ -139,7 +176,7 @@ async fn pending(
 #[utoipa::path(get, path = "/api/v1/roles", tag = "access",
     responses((status = 200, body = [RoleDto])), security(("bearer" = [])))]
 pub async fn list_roles(auth: Authenticated) -> Result<Json<Vec<RoleDto>>, Problem> {
-    any_of(&auth, &[Permission::UsersManage, Permission::RolesManage])?;
+    any_of(&auth, &[Permission::UsersManage, Permission::RolesManage]).await?;
     Ok(Json(
         roles::list(&auth.conn)
             .await?
@@ -181,7 +218,7 @@ pub async fn update_role(
     let existing = roles::get(&auth.conn, name.as_str())
         .await?
         .ok_or_else(Problem::not_found)?;
-    no_escalation(&auth, existing.permission_set())?;
+    no_escalation(&auth, existing.permission_set()).await?;
     save_role(auth, name, req, true).await
 }
 
@@ -198,7 +235,7 @@ async fn save_role(
             "at most 500 characters".into(),
         )]));
     }
-    no_escalation(&auth, perms)?;
+    no_escalation(&auth, perms).await?;
     if perms.intersects(Permissions::PRIVILEGED)
         && approvals::required(&auth.conn, CHANGE_PRIVILEGED_ROLE).await?
     {
@@ -241,7 +278,7 @@ pub async fn delete_role(
     let role = roles::get(&auth.conn, name.as_str())
         .await?
         .ok_or_else(Problem::not_found)?;
-    no_escalation(&auth, role.permission_set())?;
+    no_escalation(&auth, role.permission_set()).await?;
     roles::delete(&auth.conn, &name).await?;
     auth.record(EventType::RoleDeleted, name.as_str(), serde_json::json!({}))
         .await?;
@@ -271,14 +308,15 @@ async fn managed_user(auth: &Authenticated, id: &str) -> Result<users::User, Pro
         .await?
         .ok_or_else(Problem::not_found)?;
     let perms = users::permissions_of(&auth.conn, &user.role).await?;
-    no_escalation(auth, perms)?;
+    no_escalation(auth, perms).await?;
     if let Some(mine) = &auth.caller.sites {
         let theirs_ok = user
             .site_scope
             .as_ref()
             .is_some_and(|s| s.iter().all(|x| mine.contains(x)));
         if !theirs_ok {
-            return Err(Problem::forbidden("This user is not limited to your sites"));
+            let problem = Problem::forbidden("This user is not limited to your sites");
+            return Err(refused(auth, problem, "site_scope").await);
         }
     }
     Ok(user)
@@ -326,19 +364,7 @@ pub async fn set_user_sites(
     ApiJson(req): ApiJson<SetSitesRequest>,
 ) -> Result<Json<UserDto>, Problem> {
     let user = managed_user(&auth, &id).await?;
-    if let Some(mine) = &auth.caller.sites {
-        let ok = req
-            .sites
-            .as_ref()
-            .is_some_and(|s| s.iter().all(|x| mine.contains(x)));
-        if !ok {
-            return Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "escalation_refused",
-                "You cannot grant sites you do not have",
-            ));
-        }
-    }
+    within_my_sites(&auth, req.sites.as_deref()).await?;
     let updated = users::set_sites(&auth.conn, user.id, req.sites.as_deref()).await?;
     auth.record(
         EventType::UserSitesChanged,
@@ -380,6 +406,13 @@ pub async fn invite_user(
 ) -> Result<(StatusCode, Json<InvitationDto>), Problem> {
     auth.require(Permission::UsersManage).await?;
     let (name, role) = grantable(&auth, &req.role).await?;
+    // The invited user gets exactly these sites when they accept. A site-limited caller
+    // invites into its own sites unless it names a subset of them.
+    let sites = match (req.sites, &auth.caller.sites) {
+        (None, Some(mine)) => Some(mine.clone()),
+        (wanted, _) => wanted,
+    };
+    within_my_sites(&auth, sites.as_deref()).await?;
     if role.permission_set().intersects(Permissions::PRIVILEGED)
         && approvals::required(&auth.conn, GRANT_PRIVILEGED_ROLE).await?
     {
@@ -389,11 +422,12 @@ pub async fn invite_user(
             "Invite with an unprivileged role, then grant this one (which needs a second admin)",
         ));
     }
-    let (inv, token) = users::invite(&auth.conn, &req.email, name.clone()).await?;
+    let (inv, token) =
+        users::invite(&auth.conn, &req.email, name.clone(), sites.as_deref()).await?;
     auth.record(
         EventType::UserInvited,
         &inv.email,
-        serde_json::json!({"role": name.as_str()}),
+        serde_json::json!({"role": name.as_str(), "sites": inv.sites}),
     )
     .await?;
     let host = crate::api::request_host(&headers)?;
@@ -402,6 +436,7 @@ pub async fn invite_user(
         Json(InvitationDto {
             email: inv.email,
             role: name.as_str().to_owned(),
+            sites: inv.sites,
             url: format!(
                 "{}/invite/{}",
                 rt.identity.origin(&host),
@@ -465,7 +500,7 @@ pub async fn list_approvals(
     auth: Authenticated,
     ApiQuery(q): ApiQuery<ApprovalQuery>,
 ) -> Result<Json<Vec<ApprovalDto>>, Problem> {
-    any_of(&auth, &MANAGERS)?;
+    any_of(&auth, &MANAGERS).await?;
     Ok(Json(
         approvals::list(&auth.conn, q.status.as_deref())
             .await?
@@ -496,7 +531,7 @@ fn approver_needs(a: &approvals::Approval) -> Result<Permissions, Problem> {
 }
 
 async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval, Problem> {
-    any_of(auth, &MANAGERS)?;
+    any_of(auth, &MANAGERS).await?;
     let mut a = approvals::get(&auth.conn, path_id(id)?)
         .await?
         .ok_or_else(Problem::not_found)?;
@@ -513,6 +548,17 @@ async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval
             "A second person must decide on this request",
         ));
     }
+    // Service tokens belong to no person, so two of them (made by one operator) are not two
+    // pairs of eyes: only people decide.
+    if auth.caller.user_id.is_none() {
+        let problem = Problem::new(
+            StatusCode::FORBIDDEN,
+            "four_eyes",
+            "A second person must decide on this request",
+        )
+        .detail("Service tokens cannot decide on approvals; use a token acting for a user");
+        return Err(refused(auth, problem, "service_token_approval").await);
+    }
     // The role being granted decides what the approver must hold.
     if a.action == GRANT_PRIVILEGED_ROLE
         && let Some(role) = a.payload.get("role").and_then(|r| r.as_str())
@@ -520,7 +566,38 @@ async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval
     {
         a.payload["permissions"] = role.permission_set().names().into();
     }
-    no_escalation(auth, approver_needs(&a)?)?;
+    let needs = approver_needs(&a)?;
+    no_escalation(auth, needs).await?;
+    // A site-limited approver decides only on users within its sites, and on nothing that
+    // applies to the whole organisation.
+    if auth.caller.sites.is_some() {
+        let target_sites = match a.action.as_str() {
+            GRANT_PRIVILEGED_ROLE => {
+                let user = a
+                    .payload
+                    .get("user_id")
+                    .and_then(|u| u.as_str())
+                    .and_then(|u| Uuid::parse_str(u).ok());
+                match user {
+                    Some(u) => users::get(&auth.conn, u).await?.and_then(|u| u.site_scope),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        within_my_sites(auth, target_sites.as_deref()).await?;
+    }
+    // The request stands only while its requester could still make it: still active (or the
+    // token still live) and still holding what it needed.
+    let standing = approvals::requester_permissions(&auth.conn, &a.requested_by).await?;
+    if !standing.is_some_and(|p| needs.is_subset(p)) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "requester_lost_rights",
+            "The requester can no longer make this request",
+        )
+        .detail("The requester is no longer active or no longer holds what this needs"));
+    }
     Ok(a)
 }
 
@@ -693,7 +770,7 @@ pub async fn sso_change_needs_approval(
 #[utoipa::path(get, path = "/api/v1/approval-policy", tag = "access",
     responses((status = 200, body = [PolicyEntryDto])), security(("bearer" = [])))]
 pub async fn get_policy(auth: Authenticated) -> Result<Json<Vec<PolicyEntryDto>>, Problem> {
-    any_of(&auth, &MANAGERS)?;
+    any_of(&auth, &MANAGERS).await?;
     Ok(Json(
         approvals::policy(&auth.conn)
             .await?
@@ -710,7 +787,7 @@ pub async fn set_policy(
     auth: Authenticated,
     ApiJson(req): ApiJson<PolicyEntryDto>,
 ) -> Result<Response, Problem> {
-    no_escalation(&auth, MANAGERS.into_iter().collect())?;
+    no_escalation(&auth, MANAGERS.into_iter().collect()).await?;
     if !approvals::policy(&auth.conn)
         .await?
         .iter()

@@ -90,12 +90,18 @@ pub struct SetSitesRequest {
 pub struct InviteRequest {
     pub email: String,
     pub role: String,
+    /// Sites the invited user will be limited to; absent or `null`: every site (for a
+    /// site-limited caller: the caller's own sites).
+    #[serde(default)]
+    pub sites: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InvitationDto {
     pub email: String,
     pub role: String,
+    /// `null`: every site.
+    pub sites: Option<Vec<String>>,
     /// The single-use link (shown once).
     pub url: String,
     #[serde(with = "time::serde::rfc3339")]

@@ -179,3 +179,40 @@ pub async fn set_outcome(
         .map_err(|e| RuntimeError::query("recording an approval outcome", e))?;
     Ok(())
 }
+
+/// The permissions a requester (`user:<id>` or `token:<id>`, as [`request`] stored it) holds
+/// *now*: `None` when that user is no longer active or that token is revoked or expired.
+pub async fn requester_permissions(
+    client: &Client,
+    principal: &str,
+) -> Result<Option<crate::store::roles::Permissions>, RuntimeError> {
+    let (kind, id) = principal.split_once(':').unwrap_or(("", ""));
+    let Ok(id) = Uuid::parse_str(id) else {
+        return Ok(None);
+    };
+    let sql = match kind {
+        "user" => {
+            "select array(select p.permission from role_permissions p where p.role = u.role)
+               from users u where u.id = $1 and u.status = 'active'"
+        }
+        "token" => {
+            "select array(select p.permission from role_permissions p
+                           where p.role = coalesce(u.role, t.role))
+               from api_tokens t left join users u on u.id = t.user_id
+              where t.id = $1 and t.revoked_at is null
+                and (t.expires_at is null or t.expires_at > now())
+                and (t.user_id is null or u.status = 'active')"
+        }
+        _ => return Ok(None),
+    };
+    let row = client
+        .query_opt(sql, &[&id])
+        .await
+        .map_err(|e| RuntimeError::query("checking an approval's requester", e))?;
+    Ok(row.map(|r| {
+        r.get::<_, Vec<String>>(0)
+            .iter()
+            .filter_map(|p| crate::store::roles::Permission::parse(p))
+            .collect()
+    }))
+}

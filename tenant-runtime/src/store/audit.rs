@@ -23,6 +23,10 @@ pub enum EventType {
     LoginFailure,
     Logout,
     MfaEnrolled,
+    MfaEnrolmentStarted,
+    MfaRemoved,
+    ApprovalPolicyChanged,
+    AnonymousFailures,
     UserInvited,
     InvitationAccepted,
     UserDeactivated,
@@ -59,6 +63,10 @@ impl EventType {
         Self::LoginFailure,
         Self::Logout,
         Self::MfaEnrolled,
+        Self::MfaEnrolmentStarted,
+        Self::MfaRemoved,
+        Self::ApprovalPolicyChanged,
+        Self::AnonymousFailures,
         Self::UserInvited,
         Self::InvitationAccepted,
         Self::UserDeactivated,
@@ -95,6 +103,10 @@ impl EventType {
             Self::LoginFailure => "login_failure",
             Self::Logout => "logout",
             Self::MfaEnrolled => "mfa_enrolled",
+            Self::MfaEnrolmentStarted => "mfa_enrolment_started",
+            Self::MfaRemoved => "mfa_removed",
+            Self::ApprovalPolicyChanged => "approval_policy_changed",
+            Self::AnonymousFailures => "anonymous_failures",
             Self::UserInvited => "user_invited",
             Self::InvitationAccepted => "invitation_accepted",
             Self::UserDeactivated => "user_deactivated",
@@ -279,7 +291,7 @@ pub async fn record(client: &Client, e: &Event<'_>) -> Result<i64, RuntimeError>
     );
     let row = client
         .query_one(
-            "insert into audit_events
+            "insert into portico_audit.audit_events
                  (at, event_type, actor, client_ip, request_id, target, outcome, reason, details,
                   payload_hash, seq, prev_hash, hash)
              values ($1, $2, $3, $4::text::inet, $5, $6, $7, $8, $9, $10, 0, '', '')
@@ -366,7 +378,7 @@ pub async fn latest(client: &Client, limit: i64) -> Result<Vec<Recorded>, Runtim
     let rows = client
         .query(
             &format!(
-                "select {COLUMNS} from (select * from audit_events order by seq desc limit $1) e
+                "select {COLUMNS} from (select * from portico_audit.audit_events order by seq desc limit $1) e
                   order by seq"
             ),
             &[&limit],
@@ -393,7 +405,7 @@ pub async fn list(client: &Client, f: &Filter, limit: i64) -> Result<Vec<Recorde
     let rows = client
         .query(
             &format!(
-                "select {COLUMNS} from audit_events
+                "select {COLUMNS} from portico_audit.audit_events
                   where ($1::text is null or event_type = $1)
                     and ($2::text is null or actor = $2)
                     and ($3::text is null or target = $3)
@@ -421,7 +433,7 @@ pub async fn list(client: &Client, f: &Filter, limit: i64) -> Result<Vec<Recorde
 pub async fn head(client: &Client) -> Result<Option<(i64, Vec<u8>)>, RuntimeError> {
     let row = client
         .query_opt(
-            "select seq, hash from audit_events order by seq desc limit 1",
+            "select seq, hash from portico_audit.audit_events order by seq desc limit 1",
             &[],
         )
         .await
@@ -432,7 +444,10 @@ pub async fn head(client: &Client) -> Result<Option<(i64, Vec<u8>)>, RuntimeErro
 /// The hash stored for one sequence number.
 pub async fn hash_at(client: &Client, seq: i64) -> Result<Option<Vec<u8>>, RuntimeError> {
     let row = client
-        .query_opt("select hash from audit_events where seq = $1", &[&seq])
+        .query_opt(
+            "select hash from portico_audit.audit_events where seq = $1",
+            &[&seq],
+        )
         .await
         .map_err(|e| RuntimeError::query("reading the audit chain", e))?;
     Ok(row.map(|r| r.get(0)))

@@ -347,6 +347,8 @@ pub struct LocalAccount {
     pub totp_secret_ciphertext: Option<Vec<u8>>,
     pub totp_enabled: bool,
     pub totp_last_step: Option<i64>,
+    /// A new secret waiting for its first code (enrolment or re-enrolment).
+    pub totp_pending_ciphertext: Option<Vec<u8>>,
     pub failed_attempts: i32,
     pub locked_until: Option<OffsetDateTime>,
 }
@@ -359,7 +361,8 @@ pub async fn local_account(
         .query_opt(
             &format!(
                 "select {USER_COLUMNS}, c.password_hash, c.totp_secret_ciphertext, c.totp_enabled,
-                        c.totp_last_step, c.failed_attempts, c.locked_until
+                        c.totp_last_step, c.failed_attempts, c.locked_until,
+                        c.totp_pending_ciphertext
                    from user_identities i join users u on u.id = i.user_id
                    join local_credentials c on c.user_id = u.id
                   where i.connection_id is null and lower(i.subject) = lower($1)"
@@ -377,6 +380,7 @@ pub async fn local_account(
             totp_last_step: r.get(9),
             failed_attempts: r.get(10),
             locked_until: r.get(11),
+            totp_pending_ciphertext: r.get(12),
         })
     })
     .transpose()
@@ -450,20 +454,57 @@ pub async fn reset_failures(client: &Client, user_id: Uuid) -> Result<(), Runtim
     Ok(())
 }
 
-/// Stores a (not yet confirmed) TOTP secret, encrypted.
-pub async fn set_totp_secret(
+/// Stores a new, not yet confirmed TOTP secret (encrypted) beside the active one, which stays
+/// in force until [`confirm_totp`] replaces it.
+pub async fn set_pending_totp(
     client: &Client,
     user_id: Uuid,
     ciphertext: &[u8],
 ) -> Result<(), RuntimeError> {
     client
         .execute(
-            "update local_credentials set totp_secret_ciphertext = $2, totp_enabled = false,
-                    updated_at = now() where user_id = $1",
+            "update local_credentials set totp_pending_ciphertext = $2, updated_at = now()
+              where user_id = $1",
             &[&user_id, &ciphertext],
         )
         .await
         .map_err(|e| RuntimeError::query("storing a TOTP secret", e))?;
+    Ok(())
+}
+
+/// Makes the pending secret the active one, if it is still the one the code was checked
+/// against, and records the code's step as used. False if it changed meanwhile.
+pub async fn confirm_totp(
+    client: &Client,
+    user_id: Uuid,
+    pending: &[u8],
+    step: i64,
+) -> Result<bool, RuntimeError> {
+    let n = client
+        .execute(
+            "update local_credentials
+                set totp_secret_ciphertext = totp_pending_ciphertext, totp_pending_ciphertext = null,
+                    totp_enabled = true, totp_last_step = $3, updated_at = now()
+              where user_id = $1 and totp_pending_ciphertext = $2",
+            &[&user_id, &pending, &step],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("enabling TOTP", e))?;
+    Ok(n == 1)
+}
+
+/// Removes the second factor (active and pending).
+pub async fn remove_totp(client: &Client, user_id: Uuid) -> Result<(), RuntimeError> {
+    client
+        .execute(
+            "update local_credentials
+                set totp_secret_ciphertext = null, totp_pending_ciphertext = null,
+                    totp_enabled = false, updated_at = now()
+              where user_id = $1",
+            &[&user_id],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("removing TOTP", e))?;
     Ok(())
 }
 
@@ -494,6 +535,8 @@ pub struct Invitation {
     pub id: Uuid,
     pub email: String,
     pub role: Role,
+    /// Sites the user will be limited to (`None`: every site).
+    pub sites: Option<Vec<String>>,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
@@ -515,6 +558,7 @@ pub async fn invite(
     client: &Client,
     email: &str,
     role: Role,
+    sites: Option<&[String]>,
 ) -> Result<(Invitation, SecretString), RuntimeError> {
     let email = email.trim();
     if !valid_email(email) {
@@ -527,14 +571,17 @@ pub async fn invite(
             "a local account for '{email}' already exists"
         )));
     }
+    if let Some(sites) = sites {
+        crate::store::sites::require_all(client, sites).await?;
+    }
     let (secret, hash) = tokens::generate(INVITATION_PREFIX);
     let expires_at = OffsetDateTime::now_utc() + INVITATION_TTL;
     let id = Uuid::new_v4();
     client
         .execute(
-            "insert into invitations (id, email, role, token_hash, expires_at)
-             values ($1, $2, $3, $4, $5)",
-            &[&id, &email, &role.as_str(), &hash, &expires_at],
+            "insert into invitations (id, email, role, site_scope, token_hash, expires_at)
+             values ($1, $2, $3, $4, $5, $6)",
+            &[&id, &email, &role.as_str(), &sites, &hash, &expires_at],
         )
         .await
         .map_err(|e| match RuntimeError::constraint_of(&e) {
@@ -548,6 +595,7 @@ pub async fn invite(
             id,
             email: email.to_owned(),
             role,
+            sites: sites.map(<[String]>::to_vec),
             expires_at,
         },
         secret,
@@ -564,7 +612,7 @@ pub async fn open_invitation(
     };
     let row = client
         .query_opt(
-            "select id, email, role, expires_at from invitations
+            "select id, email, role, expires_at, site_scope from invitations
               where token_hash = $1 and accepted_at is null and expires_at > now()",
             &[&hash],
         )
@@ -574,6 +622,7 @@ pub async fn open_invitation(
         id: r.get(0),
         email: r.get(1),
         role: Role::parse(r.get::<_, &str>(2)).unwrap_or(Role::member()),
+        sites: r.get(4),
         expires_at: r.get(3),
     }))
 }
@@ -595,7 +644,7 @@ pub async fn accept_invitation(
         .query_opt(
             "update invitations set accepted_at = now()
               where token_hash = $1 and accepted_at is null and expires_at > now()
-              returning id, email, role",
+              returning id, email, role, site_scope",
             &[&hash],
         )
         .await
@@ -605,14 +654,16 @@ pub async fn accept_invitation(
     };
     let email: String = inv.get(1);
     let role: String = inv.get(2);
+    let sites: Option<Vec<String>> = inv.get(3);
     let id = Uuid::new_v4();
     let row = tx
         .query_one(
             &format!(
-                "insert into users as u (id, email, role, last_login_at) values ($1, $2, $3, now())
+                "insert into users as u (id, email, role, site_scope, last_login_at)
+                 values ($1, $2, $3, $4, now())
                  returning {USER_COLUMNS}"
             ),
-            &[&id, &email, &role],
+            &[&id, &email, &role, &sites],
         )
         .await
         .map_err(|e| RuntimeError::query("creating a user", e))?;

@@ -1,0 +1,322 @@
+//! Fixes of the security review (issue 11): each test here failed before its fix.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::portal::{approve, content, post, put, upload, user};
+use crate::support::{Backend, TestEnv, host_of};
+
+/// A site-limited manager cannot mint an unlimited (or other-site) user by inviting one:
+/// invitations carry sites, default to the inviter's own, and anything wider is refused and
+/// audited. The accepted user reads only the sites it was invited into.
+#[tokio::test]
+async fn invitations_carry_sites_and_never_widen_a_site_limited_inviter() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let admin = env.tenant_token("acme", "admin", "admin");
+    let server = env.serve(&[]);
+    let acme = host_of("acme");
+    for code in ["berlin", "paris"] {
+        let r = post(
+            &server,
+            &acme,
+            "/api/v1/sites",
+            &admin,
+            json!({"code": code, "name": code}),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let paris_doc = upload(
+        &server,
+        &acme,
+        &admin,
+        &[("type", "invoice"), ("title", "p"), ("site", "paris")],
+        content(64, 1),
+    )
+    .await;
+    assert_eq!(paris_doc.status, 201, "{paris_doc:?}");
+    let berliner = env.json(&[
+        "tenant",
+        "token",
+        "create",
+        "acme",
+        "--name",
+        "berlin-admin",
+        "--role",
+        "admin",
+        "--site",
+        "berlin",
+        "--json",
+    ])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+
+    // Wider than the inviter's sites: refused, audited, nothing created.
+    for sites in [
+        json!(["paris"]),
+        json!(["berlin", "paris"]),
+        json!(["berlin", "atlantis"]),
+    ] {
+        let body = json!({"email": "eve@acme.example", "role": "member", "sites": sites});
+        post(&server, &acme, "/api/v1/users/invitations", &berliner, body)
+            .await
+            .assert_problem(403, "escalation_refused");
+    }
+    // Default: the inviter's own sites.
+    let inv = post(
+        &server,
+        &acme,
+        "/api/v1/users/invitations",
+        &berliner,
+        json!({"email": "bea@acme.example", "role": "member"}),
+    )
+    .await;
+    assert_eq!(inv.status, 201, "{inv:?}");
+    assert_eq!(inv.body["sites"], json!(["berlin"]));
+    // Unknown sites are bad input, from anyone.
+    post(
+        &server,
+        &acme,
+        "/api/v1/users/invitations",
+        &admin,
+        json!({"email": "x@acme.example", "role": "member", "sites": ["atlantis"]}),
+    )
+    .await
+    .assert_problem(422, "invalid_input");
+
+    // The accepted user is limited to berlin: paris documents are invisible to her.
+    let url = inv.body["url"].as_str().expect("url");
+    let path = url.trim_start_matches(&format!("https://{acme}"));
+    let mut b = crate::idp::Browser::new(&server);
+    let page = b.get(&acme, path).await;
+    let csrf = page.field("csrf").expect("csrf");
+    let done = b
+        .post(
+            &acme,
+            path,
+            &[
+                ("csrf", &csrf),
+                ("password", "correct horse battery staple"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{done:?}");
+    let me = b.whoami(&acme).await.expect("signed in");
+    assert_eq!(me["caller"]["sites"], json!(["berlin"]), "{me}");
+    let paris_id = paris_doc.body["id"].as_str().expect("id");
+    let seen = b.get(&acme, &format!("/api/v1/documents/{paris_id}")).await;
+    assert_eq!(seen.status, 404, "{seen:?}");
+
+    // Every refusal is in the audit log.
+    let events = server
+        .get(
+            &acme,
+            "/api/v1/audit-events?event_type=permission_denied&limit=50",
+            Some(&admin),
+        )
+        .await;
+    let site_refusals = events.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["reason"] == "site_scope")
+        .count();
+    assert_eq!(site_refusals, 3, "{}", events.body);
+    env.cleanup().await;
+}
+
+/// Four-eyes means two people: service tokens (which belong to no person) cannot approve, and
+/// a request whose requester lost the rights it needed (or was deactivated) cannot be approved.
+#[tokio::test]
+async fn approvals_need_a_second_person_who_still_could() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let svc1 = env.tenant_token("acme", "svc-1", "admin");
+    let svc2 = env.tenant_token("acme", "svc-2", "admin");
+    let (alice_id, alice) = user(&env, "acme", "alice@acme.example", "admin").await;
+    let (_, bob) = user(&env, "acme", "bob@acme.example", "admin").await;
+    let (carol_id, _) = user(&env, "acme", "carol@acme.example", "member").await;
+    let server = env.serve(&[]);
+    let acme = host_of("acme");
+
+    // One operator's two service tokens: the second cannot approve the first's request.
+    let pending = put(
+        &server,
+        &acme,
+        &format!("/api/v1/users/{carol_id}/role"),
+        &svc1,
+        json!({"role": "admin"}),
+    )
+    .await;
+    assert_eq!(pending.status, 202, "{pending:?}");
+    let id = pending.body["approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    post(
+        &server,
+        &acme,
+        &format!("/api/v1/approvals/{id}/approve"),
+        &svc2,
+        json!({}),
+    )
+    .await
+    .assert_problem(403, "four_eyes");
+    // A person can.
+    assert_eq!(approve(&server, &acme, &pending, &alice).await.status, 200);
+
+    // Alice asks, then is demoted: her request no longer stands.
+    let (dave_id, _) = user(&env, "acme", "dave@acme.example", "member").await;
+    let pending = put(
+        &server,
+        &acme,
+        &format!("/api/v1/users/{dave_id}/role"),
+        &alice,
+        json!({"role": "admin"}),
+    )
+    .await;
+    assert_eq!(pending.status, 202, "{pending:?}");
+    let r = server
+        .request(
+            Method::PUT,
+            &acme,
+            "/api/v1/approval-policy",
+            Some(&bob),
+            &[],
+            Some(json!({"action": "grant_privileged_role", "required": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let demote = put(
+        &server,
+        &acme,
+        &format!("/api/v1/users/{alice_id}/role"),
+        &bob,
+        json!({"role": "member"}),
+    )
+    .await;
+    assert_eq!(demote.status, 200, "{demote:?}");
+    approve(&server, &acme, &pending, &bob)
+        .await
+        .assert_problem(409, "requester_lost_rights");
+    let me = server.get(&acme, "/api/v1/me", Some(&bob)).await;
+    assert_eq!(me.status, 200);
+    let dave = server.get(&acme, "/api/v1/users", Some(&bob)).await;
+    let dave_role = dave
+        .body
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["email"] == "dave@acme.example")
+        .expect("dave")["role"]
+        .clone();
+    assert_eq!(dave_role, "member", "nothing was applied");
+    env.cleanup().await;
+}
+
+/// The tenant role owns its database, so it can create schemas and drop `public`. Run *as
+/// the tenant role*: a shadow `audit_events` first on the search path (schema, role and
+/// database settings all pointing at it) changes nothing the runtime or `audit verify` reads;
+/// dropping `public` leaves the log; and changes only an admin could make are reported by
+/// `audit verify` as an unprotected log.
+#[tokio::test]
+async fn the_tenant_role_cannot_shadow_repoint_or_drop_the_audit_log() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    let row = env.json(&["tenant", "create", "acme", "--json"]);
+    let admin = env.tenant_token("acme", "admin", "admin");
+    let server = env.serve(&[]);
+    let acme = host_of("acme");
+    let site = |code: &str| json!({"code": code, "name": code});
+    assert_eq!(
+        post(&server, &acme, "/api/v1/sites", &admin, site("s1"))
+            .await
+            .status,
+        201
+    );
+
+    let p = env.platform().await;
+    let tenant_db = p.connect_as_tenant("acme").await.expect("tenant db");
+    let role: String = tenant_db
+        .query_one("select current_user::text", &[])
+        .await
+        .expect("role")
+        .get(0);
+    // A shadow log with a rewritten history, first on every search path the role controls.
+    tenant_db
+        .batch_execute(&format!(
+            "create schema {role};
+             create table {role}.audit_events (like portico_audit.audit_events including all);
+             insert into {role}.audit_events select * from portico_audit.audit_events;
+             update {role}.audit_events set actor = 'mallory';
+             alter role {role} set search_path = {role}, public;
+             do $$ begin execute format('alter database %I set search_path = {role}, public', current_database()); end $$;"
+        ))
+        .await
+        .expect("the tenant role may do all this in its own database");
+    // New connections of the runtime (a restart empties the pools) and of the CLI.
+    drop(server);
+    let server = env.serve(&[]);
+    assert_eq!(
+        post(&server, &acme, "/api/v1/sites", &admin, site("s2"))
+            .await
+            .status,
+        201
+    );
+    let listed = server
+        .get(&acme, "/api/v1/audit-events?limit=50", Some(&admin))
+        .await;
+    let items = listed.body["items"].as_array().expect("items");
+    assert!(items.iter().all(|e| e["actor"] != "mallory"), "{items:?}");
+    assert!(
+        items.iter().any(|e| e["target"] == "s2"),
+        "the new event is in the real log"
+    );
+    let shadow_rows: i64 = tenant_db
+        .query_one(
+            &format!("select count(*) from {role}.audit_events where target = 's2'"),
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(shadow_rows, 0, "nothing was written to the shadow table");
+    let ok = env.ok(&["audit", "verify", "acme"]);
+    assert!(ok.contains("is intact: 3 events"), "{ok}");
+
+    // Dropping public (the role owns it) takes the tenant's own tables, not the log.
+    tenant_db
+        .batch_execute("drop schema public cascade")
+        .await
+        .expect("the owner of public may drop it");
+    let ok = env.ok(&["audit", "verify", "acme"]);
+    assert!(ok.contains("is intact: 3 events"), "{ok}");
+
+    // What only an admin could do is detected: a disabled trigger, a granted update.
+    let db_name = format!("t_{}", crate::support::tenant_id(&row).simple());
+    let su = crate::support::connect(&crate::support::admin_url(&db_name)).await;
+    for (break_it, mend) in [
+        (
+            "alter table portico_audit.audit_events disable trigger audit_events_no_update",
+            "alter table portico_audit.audit_events enable trigger audit_events_no_update",
+        ),
+        (
+            "grant update on portico_audit.audit_events to pg_database_owner",
+            "revoke update on portico_audit.audit_events from pg_database_owner",
+        ),
+        (
+            "alter function portico_audit.audit_events_chain() reset search_path",
+            "alter function portico_audit.audit_events_chain() set search_path = pg_catalog, pg_temp",
+        ),
+    ] {
+        su.batch_execute(break_it).await.expect(break_it);
+        let r = env.run(&["audit", "verify", "acme"]);
+        assert_eq!(r.code, Some(1), "{break_it}: {r:?}");
+        assert!(r.stdout.contains("UNPROTECTED"), "{break_it}: {}", r.stdout);
+        su.batch_execute(mend).await.expect(mend);
+    }
+    assert!(env.ok(&["audit", "verify", "acme"]).contains("intact"));
+    drop(server);
+    env.cleanup().await;
+}
