@@ -167,6 +167,8 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown)
         .await;
+        // What is still only counted of anonymous failures reaches the audit log.
+        self.runtime.flush_failures().await;
         served.map_err(|e| PlatformError::InvalidState(format!("server failed: {e}")))
     }
 }

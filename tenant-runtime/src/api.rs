@@ -23,6 +23,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::catalog::{CatalogReader, TenantRoute, TenantStatus};
+use crate::failures::AnonymousFailures;
 use crate::http::{Edge, KeyedLimiter, Problem, check_limit, keyed_limiter};
 use crate::identity::admin::{self, NewConnection};
 use crate::identity::web::{self, IdentityState, SESSION_COOKIE};
@@ -46,6 +47,8 @@ pub struct Runtime {
     pub edge: Edge,
     pub identity: Arc<IdentityState>,
     pub content: Arc<crate::portal::ContentState>,
+    /// Limits and aggregation of unauthenticated failures (`failures.rs`).
+    pub failures: Arc<AnonymousFailures>,
     tenant_limiter: Option<Arc<KeyedLimiter<TenantId>>>,
     _tasks: Arc<Tasks>,
 }
@@ -97,15 +100,23 @@ impl Runtime {
             upload_timeout: rt.upload_timeout,
         };
         let tenant_limiter = keyed_limiter::<TenantId>(rt.rate_limit_per_tenant);
+        let failures = Arc::new(AnonymousFailures::new(
+            rt.anonymous_limit_per_ip,
+            rt.anonymous_limit_per_tenant,
+        ));
         let sweep_task = {
             let pools = pools.clone();
             let ip = edge.ip_limiter.clone();
             let tenant = tenant_limiter.clone();
+            let failures = failures.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(30));
                 loop {
                     tick.tick().await;
                     pools.sweep().await;
+                    failures
+                        .flush(&pools, time::OffsetDateTime::now_utc(), false)
+                        .await;
                     if let Some(l) = &ip {
                         l.retain_recent();
                         l.shrink_to_fit();
@@ -126,13 +137,38 @@ impl Runtime {
             edge,
             identity,
             content,
+            failures,
             tenant_limiter,
             _tasks: Arc::new(Tasks(vec![listen_task, sweep_task])),
         }
     }
 
+    /// Records what is still only counted of unauthenticated failures (at shutdown).
+    pub async fn flush_failures(&self) {
+        self.failures
+            .flush(&self.pools, time::OffsetDateTime::now_utc(), true)
+            .await;
+    }
+
     /// `/api/v1/*` of tenant hosts.
     pub fn tenant_routes(&self) -> Router {
+        // Paths anyone may call without credentials: admitted per client address and per
+        // tenant before any work (`failures.rs`).
+        let anonymous = Router::new()
+            .route("/login", post(web::local_login))
+            .route("/login/totp", post(web::totp_verify))
+            .route(
+                "/invite/{token}",
+                get(web::invite_page).post(web::invite_accept),
+            )
+            .route("/sso/{name}/start", get(web::sso_start))
+            .route("/sso/saml/{name}/acs", post(web::saml_acs))
+            .route("/sso/oidc/{name}/callback", get(web::oidc_callback))
+            .route("/d/{token}", get(crate::portal::documents::use_link))
+            .route_layer(middleware::from_fn_with_state(
+                self.clone(),
+                admit_anonymous,
+            ));
         Router::new()
             .route("/api/v1/tenant", get(get_tenant))
             .route("/api/v1/me", get(get_me))
@@ -146,20 +182,14 @@ impl Runtime {
             )
             .merge(crate::portal::routes())
             .route("/", get(root).post(web::discover))
-            .route("/login", get(web::login_page).post(web::local_login))
-            .route("/login/totp", get(web::totp_page).post(web::totp_verify))
+            .merge(anonymous)
+            .route("/login", get(web::login_page))
+            .route("/login/totp", get(web::totp_page))
             .route("/logout", post(web::logout))
             .route("/account/mfa", get(web::mfa_page).post(web::mfa_enrol))
             .route("/account/mfa/start", post(web::mfa_start))
             .route("/account/mfa/remove", post(web::mfa_remove))
-            .route(
-                "/invite/{token}",
-                get(web::invite_page).post(web::invite_accept),
-            )
-            .route("/sso/{name}/start", get(web::sso_start))
             .route("/sso/saml/{name}/metadata", get(web::saml_metadata))
-            .route("/sso/saml/{name}/acs", post(web::saml_acs))
-            .route("/sso/oidc/{name}/callback", get(web::oidc_callback))
             .route_layer(middleware::from_fn_with_state(self.clone(), resolve_tenant))
             .with_state(self.clone())
     }
@@ -274,6 +304,17 @@ async fn resolve(
         "tenant_rate_limited",
     )?;
     Ok(route)
+}
+
+/// Admission to the anonymous paths: per client address and per tenant, before any work.
+async fn admit_anonymous(State(rt): State<Runtime>, req: Request, next: Next) -> Response {
+    if let Some(route) = req.extensions().get::<Arc<TenantRoute>>() {
+        let ip = req.extensions().get::<crate::http::ClientIp>().map(|c| c.0);
+        if let Err(p) = rt.failures.admit(route.tenant_id, ip) {
+            return p.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Marks requests to the shared login host.
@@ -412,6 +453,25 @@ impl Authenticated {
             .await
     }
 
+    /// `problem`, after recording it as `permission_denied` with `reason` (a refusal of
+    /// something the caller may not do); if the audit fails, that error instead.
+    pub async fn refuse(&self, problem: Problem, reason: &str) -> Problem {
+        let details = serde_json::json!({"code": problem.code});
+        match self
+            .audit(
+                audit::EventType::PermissionDenied,
+                None,
+                false,
+                Some(reason),
+                details,
+            )
+            .await
+        {
+            Ok(()) => problem,
+            Err(e) => e,
+        }
+    }
+
     /// `403` unless the caller holds `p`; a refusal is audited.
     pub async fn require(&self, p: Permission) -> Result<(), Problem> {
         if let Err(problem) = self.caller.require(p) {
@@ -526,12 +586,8 @@ async fn session_caller(
     })
 }
 
-fn require_admin(auth: &Authenticated) -> Result<(), Problem> {
-    auth.caller.require(Permission::SsoManage)
-}
-
 async fn list_connections(auth: Authenticated) -> Result<Json<Vec<Connection>>, Problem> {
-    require_admin(&auth)?;
+    auth.require(Permission::SsoManage).await?;
     Ok(Json(connections::list(&auth.conn).await?))
 }
 
@@ -539,7 +595,7 @@ async fn show_connection(
     auth: Authenticated,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<Connection>, Problem> {
-    require_admin(&auth)?;
+    auth.require(Permission::SsoManage).await?;
     connections::by_name(&auth.conn, &name)
         .await?
         .map(Json)

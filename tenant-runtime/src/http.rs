@@ -313,6 +313,15 @@ pub fn keyed_limiter<K: std::hash::Hash + Eq + Clone>(
         .map(|n| Arc::new(RateLimiter::keyed(Quota::per_second(n).allow_burst(n))))
 }
 
+/// A per-key limiter allowing `per_minute` requests per minute (bursts of the same size), or
+/// `None` when `per_minute` is 0.
+pub fn keyed_limiter_per_minute<K: std::hash::Hash + Eq + Clone>(
+    per_minute: u32,
+) -> Option<Arc<KeyedLimiter<K>>> {
+    NonZeroU32::new(per_minute)
+        .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n).allow_burst(n))))
+}
+
 /// Checks `key` against `limiter`: `Err` is the 429 problem with `Retry-After`.
 pub fn check_limit<K: std::hash::Hash + Eq + Clone>(
     limiter: Option<&KeyedLimiter<K>>,

@@ -9,6 +9,7 @@ pub mod api;
 pub mod catalog;
 pub mod content;
 pub mod error;
+pub mod failures;
 pub mod http;
 pub mod identity;
 pub mod pools;

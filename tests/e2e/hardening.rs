@@ -213,6 +213,38 @@ async fn approvals_need_a_second_person_who_still_could() {
         .expect("dave")["role"]
         .clone();
     assert_eq!(dave_role, "member", "nothing was applied");
+
+    // Audit gaps: turning a rule on, and refusals of the admin-only and site checks.
+    let (_, member) = user(&env, "acme", "mo@acme.example", "member").await;
+    server
+        .get(&acme, "/api/v1/sso/connections", Some(&member))
+        .await
+        .assert_problem(403, "forbidden");
+    let events = server
+        .get(&acme, "/api/v1/audit-events?limit=200", Some(&bob))
+        .await;
+    let items = events.body["items"].as_array().expect("items");
+    assert!(
+        items
+            .iter()
+            .any(|e| e["event_type"] == "approval_policy_changed"
+                && e["target"] == "grant_privileged_role"
+                && e["details"]["required"] == true),
+        "{items:?}"
+    );
+    assert!(
+        items.iter().any(|e| e["event_type"] == "permission_denied"
+            && e["actor"] == "mo@acme.example"
+            && e["reason"] == "sso.manage"),
+        "{items:?}"
+    );
+    assert!(
+        items
+            .iter()
+            .any(|e| e["event_type"] == "permission_denied"
+                && e["reason"] == "service_token_approval"),
+        "{items:?}"
+    );
     env.cleanup().await;
 }
 
@@ -317,6 +349,202 @@ async fn the_tenant_role_cannot_shadow_repoint_or_drop_the_audit_log() {
         su.batch_execute(mend).await.expect(mend);
     }
     assert!(env.ok(&["audit", "verify", "acme"]).contains("intact"));
+    drop(server);
+    env.cleanup().await;
+}
+
+/// Audit rows written so far in `slug`'s log, read as the tenant role.
+async fn audit_rows(env: &TestEnv, slug: &str) -> i64 {
+    let db = env
+        .platform()
+        .await
+        .connect_as_tenant(slug)
+        .await
+        .expect("tenant db");
+    db.query_one("select count(*) from portico_audit.audit_events", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// `n` requests for invalid document links from one address, 16 at a time; their statuses.
+async fn flood(server: &crate::support::Server, host: &str, n: usize) -> Vec<u16> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter((0..n).map(|i| async move {
+        server
+            .get(host, &format!("/d/not-a-link-{i}"), None)
+            .await
+            .status
+    }))
+    .buffer_unordered(16)
+    .collect()
+    .await
+}
+
+/// 2,000 invalid document links from one address: past the first few per reason and minute,
+/// refusals are counted, not written (at most 100 new rows; before the fix, one row each). With
+/// the limits off, the log still accounts for every refusal once the server has stopped: rows
+/// written in full plus the counts of the `anonymous_failures` summaries make 2,000. With the
+/// default limits, the address is refused with 429 long before that.
+#[tokio::test]
+async fn a_flood_of_bad_links_leaves_a_bounded_audit_trail() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let acme = host_of("acme");
+    const FLOOD: usize = 2_000;
+    // Limits off: aggregation alone bounds the rows.
+    let unlimited = [
+        ("PORTICO_RATE_LIMIT_PER_IP", "0"),
+        ("PORTICO_RATE_LIMIT_PER_TENANT", "0"),
+        ("PORTICO_ANONYMOUS_LIMIT_PER_IP", "0"),
+        ("PORTICO_ANONYMOUS_LIMIT_PER_TENANT", "0"),
+    ];
+    let server = env.serve(&unlimited);
+    let before = audit_rows(&env, "acme").await;
+    let statuses = flood(&server, &acme, FLOOD).await;
+    assert!(
+        statuses.iter().all(|s| *s == 404),
+        "every bad link is refused"
+    );
+    let added = audit_rows(&env, "acme").await - before;
+    assert!(added <= 100, "{added} audit rows for {FLOOD} bad links");
+    // A graceful stop writes what was only counted.
+    server.terminate();
+    assert!(server.wait().success());
+    let db = env
+        .platform()
+        .await
+        .connect_as_tenant("acme")
+        .await
+        .expect("tenant db");
+    let row = db
+        .query_one(
+            "select count(*) filter (where event_type = 'document_link_used'),
+                    coalesce(sum((details->>'count')::bigint)
+                             filter (where event_type = 'anonymous_failures'), 0)::bigint,
+                    count(*) filter (where event_type = 'anonymous_failures')
+               from portico_audit.audit_events",
+            &[],
+        )
+        .await
+        .expect("accounting");
+    let (full, counted, summaries) = (
+        row.get::<_, i64>(0),
+        row.get::<_, i64>(1),
+        row.get::<_, i64>(2),
+    );
+    assert_eq!(
+        full + counted,
+        FLOOD as i64,
+        "{full} in full + {counted} counted"
+    );
+    assert!(
+        summaries >= 1 && full <= 100,
+        "{full} full rows, {summaries} summaries"
+    );
+    let summary = db
+        .query_one(
+            "select client_ip::text, target, reason from portico_audit.audit_events
+              where event_type = 'anonymous_failures' limit 1",
+            &[],
+        )
+        .await
+        .expect("summary");
+    assert_eq!(
+        summary.get::<_, Option<String>>(0).as_deref(),
+        Some("127.0.0.1/32")
+    );
+    assert_eq!(
+        summary.get::<_, Option<String>>(1).as_deref(),
+        Some("document_link_used")
+    );
+    assert_eq!(
+        summary.get::<_, Option<String>>(2).as_deref(),
+        Some("link_invalid")
+    );
+    assert_eq!(env.run(&["audit", "verify", "acme"]).code, Some(0));
+
+    // Default limits: the address is refused before any work.
+    let server = env.serve(&[("PORTICO_RATE_LIMIT_PER_IP", "0")]);
+    let before = audit_rows(&env, "acme").await;
+    let statuses = flood(&server, &acme, FLOOD).await;
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        limited >= FLOOD / 2,
+        "{limited} of {FLOOD} refused with 429"
+    );
+    let r = server.get(&acme, "/d/one-more", None).await;
+    r.assert_problem(429, "anonymous_rate_limited");
+    assert!(r.header("retry-after").is_some());
+    let added = audit_rows(&env, "acme").await - before;
+    assert!(added <= 100, "{added} audit rows");
+    drop(server);
+    env.cleanup().await;
+}
+
+/// A 50-way parallel flood of sign-ins (each one an argon2 hash) does not hold the tenant's
+/// pool: argon2 runs behind a semaphore sized to the cores and never while a pooled
+/// connection is held, so the tenant keeps answering its API (before the fix, each sign-in held
+/// one of the tenant's five connections through its hash, and the API answered 503).
+#[tokio::test]
+async fn a_sign_in_flood_does_not_starve_the_tenant() {
+    use crate::idp::Browser;
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let admin = env.tenant_token("acme", "admin", "admin");
+    let server = env.serve(&[
+        ("PORTICO_RATE_LIMIT_PER_IP", "0"),
+        ("PORTICO_ANONYMOUS_LIMIT_PER_IP", "0"),
+        ("PORTICO_ANONYMOUS_LIMIT_PER_TENANT", "0"),
+    ]);
+    let acme = host_of("acme");
+    // Fifty browsers, each with its own sign-in form (flow cookie and CSRF token), so every
+    // post reaches the password check (unknown accounts are hashed too, against timing).
+    let mut browsers = Vec::new();
+    for _ in 0..50 {
+        let mut b = Browser::new(&server);
+        let csrf = b.get(&acme, "/login").await.field("csrf").expect("csrf");
+        browsers.push((b, csrf));
+    }
+    let posts =
+        futures_util::future::join_all(browsers.iter_mut().enumerate().map(|(i, (b, csrf))| {
+            let acme = acme.clone();
+            async move {
+                let email = format!("nobody{i}@acme.example");
+                b.post(
+                    &acme,
+                    "/login",
+                    &[
+                        ("csrf", csrf.as_str()),
+                        ("email", &email),
+                        ("password", "wrong password"),
+                    ],
+                )
+                .await
+                .status
+            }
+        }));
+    let probes = async {
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            statuses.push(
+                server
+                    .get(&acme, "/api/v1/tenant", Some(&admin))
+                    .await
+                    .status,
+            );
+        }
+        statuses
+    };
+    let (posted, probed) = tokio::join!(posts, probes);
+    assert!(
+        posted.iter().all(|s| *s == 400),
+        "every sign-in failed: {posted:?}"
+    );
+    assert!(
+        probed.iter().all(|s| *s == 200),
+        "the tenant kept answering: {probed:?}"
+    );
     drop(server);
     env.cleanup().await;
 }

@@ -34,6 +34,8 @@ const KEYS: &[&str] = &[
     "trusted_proxies",
     "rate_limit_per_ip",
     "rate_limit_per_tenant",
+    "anonymous_limit_per_ip",
+    "anonymous_limit_per_tenant",
     "max_open_tenants",
     "tenant_pool_size",
     "pool_wait_ms",
@@ -97,6 +99,8 @@ struct Raw {
     trusted_proxies: String,
     rate_limit_per_ip: i64,
     rate_limit_per_tenant: i64,
+    anonymous_limit_per_ip: i64,
+    anonymous_limit_per_tenant: i64,
     max_open_tenants: i64,
     tenant_pool_size: i64,
     pool_wait_ms: i64,
@@ -134,6 +138,8 @@ impl Default for Raw {
             trusted_proxies: String::new(),
             rate_limit_per_ip: 100,
             rate_limit_per_tenant: 1000,
+            anonymous_limit_per_ip: 120,
+            anonymous_limit_per_tenant: 1200,
             max_open_tenants: 1000,
             tenant_pool_size: 5,
             pool_wait_ms: 2000,
@@ -280,6 +286,11 @@ pub struct RuntimeSettings {
     pub rate_limit_per_ip: u32,
     /// Requests per second per tenant; 0 turns it off.
     pub rate_limit_per_tenant: u32,
+    /// Requests per minute per client address to the anonymous paths (sign-in, invitations,
+    /// SSO, document links), bursts of the same size; 0 turns it off.
+    pub anonymous_limit_per_ip: u32,
+    /// Requests per minute per tenant to the anonymous paths; 0 turns it off.
+    pub anonymous_limit_per_tenant: u32,
     /// Tenant pools kept open at once (least recently used closed first).
     pub max_open_tenants: u64,
     /// Connections one tenant's pool may hold (per instance).
@@ -392,6 +403,18 @@ impl RuntimeSettings {
                 raw.rate_limit_per_tenant,
                 0,
                 1_000_000,
+            )? as u32,
+            anonymous_limit_per_ip: ranged(
+                "anonymous_limit_per_ip",
+                raw.anonymous_limit_per_ip,
+                0,
+                1_000_000,
+            )? as u32,
+            anonymous_limit_per_tenant: ranged(
+                "anonymous_limit_per_tenant",
+                raw.anonymous_limit_per_tenant,
+                0,
+                10_000_000,
             )? as u32,
             max_open_tenants: ranged("max_open_tenants", raw.max_open_tenants, 1, 1_000_000)?
                 as u64,

@@ -207,11 +207,26 @@ impl Web {
     async fn fail(&self, client: &Client, f: Failure) -> Response {
         tracing::info!(reason = %f.reason, connection = ?f.connection, "sign-in failed");
         metrics::counter!("portico_login_failures_total").increment(1);
-        let mut e = self.event(audit::EventType::LoginFailure, &f.actor, false);
-        e.reason = Some(&f.reason);
-        e.target = f.connection.as_deref();
-        if let Err(err) = audit::record(client, &e).await {
-            tracing::error!(error = %err, "could not audit a failed sign-in");
+        // Anyone can fail a sign-in: past the first few per address, reason and minute, the
+        // failures are counted and summarised instead of written one by one.
+        let full = self
+            .rt
+            .failures
+            .note(
+                &self.tenant,
+                self.ip,
+                audit::EventType::LoginFailure,
+                &f.reason,
+                OffsetDateTime::now_utc(),
+            )
+            .await;
+        if full {
+            let mut e = self.event(audit::EventType::LoginFailure, &f.actor, false);
+            e.reason = Some(&f.reason);
+            e.target = f.connection.as_deref();
+            if let Err(err) = audit::record(client, &e).await {
+                tracing::error!(error = %err, "could not audit a failed sign-in");
+            }
         }
         pages::sign_in_failed(&self.request_id)
     }

@@ -29,23 +29,6 @@ pub const CHANGE_SSO_CONNECTION: &str = "change_sso_connection";
 /// Turning a four-eyes rule off is itself four-eyes (turning one on is not).
 pub const CHANGE_APPROVAL_POLICY: &str = "change_approval_policy";
 
-/// A refusal, audited as `permission_denied` with `reason` before it is returned.
-async fn refused(auth: &Authenticated, problem: Problem, reason: &str) -> Problem {
-    match auth
-        .audit(
-            EventType::PermissionDenied,
-            None,
-            false,
-            Some(reason),
-            serde_json::json!({"code": problem.code}),
-        )
-        .await
-    {
-        Ok(()) => problem,
-        Err(e) => e,
-    }
-}
-
 /// `403 escalation_refused` (audited) unless the caller holds every permission in `perms`.
 async fn no_escalation(auth: &Authenticated, perms: Permissions) -> Result<(), Problem> {
     if perms.is_subset(auth.caller.perms) {
@@ -63,7 +46,7 @@ async fn no_escalation(auth: &Authenticated, perms: Permissions) -> Result<(), P
         "You cannot grant a permission you do not hold",
     )
     .detail(format!("You do not hold: {}", missing.join(", ")));
-    Err(refused(auth, problem, "no_escalation").await)
+    Err(auth.refuse(problem, "no_escalation").await)
 }
 
 /// `403 escalation_refused` (audited) unless `wanted` (`None`: every site) lies within the
@@ -81,7 +64,7 @@ async fn within_my_sites(auth: &Authenticated, wanted: Option<&[String]>) -> Res
         "You cannot grant sites you do not have",
     )
     .detail(format!("You are limited to: {}", mine.join(", ")));
-    Err(refused(auth, problem, "site_scope").await)
+    Err(auth.refuse(problem, "site_scope").await)
 }
 
 /// `403 forbidden` (audited) unless the caller holds at least one of `perms`.
@@ -97,7 +80,7 @@ async fn any_of(auth: &Authenticated, perms: &[Permission]) -> Result<(), Proble
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    Err(refused(auth, problem, "require_any").await)
+    Err(auth.refuse(problem, "require_any").await)
 }
 
 fn parse_permissions(names: &[String]) -> Result<Permissions, Problem> {
@@ -316,7 +299,7 @@ async fn managed_user(auth: &Authenticated, id: &str) -> Result<users::User, Pro
             .is_some_and(|s| s.iter().all(|x| mine.contains(x)));
         if !theirs_ok {
             let problem = Problem::forbidden("This user is not limited to your sites");
-            return Err(refused(auth, problem, "site_scope").await);
+            return Err(auth.refuse(problem, "site_scope").await);
         }
     }
     Ok(user)
@@ -470,9 +453,8 @@ pub async fn create_site(
 ) -> Result<(StatusCode, Json<SiteDto>), Problem> {
     auth.require(Permission::UsersManage).await?;
     if auth.caller.sites.is_some() {
-        return Err(Problem::forbidden(
-            "Site-limited callers cannot create sites",
-        ));
+        let problem = Problem::forbidden("Site-limited callers cannot create sites");
+        return Err(auth.refuse(problem, "site_scope").await);
     }
     if req.name.trim().is_empty() || req.name.chars().count() > 200 {
         return Err(Problem::fields(vec![(
@@ -557,7 +539,7 @@ async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval
             "A second person must decide on this request",
         )
         .detail("Service tokens cannot decide on approvals; use a token acting for a user");
-        return Err(refused(auth, problem, "service_token_approval").await);
+        return Err(auth.refuse(problem, "service_token_approval").await);
     }
     // The role being granted decides what the approver must hold.
     if a.action == GRANT_PRIVILEGED_ROLE
@@ -740,7 +722,12 @@ async fn apply(auth: &mut Authenticated, a: &approvals::Approval) -> Result<(), 
         },
         CHANGE_APPROVAL_POLICY => {
             approvals::set_policy(&auth.conn, &a.target, false).await?;
-            Ok(())
+            auth.record(
+                EventType::ApprovalPolicyChanged,
+                &a.target,
+                serde_json::json!({"required": false, "approval": a.id, "requested_by": p.get("requested_by_name")}),
+            )
+            .await
         }
         _ => Err(Problem::internal()),
     }
@@ -808,5 +795,11 @@ pub async fn set_policy(
         .await;
     }
     approvals::set_policy(&auth.conn, &req.action, true).await?;
+    auth.record(
+        EventType::ApprovalPolicyChanged,
+        &req.action,
+        serde_json::json!({"required": true}),
+    )
+    .await?;
     Ok(get_policy(auth).await?.into_response())
 }

@@ -831,7 +831,24 @@ pub async fn use_link(
             let conn = &conn;
             let request_id = request_id.clone();
             let ip = ip.as_ref().map(|i| i.0.0);
+            // Anyone can present a bad link: past the first few per address, reason and
+            // minute, refusals are counted and summarised (`failures.rs`).
+            let (rt, tenant) = (&rt, &tenant);
             async move {
+                let full = ok
+                    || rt
+                        .failures
+                        .note(
+                            tenant,
+                            ip,
+                            EventType::DocumentLinkUsed,
+                            reason.unwrap_or("refused"),
+                            OffsetDateTime::now_utc(),
+                        )
+                        .await;
+                if !full {
+                    return Ok(0);
+                }
                 let actor = link.map_or_else(|| "link:unknown".to_owned(), |l| format!("link:{l}"));
                 let mut e = audit::Event::new(EventType::DocumentLinkUsed, &actor, ok);
                 e.client_ip = ip;

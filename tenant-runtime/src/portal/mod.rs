@@ -102,7 +102,6 @@ pub fn routes() -> Router<Runtime> {
             "/api/v1/documents/{id}/links/{link}",
             axum::routing::delete(documents::revoke_link),
         )
-        .route("/d/{token}", get(documents::use_link))
         .route("/api/v1/tickets", get(tickets::list).post(tickets::create))
         .route("/api/v1/tickets/{id}", get(tickets::show))
         .route("/api/v1/tickets/{id}/status", post(tickets::set_status))
@@ -170,7 +169,9 @@ pub async fn check_site(
 ) -> Result<(), Problem> {
     let field = |m: &str| Problem::fields(vec![("site".into(), m.into())]);
     if !auth.caller.sees_site(site) {
-        return Err(field("is not one of your sites"));
+        return Err(auth
+            .refuse(field("is not one of your sites"), "site_scope")
+            .await);
     }
     if let Some(site) = site
         && crate::store::sites::first_unknown(&auth.conn, &[site.to_owned()])

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use crate::error::RuntimeError;
 
 /// Every event type, in one documented list (`as_str` is what is stored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     LoginSuccess,
