@@ -5,14 +5,7 @@
 # mode (a KMS-compatible endpoint). Safe to run repeatedly; does nothing when all is present.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-if ! pg_bindir >/dev/null; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-    log "installing PostgreSQL server binaries (apt)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-  else
-    die "PostgreSQL server binaries (initdb, pg_ctl) not found; install PostgreSQL 15 or newer"
-  fi
-fi
+"$INFRA_REPO_ROOT/infra/pg-deps.sh"
 
 # ClamAV's daemon, so uploads are scanned by a real clamd (the tests load their own tiny
 # signature database: no signature download is needed).

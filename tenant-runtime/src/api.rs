@@ -98,6 +98,7 @@ impl Runtime {
             ip_limiter: keyed_limiter::<IpAddr>(rt.rate_limit_per_ip),
             request_timeout: rt.request_timeout,
             upload_timeout: rt.upload_timeout,
+            body_limit: rt.body_limit_bytes,
         };
         let tenant_limiter = keyed_limiter::<TenantId>(rt.rate_limit_per_tenant);
         let failures = Arc::new(AnonymousFailures::new(

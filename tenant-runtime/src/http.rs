@@ -347,6 +347,8 @@ pub struct Edge {
     pub request_timeout: Duration,
     /// The time limit of streamed uploads ([`UPLOAD_ROUTES`]) instead of `request_timeout`.
     pub upload_timeout: Duration,
+    /// The largest JSON or form body read (the text guard reads those whole).
+    pub body_limit: usize,
 }
 
 const SECURITY_HEADERS: &[(&str, &str)] = &[
@@ -399,6 +401,10 @@ pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Res
         if !health && let Err(p) = check_limit(edge.ip_limiter.as_deref(), &ip, "rate_limited") {
             return p.into_response();
         }
+        let req = match crate::textguard::check(req, edge.body_limit).await {
+            Ok(r) => r,
+            Err(p) => return p.into_response(),
+        };
         let upload = method == axum::http::Method::POST && UPLOAD_ROUTES.contains(&route.as_str());
         let limit = if upload {
             edge.upload_timeout

@@ -16,6 +16,7 @@ pub mod pools;
 pub mod portal;
 pub mod resolve;
 pub mod store;
+pub mod textguard;
 
 pub use api::Runtime;
 pub use error::RuntimeError;
