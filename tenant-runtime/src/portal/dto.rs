@@ -544,3 +544,28 @@ pub fn timestamp(
         }
     }
 }
+
+/// An RFC 9457 problem, as every error is answered (`application/problem+json`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemDto {
+    /// `urn:portico:problem:<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    /// The stable code (never renamed).
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Per-field validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldErrorDto>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldErrorDto {
+    pub field: String,
+    pub detail: String,
+}
