@@ -97,7 +97,7 @@ async function issue(o) {
     Audience: o.audience ?? o.sp_entity_id,
     Issuer: o.issuer ?? entityId,
     NameID: `${login}@example.test`,
-    Email: `${login}@example.test`,
+    Email: o.email ?? `${login}@example.test`,
     NotBefore: iso(o.not_before_s ?? -5),
     NotOnOrAfter: iso(o.not_on_or_after_s ?? 300),
     InResponseToAttr: o.in_response_to ? ` InResponseTo="${esc(o.in_response_to)}"` : '',

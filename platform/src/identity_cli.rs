@@ -41,6 +41,10 @@ pub enum SsoCmd {
         map_group: Vec<String>,
         #[arg(long, default_value = "groups")]
         group_attribute: String,
+        /// The IdP verifies the e-mail addresses it asserts: use them as users' addresses
+        /// (otherwise a SAML e-mail attribute is not used).
+        #[arg(long)]
+        email_authoritative: bool,
     },
     /// Add an OpenID Connect connection (discovery must answer with exactly this issuer).
     AddOidc {
@@ -98,8 +102,14 @@ pub enum UserCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Deactivate a user: sign-in is refused and their sessions end at once.
-    Deactivate { slug: String, email: String },
+    /// Deactivate a user (by e-mail, or by user id for users without one): sign-in is refused
+    /// and their sessions end at once.
+    Deactivate {
+        slug: String,
+        /// The user's e-mail, or their id.
+        #[arg(value_name = "EMAIL_OR_ID")]
+        email: String,
+    },
     /// A tenant's latest sign-in and security events.
     Events {
         slug: String,
@@ -146,6 +156,7 @@ pub async fn sso(p: &Platform, cmd: SsoCmd) -> anyhow::Result<()> {
             default_role,
             map_group,
             group_attribute,
+            email_authoritative,
         } => {
             let slug = slug(&s)?;
             let metadata_xml = metadata_file
@@ -159,6 +170,7 @@ pub async fn sso(p: &Platform, cmd: SsoCmd) -> anyhow::Result<()> {
                 default_role: Some(role(&default_role)?),
                 map_group,
                 group_attribute: Some(group_attribute),
+                email_authoritative,
             };
             add(p, &slug, &fetcher, new).await
         }
@@ -393,9 +405,16 @@ pub async fn user(p: &Platform, cmd: UserCmd) -> anyhow::Result<()> {
         UserCmd::Deactivate { slug: s, email } => {
             let slug = slug(&s)?;
             let mut client = p.connect_as_tenant(slug.as_str()).await?;
-            let done = users::deactivate(&mut client, &email)
-                .await
-                .map_err(PlatformError::from)?;
+            let done = match uuid::Uuid::parse_str(&email) {
+                Ok(id) => vec![
+                    users::deactivate_id(&mut client, id)
+                        .await
+                        .map_err(PlatformError::from)?,
+                ],
+                Err(_) => users::deactivate(&mut client, &email)
+                    .await
+                    .map_err(PlatformError::from)?,
+            };
             record(
                 &client,
                 audit::EventType::UserDeactivated,
@@ -404,7 +423,7 @@ pub async fn user(p: &Platform, cmd: UserCmd) -> anyhow::Result<()> {
             )
             .await?;
             println!(
-                "deactivated {} user(s) with e-mail '{email}' of tenant '{slug}'; their sessions are ended",
+                "deactivated {} user(s) '{email}' of tenant '{slug}'; their sessions are ended",
                 done.len()
             );
             Ok(())

@@ -365,7 +365,7 @@ impl Caller {
     /// The actor recorded in the audit log: the user's e-mail (signed in, or through a token
     /// acting for them), else `token:<name>`.
     pub fn name(&self) -> String {
-        match (&self.email, self.kind) {
+        match (self.email.as_ref().filter(|e| !e.is_empty()), self.kind) {
             (Some(email), _) => email.clone(),
             (None, CallerKind::ApiToken) => format!("token:{}", self.name),
             (None, CallerKind::User) => self.name.clone(),
@@ -439,6 +439,11 @@ impl Authenticated {
         e.target = target;
         e.reason = reason;
         e.details = details;
+        // The actor is the user (by id) with the e-mail they had at that moment.
+        if let (Some(user), serde_json::Value::Object(map)) = (self.caller.user_id, &mut e.details)
+        {
+            map.insert("actor_user_id".into(), user.to_string().into());
+        }
         audit::record(&self.conn, &e).await?;
         Ok(())
     }
@@ -569,12 +574,14 @@ async fn session_caller(
         .await?
         .filter(|(u, _)| u.active)
         .ok_or_else(Problem::unauthenticated)?;
+    // SSO users whose IdP vouched for no e-mail have none: they act as `user:<id>`.
+    let email = Some(user.email).filter(|e| !e.is_empty());
     Ok(Authenticated {
         tenant,
         caller: Caller {
             kind: CallerKind::User,
-            name: user.email.clone(),
-            email: Some(user.email),
+            name: email.clone().unwrap_or_else(|| format!("user:{}", user.id)),
+            email,
             user_id: Some(user.id),
             token_id: None,
             role: user.role,

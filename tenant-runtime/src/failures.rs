@@ -30,7 +30,7 @@ use crate::pools::TenantPools;
 use crate::store::audit;
 
 /// Failures of one bucket recorded in full before the rest are only counted.
-pub const FULL_EVENTS: u64 = 5;
+pub const FULL_EVENTS: u64 = 10;
 
 /// Buckets kept at once (a bucket is about a hundred bytes).
 const MAX_BUCKETS: u64 = 100_000;

@@ -44,6 +44,7 @@ async fn setup() -> Setup {
             "tenant",
             "sso",
             "add-saml",
+            "--email-authoritative",
             "acme",
             "--name",
             "corp",
@@ -59,6 +60,7 @@ async fn setup() -> Setup {
             "tenant",
             "sso",
             "add-saml",
+            "--email-authoritative",
             "acme",
             "--name",
             "direct",
@@ -74,6 +76,7 @@ async fn setup() -> Setup {
             "tenant",
             "sso",
             "add-saml",
+            "--email-authoritative",
             "globex",
             "--name",
             "corp",
@@ -519,6 +522,7 @@ async fn samael_alone_accepts_unsigned_responses_when_metadata_has_no_key() {
         allow_idp_initiated: true,
         group_attribute: "groups".into(),
         metadata_url: None,
+        email_authoritative: true,
     };
     idp.register_sp(&saml::sp_metadata(&cfg, &urls).expect("SP metadata"))
         .await;
@@ -615,5 +619,82 @@ async fn return_to_and_relay_state_never_leave_the_tenant_origin() {
         assert_eq!(done.status, 303, "{raw:?}: {done:?}");
         assert_eq!(done.location.as_deref(), Some(*expected), "{raw:?}");
     }
+    s.env.cleanup().await;
+}
+
+/// The IdP's e-mail is an identity claim only when the IdP vouches for it (SAML: the connection
+/// is marked `--email-authoritative`; OIDC: `email_verified`), and a sign-in never takes over
+/// an address another user holds. The user stays identified by (connection, subject).
+#[tokio::test]
+async fn asserted_emails_count_only_when_vouched_for_and_never_take_anothers() {
+    let s = setup().await;
+    // A connection whose IdP e-mail is not authoritative.
+    s.env.ok_with(
+        &[
+            "tenant",
+            "sso",
+            "add-saml",
+            "acme",
+            "--name",
+            "plain",
+            "--metadata-url",
+            &s.idp.metadata_url(),
+            "--allow-idp-initiated",
+        ],
+        &[LOOPBACK],
+    );
+    register(&s.server, &s.idp, "acme", "plain").await;
+    let (_, _) = crate::portal::user(&s.env, "acme", "boss@acme.example", "admin").await;
+    let sign_in = |conn: &'static str, login: &'static str, email: Option<&'static str>| {
+        let s = &s;
+        async move {
+            let mut params = json!({"sp_entity_id": sp_entity("acme", conn), "login": login});
+            if let Some(e) = email {
+                params["email"] = e.into();
+            }
+            let response = s.idp.issue(params).await;
+            let mut b = Browser::new(&s.server);
+            let done = post_acs(&mut b, "acme", conn, &response).await;
+            assert_eq!(done.status, 303, "{done:?}");
+            b.whoami(&host_of("acme")).await.expect("signed in")["caller"].clone()
+        }
+    };
+    // Not authoritative: no e-mail; the user acts as user:<id>, the audit names the identity.
+    let caller = sign_in("plain", "nina", Some("boss@acme.example")).await;
+    assert_eq!(caller["email"], serde_json::Value::Null, "{caller}");
+    assert!(
+        caller["name"].as_str().unwrap_or("").starts_with("user:"),
+        "{caller}"
+    );
+    // Authoritative, but the address is another user's: not taken.
+    let caller = sign_in("direct", "dora", Some("boss@acme.example")).await;
+    assert_eq!(caller["email"], serde_json::Value::Null, "{caller}");
+    // Her own address: taken; then another user's again: kept as it was.
+    let caller = sign_in("direct", "dora", None).await;
+    assert_eq!(caller["email"], "dora@example.test");
+    let caller = sign_in("direct", "dora", Some("boss@acme.example")).await;
+    assert_eq!(
+        caller["email"], "dora@example.test",
+        "never overwritten with another's"
+    );
+    let users = s.env.json(&["tenant", "user", "list", "acme", "--json"]);
+    let bosses = users
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter(|u| u["email"] == "boss@acme.example")
+        .count();
+    assert_eq!(bosses, 1, "{users}");
+    let events = s.env.json(&["tenant", "user", "events", "acme", "--json"]);
+    assert!(
+        events
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["event_type"] == "login_success"
+                && e["actor"] == "plain:nina@example.test"
+                && e["details"]["email_verified"] == false),
+        "{events}"
+    );
     s.env.cleanup().await;
 }

@@ -27,6 +27,9 @@ pub enum NewConnection {
         #[serde(default)]
         map_group: Vec<String>,
         group_attribute: Option<String>,
+        /// The IdP verifies the e-mail addresses it asserts (otherwise they are not used).
+        #[serde(default)]
+        email_authoritative: bool,
     },
     Oidc {
         name: String,
@@ -120,6 +123,7 @@ pub async fn prepare(
             default_role,
             map_group,
             group_attribute,
+            email_authoritative,
         } => {
             let group_attribute = group_attribute.unwrap_or_else(|| "groups".into());
             // Cheap checks first: nothing is fetched for a request that is wrong anyway.
@@ -149,6 +153,7 @@ pub async fn prepare(
                 metadata_url,
                 allow_idp_initiated,
                 group_attribute.clone(),
+                email_authoritative,
             )
             .map_err(|e| invalid(format!("the IdP metadata is refused: {e}")))?;
             let p = Prepared {

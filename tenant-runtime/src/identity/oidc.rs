@@ -303,6 +303,8 @@ pub async fn authorize(
 pub struct Identity {
     pub subject: String,
     pub email: Option<String>,
+    /// Whether the IdP asserted `email_verified: true` for that e-mail.
+    pub email_verified: bool,
     pub claims: Vec<(String, Vec<String>)>,
 }
 
@@ -358,13 +360,18 @@ pub async fn redeem(
         if info.get("sub").and_then(|v| v.as_str()) != Some(identity.subject.as_str()) {
             return Err(OidcError::UserInfo("its sub is not the ID token's".into()));
         }
+        let from_userinfo = identity.email.is_none();
         for (k, v) in claim_values(&info) {
             if !identity.claims.iter().any(|(name, _)| *name == k) {
-                if k == "email" && identity.email.is_none() {
+                if k == "email" && from_userinfo {
                     identity.email = v.first().cloned();
                 }
                 identity.claims.push((k, v));
             }
+        }
+        if from_userinfo {
+            identity.email_verified = identity.email.is_some()
+                && info.get("email_verified").and_then(|v| v.as_bool()) == Some(true);
         }
     }
     Ok(identity)
@@ -460,6 +467,7 @@ pub async fn verify_id_token(
     }
     let subject = claims.subject().as_str().to_owned();
     let email = claims.email().map(|e| e.as_str().to_owned());
+    let email_verified = email.is_some() && claims.email_verified() == Some(true);
     // Non-standard claims (groups, …) come from the payload the signature was just verified on.
     let payload = id_token
         .to_string()
@@ -472,6 +480,7 @@ pub async fn verify_id_token(
     Ok(Identity {
         subject,
         email,
+        email_verified,
         claims: values,
     })
 }

@@ -517,6 +517,7 @@ pub fn config_from_metadata(
     metadata_url: Option<String>,
     allow_idp_initiated: bool,
     group_attribute: String,
+    email_authoritative: bool,
 ) -> Result<SamlConfig, SamlError> {
     let info = parse_idp_metadata(&metadata_xml)?;
     Ok(SamlConfig {
@@ -526,6 +527,7 @@ pub fn config_from_metadata(
         allow_idp_initiated,
         group_attribute,
         metadata_url,
+        email_authoritative,
     })
 }
 
@@ -575,6 +577,7 @@ mod tests {
             allow_idp_initiated: true,
             group_attribute: "groups".into(),
             metadata_url: None,
+            email_authoritative: false,
         };
         let urls = SpUrls::new("https://acme.example", "corp");
         let utf7 = STANDARD.encode("<?xml version=\"1.0\" encoding=\"UTF-7\"?><samlp:Response/>");

@@ -1140,16 +1140,17 @@ async fn saml_acs_inner(
         }
     }
     let return_to = safe_return_to(&web.origin(), return_to.as_deref());
+    // SAML has no `email_verified`: the connection says whether its IdP's e-mail counts.
     let email = assertion
         .email
-        .clone()
-        .unwrap_or_else(|| assertion.subject.clone());
+        .as_deref()
+        .filter(|_| cfg.email_authoritative);
     finish_sso(
         web,
         client,
         &conn,
         &assertion.subject,
-        &email,
+        email,
         &assertion.attributes,
         flow.as_ref(),
         &return_to,
@@ -1259,14 +1260,14 @@ async fn oidc_callback_inner(
     })?;
     let email = identity
         .email
-        .clone()
-        .unwrap_or_else(|| identity.subject.clone());
+        .as_deref()
+        .filter(|_| identity.email_verified);
     finish_sso(
         web,
         client,
         &conn,
         &identity.subject,
-        &email,
+        email,
         &identity.claims,
         Some(&flow),
         &req.return_to,
@@ -1274,30 +1275,40 @@ async fn oidc_callback_inner(
     .await
 }
 
-/// Just-in-time provisioning, role mapping, session.
+/// Just-in-time provisioning, role mapping, session. `verified_email` is the e-mail only when
+/// the IdP vouches for it (OIDC `email_verified`, SAML: an authoritative connection); the user
+/// is identified by (connection, subject) either way, and an e-mail another user holds is
+/// never taken over.
 #[allow(clippy::too_many_arguments)]
 async fn finish_sso(
     web: &Web,
     client: &mut TenantConn,
     conn: &Connection,
     subject: &str,
-    email: &str,
+    verified_email: Option<&str>,
     attributes: &[(String, Vec<String>)],
     flow: Option<&sessions::Flow>,
     return_to: &str,
 ) -> Result<Response, Failure> {
     let role: Role = role_for(conn.default_role.clone(), &conn.role_mappings, attributes);
-    let (user, created) = users::upsert_sso_user(client, conn.id, subject, email, role).await?;
+    let (user, created) =
+        users::upsert_sso_user(client, conn.id, subject, verified_email, role).await?;
+    // The actor: the e-mail the user has now, else the identity.
+    let actor = if user.email.is_empty() {
+        format!("{}:{subject}", conn.name)
+    } else {
+        user.email.clone()
+    };
     if !user.active {
-        return Err(Failure::new("user_deactivated").on(&conn.name).by(email));
+        return Err(Failure::new("user_deactivated").on(&conn.name).by(&actor));
     }
     let (_, value) = start_session(web, client, user.id, Some(conn.id), false).await?;
     if let Some(f) = flow {
         sessions::end_flow(client, &f.id_hash).await?;
     }
-    let mut e = web.event(audit::EventType::LoginSuccess, email, true);
+    let mut e = web.event(audit::EventType::LoginSuccess, &actor, true);
     e.target = Some(&conn.name);
-    e.details = serde_json::json!({"method": conn.protocol.kind(), "subject": subject, "created": created, "role": user.role.as_str()});
+    e.details = serde_json::json!({"method": conn.protocol.kind(), "subject": subject, "created": created, "role": user.role.as_str(), "user_id": user.id, "email_verified": verified_email.is_some()});
     audit::record(client, &e).await?;
     // Checked again here: a stored value may predate a stricter rule.
     let return_to = safe_return_to(&web.origin(), Some(return_to));

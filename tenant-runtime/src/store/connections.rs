@@ -38,6 +38,10 @@ pub struct SamlConfig {
     /// The attribute whose values are matched by `--map-group`.
     pub group_attribute: String,
     pub metadata_url: Option<String>,
+    /// Whether this IdP's e-mail attribute is authoritative (the IdP verifies the addresses it
+    /// asserts). SAML has no `email_verified`; without this the asserted e-mail is not used.
+    #[serde(default)]
+    pub email_authoritative: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

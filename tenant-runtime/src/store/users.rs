@@ -193,7 +193,7 @@ pub async fn upsert_sso_user(
     client: &mut Client,
     connection_id: Uuid,
     subject: &str,
-    email: &str,
+    verified_email: Option<&str>,
     role: Role,
 ) -> Result<(User, bool), RuntimeError> {
     let tx = client
@@ -214,11 +214,15 @@ pub async fn upsert_sso_user(
         Some(row) => {
             let row = tx
                 .query_one(
+                    // A verified e-mail replaces the stored one unless another user holds it.
                     &format!(
-                        "update users u set role = $2, email = $3, last_login_at = now()
+                        "update users u set role = $2, last_login_at = now(),
+                                email = case when $3::text is not null and not exists (
+                                    select 1 from users o where o.id <> u.id and lower(o.email) = lower($3))
+                                  then $3 else u.email end
                           where u.id = $1 returning {USER_COLUMNS}"
                     ),
-                    &[&row.get::<_, Uuid>(0), &role.as_str(), &email],
+                    &[&row.get::<_, Uuid>(0), &role.as_str(), &verified_email],
                 )
                 .await
                 .map_err(|e| RuntimeError::query("updating a user", e))?;
@@ -228,11 +232,15 @@ pub async fn upsert_sso_user(
             let id = Uuid::new_v4();
             let row = tx
                 .query_one(
+                    // No e-mail (empty) unless verified and held by no other user.
                     &format!(
                         "insert into users as u (id, email, role, last_login_at)
-                         values ($1, $2, $3, now()) returning {USER_COLUMNS}"
+                         values ($1, coalesce((select $2::text where $2::text is not null and not exists (
+                                    select 1 from users o where lower(o.email) = lower($2::text))), ''),
+                                 $3, now())
+                         returning {USER_COLUMNS}"
                     ),
-                    &[&id, &email, &role.as_str()],
+                    &[&id, &verified_email, &role.as_str()],
                 )
                 .await
                 .map_err(|e| RuntimeError::query("creating a user", e))?;
