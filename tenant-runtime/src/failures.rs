@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn minutes_are_whole() {
-        let t = OffsetDateTime::from_unix_timestamp(1_700_000_059).unwrap();
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_099).unwrap();
         assert_eq!(minute_of(t), 1_700_000_040);
         assert_eq!(minute_of(t + time::Duration::seconds(1)), 1_700_000_100);
     }
