@@ -2,6 +2,7 @@
 //! operator tokens, every action written to the control-plane audit trail (who, what, target,
 //! outcome, client address, request id). It calls the same workflows as the CLI.
 
+use portico_tenant_runtime::http::ErrorCode;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -71,28 +72,34 @@ impl From<PlatformError> for Problem {
         match e {
             PlatformError::InvalidInput(m) => Problem::invalid_input(m),
             PlatformError::Settings(s) => Problem::invalid_input(s.to_string()),
-            PlatformError::SlugTaken(_) => conflict("slug_taken", "Slug taken", e.to_string()),
+            PlatformError::SlugTaken(_) => {
+                conflict(ErrorCode::SlugTaken, "Slug taken", e.to_string())
+            }
             PlatformError::DomainTaken { .. } => {
-                conflict("domain_taken", "Domain taken", e.to_string())
+                conflict(ErrorCode::DomainTaken, "Domain taken", e.to_string())
             }
-            PlatformError::ServerExists(_) => {
-                conflict("db_server_exists", "Database server exists", e.to_string())
-            }
-            PlatformError::InvalidState(m) => conflict("invalid_state", "Invalid state", m),
-            PlatformError::Conflict(m) => conflict("conflict", "Conflict", m),
-            PlatformError::TenantNotFound(_) => {
-                Problem::new(StatusCode::NOT_FOUND, "tenant_not_found", "No such tenant")
-                    .detail(e.to_string())
-            }
+            PlatformError::ServerExists(_) => conflict(
+                ErrorCode::DbServerExists,
+                "Database server exists",
+                e.to_string(),
+            ),
+            PlatformError::InvalidState(m) => conflict(ErrorCode::InvalidState, "Invalid state", m),
+            PlatformError::Conflict(m) => conflict(ErrorCode::Conflict, "Conflict", m),
+            PlatformError::TenantNotFound(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::TenantNotFound,
+                "No such tenant",
+            )
+            .detail(e.to_string()),
             PlatformError::ServerNotFound(_) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "db_server_not_found",
+                ErrorCode::DbServerNotFound,
                 "No such database server",
             )
             .detail(e.to_string()),
             PlatformError::Busy(m) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
+                ErrorCode::Busy,
                 "Another operation holds this tenant",
             )
             .detail(m)
@@ -103,7 +110,7 @@ impl From<PlatformError> for Problem {
                 | ProvisionError::Unsuitable { .. },
             ) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "db_server_rejected",
+                ErrorCode::DbServerRejected,
                 "The database server cannot be used",
             )
             .detail(e.to_string()),
@@ -379,11 +386,13 @@ async fn show_run(
             .catalog
             .run_tenant_slug(id)
             .await?
-            .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "run_not_found", "No such run"))?;
+            .ok_or_else(|| {
+                Problem::new(StatusCode::NOT_FOUND, ErrorCode::RunNotFound, "No such run")
+            })?;
         let t = tenants::show(&api.platform, &slug).await?;
-        let p = t
-            .provisioning
-            .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "run_not_found", "No such run"))?;
+        let p = t.provisioning.ok_or_else(|| {
+            Problem::new(StatusCode::NOT_FOUND, ErrorCode::RunNotFound, "No such run")
+        })?;
         Ok(serde_json::json!({
             "run_id": p.run_id,
             "tenant_id": t.id,

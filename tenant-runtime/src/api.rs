@@ -6,6 +6,7 @@
 //! records it on the request span; handlers receive a connection of *that* tenant only, through
 //! [`Authenticated`]. No handler takes a tenant id from the client.
 
+use crate::http::ErrorCode;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,18 +216,22 @@ async fn readyz(State(rt): State<Runtime>) -> Response {
         Json(serde_json::json!({"status": "ready", "catalog": "ok", "notifications": "listening"}))
             .into_response()
     } else {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Not ready")
-            .detail(format!(
-                "catalog {}, notifications {}",
-                if catalog_ok { "ok" } else { "unreachable" },
-                if listening {
-                    "listening"
-                } else {
-                    "not listening"
-                }
-            ))
-            .retry_after(1)
-            .into_response()
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotReady,
+            "Not ready",
+        )
+        .detail(format!(
+            "catalog {}, notifications {}",
+            if catalog_ok { "ok" } else { "unreachable" },
+            if listening {
+                "listening"
+            } else {
+                "not listening"
+            }
+        ))
+        .retry_after(1)
+        .into_response()
     }
 }
 
@@ -239,7 +244,7 @@ pub fn request_host(headers: &axum::http::HeaderMap) -> Result<Hostname, Problem
     normalize_host(raw).map_err(|_| {
         Problem::new(
             StatusCode::BAD_REQUEST,
-            "invalid_host",
+            ErrorCode::InvalidHost,
             "The Host header is missing or malformed",
         )
     })
@@ -270,7 +275,7 @@ async fn resolve(
     let not_found = || {
         Problem::new(
             StatusCode::NOT_FOUND,
-            "tenant_not_found",
+            ErrorCode::TenantNotFound,
             "No tenant is served at this host",
         )
     };
@@ -285,14 +290,14 @@ async fn resolve(
         TenantStatus::Suspended => {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
-                "tenant_suspended",
+                ErrorCode::TenantSuspended,
                 "This tenant is suspended",
             ));
         }
         TenantStatus::Provisioning => {
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "tenant_unavailable",
+                ErrorCode::TenantUnavailable,
                 "This tenant is being set up; retry shortly",
             )
             .retry_after(5));
@@ -302,7 +307,7 @@ async fn resolve(
     check_limit(
         rt.tenant_limiter.as_deref(),
         &route.tenant_id,
-        "tenant_rate_limited",
+        ErrorCode::TenantRateLimited,
     )?;
     Ok(route)
 }
@@ -393,7 +398,7 @@ impl Caller {
         } else {
             Err(Problem::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 "You do not have the permission this needs",
             )
             .detail(format!("This needs the '{}' permission", p.as_str())))
@@ -634,7 +639,7 @@ async fn create_connection(
         if !perms.is_subset(auth.caller.perms) {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
-                "escalation_refused",
+                ErrorCode::EscalationRefused,
                 "You cannot grant a permission you do not hold",
             )
             .detail(format!("role '{role}' has permissions you do not hold")));

@@ -16,6 +16,7 @@
 //! instance killed mid-minute loses that minute's counts beyond the rows already written
 //! (each instance aggregates on its own). The buckets are a bounded cache.
 
+use crate::http::ErrorCode;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,12 +76,12 @@ impl AnonymousFailures {
     /// or the tenant's budget.
     pub fn admit(&self, tenant: TenantId, ip: Option<IpAddr>) -> Result<(), Problem> {
         if let Some(ip) = ip {
-            check_limit(self.per_ip.as_deref(), &ip, "anonymous_rate_limited")?;
+            check_limit(self.per_ip.as_deref(), &ip, ErrorCode::AnonymousRateLimited)?;
         }
         check_limit(
             self.per_tenant.as_deref(),
             &tenant,
-            "anonymous_rate_limited",
+            ErrorCode::AnonymousRateLimited,
         )
     }
 

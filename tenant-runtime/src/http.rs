@@ -102,11 +102,187 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 /// Routes whose request body is a streamed file (their handlers bound its size themselves).
 pub const UPLOAD_ROUTES: &[&str] = &["/api/v1/documents", "/api/v1/documents/{id}/versions"];
 
+/// Every stable error code of the HTTP APIs, in one place: what `code` (and the problem
+/// `type`, `urn:portico:problem:<code>`) says. A code is never renamed once shipped; clients
+/// match on these strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    AnonymousRateLimited,
+    ApprovalDecided,
+    ApprovalRequired,
+    BadRequest,
+    Busy,
+    CatalogUnavailable,
+    Conflict,
+    ContentIntegrity,
+    CsrfFailed,
+    DbServerExists,
+    DbServerNotFound,
+    DbServerRejected,
+    DomainTaken,
+    EscalationRefused,
+    Forbidden,
+    FourEyes,
+    IdempotencyKeyReused,
+    Internal,
+    InvalidHost,
+    InvalidInput,
+    InvalidState,
+    InvalidToken,
+    InvalidTransition,
+    LinkExpired,
+    LinkInvalid,
+    LinkRevoked,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
+    RateLimited,
+    RequestTimeout,
+    RequesterLostRights,
+    RunNotFound,
+    ScannerUnavailable,
+    ServiceUnavailable,
+    SlugTaken,
+    StorageUnavailable,
+    TenantBusy,
+    TenantNotFound,
+    TenantRateLimited,
+    TenantSuspended,
+    TenantUnavailable,
+    TicketClosed,
+    Unauthenticated,
+    UnsupportedMediaType,
+    UploadInfected,
+    UploadInterrupted,
+}
+
+impl ErrorCode {
+    pub const ALL: &'static [ErrorCode] = &[
+        Self::AnonymousRateLimited,
+        Self::ApprovalDecided,
+        Self::ApprovalRequired,
+        Self::BadRequest,
+        Self::Busy,
+        Self::CatalogUnavailable,
+        Self::Conflict,
+        Self::ContentIntegrity,
+        Self::CsrfFailed,
+        Self::DbServerExists,
+        Self::DbServerNotFound,
+        Self::DbServerRejected,
+        Self::DomainTaken,
+        Self::EscalationRefused,
+        Self::Forbidden,
+        Self::FourEyes,
+        Self::IdempotencyKeyReused,
+        Self::Internal,
+        Self::InvalidHost,
+        Self::InvalidInput,
+        Self::InvalidState,
+        Self::InvalidToken,
+        Self::InvalidTransition,
+        Self::LinkExpired,
+        Self::LinkInvalid,
+        Self::LinkRevoked,
+        Self::MethodNotAllowed,
+        Self::NotFound,
+        Self::NotReady,
+        Self::PayloadTooLarge,
+        Self::RangeNotSatisfiable,
+        Self::RateLimited,
+        Self::RequestTimeout,
+        Self::RequesterLostRights,
+        Self::RunNotFound,
+        Self::ScannerUnavailable,
+        Self::ServiceUnavailable,
+        Self::SlugTaken,
+        Self::StorageUnavailable,
+        Self::TenantBusy,
+        Self::TenantNotFound,
+        Self::TenantRateLimited,
+        Self::TenantSuspended,
+        Self::TenantUnavailable,
+        Self::TicketClosed,
+        Self::Unauthenticated,
+        Self::UnsupportedMediaType,
+        Self::UploadInfected,
+        Self::UploadInterrupted,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AnonymousRateLimited => "anonymous_rate_limited",
+            Self::ApprovalDecided => "approval_decided",
+            Self::ApprovalRequired => "approval_required",
+            Self::BadRequest => "bad_request",
+            Self::Busy => "busy",
+            Self::CatalogUnavailable => "catalog_unavailable",
+            Self::Conflict => "conflict",
+            Self::ContentIntegrity => "content_integrity",
+            Self::CsrfFailed => "csrf_failed",
+            Self::DbServerExists => "db_server_exists",
+            Self::DbServerNotFound => "db_server_not_found",
+            Self::DbServerRejected => "db_server_rejected",
+            Self::DomainTaken => "domain_taken",
+            Self::EscalationRefused => "escalation_refused",
+            Self::Forbidden => "forbidden",
+            Self::FourEyes => "four_eyes",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::Internal => "internal",
+            Self::InvalidHost => "invalid_host",
+            Self::InvalidInput => "invalid_input",
+            Self::InvalidState => "invalid_state",
+            Self::InvalidToken => "invalid_token",
+            Self::InvalidTransition => "invalid_transition",
+            Self::LinkExpired => "link_expired",
+            Self::LinkInvalid => "link_invalid",
+            Self::LinkRevoked => "link_revoked",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::NotFound => "not_found",
+            Self::NotReady => "not_ready",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::RangeNotSatisfiable => "range_not_satisfiable",
+            Self::RateLimited => "rate_limited",
+            Self::RequestTimeout => "request_timeout",
+            Self::RequesterLostRights => "requester_lost_rights",
+            Self::RunNotFound => "run_not_found",
+            Self::ScannerUnavailable => "scanner_unavailable",
+            Self::ServiceUnavailable => "service_unavailable",
+            Self::SlugTaken => "slug_taken",
+            Self::StorageUnavailable => "storage_unavailable",
+            Self::TenantBusy => "tenant_busy",
+            Self::TenantNotFound => "tenant_not_found",
+            Self::TenantRateLimited => "tenant_rate_limited",
+            Self::TenantSuspended => "tenant_suspended",
+            Self::TenantUnavailable => "tenant_unavailable",
+            Self::TicketClosed => "ticket_closed",
+            Self::Unauthenticated => "unauthenticated",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UploadInfected => "upload_infected",
+            Self::UploadInterrupted => "upload_interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// An RFC 9457 problem with a stable `code`. Internal causes are logged, never sent.
 #[derive(Debug, Clone)]
 pub struct Problem {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub title: &'static str,
     pub detail: Option<String>,
     pub retry_after: Option<u64>,
@@ -116,7 +292,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, code: &'static str, title: &'static str) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, title: &'static str) -> Self {
         Self {
             status,
             code,
@@ -143,7 +319,7 @@ impl Problem {
 
     /// `403 forbidden`.
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail(detail)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "Forbidden").detail(detail)
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -162,13 +338,13 @@ impl Problem {
     }
 
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "Not found")
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "Not found")
     }
 
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "Internal error; quote the request id when reporting it",
         )
     }
@@ -176,7 +352,7 @@ impl Problem {
     pub fn invalid_input(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_input",
+            ErrorCode::InvalidInput,
             "Invalid input",
         )
         .detail(detail)
@@ -185,7 +361,7 @@ impl Problem {
     pub fn unauthenticated() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "unauthenticated",
+            ErrorCode::Unauthenticated,
             "Authentication required",
         )
         .header(
@@ -197,7 +373,7 @@ impl Problem {
     pub fn invalid_token() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "invalid_token",
+            ErrorCode::InvalidToken,
             "The token is malformed, unknown, revoked or expired",
         )
         .header(
@@ -209,18 +385,18 @@ impl Problem {
     /// A generic problem for an error status that carried none (routing, extractors, limits).
     fn for_status(status: StatusCode) -> Self {
         let (code, title) = match status {
-            StatusCode::BAD_REQUEST => ("bad_request", "Bad request"),
-            StatusCode::NOT_FOUND => ("not_found", "Not found"),
-            StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "Method not allowed"),
-            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "Request body too large"),
+            StatusCode::BAD_REQUEST => (ErrorCode::BadRequest, "Bad request"),
+            StatusCode::NOT_FOUND => (ErrorCode::NotFound, "Not found"),
+            StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::MethodNotAllowed, "Method not allowed"),
+            StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "Request body too large"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ("unsupported_media_type", "Unsupported media type")
+                (ErrorCode::UnsupportedMediaType, "Unsupported media type")
             }
-            StatusCode::UNPROCESSABLE_ENTITY => ("invalid_input", "Invalid input"),
-            StatusCode::REQUEST_TIMEOUT => ("request_timeout", "Request timed out"),
-            s if s.is_client_error() => ("bad_request", "Bad request"),
+            StatusCode::UNPROCESSABLE_ENTITY => (ErrorCode::InvalidInput, "Invalid input"),
+            StatusCode::REQUEST_TIMEOUT => (ErrorCode::RequestTimeout, "Request timed out"),
+            s if s.is_client_error() => (ErrorCode::BadRequest, "Bad request"),
             _ => (
-                "internal",
+                ErrorCode::Internal,
                 "Internal error; quote the request id when reporting it",
             ),
         };
@@ -267,7 +443,7 @@ impl From<RuntimeError> for Problem {
         match e {
             RuntimeError::Busy => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "tenant_busy",
+                ErrorCode::TenantBusy,
                 "The tenant is busy; retry shortly",
             )
             .retry_after(1),
@@ -275,7 +451,7 @@ impl From<RuntimeError> for Problem {
                 tracing::error!(error = %m, "tenant database unavailable");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "tenant_unavailable",
+                    ErrorCode::TenantUnavailable,
                     "The tenant is temporarily unavailable",
                 )
                 .retry_after(5)
@@ -284,14 +460,14 @@ impl From<RuntimeError> for Problem {
                 tracing::error!(error = %e, "catalog unavailable");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "catalog_unavailable",
+                    ErrorCode::CatalogUnavailable,
                     "Service temporarily unavailable",
                 )
                 .retry_after(5)
             }
             RuntimeError::InvalidInput(m) => Problem::invalid_input(m),
             RuntimeError::Conflict(m) => {
-                Problem::new(StatusCode::CONFLICT, "conflict", "Conflict").detail(m)
+                Problem::new(StatusCode::CONFLICT, ErrorCode::Conflict, "Conflict").detail(m)
             }
             RuntimeError::NotFound(m) => Problem::not_found().detail(m),
             RuntimeError::Query { .. } | RuntimeError::Key(_) => {
@@ -326,14 +502,14 @@ pub fn keyed_limiter_per_minute<K: std::hash::Hash + Eq + Clone>(
 pub fn check_limit<K: std::hash::Hash + Eq + Clone>(
     limiter: Option<&KeyedLimiter<K>>,
     key: &K,
-    code: &'static str,
+    code: ErrorCode,
 ) -> Result<(), Problem> {
     let Some(limiter) = limiter else {
         return Ok(());
     };
     limiter.check_key(key).map_err(|not_until| {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
-        metrics::counter!("portico_rate_limited_total", "limit" => code).increment(1);
+        metrics::counter!("portico_rate_limited_total", "limit" => code.as_str()).increment(1);
         Problem::new(StatusCode::TOO_MANY_REQUESTS, code, "Too many requests")
             .retry_after(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
     })
@@ -398,7 +574,9 @@ pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Res
     let health = matches!(route.as_str(), "/healthz" | "/readyz");
     let work = async {
         tracing::debug!("request started");
-        if !health && let Err(p) = check_limit(edge.ip_limiter.as_deref(), &ip, "rate_limited") {
+        if !health
+            && let Err(p) = check_limit(edge.ip_limiter.as_deref(), &ip, ErrorCode::RateLimited)
+        {
             return p.into_response();
         }
         let req = match crate::textguard::check(req, edge.body_limit).await {
@@ -421,7 +599,7 @@ pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Res
                 drop(handler);
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "request_timeout",
+                    ErrorCode::RequestTimeout,
                     "The request took too long",
                 )
                 .retry_after(1)
@@ -525,13 +703,13 @@ where
                 let detail = rejection.body_text();
                 let (code, title) = match status {
                     StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                        ("unsupported_media_type", "Expected a JSON body")
+                        (ErrorCode::UnsupportedMediaType, "Expected a JSON body")
                     }
                     StatusCode::PAYLOAD_TOO_LARGE => {
-                        ("payload_too_large", "Request body too large")
+                        (ErrorCode::PayloadTooLarge, "Request body too large")
                     }
-                    StatusCode::UNPROCESSABLE_ENTITY => ("invalid_input", "Invalid input"),
-                    _ => ("bad_request", "Malformed JSON body"),
+                    StatusCode::UNPROCESSABLE_ENTITY => (ErrorCode::InvalidInput, "Invalid input"),
+                    _ => (ErrorCode::BadRequest, "Malformed JSON body"),
                 };
                 let mut p = Problem::new(status, code, title).detail(detail.clone());
                 if let Some(field) = json_error_field(&detail) {
@@ -590,6 +768,20 @@ mod tests {
             client_ip(mapped, &xff(&["198.51.100.7"]), &trusted),
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn error_codes_are_unique_snake_case_strings() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            let s = c.as_str();
+            assert!(seen.insert(s), "{s} twice");
+            assert!(
+                !s.is_empty() && s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'),
+                "{s}"
+            );
+            assert_eq!(serde_json::to_value(c).unwrap(), serde_json::json!(s));
+        }
     }
 
     #[test]

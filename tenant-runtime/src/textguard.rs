@@ -6,6 +6,7 @@
 //! JSON and form bodies are read whole here (they are small: the body limit applies); every
 //! other body — uploads — streams through untouched.
 
+use crate::http::ErrorCode;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
@@ -84,7 +85,7 @@ pub async fn check(req: Request, body_limit: usize) -> Result<Request, Problem> 
     let bytes = axum::body::to_bytes(body, body_limit).await.map_err(|_| {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             "Request body too large",
         )
     })?;

@@ -150,3 +150,31 @@ async fn the_runtime_catalog_pool_cannot_write() {
     pool.close().await;
     env.cleanup().await;
 }
+
+/// Error codes are values of one enum (`http::ErrorCode`), never string literals handed to a
+/// problem: a code can then neither be misspelt nor silently renamed.
+#[test]
+fn problems_take_error_codes_not_strings() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    rust_sources(&base.join("tenant-runtime/src"), &mut files);
+    rust_sources(&base.join("platform/src"), &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source");
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("Problem::new(") {
+            let args = &rest[i + "Problem::new(".len()..];
+            let second = args
+                .split_once(',')
+                .map(|(_, after)| after.trim_start())
+                .unwrap_or("");
+            assert!(
+                !second.starts_with('"'),
+                "{}: a problem with a string code: {}",
+                file.display(),
+                &args[..args.len().min(80)]
+            );
+            rest = args;
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! URL and OIDC redirect URI from that host. Every failed sign-in is audited with its reason;
 //! the browser sees one generic page with the request id.
 
+use crate::http::ErrorCode;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -684,7 +685,7 @@ pub struct ReauthForm {
 fn csrf_failed() -> Response {
     Problem::new(
         StatusCode::FORBIDDEN,
-        "csrf_failed",
+        ErrorCode::CsrfFailed,
         "The form has expired; reload the page",
     )
     .into_response()
@@ -877,7 +878,7 @@ pub async fn logout(web: Web, Form(form): Form<CsrfForm>) -> Result<Response, Pr
     if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
         return Ok(Problem::new(
             StatusCode::FORBIDDEN,
-            "csrf_failed",
+            ErrorCode::CsrfFailed,
             "The form has expired; reload the page",
         )
         .into_response());

@@ -7,6 +7,7 @@
 //! approval (`202`) and carried out only when a *different* principal with the needed
 //! permissions approves.
 
+use crate::http::ErrorCode;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -42,7 +43,7 @@ async fn no_escalation(auth: &Authenticated, perms: Permissions) -> Result<(), P
         .collect();
     let problem = Problem::new(
         StatusCode::FORBIDDEN,
-        "escalation_refused",
+        ErrorCode::EscalationRefused,
         "You cannot grant a permission you do not hold",
     )
     .detail(format!("You do not hold: {}", missing.join(", ")));
@@ -60,7 +61,7 @@ async fn within_my_sites(auth: &Authenticated, wanted: Option<&[String]>) -> Res
     }
     let problem = Problem::new(
         StatusCode::FORBIDDEN,
-        "escalation_refused",
+        ErrorCode::EscalationRefused,
         "You cannot grant sites you do not have",
     )
     .detail(format!("You are limited to: {}", mine.join(", ")));
@@ -366,8 +367,10 @@ pub async fn deactivate_user(
 ) -> Result<Json<UserDto>, Problem> {
     let user = managed_user(&auth, &id).await?;
     if auth.caller.user_id == Some(user.id) {
-        return Err(Problem::new(StatusCode::CONFLICT, "conflict", "Conflict")
-            .detail("You cannot deactivate yourself"));
+        return Err(
+            Problem::new(StatusCode::CONFLICT, ErrorCode::Conflict, "Conflict")
+                .detail("You cannot deactivate yourself"),
+        );
     }
     let done = users::deactivate_id(&mut auth.conn, user.id).await?;
     auth.record(
@@ -401,7 +404,7 @@ pub async fn invite_user(
     {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
-            "approval_required",
+            ErrorCode::ApprovalRequired,
             "Invite with an unprivileged role, then grant this one (which needs a second admin)",
         ));
     }
@@ -518,15 +521,17 @@ async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval
         .await?
         .ok_or_else(Problem::not_found)?;
     if a.status != "pending" {
-        return Err(
-            Problem::new(StatusCode::CONFLICT, "approval_decided", "Already decided")
-                .detail(format!("This request is {}", a.status)),
-        );
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            ErrorCode::ApprovalDecided,
+            "Already decided",
+        )
+        .detail(format!("This request is {}", a.status)));
     }
     if a.requested_by == auth.caller.principal() {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
-            "four_eyes",
+            ErrorCode::FourEyes,
             "A second person must decide on this request",
         ));
     }
@@ -535,7 +540,7 @@ async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval
     if auth.caller.user_id.is_none() {
         let problem = Problem::new(
             StatusCode::FORBIDDEN,
-            "four_eyes",
+            ErrorCode::FourEyes,
             "A second person must decide on this request",
         )
         .detail("Service tokens cannot decide on approvals; use a token acting for a user");
@@ -575,7 +580,7 @@ async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval
     if !standing.is_some_and(|p| needs.is_subset(p)) {
         return Err(Problem::new(
             StatusCode::CONFLICT,
-            "requester_lost_rights",
+            ErrorCode::RequesterLostRights,
             "The requester can no longer make this request",
         )
         .detail("The requester is no longer active or no longer holds what this needs"));
@@ -596,7 +601,7 @@ pub async fn approve(
         .ok_or_else(|| {
             Problem::new(
                 StatusCode::CONFLICT,
-                "approval_decided",
+                ErrorCode::ApprovalDecided,
                 "Already decided or expired",
             )
         })?;
@@ -636,7 +641,7 @@ pub async fn reject(
     .ok_or_else(|| {
         Problem::new(
             StatusCode::CONFLICT,
-            "approval_decided",
+            ErrorCode::ApprovalDecided,
             "Already decided or expired",
         )
     })?;

@@ -7,6 +7,7 @@
 //! host the MAC is checked with that tenant's secret and id, so it fails. A link is also a row
 //! (revocable, counted); every use is audited.
 
+use crate::http::ErrorCode;
 use std::sync::Arc;
 
 use axum::Json;
@@ -208,7 +209,7 @@ async fn store_body(
             .await?;
             return Err(Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "upload_infected",
+                ErrorCode::UploadInfected,
                 "The malware scanner rejected this file",
             )
             .detail(format!("Detected: {signature}")));
@@ -227,7 +228,7 @@ async fn store_body(
         Err(ContentError::Body(m)) => {
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
-                "upload_interrupted",
+                ErrorCode::UploadInterrupted,
                 "The upload did not complete",
             )
             .detail(m));
@@ -236,7 +237,7 @@ async fn store_body(
             tracing::error!(error = %e, "storing document content failed");
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
+                ErrorCode::StorageUnavailable,
                 "Document storage is unavailable; retry shortly",
             )
             .retry_after(5));
@@ -263,7 +264,7 @@ async fn store_body(
 fn too_large(max: u64) -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         "The file is too large",
     )
     .detail(format!("The limit is {max} bytes"))
@@ -272,7 +273,7 @@ fn too_large(max: u64) -> Problem {
 fn scanner_unavailable() -> Problem {
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "scanner_unavailable",
+        ErrorCode::ScannerUnavailable,
         "Uploads are paused: the malware scanner is unavailable",
     )
     .retry_after(30)
@@ -548,7 +549,7 @@ async fn serve(
         Err(()) => {
             return Err(Problem::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
+                ErrorCode::RangeNotSatisfiable,
                 "The requested range is not within the file",
             )
             .header(
@@ -564,7 +565,7 @@ async fn serve(
         tracing::error!(error = %e, version = %v.id, "document content failed its integrity check");
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "content_integrity",
+            ErrorCode::ContentIntegrity,
             "The stored content failed its integrity check",
         )
     };
@@ -634,7 +635,7 @@ pub async fn content(
     let served = serve(&rt, auth.tenant.tenant_id, &v, &headers).await;
     let (ok, reason) = match &served {
         Ok(_) => (true, None),
-        Err(p) => (false, Some(p.code)),
+        Err(p) => (false, Some(p.code.as_str())),
     };
     auth.audit(
         EventType::DocumentDownloaded,
@@ -863,12 +864,11 @@ pub async fn use_link(
         record(false, None, Some("link_invalid"), serde_json::json!({})).await?;
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
-            "link_invalid",
+            ErrorCode::LinkInvalid,
             "This link is not valid here",
         ));
     };
-    let gone =
-        |code: &'static str, title: &'static str| Problem::new(StatusCode::GONE, code, title);
+    let gone = |code: ErrorCode, title: &'static str| Problem::new(StatusCode::GONE, code, title);
     let row = documents::get_link(&conn, link_id)
         .await?
         .filter(|l| l.version_id == version_id);
@@ -877,11 +877,11 @@ pub async fn use_link(
         None => Some(("link_invalid", None)),
         Some(l) if l.revoked_at.is_some() => Some((
             "link_revoked",
-            Some(gone("link_revoked", "This link has been revoked")),
+            Some(gone(ErrorCode::LinkRevoked, "This link has been revoked")),
         )),
         Some(l) if l.expires_at <= now || expires <= now.unix_timestamp() => Some((
             "link_expired",
-            Some(gone("link_expired", "This link has expired")),
+            Some(gone(ErrorCode::LinkExpired, "This link has expired")),
         )),
         Some(_) => None,
     };
@@ -890,7 +890,7 @@ pub async fn use_link(
         return Err(problem.unwrap_or_else(|| {
             Problem::new(
                 StatusCode::NOT_FOUND,
-                "link_invalid",
+                ErrorCode::LinkInvalid,
                 "This link is not valid here",
             )
         }));
@@ -904,7 +904,7 @@ pub async fn use_link(
             serde_json::json!({}),
         )
         .await?;
-        return Err(gone("link_revoked", "This link has been revoked"));
+        return Err(gone(ErrorCode::LinkRevoked, "This link has been revoked"));
     };
     let v = documents::version(&conn, link.version_id)
         .await?
@@ -913,7 +913,7 @@ pub async fn use_link(
     record(
         served.is_ok(),
         Some(link.id),
-        served.as_ref().err().map(|p| p.code),
+        served.as_ref().err().map(|p| p.code.as_str()),
         serde_json::json!({"document": link.document_id, "version": v.id, "use": link.uses}),
     )
     .await?;

@@ -3,6 +3,7 @@
 //! with another body gets `422 idempotency_key_reused`. Who sees a ticket: callers with
 //! `tickets.read_all`, or its creator; always within the caller's sites.
 
+use crate::http::ErrorCode;
 use axum::Json;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
@@ -139,7 +140,7 @@ pub async fn create(
             Claim::Mismatch => {
                 return Err(Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
+                    ErrorCode::IdempotencyKeyReused,
                     "This Idempotency-Key was used with a different request",
                 ));
             }
@@ -248,7 +249,7 @@ pub async fn set_status(
     if !tickets::allowed(&t.status, &req.status) {
         return Err(Problem::new(
             StatusCode::CONFLICT,
-            "invalid_transition",
+            ErrorCode::InvalidTransition,
             "This status change is not allowed",
         )
         .detail(format!(
@@ -273,7 +274,7 @@ pub async fn set_status(
         .ok_or_else(|| {
             Problem::new(
                 StatusCode::CONFLICT,
-                "conflict",
+                ErrorCode::Conflict,
                 "The ticket changed meanwhile; reload it",
             )
         })?;
@@ -297,7 +298,7 @@ pub async fn comment(
     if t.status == "closed" {
         return Err(Problem::new(
             StatusCode::CONFLICT,
-            "ticket_closed",
+            ErrorCode::TicketClosed,
             "This ticket is closed",
         ));
     }
