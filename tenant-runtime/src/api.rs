@@ -29,6 +29,7 @@ use crate::http::{Edge, KeyedLimiter, Problem, check_limit, keyed_limiter};
 use crate::identity::admin::{self, NewConnection};
 use crate::identity::web::{self, IdentityState, SESSION_COOKIE};
 use crate::pools::{PoolSettings, TenantConn, TenantPools};
+use crate::portal::change::{self, Applied, Change};
 use crate::resolve::{ListenerState, Resolver, normalize_host, spawn_listener};
 use crate::store::connections::{self, Connection};
 use crate::store::roles::{Permission, Permissions, RoleName};
@@ -617,10 +618,16 @@ async fn show_connection(
 
 async fn create_connection(
     State(rt): State<Runtime>,
-    auth: Authenticated,
+    mut auth: Authenticated,
     crate::http::ApiJson(raw): crate::http::ApiJson<serde_json::Value>,
 ) -> Result<Response, Problem> {
     auth.require(Permission::SsoManage).await?;
+    // Users signing in through a new connection are not limited to sites: only an unlimited
+    // caller may add one.
+    if auth.caller.sites.is_some() {
+        let problem = Problem::forbidden("Site-limited callers cannot change SSO connections");
+        return Err(auth.refuse(problem, "site_scope").await);
+    }
     let new: NewConnection =
         serde_json::from_value(raw.clone()).map_err(|e| Problem::invalid_input(e.to_string()))?;
     let key = auth.key_ref()?;
@@ -637,54 +644,45 @@ async fn create_connection(
     for role in prepared.roles() {
         let perms = users::permissions_of(&auth.conn, &role).await?;
         if !perms.is_subset(auth.caller.perms) {
-            return Err(Problem::new(
+            let problem = Problem::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::EscalationRefused,
                 "You cannot grant a permission you do not hold",
             )
-            .detail(format!("role '{role}' has permissions you do not hold")));
+            .detail(format!("role '{role}' has permissions you do not hold"));
+            return Err(auth.refuse(problem, "no_escalation").await);
         }
     }
-    if let Some(pending) =
-        crate::portal::access::sso_change_needs_approval(&auth, &prepared.name, Some(&prepared))
-            .await?
-    {
-        return Ok(pending);
+    let change = Change::CreateSsoConnection {
+        connection: prepared,
+    };
+    if change.needs_approval(&auth).await? {
+        return crate::portal::access::pending(&auth, &change).await;
     }
-    let created = prepared.store(&auth.conn).await?;
-    audit_connection_change(&auth, &created.name, "created").await?;
+    let Applied::Connection(created) = change::apply(&mut auth, &change, None).await? else {
+        return Err(Problem::internal());
+    };
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 async fn remove_connection(
-    auth: Authenticated,
+    mut auth: Authenticated,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
     auth.require(Permission::SsoManage).await?;
     connections::by_name(&auth.conn, &name)
         .await?
         .ok_or_else(Problem::not_found)?;
-    if let Some(pending) =
-        crate::portal::access::sso_change_needs_approval(&auth, &name, None).await?
-    {
-        return Ok(pending);
+    if auth.caller.sites.is_some() {
+        let problem = Problem::forbidden("Site-limited callers cannot change SSO connections");
+        return Err(auth.refuse(problem, "site_scope").await);
     }
-    connections::remove(&auth.conn, &name).await?;
-    audit_connection_change(&auth, &name, "removed").await?;
+    let change = Change::RemoveSsoConnection { name };
+    if change.needs_approval(&auth).await? {
+        return crate::portal::access::pending(&auth, &change).await;
+    }
+    change::apply(&mut auth, &change, None).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn audit_connection_change(
-    auth: &Authenticated,
-    name: &str,
-    change: &str,
-) -> Result<(), Problem> {
-    auth.record(
-        audit::EventType::SsoConnectionChanged,
-        name,
-        serde_json::json!({ "change": change }),
-    )
-    .await
 }
 
 async fn get_tenant(auth: Authenticated) -> Result<Json<profile::Profile>, Problem> {

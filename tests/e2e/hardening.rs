@@ -109,6 +109,17 @@ async fn invitations_carry_sites_and_never_widen_a_site_limited_inviter() {
     let seen = b.get(&acme, &format!("/api/v1/documents/{paris_id}")).await;
     assert_eq!(seen.status, 404, "{seen:?}");
 
+    // Nor through an SSO connection, whose users would not be limited to any site.
+    post(
+        &server,
+        &acme,
+        "/api/v1/sso/connections",
+        &berliner,
+        json!({"kind": "oidc", "name": "wide", "issuer": "https://idp.example", "client_id": "c", "client_secret": "s"}),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+
     // Every refusal is in the audit log.
     let events = server
         .get(
@@ -123,7 +134,7 @@ async fn invitations_carry_sites_and_never_widen_a_site_limited_inviter() {
         .iter()
         .filter(|e| e["reason"] == "site_scope")
         .count();
-    assert_eq!(site_refusals, 3, "{}", events.body);
+    assert_eq!(site_refusals, 4, "{}", events.body);
     env.cleanup().await;
 }
 

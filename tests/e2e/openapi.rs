@@ -137,6 +137,8 @@ async fn the_contract_validates_and_generated_requests_find_nothing() {
         ])
         .arg(&report)
         .env("SCHEMATHESIS_TELEMETRY", "false")
+        // Its cache goes to the test's own directory, not the source tree.
+        .current_dir(env.dir.path())
         .kill_on_drop(true);
     let out = tokio::time::timeout(std::time::Duration::from_secs(600), cmd.output())
         .await

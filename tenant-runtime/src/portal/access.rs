@@ -13,22 +13,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
-use uuid::Uuid;
 
+use super::change::{self, Applied, Change, MANAGERS};
 use super::dto::*;
 use super::{ApiQuery, path_id};
 use crate::api::{Authenticated, Runtime};
 use crate::http::{ApiJson, Problem};
-use crate::identity::admin;
 use crate::store::audit::EventType;
 use crate::store::roles::{self, Permission, Permissions, RoleName};
-use crate::store::{approvals, connections, sites, users};
-
-pub const GRANT_PRIVILEGED_ROLE: &str = "grant_privileged_role";
-pub const CHANGE_PRIVILEGED_ROLE: &str = "change_privileged_role";
-pub const CHANGE_SSO_CONNECTION: &str = "change_sso_connection";
-/// Turning a four-eyes rule off is itself four-eyes (turning one on is not).
-pub const CHANGE_APPROVAL_POLICY: &str = "change_approval_policy";
+use crate::store::{approvals, sites, users};
 
 /// `403 escalation_refused` (audited) unless the caller holds every permission in `perms`.
 async fn no_escalation(auth: &Authenticated, perms: Permissions) -> Result<(), Problem> {
@@ -124,25 +117,21 @@ async fn grantable(auth: &Authenticated, role: &str) -> Result<(RoleName, roles:
     Ok((name, role))
 }
 
-async fn pending(
-    auth: &Authenticated,
-    action: &str,
-    target: &str,
-    mut payload: serde_json::Value,
-) -> Result<Response, Problem> {
-    payload["requested_by_name"] = auth.caller.name().into();
+/// Stores `change` as a pending approval (`202`), audited as requested.
+pub(crate) async fn pending(auth: &Authenticated, change: &Change) -> Result<Response, Problem> {
+    let target = change.target();
     let a = approvals::request(
         &auth.conn,
-        action,
-        target,
-        &payload,
+        change.policy_action(),
+        &target,
+        &change.payload(&auth.caller.name()),
         &auth.caller.principal(),
     )
     .await?;
     auth.record(
         EventType::ApprovalRequested,
-        target,
-        serde_json::json!({"approval": a.id, "action": action}),
+        &target,
+        serde_json::json!({"approval": a.id, "action": change.policy_action()}),
     )
     .await?;
     Ok((
@@ -220,29 +209,18 @@ async fn save_role(
         )]));
     }
     no_escalation(&auth, perms).await?;
-    if perms.intersects(Permissions::PRIVILEGED)
-        && approvals::required(&auth.conn, CHANGE_PRIVILEGED_ROLE).await?
-    {
-        let payload = serde_json::json!({
-            "name": name.as_str(), "description": req.description,
-            "permissions": perms.names(), "replace": replace,
-        });
-        return pending(&auth, CHANGE_PRIVILEGED_ROLE, name.as_str(), payload).await;
-    }
-    let role = roles::save(&mut auth.conn, &name, &req.description, perms, replace).await?;
-    let t = if replace {
-        EventType::RoleChanged
-    } else {
-        EventType::RoleCreated
+    let change = Change::SaveRole {
+        name,
+        description: req.description,
+        permissions: perms.names(),
+        replace,
     };
-    auth.audit(
-        t,
-        Some(name.as_str()),
-        true,
-        None,
-        serde_json::json!({"permissions": perms.names()}),
-    )
-    .await?;
+    if perms.intersects(Permissions::PRIVILEGED) && change.needs_approval(&auth).await? {
+        return pending(&auth, &change).await;
+    }
+    let Applied::Role(role) = change::apply(&mut auth, &change, None).await? else {
+        return Err(Problem::internal());
+    };
     let status = if replace {
         StatusCode::OK
     } else {
@@ -311,32 +289,25 @@ async fn managed_user(auth: &Authenticated, id: &str) -> Result<users::User, Pro
     responses((status = 200, body = UserDto), (status = 202, body = PendingApprovalDto)),
     security(("bearer" = [])))]
 pub async fn set_user_role(
-    auth: Authenticated,
+    mut auth: Authenticated,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<SetRoleRequest>,
 ) -> Result<Response, Problem> {
     let user = managed_user(&auth, &id).await?;
     let (name, role) = grantable(&auth, &req.role).await?;
+    let change = Change::GrantRole {
+        user_id: user.id,
+        email: user.email,
+        role: name,
+    };
     if role.permission_set().intersects(Permissions::PRIVILEGED)
-        && approvals::required(&auth.conn, GRANT_PRIVILEGED_ROLE).await?
+        && change.needs_approval(&auth).await?
     {
-        let payload =
-            serde_json::json!({"user_id": user.id, "email": user.email, "role": name.as_str()});
-        return pending(&auth, GRANT_PRIVILEGED_ROLE, &user.email, payload).await;
+        return pending(&auth, &change).await;
     }
-    let updated = users::set_role(&auth.conn, user.id, &name).await?;
-    auth.record(
-        EventType::RoleRevoked,
-        &user.email,
-        serde_json::json!({"role": user.role.as_str()}),
-    )
-    .await?;
-    auth.record(
-        EventType::RoleGranted,
-        &user.email,
-        serde_json::json!({"role": name.as_str(), "previous": user.role.as_str()}),
-    )
-    .await?;
+    let Applied::User(updated) = change::apply(&mut auth, &change, None).await? else {
+        return Err(Problem::internal());
+    };
     Ok(Json(UserDto::from(updated)).into_response())
 }
 
@@ -400,7 +371,7 @@ pub async fn invite_user(
     };
     within_my_sites(&auth, sites.as_deref()).await?;
     if role.permission_set().intersects(Permissions::PRIVILEGED)
-        && approvals::required(&auth.conn, GRANT_PRIVILEGED_ROLE).await?
+        && approvals::required(&auth.conn, change::GRANT_PRIVILEGED_ROLE).await?
     {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
@@ -473,12 +444,6 @@ pub async fn create_site(
 
 // ---- approvals -------------------------------------------------------------------------------
 
-const MANAGERS: [Permission; 3] = [
-    Permission::UsersManage,
-    Permission::RolesManage,
-    Permission::SsoManage,
-];
-
 #[utoipa::path(get, path = "/api/v1/approvals", tag = "access", params(ApprovalQuery),
     responses((status = 200, body = [ApprovalDto])), security(("bearer" = [])))]
 pub async fn list_approvals(
@@ -495,29 +460,15 @@ pub async fn list_approvals(
     ))
 }
 
-/// What the approver must hold to decide on `a`.
-fn approver_needs(a: &approvals::Approval) -> Result<Permissions, Problem> {
-    let mut needs: Vec<Permission> = Vec::new();
-    match a.action.as_str() {
-        GRANT_PRIVILEGED_ROLE => needs.push(Permission::UsersManage),
-        CHANGE_PRIVILEGED_ROLE => needs.push(Permission::RolesManage),
-        CHANGE_SSO_CONNECTION => needs.push(Permission::SsoManage),
-        CHANGE_APPROVAL_POLICY => needs.extend(MANAGERS),
-        _ => return Err(Problem::internal()),
-    }
-    if let Some(perms) = a.payload.get("permissions").and_then(|p| p.as_array()) {
-        needs.extend(
-            perms
-                .iter()
-                .filter_map(|p| p.as_str().and_then(Permission::parse)),
-        );
-    }
-    Ok(needs.into_iter().collect())
-}
-
-async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval, Problem> {
+/// A pending approval `auth` may decide on, with its change: another person than the
+/// requester, holding what the change needs (within their sites, for a site-limited approver),
+/// and a requester who still could make the request.
+async fn decidable(
+    auth: &Authenticated,
+    id: &str,
+) -> Result<(approvals::Approval, Change), Problem> {
     any_of(auth, &MANAGERS).await?;
-    let mut a = approvals::get(&auth.conn, path_id(id)?)
+    let a = approvals::get(&auth.conn, path_id(id)?)
         .await?
         .ok_or_else(Problem::not_found)?;
     if a.status != "pending" {
@@ -546,31 +497,18 @@ async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval
         .detail("Service tokens cannot decide on approvals; use a token acting for a user");
         return Err(auth.refuse(problem, "service_token_approval").await);
     }
-    // The role being granted decides what the approver must hold.
-    if a.action == GRANT_PRIVILEGED_ROLE
-        && let Some(role) = a.payload.get("role").and_then(|r| r.as_str())
-        && let Some(role) = roles::get(&auth.conn, role).await?
-    {
-        a.payload["permissions"] = role.permission_set().names().into();
-    }
-    let needs = approver_needs(&a)?;
+    let change = Change::from_payload(&a.payload).ok_or_else(|| {
+        tracing::error!(approval = %a.id, "an approval's payload is not a change");
+        Problem::internal()
+    })?;
+    let needs = change.needs(auth).await?;
     no_escalation(auth, needs).await?;
     // A site-limited approver decides only on users within its sites, and on nothing that
     // applies to the whole organisation.
     if auth.caller.sites.is_some() {
-        let target_sites = match a.action.as_str() {
-            GRANT_PRIVILEGED_ROLE => {
-                let user = a
-                    .payload
-                    .get("user_id")
-                    .and_then(|u| u.as_str())
-                    .and_then(|u| Uuid::parse_str(u).ok());
-                match user {
-                    Some(u) => users::get(&auth.conn, u).await?.and_then(|u| u.site_scope),
-                    None => None,
-                }
-            }
-            _ => None,
+        let target_sites = match change.subject_user() {
+            Some(u) => users::get(&auth.conn, u).await?.and_then(|u| u.site_scope),
+            None => None,
         };
         within_my_sites(auth, target_sites.as_deref()).await?;
     }
@@ -585,7 +523,7 @@ async fn decidable(auth: &Authenticated, id: &str) -> Result<approvals::Approval
         )
         .detail("The requester is no longer active or no longer holds what this needs"));
     }
-    Ok(a)
+    Ok((a, change))
 }
 
 #[utoipa::path(post, path = "/api/v1/approvals/{id}/approve", tag = "access",
@@ -594,7 +532,7 @@ pub async fn approve(
     mut auth: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<ApprovalDto>, Problem> {
-    let a = decidable(&auth, &id).await?;
+    let (a, change) = decidable(&auth, &id).await?;
     let me = auth.caller.principal();
     approvals::decide(&auth.conn, a.id, &me, "approved", "applying")
         .await?
@@ -607,7 +545,9 @@ pub async fn approve(
         })?;
     auth.record(EventType::ApprovalApproved, &a.target, serde_json::json!({"approval": a.id, "action": a.action, "requested_by": a.payload.get("requested_by_name")}))
     .await?;
-    let applied = apply(&mut auth, &a).await;
+    let applied = change::apply(&mut auth, &change, Some(&a))
+        .await
+        .map(|_| ());
     let (status, outcome) = match &applied {
         Ok(()) => ("approved", "applied".to_owned()),
         Err(p) => (
@@ -629,7 +569,7 @@ pub async fn reject(
     auth: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<ApprovalDto>, Problem> {
-    let a = decidable(&auth, &id).await?;
+    let (a, _) = decidable(&auth, &id).await?;
     let done = approvals::decide(
         &auth.conn,
         a.id,
@@ -652,109 +592,6 @@ pub async fn reject(
     )
     .await?;
     Ok(Json(done.into()))
-}
-
-/// Carries out an approved action, audited as the approver's.
-async fn apply(auth: &mut Authenticated, a: &approvals::Approval) -> Result<(), Problem> {
-    let p = &a.payload;
-    let s = |k: &str| {
-        p.get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let details = serde_json::json!({"approval": a.id, "requested_by": p.get("requested_by_name")});
-    match a.action.as_str() {
-        GRANT_PRIVILEGED_ROLE => {
-            let user = Uuid::parse_str(&s("user_id")).map_err(|_| Problem::internal())?;
-            let role = RoleName::parse(&s("role")).ok_or_else(Problem::internal)?;
-            let previous = users::get(&auth.conn, user)
-                .await?
-                .ok_or_else(Problem::not_found)?
-                .role;
-            users::set_role(&auth.conn, user, &role).await?;
-            auth.record(
-                EventType::RoleRevoked,
-                &s("email"),
-                serde_json::json!({"role": previous.as_str(), "approval": a.id}),
-            )
-            .await?;
-            auth.record(EventType::RoleGranted, &s("email"), details)
-                .await
-        }
-        CHANGE_PRIVILEGED_ROLE => {
-            let name = RoleName::parse(&s("name")).ok_or_else(Problem::internal)?;
-            let perms: Vec<String> =
-                serde_json::from_value(p["permissions"].clone()).unwrap_or_default();
-            let replace = p["replace"].as_bool().unwrap_or(false);
-            roles::save(
-                &mut auth.conn,
-                &name,
-                &s("description"),
-                parse_permissions(&perms)?,
-                replace,
-            )
-            .await?;
-            let t = if replace {
-                EventType::RoleChanged
-            } else {
-                EventType::RoleCreated
-            };
-            auth.audit(t, Some(name.as_str()), true, None, details)
-                .await
-        }
-        CHANGE_SSO_CONNECTION => match s("change").as_str() {
-            "create" => {
-                let prepared: admin::Prepared = serde_json::from_value(p["connection"].clone())
-                    .map_err(|_| Problem::internal())?;
-                let c = prepared.store(&auth.conn).await?;
-                auth.record(
-                    EventType::SsoConnectionChanged,
-                    &c.name,
-                    serde_json::json!({"change": "created", "approval": a.id}),
-                )
-                .await
-            }
-            _ => {
-                connections::remove(&auth.conn, &a.target).await?;
-                auth.record(
-                    EventType::SsoConnectionChanged,
-                    &a.target,
-                    serde_json::json!({"change": "removed", "approval": a.id}),
-                )
-                .await
-            }
-        },
-        CHANGE_APPROVAL_POLICY => {
-            approvals::set_policy(&auth.conn, &a.target, false).await?;
-            auth.record(
-                EventType::ApprovalPolicyChanged,
-                &a.target,
-                serde_json::json!({"required": false, "approval": a.id, "requested_by": p.get("requested_by_name")}),
-            )
-            .await
-        }
-        _ => Err(Problem::internal()),
-    }
-}
-
-/// Called by the SSO connection endpoints: `Some(202)` when the change must wait. A new
-/// connection waits validated, its secret already encrypted under the tenant's key.
-pub async fn sso_change_needs_approval(
-    auth: &Authenticated,
-    name: &str,
-    create: Option<&admin::Prepared>,
-) -> Result<Option<Response>, Problem> {
-    if !approvals::required(&auth.conn, CHANGE_SSO_CONNECTION).await? {
-        return Ok(None);
-    }
-    let payload = match create {
-        Some(p) => serde_json::json!({"change": "create", "connection": p}),
-        None => serde_json::json!({"change": "remove"}),
-    };
-    pending(auth, CHANGE_SSO_CONNECTION, name, payload)
-        .await
-        .map(Some)
 }
 
 // ---- policy ----------------------------------------------------------------------------------
@@ -793,9 +630,9 @@ pub async fn set_policy(
     if !req.required {
         return pending(
             &auth,
-            CHANGE_APPROVAL_POLICY,
-            &req.action,
-            serde_json::json!({}),
+            &Change::DisableApprovalRule {
+                action: req.action.clone(),
+            },
         )
         .await;
     }

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod audit_api;
+pub mod change;
 pub mod documents;
 pub mod dto;
 pub mod openapi;
