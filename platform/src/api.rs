@@ -15,8 +15,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use portico_core::{DbServerName, Hostname, Slug};
 use portico_provisioning::ProvisionError;
-use portico_tenant_runtime::api::request_host;
 use portico_tenant_runtime::http::{ApiJson, ClientIp, Problem, RequestId};
+use portico_tenant_runtime::tenancy::request_host;
 use serde::Deserialize;
 use uuid::Uuid;
 

@@ -5,7 +5,7 @@
 //! This crate reads the catalog and never writes it, and it never creates or destroys tenant
 //! resources (databases, roles, keys, prefixes): that is `portico-provisioning`'s job.
 
-pub mod api;
+pub mod caller;
 pub mod catalog;
 pub mod content;
 pub mod error;
@@ -14,9 +14,13 @@ pub mod http;
 pub mod identity;
 pub mod pools;
 pub mod portal;
+pub mod replay;
 pub mod resolve;
+pub mod routes;
+pub mod state;
 pub mod store;
+pub mod tenancy;
 pub mod textguard;
 
-pub use api::Runtime;
 pub use error::RuntimeError;
+pub use state::Runtime;

@@ -71,23 +71,23 @@ fn tenant_runtime_neither_provisions_nor_writes_the_catalog() {
 }
 
 /// The runtime's one writable control-plane pool serves the shared SAML replay cache and
-/// nothing else.
+/// nothing else: only `replay.rs` queries through it (every statement there names
+/// `saml_replay`), and the pool is handed to nothing but `replay::record`.
 #[test]
 fn the_runtime_state_pool_only_touches_the_replay_cache() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenant-runtime/src");
     let mut files = Vec::new();
     rust_sources(&root, &mut files);
-    let mut users = Vec::new();
+    let mut replay_users = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("source");
-        let uses = text.matches(".state_pool").count();
-        if uses > 0 {
-            users.push(
-                file.file_name()
-                    .expect("name")
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+        let name = file
+            .strip_prefix(&root)
+            .expect("under src")
+            .to_string_lossy()
+            .into_owned();
+        if text.contains("into saml_replay") || text.contains("from saml_replay") {
+            replay_users.push(name.clone());
             let statements: Vec<&str> = text
                 .split("sqlx::query(")
                 .skip(1)
@@ -98,8 +98,21 @@ fn the_runtime_state_pool_only_touches_the_replay_cache() {
                 assert!(q.contains("saml_replay"), "{}: {q}", file.display());
             }
         }
+        // Where the pool is used at all: its definition, its construction, and the one call.
+        if text.contains(".state_pool") {
+            for (i, _) in text.match_indices(".state_pool") {
+                let before = &text[..i];
+                let call = before
+                    .rfind("crate::replay::record(")
+                    .map(|at| &before[at..]);
+                assert!(
+                    call.is_some_and(|c| !c.contains(';')),
+                    "{name} uses the state pool outside replay::record"
+                );
+            }
+        }
     }
-    assert_eq!(users, ["web.rs"]);
+    assert_eq!(replay_users, ["replay.rs"]);
 }
 
 #[test]
@@ -175,6 +188,71 @@ fn problems_take_error_codes_not_strings() {
                 &args[..args.len().min(80)]
             );
             rest = args;
+        }
+    }
+}
+
+/// The runtime's modules form layers, and no module imports one above it:
+///
+/// | layer | modules |
+/// |---|---|
+/// | route table | `routes.rs` |
+/// | features (handlers) | `portal/`, `identity/web/`, `identity/connections_api.rs` |
+/// | request context | `caller.rs`, `tenancy.rs` |
+/// | shared state | `state.rs` |
+/// | foundations | everything else (stores, pools, resolution, HTTP edge, content, SSO protocols) |
+#[test]
+fn runtime_modules_never_import_upwards() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenant-runtime/src");
+    let mut files = Vec::new();
+    rust_sources(&root, &mut files);
+    let features = [
+        "crate::portal",
+        "crate::identity::web",
+        "crate::identity::connections_api",
+    ];
+    let context = ["crate::caller", "crate::tenancy"];
+    for file in files {
+        let name = file
+            .strip_prefix(&root)
+            .expect("under src")
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(&file).expect("source");
+        let uses = |paths: &[&'static str]| -> Option<&'static str> {
+            paths.iter().find(|p| text.contains(*p)).copied()
+        };
+        let layer = if name == "routes.rs" || name == "lib.rs" {
+            4
+        } else if name.starts_with("portal/")
+            || name.starts_with("identity/web/")
+            || name == "identity/connections_api.rs"
+        {
+            3
+        } else if name == "caller.rs" || name == "tenancy.rs" {
+            2
+        } else if name == "state.rs" {
+            1
+        } else {
+            0
+        };
+        if layer < 4 {
+            assert!(
+                !text.contains("crate::routes"),
+                "{name} imports the route table"
+            );
+        }
+        if layer < 3 {
+            assert_eq!(uses(&features), None, "{name} imports a feature");
+        }
+        if layer < 2 {
+            assert_eq!(uses(&context), None, "{name} imports the request context");
+        }
+        if layer < 1 {
+            assert!(
+                !text.contains("crate::state"),
+                "{name} imports the shared state"
+            );
         }
     }
 }

@@ -312,3 +312,34 @@ impl Segments {
         })
     }
 }
+
+/// What the document endpoints share: storage, data keys, the scanner, link secrets.
+pub struct ContentState {
+    pub store: portico_core::storage::ObjectStore,
+    pub keys: datakeys::DataKeys,
+    pub scanner: scan::Scanner,
+    pub max_upload: u64,
+    pub keyring: portico_core::keys::Keyring,
+    /// Each tenant's link-signing key, decrypted once per cache lifetime.
+    pub link_secrets: moka::future::Cache<portico_core::TenantId, std::sync::Arc<[u8; 32]>>,
+}
+
+impl ContentState {
+    pub fn new(
+        rt: &portico_core::settings::RuntimeSettings,
+        keyring: portico_core::keys::Keyring,
+        store: portico_core::storage::ObjectStore,
+    ) -> Self {
+        Self {
+            store,
+            keys: datakeys::DataKeys::new(keyring.clone(), rt.data_key_ttl, rt.data_key_max_uses),
+            scanner: scan::Scanner::new(rt.clamd.clone()),
+            max_upload: rt.max_upload_bytes,
+            keyring,
+            link_secrets: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(rt.data_key_ttl)
+                .build(),
+        }
+    }
+}

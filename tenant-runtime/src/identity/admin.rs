@@ -14,7 +14,7 @@ use crate::store::connections::{self, Connection, OidcConfig, Protocol, RoleMapp
 use crate::store::roles::RoleName as Role;
 
 /// A connection to create, as the CLI and the API describe it.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum NewConnection {
     Saml {
@@ -23,7 +23,9 @@ pub enum NewConnection {
         metadata_url: Option<String>,
         #[serde(default)]
         allow_idp_initiated: bool,
+        #[schema(value_type = Option<String>)]
         default_role: Option<Role>,
+        /// `GROUP=ROLE` (or `attribute:GROUP=ROLE`).
         #[serde(default)]
         map_group: Vec<String>,
         group_attribute: Option<String>,
@@ -35,8 +37,11 @@ pub enum NewConnection {
         name: String,
         issuer: String,
         client_id: String,
+        #[schema(value_type = String, format = Password)]
         client_secret: SecretString,
+        #[schema(value_type = Option<String>)]
         default_role: Option<Role>,
+        /// `claim:VALUE=ROLE`.
         #[serde(default)]
         map_claim: Vec<String>,
     },

@@ -17,8 +17,9 @@ use secrecy::ExposeSecret;
 use super::change::{self, Applied, Change, MANAGERS};
 use super::dto::*;
 use super::{ApiQuery, path_id};
-use crate::api::{Authenticated, Runtime};
+use crate::caller::Authenticated;
 use crate::http::{ApiJson, Problem};
+use crate::state::Runtime;
 use crate::store::audit::EventType;
 use crate::store::roles::{self, Permission, Permissions, RoleName};
 use crate::store::{approvals, sites, users};
@@ -387,7 +388,7 @@ pub async fn invite_user(
         serde_json::json!({"role": name.as_str(), "sites": inv.sites}),
     )
     .await?;
-    let host = crate::api::request_host(&headers)?;
+    let host = crate::tenancy::request_host(&headers)?;
     Ok((
         StatusCode::CREATED,
         Json(InvitationDto {

@@ -4,7 +4,7 @@ use axum::Json;
 
 use super::dto::*;
 use super::{ApiQuery, decode_cursor, encode_cursor, page_size};
-use crate::api::Authenticated;
+use crate::caller::Authenticated;
 use crate::http::Problem;
 use crate::store::audit::{self, EventType};
 use crate::store::roles::Permission;

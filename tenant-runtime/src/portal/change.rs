@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::api::Authenticated;
+use crate::caller::Authenticated;
 use crate::http::Problem;
 use crate::identity::admin;
 use crate::store::audit::EventType;

@@ -27,12 +27,13 @@ use uuid::Uuid;
 
 use super::dto::*;
 use super::{ApiQuery, decode_cursor, encode_cursor, page_size, path_id};
-use crate::api::{Authenticated, Runtime};
+use crate::caller::Authenticated;
 use crate::catalog::TenantRoute;
 use crate::content::cipher::{ObjectCipher, SEGMENT};
 use crate::content::{self, ContentError, Segments};
 use crate::error::RuntimeError;
 use crate::http::{ApiJson, Problem};
+use crate::state::Runtime;
 use crate::store::audit::{self, EventType};
 use crate::store::documents::{
     self, DOC_STATUSES, DOC_TYPES, Document, NewDocument, NewVersion, Version,
@@ -761,7 +762,7 @@ pub async fn create_link(
         v.id,
         link.expires_at.unix_timestamp(),
     );
-    let host = crate::api::request_host(&headers)?;
+    let host = crate::tenancy::request_host(&headers)?;
     auth.record(
         EventType::DocumentLinkCreated,
         &doc.id.to_string(),

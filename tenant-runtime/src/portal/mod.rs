@@ -9,51 +9,16 @@ pub mod change;
 pub mod documents;
 pub mod dto;
 pub mod openapi;
+pub mod profile;
 pub mod tickets;
-
-use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post, put};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use moka::future::Cache;
-use portico_core::TenantId;
-use portico_core::keys::Keyring;
-use portico_core::settings::RuntimeSettings;
-use portico_core::storage::ObjectStore;
 
-use crate::api::Runtime;
-use crate::content::datakeys::DataKeys;
-use crate::content::scan::Scanner;
 use crate::http::Problem;
-
-/// What the document endpoints share: storage, data keys, the scanner, link secrets.
-pub struct ContentState {
-    pub store: ObjectStore,
-    pub keys: DataKeys,
-    pub scanner: Scanner,
-    pub max_upload: u64,
-    pub keyring: Keyring,
-    /// Each tenant's link-signing key, decrypted once per cache lifetime.
-    pub link_secrets: Cache<TenantId, Arc<[u8; 32]>>,
-}
-
-impl ContentState {
-    pub fn new(rt: &RuntimeSettings, keyring: Keyring, store: ObjectStore) -> Self {
-        Self {
-            store,
-            keys: DataKeys::new(keyring.clone(), rt.data_key_ttl, rt.data_key_max_uses),
-            scanner: Scanner::new(rt.clamd.clone()),
-            max_upload: rt.max_upload_bytes,
-            keyring,
-            link_secrets: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(rt.data_key_ttl)
-                .build(),
-        }
-    }
-}
+use crate::state::Runtime;
 
 /// The portal routes (tenant hosts; resolved by the caller's middleware).
 pub fn routes() -> Router<Runtime> {
@@ -165,7 +130,7 @@ where
 
 /// A `site` field of a new object: one of the caller's sites, and a site that exists.
 pub async fn check_site(
-    auth: &crate::api::Authenticated,
+    auth: &crate::caller::Authenticated,
     site: Option<&str>,
 ) -> Result<(), Problem> {
     let field = |m: &str| Problem::fields(vec![("site".into(), m.into())]);

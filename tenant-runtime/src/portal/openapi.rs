@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, audit_api, documents, dto, tickets};
+use super::{access, audit_api, documents, dto, profile, tickets};
+use crate::identity::connections_api;
 
 struct Bearer;
 
@@ -129,9 +130,12 @@ impl Modify for Problems {
         tickets::create, tickets::list, tickets::show, tickets::set_status, tickets::comment,
         tickets::attach,
         audit_api::list,
+        profile::get_tenant, profile::get_me,
+        connections_api::list_connections, connections_api::show_connection,
+        connections_api::create_connection, connections_api::remove_connection,
     ),
     components(schemas(dto::ProblemDto, dto::FieldErrorDto, dto::RoleDto, dto::UserDto, dto::ApprovalDto, dto::DocumentDto, dto::TicketDto, dto::AuditEventDto)),
-    tags((name = "access"), (name = "documents"), (name = "tickets"), (name = "audit")),
+    tags((name = "tenant"), (name = "access"), (name = "sso"), (name = "documents"), (name = "tickets"), (name = "audit")),
 )]
 pub struct ApiDoc;
 

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::dto::*;
 use super::{ApiQuery, decode_cursor, encode_cursor, page_size, path_id};
-use crate::api::Authenticated;
+use crate::caller::Authenticated;
 use crate::http::{ApiJson, Problem};
 use crate::store::audit::EventType;
 use crate::store::documents;

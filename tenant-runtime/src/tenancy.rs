@@ -1,0 +1,116 @@
+//! Resolve, then extract: [`resolve_tenant`] fixes the tenant from the `Host` header alone and
+//! records it on the request span, then the status gate answers for tenants that are not
+//! active and the per-tenant limit applies; [`admit_anonymous`] admits the anonymous paths.
+//! No handler takes a tenant id from the client.
+
+use crate::catalog::{TenantRoute, TenantStatus};
+use crate::http::ErrorCode;
+use crate::http::{Problem, check_limit};
+use crate::resolve::normalize_host;
+use crate::state::Runtime;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use portico_core::Hostname;
+use std::sync::Arc;
+
+/// The normalised host of a request, or the `invalid_host` problem.
+pub fn request_host(headers: &axum::http::HeaderMap) -> Result<Hostname, Problem> {
+    let raw = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    normalize_host(raw).map_err(|_| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidHost,
+            "The Host header is missing or malformed",
+        )
+    })
+}
+
+/// Resolves the tenant from `Host` and refuses hosts that are not an active tenant's.
+pub(crate) async fn resolve_tenant(
+    State(rt): State<Runtime>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if request_host(req.headers()).is_ok_and(|h| h == rt.identity.login_host) {
+        // The shared login host: no tenant. Only `/` (home-realm discovery) answers there;
+        // tenant handlers find no tenant and answer 404.
+        req.extensions_mut().insert(LoginHost);
+        return next.run(req).await;
+    }
+    match resolve(&rt, req.headers()).await {
+        Ok(route) => {
+            req.extensions_mut().insert(route);
+            next.run(req).await
+        }
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn resolve(
+    rt: &Runtime,
+    headers: &axum::http::HeaderMap,
+) -> Result<Arc<TenantRoute>, Problem> {
+    let host = request_host(headers)?;
+    let not_found = || {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::TenantNotFound,
+            "No tenant is served at this host",
+        )
+    };
+    if host == rt.operator_host {
+        return Err(not_found());
+    }
+    let route = rt.resolver.resolve(&host).await?.ok_or_else(not_found)?;
+    // On the span (and so on the log line) whatever the answer, refusals included.
+    tracing::Span::current().record("tenant_id", tracing::field::display(route.tenant_id));
+    match route.status {
+        TenantStatus::Active => {}
+        TenantStatus::Suspended => {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::TenantSuspended,
+                "This tenant is suspended",
+            ));
+        }
+        TenantStatus::Provisioning => {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::TenantUnavailable,
+                "This tenant is being set up; retry shortly",
+            )
+            .retry_after(5));
+        }
+        TenantStatus::Deleting | TenantStatus::Deleted => return Err(not_found()),
+    }
+    check_limit(
+        rt.tenant_limiter.as_deref(),
+        &route.tenant_id,
+        ErrorCode::TenantRateLimited,
+    )?;
+    Ok(route)
+}
+
+/// Admission to the anonymous paths: per client address and per tenant, before any work.
+pub(crate) async fn admit_anonymous(
+    State(rt): State<Runtime>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(route) = req.extensions().get::<Arc<TenantRoute>>() {
+        let ip = req.extensions().get::<crate::http::ClientIp>().map(|c| c.0);
+        if let Err(p) = rt.failures.admit(route.tenant_id, ip) {
+            return p.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Marks requests to the shared login host.
+#[derive(Clone, Copy)]
+pub struct LoginHost;
