@@ -2,7 +2,7 @@
 //! operator tokens, every action written to the control-plane audit trail (who, what, target,
 //! outcome, client address, request id). It calls the same workflows as the CLI.
 
-use portico_tenant_runtime::http::ErrorCode;
+use portico_http::ErrorCode;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use portico_core::{DbServerName, Hostname, Slug};
+use portico_http::request_host;
+use portico_http::{ApiJson, ClientIp, Problem, RequestId};
 use portico_provisioning::ProvisionError;
-use portico_tenant_runtime::http::{ApiJson, ClientIp, Problem, RequestId};
-use portico_tenant_runtime::tenancy::request_host;
 use serde::Deserialize;
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 //! Operators of the control plane: their API tokens (only a SHA-256 of each is kept in the
 //! catalog) and the audit trail of everything they do through the operator API.
 
-use portico_tenant_runtime::store::tokens::{generate, presented_digest};
+use portico_core::tokens::{generate, presented_digest};
 use secrecy::SecretString;
 use serde::Serialize;
 use time::OffsetDateTime;

@@ -15,8 +15,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use portico_core::Settings;
+use portico_http::{Problem, edge};
 use portico_tenant_runtime::Runtime;
-use portico_tenant_runtime::http::{Problem, edge};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 

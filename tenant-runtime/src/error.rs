@@ -55,3 +55,48 @@ impl RuntimeError {
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// How a runtime error answers over HTTP: stable codes for the expected ones, a generic
+/// `internal` (cause logged) for the rest.
+impl From<RuntimeError> for portico_http::Problem {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Busy => portico_http::Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                portico_http::ErrorCode::TenantBusy,
+                "The tenant is busy; retry shortly",
+            )
+            .retry_after(1),
+            RuntimeError::TenantDatabase(ref m) => {
+                tracing::error!(error = %m, "tenant database unavailable");
+                portico_http::Problem::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    portico_http::ErrorCode::TenantUnavailable,
+                    "The tenant is temporarily unavailable",
+                )
+                .retry_after(5)
+            }
+            RuntimeError::Catalog { .. } => {
+                tracing::error!(error = %e, "catalog unavailable");
+                portico_http::Problem::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    portico_http::ErrorCode::CatalogUnavailable,
+                    "Service temporarily unavailable",
+                )
+                .retry_after(5)
+            }
+            RuntimeError::InvalidInput(m) => portico_http::Problem::invalid_input(m),
+            RuntimeError::Conflict(m) => portico_http::Problem::new(
+                axum::http::StatusCode::CONFLICT,
+                portico_http::ErrorCode::Conflict,
+                "Conflict",
+            )
+            .detail(m),
+            RuntimeError::NotFound(m) => portico_http::Problem::not_found().detail(m),
+            RuntimeError::Query { .. } | RuntimeError::Key(_) => {
+                tracing::error!(error = %e, "internal error");
+                portico_http::Problem::internal()
+            }
+        }
+    }
+}

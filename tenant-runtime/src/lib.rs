@@ -5,22 +5,22 @@
 //! This crate reads the catalog and never writes it, and it never creates or destroys tenant
 //! resources (databases, roles, keys, prefixes): that is `portico-provisioning`'s job.
 
-pub mod caller;
+pub(crate) mod caller;
 pub mod catalog;
 pub mod content;
 pub mod error;
-pub mod failures;
-pub mod http;
+pub(crate) mod failures;
+/// The HTTP edge (`portico-http`), under its historical path.
+pub use portico_http as http;
 pub mod identity;
 pub mod pools;
 pub mod portal;
-pub mod replay;
+pub(crate) mod replay;
 pub mod resolve;
-pub mod routes;
-pub mod state;
+pub(crate) mod routes;
+pub(crate) mod state;
 pub mod store;
-pub mod tenancy;
-pub mod textguard;
+pub(crate) mod tenancy;
 
 pub use error::RuntimeError;
 pub use state::Runtime;

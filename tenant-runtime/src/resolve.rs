@@ -32,19 +32,7 @@ pub struct BadHost;
 /// Normalises a `Host` header value: strips the port, folds case, removes a trailing dot, and
 /// refuses anything that is not a DNS host name (IP literals included).
 pub fn normalize_host(raw: &str) -> Result<Hostname, BadHost> {
-    if raw.starts_with('[') {
-        return Err(BadHost);
-    }
-    let name = match raw.rsplit_once(':') {
-        Some((name, port)) => {
-            if !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
-                return Err(BadHost);
-            }
-            name
-        }
-        None => raw,
-    };
-    Hostname::parse(name).map_err(|_| BadHost)
+    Hostname::from_host_header(raw).ok_or(BadHost)
 }
 
 type Entry = Option<Arc<TenantRoute>>;

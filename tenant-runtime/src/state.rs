@@ -22,16 +22,16 @@ const RESOLVER_CAPACITY: u64 = 100_000;
 /// Everything a tenant request needs. Cloning is cheap (shared handles).
 #[derive(Clone)]
 pub struct Runtime {
-    pub catalog: CatalogReader,
-    pub resolver: Arc<Resolver>,
+    pub(crate) catalog: CatalogReader,
+    pub(crate) resolver: Arc<Resolver>,
     pub pools: TenantPools,
     pub listener: ListenerState,
-    pub operator_host: Hostname,
+    pub(crate) operator_host: Hostname,
     pub edge: Edge,
-    pub identity: Arc<IdentityState>,
-    pub content: Arc<crate::content::ContentState>,
+    pub(crate) identity: Arc<IdentityState>,
+    pub(crate) content: Arc<crate::content::ContentState>,
     /// Limits and aggregation of unauthenticated failures (`failures.rs`).
-    pub failures: Arc<AnonymousFailures>,
+    pub(crate) failures: Arc<AnonymousFailures>,
     pub(crate) tenant_limiter: Option<Arc<KeyedLimiter<TenantId>>>,
     _tasks: Arc<Tasks>,
 }

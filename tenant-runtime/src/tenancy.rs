@@ -6,29 +6,13 @@
 use crate::catalog::{TenantRoute, TenantStatus};
 use crate::http::ErrorCode;
 use crate::http::{Problem, check_limit};
-use crate::resolve::normalize_host;
 use crate::state::Runtime;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use portico_core::Hostname;
+pub use portico_http::request_host;
 use std::sync::Arc;
-
-/// The normalised host of a request, or the `invalid_host` problem.
-pub fn request_host(headers: &axum::http::HeaderMap) -> Result<Hostname, Problem> {
-    let raw = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    normalize_host(raw).map_err(|_| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidHost,
-            "The Host header is missing or malformed",
-        )
-    })
-}
 
 /// Resolves the tenant from `Host` and refuses hosts that are not an active tenant's.
 pub(crate) async fn resolve_tenant(

@@ -256,3 +256,41 @@ fn runtime_modules_never_import_upwards() {
         }
     }
 }
+
+/// The operator API stands on `portico-http` and `portico-core`, not on the tenant runtime's
+/// edge or token code; and `portico-http` knows no tenant.
+#[test]
+fn the_edge_and_the_token_primitive_are_shared_not_borrowed() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    rust_sources(&base.join("platform/src"), &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source");
+        for borrowed in [
+            "portico_tenant_runtime::http",
+            "portico_tenant_runtime::tenancy",
+            "store::tokens::{generate",
+            "tokens::presented_digest",
+        ] {
+            assert!(
+                !text.contains(borrowed),
+                "{} uses {borrowed}",
+                file.display()
+            );
+        }
+    }
+    let manifest =
+        std::fs::read_to_string(base.join("platform/http/Cargo.toml")).expect("manifest");
+    for forbidden in [
+        "portico-tenant-runtime",
+        "portico-platform",
+        "portico-provisioning",
+        "sqlx",
+        "tokio-postgres",
+    ] {
+        assert!(
+            !manifest.contains(forbidden),
+            "portico-http depends on {forbidden}"
+        );
+    }
+}

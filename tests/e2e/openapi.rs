@@ -124,12 +124,19 @@ async fn the_contract_validates_and_generated_requests_find_nothing() {
             "10",
             "--seed",
             "20261205",
+            // One worker: Hypothesis describes strategies with `ast.parse`, which CPython
+            // 3.11 can trip over when two threads do it at once ("AST constructor recursion
+            // depth mismatch", seen once under a loaded full run).
             "--workers",
-            "2",
+            "1",
             "--generation-database",
             "none",
             "--request-timeout",
             "30",
+            // Hypothesis' speed health checks trip on a loaded CI machine; they say nothing
+            // about the API.
+            "--suppress-health-check",
+            "all",
             "--no-color",
             "--report",
             "junit",

@@ -839,7 +839,7 @@ async fn operator_api_works_and_is_audited() {
 async fn shutdown_drains_in_flight_requests() {
     let env = TestEnv::new(Backend::FileLocal).await;
     let op = env.operator_token("alice");
-    let server = env.serve(&[("PORTICO_LOG", "info,portico_tenant_runtime::http=debug")]);
+    let server = env.serve(&[("PORTICO_LOG", "info,portico_http=debug")]);
     // A request whose body is still arriving when SIGTERM comes.
     let body = br#"{"name": "Not A Valid Name!", "url": "postgres://x@127.0.0.1/db"}"#;
     let head = format!(

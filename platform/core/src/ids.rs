@@ -180,6 +180,24 @@ impl fmt::Debug for Slug {
 pub struct Hostname(String);
 
 impl Hostname {
+    /// The host name of a `Host` header value: the port stripped, case folded, a trailing dot
+    /// removed; anything that is not a DNS host name (IP literals included) is refused.
+    pub fn from_host_header(raw: &str) -> Option<Self> {
+        if raw.starts_with('[') {
+            return None;
+        }
+        let name = match raw.rsplit_once(':') {
+            Some((name, port)) => {
+                if !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
+                    return None;
+                }
+                name
+            }
+            None => raw,
+        };
+        Self::parse(name).ok()
+    }
+
     pub fn parse(s: &str) -> Result<Self, NameError> {
         let err = |why: &str| Err(NameError(format!("invalid host name '{s}': {why}")));
         let lower = s.trim_end_matches('.').to_ascii_lowercase();

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod keys;
 pub mod settings;
 pub mod storage;
+pub mod tokens;
 
 pub use ids::{DbServerName, Hostname, NameError, RunId, Slug, TenantId};
 pub use settings::{KmsSettings, Settings, SettingsError, StorageSettings};

@@ -2,12 +2,12 @@
 //! browser sessions, and the sign-in pages of tenant hosts and of the shared login host.
 
 pub mod admin;
-pub mod connections_api;
-pub mod cookies;
+pub(crate) mod connections_api;
+pub(crate) mod cookies;
 pub mod fetch;
 pub mod oidc;
-pub mod pages;
-pub mod return_to;
+pub(crate) mod pages;
+pub(crate) mod return_to;
 pub mod saml;
-pub mod state;
-pub mod web;
+pub(crate) mod state;
+pub(crate) mod web;

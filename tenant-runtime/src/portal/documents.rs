@@ -545,6 +545,11 @@ async fn serve(
     headers: &HeaderMap,
 ) -> Result<(Response, Option<(u64, u64)>), Problem> {
     let size = u64::try_from(v.size).unwrap_or(0);
+    // Content is cut into segments of the size recorded with it; this build reads one size.
+    if u64::try_from(v.segment_size).ok() != Some(crate::content::cipher::SEGMENT) {
+        tracing::error!(version = %v.id, segment_size = v.segment_size, "unsupported segment size");
+        return Err(Problem::internal());
+    }
     let range = match parse_range(headers, size) {
         Ok(r) => r,
         Err(()) => {

@@ -3,14 +3,14 @@
 //! response bodies are DTOs ([`dto`]), separate from the store's domain types; the OpenAPI
 //! document ([`openapi`]) is generated from these handlers and types.
 
-pub mod access;
-pub mod audit_api;
-pub mod change;
-pub mod documents;
-pub mod dto;
+pub(crate) mod access;
+pub(crate) mod audit_api;
+pub(crate) mod change;
+pub(crate) mod documents;
+pub(crate) mod dto;
 pub mod openapi;
-pub mod profile;
-pub mod tickets;
+pub(crate) mod profile;
+pub(crate) mod tickets;
 
 use axum::Router;
 use axum::routing::{get, post, put};

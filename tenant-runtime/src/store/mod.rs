@@ -2,14 +2,14 @@
 //! on (a [`crate::pools::TenantConn`] in the runtime, or a direct login as the tenant's role in
 //! the CLI): there is no tenant id parameter to get wrong, the database *is* the tenant.
 
-pub mod approvals;
+pub(crate) mod approvals;
 pub mod audit;
 pub mod connections;
-pub mod documents;
+pub(crate) mod documents;
 pub mod profile;
 pub mod roles;
-pub mod sessions;
-pub mod sites;
-pub mod tickets;
+pub(crate) mod sessions;
+pub(crate) mod sites;
+pub(crate) mod tickets;
 pub mod tokens;
 pub mod users;

@@ -98,7 +98,6 @@ pub async fn end_flow(client: &Client, hash: &[u8]) -> Result<(), RuntimeError> 
 
 /// A pending SSO request of a flow (OIDC `state`, or SAML AuthnRequest `ID`).
 pub struct PendingRequest {
-    pub connection_id: Uuid,
     pub nonce: Option<String>,
     pub pkce_verifier: Option<SecretString>,
     pub return_to: String,
@@ -151,7 +150,6 @@ pub async fn take_request(
         .await
         .map_err(|e| RuntimeError::query("consuming a sign-in request", e))?;
     Ok(row.map(|r| PendingRequest {
-        connection_id: r.get(0),
         nonce: r.get(1),
         pkce_verifier: r.get::<_, Option<String>>(2).map(SecretString::from),
         return_to: r.get(3),
@@ -192,7 +190,6 @@ pub struct Session {
     pub user_id: Uuid,
     pub csrf_token: String,
     pub mfa_pending: bool,
-    pub connection_id: Option<Uuid>,
 }
 
 /// Creates a session for `user_id` (always a fresh id: rotation at every login step).
@@ -233,7 +230,6 @@ pub async fn create(
             user_id,
             csrf_token: csrf,
             mfa_pending,
-            connection_id,
         },
         value,
     ))
@@ -277,7 +273,6 @@ pub async fn current(
         user_id: r.get(1),
         csrf_token: r.get(2),
         mfa_pending: r.get(3),
-        connection_id: r.get(4),
     }))
 }
 

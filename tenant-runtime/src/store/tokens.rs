@@ -3,9 +3,6 @@
 //! its own tenant's host. A token this long needs no slow hash: guessing is hopeless, and the
 //! look-up is one indexed equality on the digest.
 
-use aws_lc_rs::digest;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::SecretString;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -16,7 +13,8 @@ use crate::error::RuntimeError;
 use crate::store::roles::{Permission, Permissions};
 
 pub const TOKEN_PREFIX: &str = "ptk_";
-const SECRET_LEN: usize = 32;
+
+pub use portico_core::tokens::{generate, presented_digest};
 
 use super::roles::RoleName;
 
@@ -45,28 +43,6 @@ pub struct TokenCaller {
     pub email: Option<String>,
     pub permissions: Permissions,
     pub sites: Option<Vec<String>>,
-}
-
-/// A fresh secret with its prefix, and its digest.
-pub fn generate(prefix: &str) -> (SecretString, Vec<u8>) {
-    let bytes = portico_core::keys::random_bytes::<SECRET_LEN>();
-    let secret = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes));
-    let hash = digest_of(&secret);
-    (SecretString::from(secret), hash)
-}
-
-/// The digest of a presented token, or `None` when it is not shaped like one of `prefix`'s
-/// (so malformed tokens never reach the database).
-pub fn presented_digest(prefix: &str, presented: &str) -> Option<Vec<u8>> {
-    let body = presented.strip_prefix(prefix)?;
-    let decoded = URL_SAFE_NO_PAD.decode(body).ok()?;
-    (decoded.len() == SECRET_LEN).then(|| digest_of(presented))
-}
-
-fn digest_of(secret: &str) -> Vec<u8> {
-    digest::digest(&digest::SHA256, secret.as_bytes())
-        .as_ref()
-        .to_vec()
 }
 
 fn info(row: &tokio_postgres::Row) -> Result<TokenInfo, RuntimeError> {

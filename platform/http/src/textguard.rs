@@ -6,12 +6,12 @@
 //! JSON and form bodies are read whole here (they are small: the body limit applies); every
 //! other body — uploads — streams through untouched.
 
-use crate::http::ErrorCode;
+use crate::ErrorCode;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
 
-use crate::http::Problem;
+use crate::Problem;
 
 /// The place of the first NUL in a JSON value (`title`, `items[2].name`; `$` for the root).
 pub fn nul_in_json(v: &serde_json::Value, at: &str) -> Option<String> {

@@ -1,6 +1,10 @@
-//! The HTTP edge shared by the tenant API and the operator API: RFC 9457 problems, request ids,
-//! the client's address behind trusted proxies, per-IP rate limits, request timeouts, security
-//! headers, the request span (JSON logs) and request metrics.
+//! The HTTP edge both the operator API and the tenant runtime stand on: every stable error
+//! code ([`ErrorCode`]), RFC 9457 problems ([`Problem`]), request ids, the true client address
+//! behind trusted proxies, keyed rate limiters, the edge middleware ([`edge`]: span, limits,
+//! time-outs, the text guard, security headers, metrics), and the JSON extractor whose
+//! rejections are problems. It knows nothing of tenants or of the catalog.
+
+pub mod textguard;
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -16,8 +20,6 @@ use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use ipnet::IpNet;
-
-use crate::error::RuntimeError;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const PROBLEM_JSON: &str = "application/problem+json";
@@ -278,6 +280,21 @@ impl serde::Serialize for ErrorCode {
     }
 }
 
+/// The normalised host of a request, or the `invalid_host` problem.
+pub fn request_host(headers: &HeaderMap) -> Result<portico_core::Hostname, Problem> {
+    let raw = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    portico_core::Hostname::from_host_header(raw).ok_or_else(|| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidHost,
+            "The Host header is missing or malformed",
+        )
+    })
+}
+
 /// An RFC 9457 problem with a stable `code`. Internal causes are logged, never sent.
 #[derive(Debug, Clone)]
 pub struct Problem {
@@ -438,46 +455,6 @@ impl IntoResponse for Problem {
     }
 }
 
-impl From<RuntimeError> for Problem {
-    fn from(e: RuntimeError) -> Self {
-        match e {
-            RuntimeError::Busy => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::TenantBusy,
-                "The tenant is busy; retry shortly",
-            )
-            .retry_after(1),
-            RuntimeError::TenantDatabase(ref m) => {
-                tracing::error!(error = %m, "tenant database unavailable");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::TenantUnavailable,
-                    "The tenant is temporarily unavailable",
-                )
-                .retry_after(5)
-            }
-            RuntimeError::Catalog { .. } => {
-                tracing::error!(error = %e, "catalog unavailable");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::CatalogUnavailable,
-                    "Service temporarily unavailable",
-                )
-                .retry_after(5)
-            }
-            RuntimeError::InvalidInput(m) => Problem::invalid_input(m),
-            RuntimeError::Conflict(m) => {
-                Problem::new(StatusCode::CONFLICT, ErrorCode::Conflict, "Conflict").detail(m)
-            }
-            RuntimeError::NotFound(m) => Problem::not_found().detail(m),
-            RuntimeError::Query { .. } | RuntimeError::Key(_) => {
-                tracing::error!(error = %e, "internal error");
-                Problem::internal()
-            }
-        }
-    }
-}
-
 pub type KeyedLimiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
 
 /// A per-key limiter allowing `per_second` requests per second (bursts of the same size), or
@@ -579,7 +556,7 @@ pub async fn edge(State(edge): State<Edge>, mut req: Request, next: Next) -> Res
         {
             return p.into_response();
         }
-        let req = match crate::textguard::check(req, edge.body_limit).await {
+        let req = match textguard::check(req, edge.body_limit).await {
             Ok(r) => r,
             Err(p) => return p.into_response(),
         };
