@@ -511,19 +511,7 @@ impl Platform {
                 t.status
             )));
         }
-        let placement = self
-            .catalog
-            .placement(t.tenant_id())
-            .await?
-            .ok_or_else(|| {
-                PlatformError::InvalidState(format!("tenant '{slug}' has no placement"))
-            })?;
-        let server_row = self
-            .catalog
-            .db_server_by_id(placement.db_server_id)
-            .await?
-            .ok_or_else(|| PlatformError::ServerNotFound(placement.db_server.clone()))?;
-        let server = db_servers::connect(self, &server_row).await?;
+        let (placement, server) = self.placement_and_server(slug, &t).await?;
         let password = self.tenant_role_password(slug).await?;
         Ok(server
             .connect_as(
@@ -539,6 +527,17 @@ impl Platform {
     /// ownership and triggers).
     pub async fn connect_as_admin(&self, slug: &str) -> Result<(tokio_postgres::Client, String)> {
         let t = tenant_row(self, slug).await?;
+        let (placement, server) = self.placement_and_server(slug, &t).await?;
+        let client = server.admin_in(&placement.database_name).await?;
+        Ok((client, placement.role_name))
+    }
+
+    /// A tenant's placement and a connection to its database server.
+    async fn placement_and_server(
+        &self,
+        slug: &str,
+        t: &crate::catalog::TenantRow,
+    ) -> Result<(crate::catalog::PlacementRow, portico_provisioning::DbServer)> {
         let placement = self
             .catalog
             .placement(t.tenant_id())
@@ -552,8 +551,7 @@ impl Platform {
             .await?
             .ok_or_else(|| PlatformError::ServerNotFound(placement.db_server.clone()))?;
         let server = db_servers::connect(self, &server_row).await?;
-        let client = server.admin_in(&placement.database_name).await?;
-        Ok((client, placement.role_name))
+        Ok((placement, server))
     }
 }
 

@@ -471,31 +471,35 @@ pub async fn audit_protection_problems(
         Some(o) => problems.push(format!("table portico_audit.audit_events is owned by {o}")),
         None => problems.push("table portico_audit.audit_events is missing".into()),
     }
-    let triggers: Vec<String> = row.get(2);
-    let expected = [
-        "audit_events_chain:O:portico_audit.audit_events_chain()",
-        "audit_events_no_truncate:O:portico_audit.audit_events_append_only()",
-        "audit_events_no_update:O:portico_audit.audit_events_append_only()",
-    ];
-    if triggers != expected {
-        problems.push(format!(
-            "the audit triggers are [{}], expected [{}] (name:enabled:function)",
-            triggers.join(", "),
-            expected.join(", ")
-        ));
-    }
-    let functions: Vec<String> = row.get(3);
-    let expected = [
-        "audit_events_append_only:portico_audit:invoker:search_path=pg_catalog, pg_temp",
-        "audit_events_chain:portico_audit:definer:search_path=pg_catalog, pg_temp",
-    ];
-    if functions != expected {
-        problems.push(format!(
-            "the audit functions are [{}], expected [{}] (name:owner:security:settings)",
-            functions.join("; "),
-            expected.join("; ")
-        ));
-    }
+    let mut expect = |column: usize, what: &str, layout: &str, expected: &[&str]| {
+        let found: Vec<String> = row.get(column);
+        if found != expected {
+            problems.push(format!(
+                "the audit {what} are [{}], expected [{}] ({layout})",
+                found.join("; "),
+                expected.join("; ")
+            ));
+        }
+    };
+    expect(
+        2,
+        "triggers",
+        "name:enabled:function",
+        &[
+            "audit_events_chain:O:portico_audit.audit_events_chain()",
+            "audit_events_no_truncate:O:portico_audit.audit_events_append_only()",
+            "audit_events_no_update:O:portico_audit.audit_events_append_only()",
+        ],
+    );
+    expect(
+        3,
+        "functions",
+        "name:owner:security:settings",
+        &[
+            "audit_events_append_only:portico_audit:invoker:search_path=pg_catalog, pg_temp",
+            "audit_events_chain:portico_audit:definer:search_path=pg_catalog, pg_temp",
+        ],
+    );
     let bodies: Vec<String> = row.get(4);
     let shipped: String = migrations::runner()
         .get_migrations()

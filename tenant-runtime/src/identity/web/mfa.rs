@@ -103,18 +103,33 @@ pub(super) async fn reauthenticated(
     Ok(ok)
 }
 
+/// The full session and local account behind a POST of the MFA forms, or the answer to give
+/// instead: to `/login` without a full session, `403` on a bad CSRF token, home without a
+/// local account.
+async fn signed_in_account(
+    web: &Web,
+    client: &Client,
+    csrf: &str,
+) -> Result<Result<(Session, users::LocalAccount), Response>, Problem> {
+    let Some(s) = web.session(client).await?.filter(|s| !s.mfa_pending) else {
+        return Ok(Err(see_other("/login")));
+    };
+    if !sessions::csrf_matches(&s.csrf_token, csrf) {
+        return Ok(Err(csrf_failed()));
+    }
+    match users::local_account_by_user(client, s.user_id).await? {
+        Some(account) => Ok(Ok((s, account))),
+        None => Ok(Err(see_other("/"))),
+    }
+}
+
 /// `POST /account/mfa/start`: a new secret to confirm. Replacing an active factor needs its
 /// current code or the password first; until the new secret is confirmed the old one stays.
 pub async fn mfa_start(web: Web, Form(form): Form<ReauthForm>) -> Result<Response, Problem> {
     let client = web.conn().await?;
-    let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
-        return Ok(see_other("/login"));
-    };
-    if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
-        return Ok(csrf_failed());
-    }
-    let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
-        return Ok(see_other("/"));
+    let (s, account) = match signed_in_account(&web, &client, &form.csrf).await? {
+        Ok(found) => found,
+        Err(answer) => return Ok(answer),
     };
     if account.totp_enabled && !reauthenticated(&web, &client, &account, &form).await? {
         let mut e = web.event(
@@ -148,14 +163,9 @@ pub async fn mfa_start(web: Web, Form(form): Form<ReauthForm>) -> Result<Respons
 /// `POST /account/mfa`: confirms the pending secret with its first code.
 pub async fn mfa_enrol(web: Web, Form(form): Form<CodeForm>) -> Result<Response, Problem> {
     let client = web.conn().await?;
-    let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
-        return Ok(see_other("/login"));
-    };
-    if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
-        return Ok(csrf_failed());
-    }
-    let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
-        return Ok(see_other("/"));
+    let (s, account) = match signed_in_account(&web, &client, &form.csrf).await? {
+        Ok(found) => found,
+        Err(answer) => return Ok(answer),
     };
     let Some(pending) = account.totp_pending_ciphertext.clone() else {
         return Ok(see_other("/account/mfa"));
@@ -186,14 +196,9 @@ pub async fn mfa_enrol(web: Web, Form(form): Form<CodeForm>) -> Result<Response,
 /// password.
 pub async fn mfa_remove(web: Web, Form(form): Form<ReauthForm>) -> Result<Response, Problem> {
     let client = web.conn().await?;
-    let Some(s) = web.session(&client).await?.filter(|s| !s.mfa_pending) else {
-        return Ok(see_other("/login"));
-    };
-    if !sessions::csrf_matches(&s.csrf_token, &form.csrf) {
-        return Ok(csrf_failed());
-    }
-    let Some(account) = users::local_account_by_user(&client, s.user_id).await? else {
-        return Ok(see_other("/"));
+    let (s, account) = match signed_in_account(&web, &client, &form.csrf).await? {
+        Ok(found) => found,
+        Err(answer) => return Ok(answer),
     };
     let ok = reauthenticated(&web, &client, &account, &form).await?;
     let mut e = web.event(audit::EventType::MfaRemoved, &account.user.email, ok);
