@@ -405,13 +405,13 @@ pub async fn user(p: &Platform, cmd: UserCmd) -> anyhow::Result<()> {
         UserCmd::Deactivate { slug: s, email } => {
             let slug = slug(&s)?;
             let mut client = p.connect_as_tenant(slug.as_str()).await?;
-            let done = match uuid::Uuid::parse_str(&email) {
-                Ok(id) => vec![
+            let done = match portico_tenant_runtime::ids::UserId::parse(&email) {
+                Some(id) => vec![
                     users::deactivate_id(&mut client, id)
                         .await
                         .map_err(PlatformError::from)?,
                 ],
-                Err(_) => users::deactivate(&mut client, &email)
+                None => users::deactivate(&mut client, &email)
                     .await
                     .map_err(PlatformError::from)?,
             };

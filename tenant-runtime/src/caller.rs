@@ -7,6 +7,7 @@ use crate::catalog::TenantRoute;
 use crate::http::ErrorCode;
 use crate::http::Problem;
 use crate::identity::cookies::{self, SESSION_COOKIE};
+use crate::ids::UserId;
 use crate::pools::TenantConn;
 use crate::state::Runtime;
 use crate::store::roles::{Permission, Permissions, RoleName};
@@ -35,7 +36,7 @@ pub struct Caller {
     /// The token's name, or the user's e-mail.
     pub name: String,
     pub email: Option<String>,
-    pub user_id: Option<uuid::Uuid>,
+    pub user_id: Option<UserId>,
     pub token_id: Option<uuid::Uuid>,
     pub role: RoleName,
     pub permissions: Vec<Permission>,
@@ -180,11 +181,7 @@ impl Authenticated {
 
     /// The tenant's key reference.
     pub fn key_ref(&self) -> Result<portico_core::keys::TenantKeyRef, Problem> {
-        self.tenant
-            .placement
-            .as_ref()
-            .map(|p| portico_core::keys::TenantKeyRef::new(p.key_id.clone()))
-            .ok_or_else(Problem::internal)
+        Ok(self.conn.key_ref().clone())
     }
 }
 

@@ -13,6 +13,7 @@ pub(crate) mod failures;
 /// The HTTP edge (`portico-http`), under its historical path.
 pub use portico_http as http;
 pub mod identity;
+pub mod ids;
 pub mod pools;
 pub mod portal;
 pub(crate) mod replay;

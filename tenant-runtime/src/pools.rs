@@ -245,6 +245,22 @@ impl Inner {
 pub struct TenantConn {
     obj: Option<Object<TenantManager>>,
     budget: Arc<ServerBudget>,
+    /// Whose connection this is, and that tenant's key: code handed a connection never needs
+    /// a tenant id beside it that could disagree.
+    tenant: TenantId,
+    key: TenantKeyRef,
+}
+
+impl TenantConn {
+    /// The tenant this connection belongs to (it is logged in as that tenant's role).
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// The tenant's key reference (for what is encrypted under the tenant's key).
+    pub fn key_ref(&self) -> &TenantKeyRef {
+        &self.key
+    }
 }
 
 impl std::ops::Deref for TenantConn {
@@ -342,6 +358,8 @@ impl TenantPools {
                 Ok(Ok(obj)) => Ok(TenantConn {
                     obj: Some(obj),
                     budget: pool.budget.clone(),
+                    tenant: route.tenant_id,
+                    key: TenantKeyRef::new(placement.key_id.clone()),
                 }),
                 Err(_) | Ok(Err(PoolError::Timeout(_))) => {
                     metrics::counter!("portico_pool_busy_total").increment(1);

@@ -53,6 +53,12 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
             row.get::<_, String>(1),
             t["placement"]["database"].as_str().unwrap()
         );
+        // The connection knows whose it is, and that tenant's key.
+        assert_eq!(conn.tenant(), r.tenant_id);
+        assert_eq!(
+            Some(conn.key_ref().as_str()),
+            r.placement.as_ref().map(|p| p.key_id.as_str())
+        );
     }
 
     // Leave every kind of session state behind…

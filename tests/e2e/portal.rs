@@ -23,7 +23,7 @@ pub async fn user(env: &TestEnv, slug: &str, email: &str, role: &str) -> (Uuid, 
     let v = env.json(&[
         "tenant", "token", "create", slug, "--name", email, "--user", email, "--json",
     ]);
-    (id, v["token"].as_str().expect("token").to_owned())
+    (id.as_uuid(), v["token"].as_str().expect("token").to_owned())
 }
 
 fn answer(

@@ -10,8 +10,8 @@
 //! | [`Change::CreateSsoConnection`], [`Change::RemoveSsoConnection`] | `change_sso_connection` | `sso.manage` |
 //! | [`Change::DisableApprovalRule`] | `change_approval_policy` | `users.manage`, `roles.manage`, `sso.manage` |
 
+use crate::ids::UserId;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::caller::Authenticated;
 use crate::http::Problem;
@@ -41,7 +41,7 @@ pub const MANAGERS: [Permission; 3] = [
 pub enum Change {
     /// Give a user a role.
     GrantRole {
-        user_id: Uuid,
+        user_id: UserId,
         email: String,
         role: RoleName,
     },
@@ -127,7 +127,7 @@ impl Change {
 
     /// The user whose sites bound who may decide (site-limited approvers decide only on users
     /// within their sites); `None` for organisation-wide changes.
-    pub fn subject_user(&self) -> Option<Uuid> {
+    pub fn subject_user(&self) -> Option<UserId> {
         match self {
             Change::GrantRole { user_id, .. } => Some(*user_id),
             _ => None,

@@ -25,6 +25,9 @@ use time::OffsetDateTime;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+use crate::ids::{DocumentId, VersionId};
+use crate::pools::TenantConn;
+
 use super::dto::*;
 use super::{ApiQuery, decode_cursor, encode_cursor, page_size, path_id};
 use crate::caller::Authenticated;
@@ -125,7 +128,7 @@ async fn store_body(
     rt: &Runtime,
     auth: Authenticated,
     headers: &HeaderMap,
-    doc: Uuid,
+    doc: DocumentId,
     name: String,
     valid_until: Option<OffsetDateTime>,
     body: Body,
@@ -161,9 +164,9 @@ async fn store_body(
         .for_new_content(tenant, &key)
         .await
         .map_err(RuntimeError::from)?;
-    let version = Uuid::new_v4();
+    let version = VersionId::random();
     let salt = portico_core::keys::random_bytes::<32>();
-    let cipher = ObjectCipher::new(&dk.plaintext, &salt, tenant, version);
+    let cipher = ObjectCipher::new(&dk.plaintext, &salt, tenant, version.as_uuid());
     let object = ObjectKey::tenant_object(tenant, &format!("documents/{doc}/{version}"))
         .map_err(|_| Problem::internal())?;
     let stream = body.into_data_stream();
@@ -331,7 +334,7 @@ pub async fn upload(
         return Err(Problem::fields(errors));
     }
     super::check_site(&auth, q.site.as_deref()).await?;
-    let id = Uuid::new_v4();
+    let id = DocumentId::random();
     let (mut auth, version, scanned) =
         store_body(&rt, auth, &headers, id, name, valid_until, body).await?;
     let meta = NewDocument {
@@ -444,7 +447,7 @@ pub async fn list(
                 let ts = ts.parse::<i128>().ok()?;
                 Some((
                     OffsetDateTime::from_unix_timestamp_nanos(ts).ok()?,
-                    Uuid::parse_str(id).ok()?,
+                    DocumentId::parse(id)?,
                 ))
             });
             match parsed {
@@ -581,7 +584,7 @@ async fn serve(
         .open(tenant, &key, &v.data_key_wrapped)
         .await
         .map_err(|e| integrity(&e))?;
-    let cipher = ObjectCipher::new(&dk, &v.nonce, tenant, v.id);
+    let cipher = ObjectCipher::new(&dk, &v.nonce, tenant, v.id.as_uuid());
     let object = ObjectKey::parse(&v.object_key).map_err(|_| Problem::internal())?;
     let mut segments = Segments::open(&rt.content.store, &object, Some(cipher), size, start, end)
         .await
@@ -659,7 +662,7 @@ async fn pick_version(
     doc: &Document,
     wanted: Option<Uuid>,
 ) -> Result<Version, Problem> {
-    match wanted {
+    match wanted.map(VersionId::from_uuid) {
         None => doc.current.clone().ok_or_else(Problem::not_found),
         Some(v) => documents::version(client, v)
             .await?
@@ -671,12 +674,8 @@ async fn pick_version(
 // ---- links -----------------------------------------------------------------------------------
 
 /// The tenant's link-signing key (created on first use, kept encrypted under the tenant key).
-async fn link_key(
-    rt: &Runtime,
-    tenant: TenantId,
-    key: &TenantKeyRef,
-    client: &Client,
-) -> Result<Arc<[u8; 32]>, Problem> {
+async fn link_key(rt: &Runtime, client: &TenantConn) -> Result<Arc<[u8; 32]>, Problem> {
+    let (tenant, key) = (client.tenant(), client.key_ref());
     let keyring = &rt.content.keyring;
     rt.content
         .link_secrets
@@ -709,10 +708,16 @@ fn mac_input(tenant: TenantId, payload: &[u8]) -> Vec<u8> {
     m
 }
 
-fn sign(secret: &[u8; 32], tenant: TenantId, link: Uuid, version: Uuid, expires: i64) -> String {
+fn sign(
+    secret: &[u8; 32],
+    tenant: TenantId,
+    link: Uuid,
+    version: VersionId,
+    expires: i64,
+) -> String {
     let mut payload = Vec::with_capacity(72);
     payload.extend_from_slice(link.as_bytes());
-    payload.extend_from_slice(version.as_bytes());
+    payload.extend_from_slice(version.as_uuid().as_bytes());
     payload.extend_from_slice(&expires.to_be_bytes());
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
     let tag = aws_lc_rs::hmac::sign(&key, &mac_input(tenant, &payload));
@@ -721,7 +726,7 @@ fn sign(secret: &[u8; 32], tenant: TenantId, link: Uuid, version: Uuid, expires:
 }
 
 /// (link, version, expiry) of a token whose MAC checks out for this tenant.
-fn verify(secret: &[u8; 32], tenant: TenantId, token: &str) -> Option<(Uuid, Uuid, i64)> {
+fn verify(secret: &[u8; 32], tenant: TenantId, token: &str) -> Option<(Uuid, VersionId, i64)> {
     let raw = URL_SAFE_NO_PAD
         .decode(token.strip_prefix(LINK_PREFIX)?)
         .ok()?;
@@ -732,7 +737,7 @@ fn verify(secret: &[u8; 32], tenant: TenantId, token: &str) -> Option<(Uuid, Uui
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
     aws_lc_rs::hmac::verify(&key, &mac_input(tenant, payload), tag).ok()?;
     let link = Uuid::from_slice(&payload[..16]).ok()?;
-    let version = Uuid::from_slice(&payload[16..32]).ok()?;
+    let version = VersionId::from_uuid(Uuid::from_slice(&payload[16..32]).ok()?);
     let expires = i64::from_be_bytes(payload[32..40].try_into().ok()?);
     Some((link, version, expires))
 }
@@ -759,7 +764,7 @@ pub async fn create_link(
     let expires = OffsetDateTime::now_utc() + time::Duration::seconds(ttl);
     let link =
         documents::create_link(&auth.conn, doc.id, v.id, expires, &auth.caller.name()).await?;
-    let secret = link_key(&rt, auth.tenant.tenant_id, &auth.key_ref()?, &auth.conn).await?;
+    let secret = link_key(&rt, &auth.conn).await?;
     let token = sign(
         &secret,
         auth.tenant.tenant_id,
@@ -827,11 +832,6 @@ pub async fn use_link(
 ) -> Result<Response, Problem> {
     let tenant = tenant.map(|t| t.0).ok_or_else(Problem::not_found)?;
     let conn = rt.pools.get(&tenant).await?;
-    let key = tenant
-        .placement
-        .as_ref()
-        .map(|p| TenantKeyRef::new(p.key_id.clone()))
-        .ok_or_else(Problem::internal)?;
     let request_id = crate::http::RequestId::current().map(|r| r.0);
     let record =
         |ok: bool, link: Option<Uuid>, reason: Option<&'static str>, details: serde_json::Value| {
@@ -865,7 +865,7 @@ pub async fn use_link(
                 audit::record(conn, &e).await
             }
         };
-    let secret = link_key(&rt, tenant.tenant_id, &key, &conn).await?;
+    let secret = link_key(&rt, &conn).await?;
     let Some((link_id, version_id, expires)) = verify(&secret, tenant.tenant_id, &token) else {
         record(false, None, Some("link_invalid"), serde_json::json!({})).await?;
         return Err(Problem::new(
@@ -933,7 +933,7 @@ mod tests {
     #[test]
     fn link_tokens_are_bound_to_secret_and_tenant() {
         let (a, b) = (TenantId::random(), TenantId::random());
-        let (l, v) = (Uuid::new_v4(), Uuid::new_v4());
+        let (l, v) = (Uuid::new_v4(), VersionId::random());
         let t = sign(&[1; 32], a, l, v, 1_900_000_000);
         assert_eq!(verify(&[1; 32], a, &t), Some((l, v, 1_900_000_000)));
         assert_eq!(verify(&[1; 32], b, &t), None);

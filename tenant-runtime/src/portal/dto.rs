@@ -62,7 +62,7 @@ pub struct UserDto {
 impl From<users::User> for UserDto {
     fn from(u: users::User) -> Self {
         Self {
-            id: u.id,
+            id: u.id.as_uuid(),
             email: u.email,
             display_name: u.display_name,
             role: u.role.as_str().to_owned(),
@@ -151,7 +151,7 @@ impl From<approvals::Approval> for ApprovalDto {
             }
         }
         Self {
-            id: a.id,
+            id: a.id.as_uuid(),
             action: a.action,
             target: a.target,
             details,
@@ -213,7 +213,7 @@ pub struct VersionDto {
 impl From<documents::Version> for VersionDto {
     fn from(v: documents::Version) -> Self {
         Self {
-            id: v.id,
+            id: v.id.as_uuid(),
             version: v.version,
             file_name: v.file_name,
             media_type: v.media_type,
@@ -221,7 +221,7 @@ impl From<documents::Version> for VersionDto {
             sha256: hex_opt(&v.sha256),
             valid_from: v.valid_from,
             valid_until: v.valid_until,
-            replaced_by: v.replaced_by,
+            replaced_by: v.replaced_by.map(|r| r.as_uuid()),
             released_by: v.released_by,
             released_at: v.released_at,
             created_at: v.created_at,
@@ -252,7 +252,7 @@ pub struct DocumentDto {
 impl From<documents::Document> for DocumentDto {
     fn from(d: documents::Document) -> Self {
         Self {
-            id: d.id,
+            id: d.id.as_uuid(),
             doc_type: d.doc_type,
             title: d.title,
             period: d.period,
@@ -350,8 +350,8 @@ impl From<documents::Link> for LinkDto {
     fn from(l: documents::Link) -> Self {
         Self {
             id: l.id,
-            document_id: l.document_id,
-            version_id: l.version_id,
+            document_id: l.document_id.as_uuid(),
+            version_id: l.version_id.as_uuid(),
             expires_at: l.expires_at,
             created_by: l.created_by,
             created_at: l.created_at,

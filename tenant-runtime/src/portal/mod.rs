@@ -150,6 +150,6 @@ pub async fn check_site(
 }
 
 /// A path id that must be a UUID; anything else is simply not found.
-pub fn path_id(s: &str) -> Result<uuid::Uuid, Problem> {
-    uuid::Uuid::parse_str(s).map_err(|_| Problem::not_found())
+pub fn path_id<T: crate::ids::PathId>(s: &str) -> Result<T, Problem> {
+    T::from_path(s).ok_or_else(Problem::not_found)
 }

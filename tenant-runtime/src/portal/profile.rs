@@ -42,7 +42,7 @@ impl From<Caller> for CallerDto {
             },
             name: c.name,
             email: c.email,
-            user_id: c.user_id,
+            user_id: c.user_id.map(|u| u.as_uuid()),
             token_id: c.token_id,
             role: c.role.as_str().to_owned(),
             permissions: c

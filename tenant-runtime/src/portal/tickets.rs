@@ -4,6 +4,7 @@
 //! `tickets.read_all`, or its creator; always within the caller's sites.
 
 use crate::http::ErrorCode;
+use crate::ids::DocumentId;
 use axum::Json;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
@@ -51,7 +52,8 @@ async fn check_attachments(auth: &Authenticated, ids: &[uuid::Uuid]) -> Result<(
     }
     auth.require(Permission::DocumentsRead).await?;
     // One query for all of them: the site of each that exists.
-    let found = documents::sites_of(&auth.conn, ids).await?;
+    let ids: Vec<DocumentId> = ids.iter().copied().map(DocumentId::from_uuid).collect();
+    let found = documents::sites_of(&auth.conn, &ids).await?;
     for (i, id) in ids.iter().enumerate() {
         let ok = found
             .iter()

@@ -5,6 +5,8 @@ use time::OffsetDateTime;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+use crate::ids::ApprovalId;
+
 use crate::error::RuntimeError;
 
 /// How long a request waits for a decision.
@@ -12,7 +14,7 @@ pub const TTL: time::Duration = time::Duration::days(7);
 
 #[derive(Debug, Clone)]
 pub struct Approval {
-    pub id: Uuid,
+    pub id: ApprovalId,
     pub action: String,
     pub target: String,
     pub payload: serde_json::Value,
@@ -98,7 +100,7 @@ pub async fn request(
                  returning {COLUMNS}"
             ),
             &[
-                &Uuid::new_v4(),
+                &ApprovalId::random(),
                 &action,
                 &target,
                 payload,
@@ -111,7 +113,7 @@ pub async fn request(
     Ok(approval(&row))
 }
 
-pub async fn get(client: &Client, id: Uuid) -> Result<Option<Approval>, RuntimeError> {
+pub async fn get(client: &Client, id: ApprovalId) -> Result<Option<Approval>, RuntimeError> {
     Ok(client
         .query_opt(
             &format!("select {COLUMNS} from approvals where id = $1"),
@@ -143,7 +145,7 @@ pub async fn list(client: &Client, status: Option<&str>) -> Result<Vec<Approval>
 /// `None` when it is not pending any more (someone else decided first) or has expired.
 pub async fn decide(
     client: &Client,
-    id: Uuid,
+    id: ApprovalId,
     by: &str,
     status: &str,
     outcome: &str,
@@ -166,7 +168,7 @@ pub async fn decide(
 /// Records how carrying out an approved action went.
 pub async fn set_outcome(
     client: &Client,
-    id: Uuid,
+    id: ApprovalId,
     status: &str,
     outcome: &str,
 ) -> Result<(), RuntimeError> {

@@ -6,6 +6,8 @@ use time::{Date, OffsetDateTime};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+use crate::ids::{DocumentId, VersionId};
+
 use crate::error::RuntimeError;
 
 pub const DOC_TYPES: [&str; 5] = [
@@ -19,7 +21,7 @@ pub const DOC_STATUSES: [&str; 3] = ["draft", "released", "archived"];
 
 #[derive(Debug, Clone)]
 pub struct Document {
-    pub id: Uuid,
+    pub id: DocumentId,
     pub doc_type: String,
     pub title: String,
     pub period: Option<String>,
@@ -33,8 +35,8 @@ pub struct Document {
 
 #[derive(Debug, Clone)]
 pub struct Version {
-    pub id: Uuid,
-    pub document_id: Uuid,
+    pub id: VersionId,
+    pub document_id: DocumentId,
     pub version: i32,
     pub file_name: String,
     pub media_type: String,
@@ -47,7 +49,7 @@ pub struct Version {
     pub segment_size: i32,
     pub valid_from: OffsetDateTime,
     pub valid_until: Option<OffsetDateTime>,
-    pub replaced_by: Option<Uuid>,
+    pub replaced_by: Option<VersionId>,
     pub released_by: Option<String>,
     pub released_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
@@ -67,7 +69,7 @@ pub struct NewDocument {
 /// A stored content version to record.
 #[derive(Debug, Clone)]
 pub struct NewVersion {
-    pub id: Uuid,
+    pub id: VersionId,
     pub file_name: String,
     pub media_type: String,
     pub size: i64,
@@ -145,7 +147,7 @@ fn q(op: &'static str) -> impl Fn(tokio_postgres::Error) -> RuntimeError {
 
 async fn insert_version(
     tx: &tokio_postgres::Transaction<'_>,
-    document: Uuid,
+    document: DocumentId,
     number: i32,
     v: &NewVersion,
 ) -> Result<(), RuntimeError> {
@@ -180,7 +182,7 @@ async fn insert_version(
 /// Records a new document with its first version.
 pub async fn create(
     client: &mut Client,
-    id: Uuid,
+    id: DocumentId,
     d: &NewDocument,
     v: &NewVersion,
     actor: &str,
@@ -221,7 +223,7 @@ pub async fn create(
 /// Adds a version that replaces the current one (which gets `valid_until` and `replaced_by`).
 pub async fn add_version(
     client: &mut Client,
-    document: Uuid,
+    document: DocumentId,
     v: &NewVersion,
 ) -> Result<Version, RuntimeError> {
     let tx = client
@@ -238,7 +240,7 @@ pub async fn add_version(
         .await
         .map_err(q("recording a version"))?
         .ok_or_else(|| RuntimeError::NotFound("no such document".into()))?;
-    let previous: Option<Uuid> = row.get(0);
+    let previous: Option<VersionId> = row.get(0);
     let number: i32 = row.get(1);
     insert_version(&tx, document, number + 1, v).await?;
     if let Some(prev) = previous {
@@ -263,7 +265,7 @@ pub async fn add_version(
         .ok_or_else(|| RuntimeError::NotFound("version".into()))
 }
 
-pub async fn get(client: &Client, id: Uuid) -> Result<Option<Document>, RuntimeError> {
+pub async fn get(client: &Client, id: DocumentId) -> Result<Option<Document>, RuntimeError> {
     Ok(client
         .query_opt(
             &format!(
@@ -282,8 +284,8 @@ pub async fn get(client: &Client, id: Uuid) -> Result<Option<Document>, RuntimeE
 /// (id, site) of those of `ids` that exist.
 pub async fn sites_of(
     client: &Client,
-    ids: &[Uuid],
-) -> Result<Vec<(Uuid, Option<String>)>, RuntimeError> {
+    ids: &[DocumentId],
+) -> Result<Vec<(DocumentId, Option<String>)>, RuntimeError> {
     Ok(client
         .query("select id, site from documents where id = any($1)", &[&ids])
         .await
@@ -293,7 +295,7 @@ pub async fn sites_of(
         .collect())
 }
 
-pub async fn versions(client: &Client, document: Uuid) -> Result<Vec<Version>, RuntimeError> {
+pub async fn versions(client: &Client, document: DocumentId) -> Result<Vec<Version>, RuntimeError> {
     Ok(client
         .query(
             &format!(
@@ -309,7 +311,7 @@ pub async fn versions(client: &Client, document: Uuid) -> Result<Vec<Version>, R
         .collect())
 }
 
-pub async fn version(client: &Client, id: Uuid) -> Result<Option<Version>, RuntimeError> {
+pub async fn version(client: &Client, id: VersionId) -> Result<Option<Version>, RuntimeError> {
     Ok(client
         .query_opt(
             &format!("select {VERSION_COLUMNS} from document_versions v where v.id = $1"),
@@ -333,7 +335,7 @@ pub struct Filter {
     /// The caller's site scope (`None`: every site; organisation-wide documents only for those).
     pub scope: Option<Vec<String>>,
     /// Cursor: documents strictly after this (created_at, id) in the listing order.
-    pub after: Option<(OffsetDateTime, Uuid)>,
+    pub after: Option<(OffsetDateTime, DocumentId)>,
 }
 
 /// Newest first.
@@ -379,8 +381,8 @@ pub async fn list(client: &Client, f: &Filter, limit: i64) -> Result<Vec<Documen
 #[derive(Debug, Clone)]
 pub struct Link {
     pub id: Uuid,
-    pub document_id: Uuid,
-    pub version_id: Uuid,
+    pub document_id: DocumentId,
+    pub version_id: VersionId,
     pub expires_at: OffsetDateTime,
     pub created_by: String,
     pub created_at: OffsetDateTime,
@@ -406,8 +408,8 @@ fn link(r: &tokio_postgres::Row) -> Link {
 
 pub async fn create_link(
     client: &Client,
-    document: Uuid,
-    version: Uuid,
+    document: DocumentId,
+    version: VersionId,
     expires_at: OffsetDateTime,
     actor: &str,
 ) -> Result<Link, RuntimeError> {
@@ -437,7 +439,7 @@ pub async fn get_link(client: &Client, id: Uuid) -> Result<Option<Link>, Runtime
         .map(link))
 }
 
-pub async fn links(client: &Client, document: Uuid) -> Result<Vec<Link>, RuntimeError> {
+pub async fn links(client: &Client, document: DocumentId) -> Result<Vec<Link>, RuntimeError> {
     Ok(client
         .query(
             &format!(
@@ -453,7 +455,11 @@ pub async fn links(client: &Client, document: Uuid) -> Result<Vec<Link>, Runtime
 }
 
 /// Revokes a link of this document; `NotFound` when there is none.
-pub async fn revoke_link(client: &Client, document: Uuid, id: Uuid) -> Result<Link, RuntimeError> {
+pub async fn revoke_link(
+    client: &Client,
+    document: DocumentId,
+    id: Uuid,
+) -> Result<Link, RuntimeError> {
     let row = client
         .query_opt(
             &format!(

@@ -5,6 +5,7 @@
 //! (`SameSite=None`, because the SAML IdP returns with a cross-site POST that would not carry a
 //! Lax cookie). Cookie values are 256 random bits; the database keeps only their SHA-256.
 
+use crate::ids::UserId;
 use std::net::IpAddr;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -187,7 +188,7 @@ pub struct Timeouts {
 #[derive(Debug, Clone)]
 pub struct Session {
     pub id_hash: Vec<u8>,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub csrf_token: String,
     pub mfa_pending: bool,
 }
@@ -195,7 +196,7 @@ pub struct Session {
 /// Creates a session for `user_id` (always a fresh id: rotation at every login step).
 pub async fn create(
     client: &Client,
-    user_id: Uuid,
+    user_id: UserId,
     connection_id: Option<Uuid>,
     mfa_pending: bool,
     timeouts: Timeouts,

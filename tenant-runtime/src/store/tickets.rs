@@ -1,6 +1,7 @@
 //! Service tickets: creation (idempotent per caller and `Idempotency-Key`), the status
 //! workflow, comments and document attachments.
 
+use crate::ids::UserId;
 use time::OffsetDateTime;
 use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
@@ -39,7 +40,7 @@ pub struct Ticket {
     pub site: Option<String>,
     pub status: String,
     pub created_by: String,
-    pub created_by_user: Option<Uuid>,
+    pub created_by_user: Option<UserId>,
     pub created_by_token: Option<Uuid>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
@@ -95,7 +96,7 @@ fn q(op: &'static str) -> impl Fn(tokio_postgres::Error) -> RuntimeError {
 #[derive(Debug, Clone)]
 pub struct Creator<'a> {
     pub name: &'a str,
-    pub user: Option<Uuid>,
+    pub user: Option<UserId>,
     pub token: Option<Uuid>,
 }
 
@@ -154,7 +155,7 @@ pub struct Filter {
     pub status: Option<String>,
     pub site: Option<String>,
     /// Only tickets created by this user or token (callers without `tickets.read_all`).
-    pub own_user: Option<Uuid>,
+    pub own_user: Option<UserId>,
     pub own_token: Option<Uuid>,
     pub only_own: bool,
     pub scope: Option<Vec<String>>,

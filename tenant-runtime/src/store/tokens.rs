@@ -3,6 +3,7 @@
 //! its own tenant's host. A token this long needs no slow hash: guessing is hopeless, and the
 //! look-up is one indexed equality on the digest.
 
+use crate::ids::UserId;
 use secrecy::SecretString;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -39,7 +40,7 @@ pub struct TokenCaller {
     pub token_id: Uuid,
     pub name: String,
     pub role: RoleName,
-    pub user_id: Option<Uuid>,
+    pub user_id: Option<UserId>,
     pub email: Option<String>,
     pub permissions: Permissions,
     pub sites: Option<Vec<String>>,
@@ -77,7 +78,7 @@ pub async fn create_scoped(
     name: &str,
     role: RoleName,
     expires_at: Option<OffsetDateTime>,
-    user: Option<Uuid>,
+    user: Option<UserId>,
     sites: Option<Vec<String>>,
 ) -> Result<(TokenInfo, SecretString), RuntimeError> {
     let name = name.trim();

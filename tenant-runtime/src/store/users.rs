@@ -14,6 +14,8 @@ use time::{Duration, OffsetDateTime};
 use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
+use crate::ids::UserId;
+
 use crate::error::RuntimeError;
 use crate::store::roles::RoleName as Role;
 use crate::store::roles::{Permission, Permissions};
@@ -31,7 +33,7 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct User {
-    pub id: Uuid,
+    pub id: UserId,
     pub email: String,
     pub display_name: String,
     pub role: Role,
@@ -58,7 +60,7 @@ fn user(row: &tokio_postgres::Row) -> Result<User, RuntimeError> {
 
 const USER_COLUMNS: &str = "u.id, u.email, u.display_name, u.role, u.status, u.site_scope";
 
-pub async fn get(client: &Client, id: Uuid) -> Result<Option<User>, RuntimeError> {
+pub async fn get(client: &Client, id: UserId) -> Result<Option<User>, RuntimeError> {
     let row = client
         .query_opt(
             &format!("select {USER_COLUMNS} from users u where u.id = $1"),
@@ -72,7 +74,7 @@ pub async fn get(client: &Client, id: Uuid) -> Result<Option<User>, RuntimeError
 /// A user with the permissions of their role, in one query (the session caller's hot path).
 pub async fn with_permissions(
     client: &Client,
-    id: Uuid,
+    id: UserId,
 ) -> Result<Option<(User, Permissions)>, RuntimeError> {
     let row = client
         .query_opt(
@@ -111,7 +113,7 @@ pub async fn permissions_of(client: &Client, role: &Role) -> Result<Permissions,
 }
 
 /// Gives a user another role (which must exist).
-pub async fn set_role(client: &Client, id: Uuid, role: &Role) -> Result<User, RuntimeError> {
+pub async fn set_role(client: &Client, id: UserId, role: &Role) -> Result<User, RuntimeError> {
     let row = client
         .query_opt(
             &format!("update users u set role = $2 where u.id = $1 returning {USER_COLUMNS}"),
@@ -131,7 +133,7 @@ pub async fn set_role(client: &Client, id: Uuid, role: &Role) -> Result<User, Ru
 /// Limits a user to sites (`None`: every site). Every site must exist.
 pub async fn set_sites(
     client: &Client,
-    id: Uuid,
+    id: UserId,
     sites: Option<&[String]>,
 ) -> Result<User, RuntimeError> {
     if let Some(sites) = sites {
@@ -149,7 +151,7 @@ pub async fn set_sites(
 }
 
 /// Deactivates one user and ends their sessions (their tokens stop working with it).
-pub async fn deactivate_id(client: &mut Client, id: Uuid) -> Result<User, RuntimeError> {
+pub async fn deactivate_id(client: &mut Client, id: UserId) -> Result<User, RuntimeError> {
     let tx = client
         .transaction()
         .await
@@ -396,7 +398,7 @@ pub async fn local_account(
 
 pub async fn local_account_by_user(
     client: &Client,
-    user_id: Uuid,
+    user_id: UserId,
 ) -> Result<Option<LocalAccount>, RuntimeError> {
     let email: Option<String> = client
         .query_opt(
@@ -416,7 +418,7 @@ pub async fn local_account_by_user(
 /// that doubles with every further failure. Returns the lock's end, if locked.
 pub async fn record_failure(
     client: &Client,
-    user_id: Uuid,
+    user_id: UserId,
 ) -> Result<Option<OffsetDateTime>, RuntimeError> {
     let row = client
         .query_one(
@@ -443,7 +445,7 @@ pub async fn record_failure(
     Ok(Some(until))
 }
 
-pub async fn reset_failures(client: &Client, user_id: Uuid) -> Result<(), RuntimeError> {
+pub async fn reset_failures(client: &Client, user_id: UserId) -> Result<(), RuntimeError> {
     client
         .execute(
             "update local_credentials set failed_attempts = 0, locked_until = null,
@@ -466,7 +468,7 @@ pub async fn reset_failures(client: &Client, user_id: Uuid) -> Result<(), Runtim
 /// in force until [`confirm_totp`] replaces it.
 pub async fn set_pending_totp(
     client: &Client,
-    user_id: Uuid,
+    user_id: UserId,
     ciphertext: &[u8],
 ) -> Result<(), RuntimeError> {
     client
@@ -484,7 +486,7 @@ pub async fn set_pending_totp(
 /// against, and records the code's step as used. False if it changed meanwhile.
 pub async fn confirm_totp(
     client: &Client,
-    user_id: Uuid,
+    user_id: UserId,
     pending: &[u8],
     step: i64,
 ) -> Result<bool, RuntimeError> {
@@ -502,7 +504,7 @@ pub async fn confirm_totp(
 }
 
 /// Removes the second factor (active and pending).
-pub async fn remove_totp(client: &Client, user_id: Uuid) -> Result<(), RuntimeError> {
+pub async fn remove_totp(client: &Client, user_id: UserId) -> Result<(), RuntimeError> {
     client
         .execute(
             "update local_credentials
@@ -520,7 +522,7 @@ pub async fn remove_totp(client: &Client, user_id: Uuid) -> Result<(), RuntimeEr
 /// Returns false when the step was already used (replayed code).
 pub async fn consume_totp_step(
     client: &Client,
-    user_id: Uuid,
+    user_id: UserId,
     step: i64,
     enable: bool,
 ) -> Result<bool, RuntimeError> {
@@ -710,8 +712,8 @@ pub async fn create_local<C: GenericClient>(
     email: &str,
     role: Role,
     password_hash: &str,
-) -> Result<Uuid, RuntimeError> {
-    let id = Uuid::new_v4();
+) -> Result<UserId, RuntimeError> {
+    let id = UserId::random();
     client
         .execute(
             "insert into users (id, email, role) values ($1, $2, $3)",

@@ -26,6 +26,7 @@ use crate::catalog::TenantRoute;
 use crate::error::RuntimeError;
 use crate::http::ErrorCode;
 use crate::http::{ClientIp, Problem, RequestId};
+use crate::ids::UserId;
 use crate::pools::TenantConn;
 use crate::state::Runtime;
 use crate::store::audit;
@@ -234,7 +235,7 @@ impl Web {
 async fn start_session(
     web: &Web,
     client: &Client,
-    user_id: Uuid,
+    user_id: UserId,
     connection: Option<Uuid>,
     mfa_pending: bool,
 ) -> Result<(Session, SecretString), RuntimeError> {
