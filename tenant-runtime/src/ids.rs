@@ -3,10 +3,7 @@
 //! serialised as the bare UUID: passing a document id where a user id belongs is a compile
 //! error. (Tenant and run ids live in `portico-core`; they name control-plane things.)
 
-use std::fmt;
-
 use bytes::BytesMut;
-use serde::{Deserialize, Serialize};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, accepts, to_sql_checked};
 use uuid::Uuid;
 
@@ -21,28 +18,16 @@ impl PathId for Uuid {
     }
 }
 
+/// [`portico_core::uuid_id!`] plus what a tenant-database id needs: a path-segment parse,
+/// and `ToSql`/`FromSql` as `uuid`.
 macro_rules! tenant_id_type {
     ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(Uuid);
+        portico_core::uuid_id!($(#[$doc])* $name);
 
         impl $name {
-            /// A fresh random id (for a new row).
-            pub fn random() -> Self {
-                Self(Uuid::new_v4())
-            }
             /// The id in a path segment or other text, if it is one.
             pub fn parse(s: &str) -> Option<Self> {
-                Uuid::parse_str(s).ok().map(Self)
-            }
-            /// Wraps an id that was carried as a bare UUID (a signed link, a cursor, a DTO).
-            pub fn from_uuid(id: Uuid) -> Self {
-                Self(id)
-            }
-            pub fn as_uuid(&self) -> Uuid {
-                self.0
+                s.parse().ok()
             }
         }
 
@@ -52,25 +37,13 @@ macro_rules! tenant_id_type {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({})", stringify!($name), self.0)
-            }
-        }
-
         impl ToSql for $name {
             fn to_sql(
                 &self,
                 ty: &Type,
                 out: &mut BytesMut,
             ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-                self.0.to_sql(ty, out)
+                self.as_uuid().to_sql(ty, out)
             }
             accepts!(UUID);
             to_sql_checked!();
@@ -81,7 +54,7 @@ macro_rules! tenant_id_type {
                 ty: &Type,
                 raw: &'a [u8],
             ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-                Uuid::from_sql(ty, raw).map(Self)
+                Uuid::from_sql(ty, raw).map(Self::from_uuid)
             }
             accepts!(UUID);
         }

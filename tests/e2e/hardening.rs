@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::portal::{approve, content, post, put, upload, user};
+use crate::portal::{approve, content, decide, post, put, upload, user};
 use crate::support::{Backend, TestEnv, host_of};
 
 /// A site-limited manager cannot mint an unlimited (or other-site) user by inviting one:
@@ -166,15 +166,9 @@ async fn approvals_need_a_second_person_who_still_could() {
         .as_str()
         .expect("id")
         .to_owned();
-    post(
-        &server,
-        &acme,
-        &format!("/api/v1/approvals/{id}/approve"),
-        &svc2,
-        json!({}),
-    )
-    .await
-    .assert_problem(403, "four_eyes");
+    decide(&server, &acme, &id, "approve", &svc2)
+        .await
+        .assert_problem(403, "four_eyes");
     // A person can.
     assert_eq!(approve(&server, &acme, &pending, &alice).await.status, 200);
 
@@ -366,12 +360,7 @@ async fn the_tenant_role_cannot_shadow_repoint_or_drop_the_audit_log() {
 
 /// Audit rows written so far in `slug`'s log, read as the tenant role.
 async fn audit_rows(env: &TestEnv, slug: &str) -> i64 {
-    let db = env
-        .platform()
-        .await
-        .connect_as_tenant(slug)
-        .await
-        .expect("tenant db");
+    let db = env.tenant_db(slug).await;
     db.query_one("select count(*) from portico_audit.audit_events", &[])
         .await
         .expect("count")
@@ -422,12 +411,7 @@ async fn a_flood_of_bad_links_leaves_a_bounded_audit_trail() {
     // A graceful stop writes what was only counted.
     server.terminate();
     assert!(server.wait().success());
-    let db = env
-        .platform()
-        .await
-        .connect_as_tenant("acme")
-        .await
-        .expect("tenant db");
+    let db = env.tenant_db("acme").await;
     let row = db
         .query_one(
             "select count(*) filter (where event_type = 'document_link_used'),

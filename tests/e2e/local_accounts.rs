@@ -76,12 +76,7 @@ fn totp_code_at_step(secret_b32: &str, step: i64) -> String {
 /// The TOTP step the server last accepted for `email` (what a replay must reuse), read from the
 /// tenant's database, so tests never depend on where a wall-clock step boundary falls.
 async fn recorded_step(env: &TestEnv, slug: &str, email: &str) -> i64 {
-    let db = env
-        .platform()
-        .await
-        .connect_as_tenant(slug)
-        .await
-        .expect("tenant db");
+    let db = env.tenant_db(slug).await;
     db.query_one(
         "select c.totp_last_step from local_credentials c join users u on u.id = c.user_id
           where u.email = $1",
@@ -116,6 +111,18 @@ async fn start_enrolment(b: &mut Browser<'_>, host: &str) -> (String, String) {
     );
     let mfa = b.get(host, "/account/mfa").await;
     (secret_on(&mfa), csrf)
+}
+
+/// Confirms a pending enrolment with the current code of `secret`.
+async fn confirm_enrolment(
+    b: &mut Browser<'_>,
+    host: &str,
+    csrf: &str,
+    secret: &str,
+) -> crate::idp::Page {
+    let code = totp_code(secret, 0);
+    b.post(host, "/account/mfa", &[("csrf", csrf), ("code", &code)])
+        .await
 }
 
 async fn setup() -> (TestEnv, Server) {
@@ -172,13 +179,7 @@ async fn invitation_password_and_totp() {
         secret,
         "the same secret is offered again"
     );
-    let ok = b
-        .post(
-            &acme,
-            "/account/mfa",
-            &[("csrf", &csrf), ("code", &totp_code(&secret, 0))],
-        )
-        .await;
+    let ok = confirm_enrolment(&mut b, &acme, &csrf, &secret).await;
     assert_eq!(ok.status, 303, "{ok:?}");
 
     // Sign in again: the password alone gives a session that authorises nothing yet.
@@ -417,20 +418,9 @@ async fn an_active_second_factor_changes_only_with_reauthentication() {
     let mut b = Browser::new(&server);
     assert_eq!(accept(&mut b, "acme", &path, PASSWORD).await.status, 303);
     let (secret, csrf) = start_enrolment(&mut b, &acme).await;
-    let ok = b
-        .post(
-            &acme,
-            "/account/mfa",
-            &[("csrf", &csrf), ("code", &totp_code(&secret, 0))],
-        )
-        .await;
+    let ok = confirm_enrolment(&mut b, &acme, &csrf, &secret).await;
     assert_eq!(ok.status, 303, "{ok:?}");
-    let db = env
-        .platform()
-        .await
-        .connect_as_tenant("acme")
-        .await
-        .expect("tenant db");
+    let db = env.tenant_db("acme").await;
     let state = || async {
         let r = db
             .query_one(
@@ -524,13 +514,7 @@ async fn an_active_second_factor_changes_only_with_reauthentication() {
         "the old factor is in force until the new one is confirmed: {good:?}"
     );
     // Confirmed: the new secret is the factor.
-    let confirm = b
-        .post(
-            &acme,
-            "/account/mfa",
-            &[("csrf", &csrf), ("code", &totp_code(&new_secret, 0))],
-        )
-        .await;
+    let confirm = confirm_enrolment(&mut b, &acme, &csrf, &new_secret).await;
     assert_eq!(confirm.status, 303, "{confirm:?}");
     let after = state().await;
     assert!(after.0 && after.1 != before.1 && !after.2, "{after:?}");

@@ -117,6 +117,18 @@ pub fn content(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// `POST /api/v1/approvals/{id}/{verb}` (`approve` or `reject`) as `token`.
+pub async fn decide(server: &Server, host: &str, id: &str, verb: &str, token: &str) -> Answer {
+    post(
+        server,
+        host,
+        &format!("/api/v1/approvals/{id}/{verb}"),
+        token,
+        serde_json::json!({}),
+    )
+    .await
+}
+
 /// Approves a pending request as `approver`, asserting it was pending.
 pub async fn approve(server: &Server, host: &str, pending: &Answer, approver: &str) -> Answer {
     assert_eq!(pending.status, 202, "{pending:?}");
@@ -124,12 +136,5 @@ pub async fn approve(server: &Server, host: &str, pending: &Answer, approver: &s
     let id = pending.body["approval"]["id"]
         .as_str()
         .expect("approval id");
-    post(
-        server,
-        host,
-        &format!("/api/v1/approvals/{id}/approve"),
-        approver,
-        serde_json::json!({}),
-    )
-    .await
+    decide(server, host, id, "approve", approver).await
 }

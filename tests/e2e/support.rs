@@ -202,6 +202,15 @@ impl TestEnv {
             .expect("connecting the platform")
     }
 
+    /// A connection to `slug`'s database as the tenant's own role.
+    pub async fn tenant_db(&self, slug: &str) -> tokio_postgres::Client {
+        self.platform()
+            .await
+            .connect_as_tenant(slug)
+            .await
+            .expect("tenant db")
+    }
+
     pub async fn keyring(&self) -> Keyring {
         Keyring::open(&self.settings().kms).await.expect("keyring")
     }

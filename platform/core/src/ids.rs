@@ -5,52 +5,68 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 /// Why a name was refused. The message is shown to operators verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct NameError(String);
 
+impl NameError {
+    /// A refusal with this message (for ids declared with [`uuid_id!`](crate::uuid_id)).
+    pub fn new(message: String) -> Self {
+        Self(message)
+    }
+}
+
+/// A typed id over a UUID: one parse point (`FromStr`), `random`, `from_uuid`, `as_uuid`,
+/// `Display`, a `Debug` that names the type, serde as the bare UUID. Exported so that other
+/// crates (the tenant runtime's entity ids) declare theirs the same way.
+#[macro_export]
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(
+            Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize,
+            ::serde::Deserialize,
+        )]
         #[serde(transparent)]
-        pub struct $name(Uuid);
+        pub struct $name(::uuid::Uuid);
 
         impl $name {
             /// A fresh random id.
             pub fn random() -> Self {
-                Self(Uuid::new_v4())
+                Self(::uuid::Uuid::new_v4())
             }
-            /// Wraps an id read back from our own catalog.
-            pub fn from_uuid(id: Uuid) -> Self {
+            /// Wraps an id read back from our own storage, or carried as a bare UUID.
+            pub fn from_uuid(id: ::uuid::Uuid) -> Self {
                 Self(id)
             }
-            pub fn as_uuid(&self) -> Uuid {
+            pub fn as_uuid(&self) -> ::uuid::Uuid {
                 self.0
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 self.0.fmt(f)
             }
         }
 
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 write!(f, "{}({})", stringify!($name), self.0)
             }
         }
 
-        impl FromStr for $name {
-            type Err = NameError;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::ids::NameError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s)
-                    .map(Self)
-                    .map_err(|_| NameError(format!("'{s}' is not a valid {}", stringify!($name))))
+                ::uuid::Uuid::parse_str(s).map(Self).map_err(|_| {
+                    $crate::ids::NameError::new(format!(
+                        "'{s}' is not a valid {}",
+                        stringify!($name)
+                    ))
+                })
             }
         }
     };
