@@ -440,6 +440,21 @@ async fn an_active_second_factor_changes_only_with_reauthentication() {
     let before = state().await;
     assert!(before.0 && before.1.is_some() && !before.2, "{before:?}");
 
+    // The session means nothing on another tenant's host: the MFA forms there send it to sign in.
+    let session = b.cookie(&acme, "__Host-portico_session").expect("session");
+    let mut elsewhere = Browser::new(&server);
+    elsewhere.plant(&host_of("globex"), "__Host-portico_session", &session);
+    for path in ["/account/mfa/start", "/account/mfa/remove", "/account/mfa"] {
+        let p = elsewhere
+            .post(
+                &host_of("globex"),
+                path,
+                &[("csrf", &csrf), ("password", PASSWORD), ("code", "000000")],
+            )
+            .await;
+        assert_eq!(p.location.as_deref(), Some("/login"), "{path}: {p:?}");
+    }
+
     // Any number of GETs: nothing changes (before the fix, each one wrote a new secret and
     // switched TOTP off).
     for _ in 0..3 {
