@@ -107,26 +107,7 @@ pub fn decode_cursor(cursor: &str) -> Result<String, Problem> {
         })
 }
 
-/// A query-string extractor whose rejections are problems listing the reason.
-pub struct ApiQuery<T>(pub T);
-
-impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = Problem;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Problem> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(Self(v)),
-            Err(r) => Err(Problem::invalid_input(r.body_text())),
-        }
-    }
-}
+pub use crate::http::ApiQuery;
 
 /// A `site` field of a new object: one of the caller's sites, and a site that exists.
 pub async fn check_site(

@@ -123,6 +123,22 @@ async fn signed_in_account(
     }
 }
 
+/// A change of the second factor refused for want of re-authentication: audited as a failed
+/// `event`, and the MFA page again with `message`.
+async fn reauthentication_refused(
+    web: &Web,
+    client: &Client,
+    account: &users::LocalAccount,
+    csrf: &str,
+    event: audit::EventType,
+    message: &str,
+) -> Result<Response, Problem> {
+    let mut e = web.event(event, &account.user.email, false);
+    e.reason = Some("reauthentication_failed");
+    audit::record(client, &e).await?;
+    mfa_render(web, account, csrf, StatusCode::FORBIDDEN, Some(message)).await
+}
+
 /// `POST /account/mfa/start`: a new secret to confirm. Replacing an active factor needs its
 /// current code or the password first; until the new secret is confirmed the old one stays.
 pub async fn mfa_start(web: Web, Form(form): Form<ReauthForm>) -> Result<Response, Problem> {
@@ -132,19 +148,13 @@ pub async fn mfa_start(web: Web, Form(form): Form<ReauthForm>) -> Result<Respons
         Err(answer) => return Ok(answer),
     };
     if account.totp_enabled && !reauthenticated(&web, &client, &account, &form).await? {
-        let mut e = web.event(
-            audit::EventType::MfaEnrolmentStarted,
-            &account.user.email,
-            false,
-        );
-        e.reason = Some("reauthentication_failed");
-        audit::record(&client, &e).await?;
-        return mfa_render(
+        return reauthentication_refused(
             &web,
+            &client,
             &account,
             &s.csrf_token,
-            StatusCode::FORBIDDEN,
-            Some("Enter your current code or your password to replace your second factor."),
+            audit::EventType::MfaEnrolmentStarted,
+            "Enter your current code or your password to replace your second factor.",
         )
         .await;
     }
@@ -200,20 +210,18 @@ pub async fn mfa_remove(web: Web, Form(form): Form<ReauthForm>) -> Result<Respon
         Ok(found) => found,
         Err(answer) => return Ok(answer),
     };
-    let ok = reauthenticated(&web, &client, &account, &form).await?;
-    let mut e = web.event(audit::EventType::MfaRemoved, &account.user.email, ok);
-    if !ok {
-        e.reason = Some("reauthentication_failed");
-        audit::record(&client, &e).await?;
-        return mfa_render(
+    if !reauthenticated(&web, &client, &account, &form).await? {
+        return reauthentication_refused(
             &web,
+            &client,
             &account,
             &s.csrf_token,
-            StatusCode::FORBIDDEN,
-            Some("Enter your current code or your password to remove your second factor."),
+            audit::EventType::MfaRemoved,
+            "Enter your current code or your password to remove your second factor.",
         )
         .await;
     }
+    let e = web.event(audit::EventType::MfaRemoved, &account.user.email, true);
     users::remove_totp(&client, s.user_id).await?;
     audit::record(&client, &e).await?;
     Ok(see_other("/account/mfa"))
