@@ -4,7 +4,9 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::portal::{approve, content, post, put, upload, user};
+use crate::portal::{
+    add_sites, approval_id, approve, content, decide, post, put, set_role, upload, user,
+};
 use crate::support::{Backend, TestEnv, host_of};
 
 #[tokio::test]
@@ -18,20 +20,7 @@ async fn every_endpoint_follows_roles_and_site_scopes() {
     let (berlin_id, berliner) = user(&env, "acme", "berlin@acme.example", "accounting").await;
     let server = env.serve(&[]);
     let acme = host_of("acme");
-    for code in ["berlin", "munich"] {
-        assert_eq!(
-            post(
-                &server,
-                &acme,
-                "/api/v1/sites",
-                &admin,
-                json!({"code": code, "name": code})
-            )
-            .await
-            .status,
-            201
-        );
-    }
+    add_sites(&server, &acme, &admin, &["berlin", "munich"]).await;
     let r = put(
         &server,
         &acme,
@@ -265,118 +254,49 @@ async fn delegation_never_escalates_and_four_eyes_guard_privileged_changes() {
         4
     );
     // Not by the requester (under any of her tokens), not from another tenant.
-    let aid = pending.body["approval"]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    post(
-        &server,
-        &acme,
-        &format!("/api/v1/approvals/{aid}/approve"),
-        &alice,
-        json!({}),
-    )
-    .await
-    .assert_problem(403, "four_eyes");
-    post(
-        &server,
-        &acme,
-        &format!("/api/v1/approvals/{aid}/approve"),
-        &alice2,
-        json!({}),
-    )
-    .await
-    .assert_problem(403, "four_eyes");
-    post(
-        &server,
-        &host_of("globex"),
-        &format!("/api/v1/approvals/{aid}/approve"),
-        &g_admin,
-        json!({}),
-    )
-    .await
-    .assert_problem(404, "not_found");
+    let aid = approval_id(&pending);
+    decide(&server, &acme, &aid, "approve", &alice)
+        .await
+        .assert_problem(403, "four_eyes");
+    decide(&server, &acme, &aid, "approve", &alice2)
+        .await
+        .assert_problem(403, "four_eyes");
+    decide(&server, &host_of("globex"), &aid, "approve", &g_admin)
+        .await
+        .assert_problem(404, "not_found");
     let ok = approve(&server, &acme, &pending, &bob).await;
     assert_eq!(
         (ok.status, &ok.body["status"]),
         (200, &json!("approved")),
         "{ok:?}"
     );
-    post(
-        &server,
-        &acme,
-        &format!("/api/v1/approvals/{aid}/approve"),
-        &bob,
-        json!({}),
-    )
-    .await
-    .assert_problem(409, "approval_decided");
+    decide(&server, &acme, &aid, "approve", &bob)
+        .await
+        .assert_problem(409, "approval_decided");
 
     // Granting it to carol: privileged, four-eyes again; a rejection leaves her a member.
-    let grant = put(
-        &server,
-        &acme,
-        &format!("/api/v1/users/{carol_id}/role"),
-        &alice,
-        json!({"role": "helpdesk"}),
-    )
-    .await;
-    let rid = grant.body["approval"]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let rejected = post(
-        &server,
-        &acme,
-        &format!("/api/v1/approvals/{rid}/reject"),
-        &bob,
-        json!({}),
-    )
-    .await;
+    let grant = set_role(&server, &acme, carol_id, &alice, "helpdesk").await;
+    let rid = approval_id(&grant);
+    let rejected = decide(&server, &acme, &rid, "reject", &bob).await;
     assert_eq!(rejected.body["status"], "rejected");
     let me = server.get(&acme, "/api/v1/me", Some(&carol)).await;
     assert_eq!(me.body["caller"]["role"], "member");
-    let grant = put(
-        &server,
-        &acme,
-        &format!("/api/v1/users/{carol_id}/role"),
-        &alice,
-        json!({"role": "helpdesk"}),
-    )
-    .await;
+    let grant = set_role(&server, &acme, carol_id, &alice, "helpdesk").await;
     assert_eq!(approve(&server, &acme, &grant, &bob).await.status, 200);
     // Effective on carol's very next request.
     let me = server.get(&acme, "/api/v1/me", Some(&carol)).await;
     assert_eq!(me.body["caller"]["role"], "helpdesk");
 
     // Carol (users.manage, but no roles.manage/audit.read/documents.upload) cannot escalate.
-    put(
-        &server,
-        &acme,
-        &format!("/api/v1/users/{dave_id}/role"),
-        &carol,
-        json!({"role": "admin"}),
-    )
-    .await
-    .assert_problem(403, "escalation_refused");
-    put(
-        &server,
-        &acme,
-        &format!("/api/v1/users/{dave_id}/role"),
-        &carol,
-        json!({"role": "accounting"}),
-    )
-    .await
-    .assert_problem(403, "escalation_refused");
-    put(
-        &server,
-        &acme,
-        &format!("/api/v1/users/{alice_id}/role"),
-        &carol,
-        json!({"role": "member"}),
-    )
-    .await
-    .assert_problem(403, "escalation_refused");
+    set_role(&server, &acme, dave_id, &carol, "admin")
+        .await
+        .assert_problem(403, "escalation_refused");
+    set_role(&server, &acme, dave_id, &carol, "accounting")
+        .await
+        .assert_problem(403, "escalation_refused");
+    set_role(&server, &acme, alice_id, &carol, "member")
+        .await
+        .assert_problem(403, "escalation_refused");
     post(
         &server,
         &acme,
@@ -409,14 +329,7 @@ async fn delegation_never_escalates_and_four_eyes_guard_privileged_changes() {
         200
     );
     // Bad input names the field.
-    let bad = put(
-        &server,
-        &acme,
-        &format!("/api/v1/users/{dave_id}/role"),
-        &alice,
-        json!({"role": "no such role"}),
-    )
-    .await;
+    let bad = set_role(&server, &acme, dave_id, &alice, "no such role").await;
     bad.assert_problem(422, "invalid_input");
     assert_eq!(bad.body["errors"][0]["field"], "role");
     let bad = post(
@@ -439,14 +352,7 @@ async fn delegation_never_escalates_and_four_eyes_guard_privileged_changes() {
     )
     .await;
     assert_eq!(approve(&server, &acme, &off, &bob).await.status, 200);
-    let direct = put(
-        &server,
-        &acme,
-        &format!("/api/v1/users/{dave_id}/role"),
-        &alice,
-        json!({"role": "admin"}),
-    )
-    .await;
+    let direct = set_role(&server, &acme, dave_id, &alice, "admin").await;
     assert_eq!(
         (direct.status, &direct.body["role"]),
         (200, &json!("admin")),

@@ -2,9 +2,7 @@
 //! `portico audit verify` against itself and the control plane's anchors, exported as JSON
 //! lines, and listed through the API.
 
-use serde_json::json;
-
-use crate::portal::post;
+use crate::portal::add_site;
 use crate::support::{Backend, TestEnv, host_of};
 
 #[tokio::test]
@@ -16,14 +14,7 @@ async fn the_audit_log_is_append_only_chained_anchored_and_verifiable() {
     let server = env.serve(&[]);
     let acme = host_of("acme");
     for i in 0..5 {
-        post(
-            &server,
-            &acme,
-            "/api/v1/sites",
-            &admin,
-            json!({"code": format!("s{i}"), "name": "x"}),
-        )
-        .await;
+        add_site(&server, &acme, &admin, &format!("s{i}")).await;
     }
     let p = env.platform().await;
     let tenant_db = p.connect_as_tenant("acme").await.expect("db");
@@ -142,14 +133,7 @@ async fn the_audit_log_is_append_only_chained_anchored_and_verifiable() {
     .await
     .expect("wipe");
     for i in 0..6 {
-        post(
-            &server,
-            &acme,
-            "/api/v1/sites",
-            &admin,
-            json!({"code": format!("r{i}"), "name": "x"}),
-        )
-        .await;
+        add_site(&server, &acme, &admin, &format!("r{i}")).await;
     }
     let r = env.run(&["audit", "verify", "acme", "--json"]);
     assert_eq!(r.code, Some(1));

@@ -7,7 +7,7 @@ use portico_core::storage::tenant_prefix;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::portal::{content, fetch, new_version, post, upload};
+use crate::portal::{add_sites, content, fetch, new_version, post, upload};
 use crate::support::{Backend, TestEnv, host_of, tenant_id};
 
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
@@ -42,16 +42,7 @@ async fn documents_are_stored_encrypted_listed_ranged_and_versioned() {
     let admin = env.tenant_token("acme", "admin", "admin");
     let server = env.serve(&[]);
     let acme = host_of("acme");
-    for code in ["berlin", "munich"] {
-        post(
-            &server,
-            &acme,
-            "/api/v1/sites",
-            &admin,
-            json!({"code": code, "name": code}),
-        )
-        .await;
-    }
+    add_sites(&server, &acme, &admin, &["berlin", "munich"]).await;
     let a = content(200_000, 1);
     let r = upload(
         &server,

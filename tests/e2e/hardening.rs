@@ -3,7 +3,9 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::portal::{approve, content, decide, post, put, upload, user};
+use crate::portal::{
+    add_site, add_sites, approval_id, approve, content, decide, post, set_role, upload, user,
+};
 use crate::support::{Backend, TestEnv, host_of};
 
 /// A site-limited manager cannot mint an unlimited (or other-site) user by inviting one:
@@ -16,17 +18,7 @@ async fn invitations_carry_sites_and_never_widen_a_site_limited_inviter() {
     let admin = env.tenant_token("acme", "admin", "admin");
     let server = env.serve(&[]);
     let acme = host_of("acme");
-    for code in ["berlin", "paris"] {
-        let r = post(
-            &server,
-            &acme,
-            "/api/v1/sites",
-            &admin,
-            json!({"code": code, "name": code}),
-        )
-        .await;
-        assert_eq!(r.status, 201, "{r:?}");
-    }
+    add_sites(&server, &acme, &admin, &["berlin", "paris"]).await;
     let paris_doc = upload(
         &server,
         &acme,
@@ -153,19 +145,9 @@ async fn approvals_need_a_second_person_who_still_could() {
     let acme = host_of("acme");
 
     // One operator's two service tokens: the second cannot approve the first's request.
-    let pending = put(
-        &server,
-        &acme,
-        &format!("/api/v1/users/{carol_id}/role"),
-        &svc1,
-        json!({"role": "admin"}),
-    )
-    .await;
+    let pending = set_role(&server, &acme, carol_id, &svc1, "admin").await;
     assert_eq!(pending.status, 202, "{pending:?}");
-    let id = pending.body["approval"]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = approval_id(&pending);
     decide(&server, &acme, &id, "approve", &svc2)
         .await
         .assert_problem(403, "four_eyes");
@@ -174,14 +156,7 @@ async fn approvals_need_a_second_person_who_still_could() {
 
     // Alice asks, then is demoted: her request no longer stands.
     let (dave_id, _) = user(&env, "acme", "dave@acme.example", "member").await;
-    let pending = put(
-        &server,
-        &acme,
-        &format!("/api/v1/users/{dave_id}/role"),
-        &alice,
-        json!({"role": "admin"}),
-    )
-    .await;
+    let pending = set_role(&server, &acme, dave_id, &alice, "admin").await;
     assert_eq!(pending.status, 202, "{pending:?}");
     let r = server
         .request(
@@ -194,14 +169,7 @@ async fn approvals_need_a_second_person_who_still_could() {
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let demote = put(
-        &server,
-        &acme,
-        &format!("/api/v1/users/{alice_id}/role"),
-        &bob,
-        json!({"role": "member"}),
-    )
-    .await;
+    let demote = set_role(&server, &acme, alice_id, &bob, "member").await;
     assert_eq!(demote.status, 200, "{demote:?}");
     approve(&server, &acme, &pending, &bob)
         .await
@@ -265,13 +233,7 @@ async fn the_tenant_role_cannot_shadow_repoint_or_drop_the_audit_log() {
     let admin = env.tenant_token("acme", "admin", "admin");
     let server = env.serve(&[]);
     let acme = host_of("acme");
-    let site = |code: &str| json!({"code": code, "name": code});
-    assert_eq!(
-        post(&server, &acme, "/api/v1/sites", &admin, site("s1"))
-            .await
-            .status,
-        201
-    );
+    assert_eq!(add_site(&server, &acme, &admin, "s1").await.status, 201);
 
     let p = env.platform().await;
     let tenant_db = p.connect_as_tenant("acme").await.expect("tenant db");
@@ -295,12 +257,7 @@ async fn the_tenant_role_cannot_shadow_repoint_or_drop_the_audit_log() {
     // New connections of the runtime (a restart empties the pools) and of the CLI.
     drop(server);
     let server = env.serve(&[]);
-    assert_eq!(
-        post(&server, &acme, "/api/v1/sites", &admin, site("s2"))
-            .await
-            .status,
-        201
-    );
+    assert_eq!(add_site(&server, &acme, &admin, "s2").await.status, 201);
     let listed = server
         .get(&acme, "/api/v1/audit-events?limit=50", Some(&admin))
         .await;

@@ -406,6 +406,18 @@ impl<'a> Browser<'a> {
         }
     }
 
+    /// `GET /sso/<connection>/start?return_to=…`: the IdP URL it sends the browser to.
+    pub async fn start_sso(&mut self, host: &str, connection: &str, return_to: &str) -> String {
+        let q = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("return_to", return_to)
+            .finish();
+        let p = self
+            .get(host, &format!("/sso/{connection}/start?{q}"))
+            .await;
+        assert_eq!(p.status, 303, "{p:?}");
+        p.location.expect("IdP URL")
+    }
+
     pub fn cookie(&self, host: &str, name: &str) -> Option<String> {
         self.jar
             .get(host)

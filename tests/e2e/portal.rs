@@ -129,12 +129,55 @@ pub async fn decide(server: &Server, host: &str, id: &str, verb: &str, token: &s
     .await
 }
 
-/// Approves a pending request as `approver`, asserting it was pending.
-pub async fn approve(server: &Server, host: &str, pending: &Answer, approver: &str) -> Answer {
+/// The approval id of a `202 pending_approval` answer (asserting it was pending).
+pub fn approval_id(pending: &Answer) -> String {
     assert_eq!(pending.status, 202, "{pending:?}");
     assert_eq!(pending.body["status"], "pending_approval");
-    let id = pending.body["approval"]["id"]
+    pending.body["approval"]["id"]
         .as_str()
-        .expect("approval id");
-    decide(server, host, id, "approve", approver).await
+        .expect("approval id")
+        .to_owned()
+}
+
+/// Approves a pending request as `approver`, asserting it was pending.
+pub async fn approve(server: &Server, host: &str, pending: &Answer, approver: &str) -> Answer {
+    decide(server, host, &approval_id(pending), "approve", approver).await
+}
+
+/// `PUT /api/v1/users/{user}/role` as `token`.
+pub async fn set_role(
+    server: &Server,
+    host: &str,
+    user: impl std::fmt::Display,
+    token: &str,
+    role: &str,
+) -> Answer {
+    put(
+        server,
+        host,
+        &format!("/api/v1/users/{user}/role"),
+        token,
+        serde_json::json!({ "role": role }),
+    )
+    .await
+}
+
+/// `POST /api/v1/sites` with `code` as code and name, as `token`.
+pub async fn add_site(server: &Server, host: &str, token: &str, code: &str) -> Answer {
+    post(
+        server,
+        host,
+        "/api/v1/sites",
+        token,
+        serde_json::json!({"code": code, "name": code}),
+    )
+    .await
+}
+
+/// Creates each site of `codes`, asserting every one was created.
+pub async fn add_sites(server: &Server, host: &str, token: &str, codes: &[&str]) {
+    for code in codes {
+        let r = add_site(server, host, token, code).await;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
 }

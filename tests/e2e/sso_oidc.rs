@@ -647,12 +647,8 @@ async fn return_to_never_leaves_the_tenant_origin() {
         ("/documents#top", "/documents#top"),
     ] {
         let mut b = Browser::new(&s.server);
-        let q = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("return_to", raw)
-            .finish();
-        let p = b.get(&acme, &format!("/sso/corp/start?{q}")).await;
-        assert_eq!(p.status, 303, "{p:?}");
-        let back = s.idp.sign_in(&p.location.expect("IdP URL"), "alice").await;
+        let idp_url = b.start_sso(&acme, "corp", raw).await;
+        let back = s.idp.sign_in(&idp_url, "alice").await;
         let done = b.follow(&back).await;
         assert_eq!(done.status, 303, "{raw:?}: {done:?}");
         assert_eq!(done.location.as_deref(), Some(expected), "{raw:?}");

@@ -590,15 +590,8 @@ async fn return_to_and_relay_state_never_leave_the_tenant_origin() {
     for (raw, expected) in &cases {
         // SP-initiated: the value rides the start request.
         let mut b = Browser::new(&s.server);
-        let q = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("return_to", raw)
-            .finish();
-        let p = b.get(&acme, &format!("/sso/corp/start?{q}")).await;
-        assert_eq!(p.status, 303, "{p:?}");
-        let (_, response, _) = s
-            .idp
-            .answer(&p.location.expect("IdP URL"), "alice", &[])
-            .await;
+        let idp_url = b.start_sso(&acme, "corp", raw).await;
+        let (_, response, _) = s.idp.answer(&idp_url, "alice", &[]).await;
         let done = post_acs(&mut b, "acme", "corp", &response).await;
         assert_eq!(done.status, 303, "{raw:?}: {done:?}");
         assert_eq!(done.location.as_deref(), Some(*expected), "{raw:?}");

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::portal::{content, post, upload, user};
+use crate::portal::{add_sites, content, post, upload, user};
 use crate::support::{Backend, TestEnv, host_of};
 
 #[tokio::test]
@@ -115,16 +115,7 @@ async fn tickets_follow_the_workflow_roles_sites_and_tenant() {
     let g_admin = env.tenant_token("globex", "admin", "admin");
     let server = env.serve(&[]);
     let acme = host_of("acme");
-    for code in ["berlin", "munich"] {
-        post(
-            &server,
-            &acme,
-            "/api/v1/sites",
-            &admin,
-            json!({"code": code, "name": code}),
-        )
-        .await;
-    }
+    add_sites(&server, &acme, &admin, &["berlin", "munich"]).await;
     crate::portal::put(
         &server,
         &acme,

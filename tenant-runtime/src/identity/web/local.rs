@@ -91,10 +91,10 @@ pub async fn local_login(web: Web, Form(form): Form<LocalLogin>) -> Result<Respo
         }
         _ => false,
     };
-    let mut client = web.conn().await?;
-    let outcome =
-        local_login_finish(&web, &mut client, &email, flow, account, locked, verified).await;
-    Ok(web.settle(&client, outcome).await)
+    web.attempt(async |web, client| {
+        local_login_finish(web, client, &email, flow, account, locked, verified).await
+    })
+    .await
 }
 
 pub(super) async fn local_login_finish(
@@ -165,9 +165,8 @@ pub async fn totp_page(web: Web) -> Result<Response, Problem> {
 }
 
 pub async fn totp_verify(web: Web, Form(form): Form<CodeForm>) -> Result<Response, Problem> {
-    let client = web.conn().await?;
-    let outcome = totp_verify_inner(&web, &client, form).await;
-    Ok(web.settle(&client, outcome).await)
+    web.attempt(async |web, client| totp_verify_inner(web, client, form).await)
+        .await
 }
 
 pub(super) async fn totp_verify_inner(

@@ -141,11 +141,17 @@ impl Web {
 
     /// The answer to a sign-in attempt: its own on success; on failure, the failure is audited
     /// and the browser gets the generic page.
-    async fn settle(&self, client: &Client, outcome: Result<Response, Failure>) -> Response {
-        match outcome {
+    /// Runs one sign-in step on a pooled connection of the tenant; a failed step is audited
+    /// (or counted, past the first few) and answered as a failed sign-in.
+    async fn attempt(
+        &self,
+        step: impl AsyncFnOnce(&Web, &mut TenantConn) -> Result<Response, Failure>,
+    ) -> Result<Response, Problem> {
+        let mut client = self.conn().await?;
+        Ok(match step(self, &mut client).await {
             Ok(r) => r,
-            Err(f) => self.fail(client, f).await,
-        }
+            Err(f) => self.fail(&client, f).await,
+        })
     }
 
     async fn fail(&self, client: &Client, f: Failure) -> Response {

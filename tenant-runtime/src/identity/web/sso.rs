@@ -8,7 +8,7 @@ use super::super::saml::{self, SpUrls};
 use super::*;
 use crate::http::Problem;
 use crate::pools::TenantConn;
-use crate::store::connections::{self, Connection, Protocol, role_for};
+use crate::store::connections::{self, Connection, OidcConfig, Protocol, role_for};
 use crate::store::roles::RoleName as Role;
 use crate::store::sessions::{self};
 use crate::store::{audit, users};
@@ -33,6 +33,17 @@ pub(super) async fn connection(client: &Client, name: &str) -> Result<Connection
         .ok_or_else(|| Failure::new("unknown_connection").on(name))
 }
 
+/// A browser back from its IdP: the named connection and the browser's sign-in flow, if any.
+async fn arrival(
+    web: &Web,
+    client: &Client,
+    name: &str,
+) -> Result<(Connection, Option<sessions::Flow>), Failure> {
+    let conn = connection(client, name).await?;
+    let flow = web.existing_flow(client).await?;
+    Ok((conn, flow))
+}
+
 pub(super) async fn oidc_secret(web: &Web, conn: &Connection) -> Result<SecretString, Failure> {
     let c = conn
         .secret_ciphertext
@@ -53,9 +64,8 @@ pub async fn sso_start(
     Path(name): Path<String>,
     Query(q): Query<StartQuery>,
 ) -> Result<Response, Problem> {
-    let client = web.conn().await?;
-    let outcome = sso_start_inner(&web, &client, &name, q).await;
-    Ok(web.settle(&client, outcome).await)
+    web.attempt(async |web, client| sso_start_inner(web, client, &name, q).await)
+        .await
 }
 
 pub(super) async fn sso_start_inner(
@@ -145,22 +155,20 @@ pub async fn saml_acs(
     Path(name): Path<String>,
     Form(form): Form<AcsForm>,
 ) -> Result<Response, Problem> {
-    let mut client = web.conn().await?;
-    let outcome = saml_acs_inner(&web, &mut client, &name, form).await;
-    Ok(web.settle(&client, outcome).await)
+    web.attempt(async |web, client| saml_acs_step(web, client, &name, form).await)
+        .await
 }
 
-pub(super) async fn saml_acs_inner(
+async fn saml_acs_step(
     web: &Web,
     client: &mut TenantConn,
     name: &str,
     form: AcsForm,
 ) -> Result<Response, Failure> {
-    let conn = connection(client, name).await?;
+    let (conn, flow) = arrival(web, client, name).await?;
     let Protocol::Saml(cfg) = &conn.protocol else {
         return Err(Failure::new("not_saml").on(name));
     };
-    let flow = web.existing_flow(client).await?;
     let pending = match &flow {
         Some(f) => sessions::pending_ids(client, &f.id_hash, conn.id).await?,
         None => Vec::new(),
@@ -226,22 +234,25 @@ pub async fn oidc_callback(
     Path(name): Path<String>,
     Query(q): Query<CallbackQuery>,
 ) -> Result<Response, Problem> {
-    let mut client = web.conn().await?;
-    let outcome = oidc_callback_inner(&web, &mut client, &name, q).await;
-    Ok(web.settle(&client, outcome).await)
+    web.attempt(async |web, client| {
+        let (conn, flow) = arrival(web, client, &name).await?;
+        let Protocol::Oidc(cfg) = &conn.protocol else {
+            return Err(Failure::new("not_oidc").on(&name));
+        };
+        oidc_callback_step(web, client, &conn, cfg, flow, q).await
+    })
+    .await
 }
 
-pub(super) async fn oidc_callback_inner(
+async fn oidc_callback_step(
     web: &Web,
     client: &mut TenantConn,
-    name: &str,
+    conn: &Connection,
+    cfg: &OidcConfig,
+    flow: Option<sessions::Flow>,
     q: CallbackQuery,
 ) -> Result<Response, Failure> {
-    let conn = connection(client, name).await?;
-    let Protocol::Oidc(cfg) = &conn.protocol else {
-        return Err(Failure::new("not_oidc").on(name));
-    };
-    let flow = web.existing_flow(client).await?;
+    let name = conn.name.as_str();
     let Some(flow) = flow else {
         return Err(Failure::new("oidc_no_flow").on(name));
     };
@@ -271,7 +282,7 @@ pub(super) async fn oidc_callback_inner(
     let (Some(nonce), Some(verifier)) = (req.nonce, req.pkce_verifier) else {
         return Err(Failure::new("oidc_state").on(name));
     };
-    let secret = oidc_secret(web, &conn).await?;
+    let secret = oidc_secret(web, conn).await?;
     let identity = oidc::redeem(
         &web.rt.identity.providers,
         &provider,
@@ -294,7 +305,7 @@ pub(super) async fn oidc_callback_inner(
     finish_sso(
         web,
         client,
-        &conn,
+        conn,
         &identity.subject,
         email,
         &identity.claims,
