@@ -47,6 +47,15 @@ impl OperatorApi {
                 "/operator/v1/db-servers",
                 get(list_servers).post(add_server),
             )
+            .route(
+                "/operator/v1/fleet/migrations",
+                get(list_fleet_runs).post(start_fleet_migration),
+            )
+            .route(
+                "/operator/v1/fleet/migrations/{run_id}",
+                get(show_fleet_run),
+            )
+            .route("/operator/v1/fleet/status", get(fleet_status))
             .route_layer(middleware::from_fn_with_state(
                 self.clone(),
                 operator_host_only,
@@ -444,4 +453,130 @@ async fn add_server(
         .record(&api, "db_server.add", Some(&target), result, None)
         .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetBody {
+    server: Option<String>,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+    #[serde(default)]
+    canary: usize,
+    #[serde(default)]
+    max_failures: usize,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn default_concurrency() -> usize {
+    crate::fleet::FleetOptions::default().concurrency
+}
+
+/// Plans (or resumes) a fleet migration run and answers 202 with its id at once; the tenants
+/// are migrated in the background. Nothing to do (or a dry run): 200 with the plan.
+async fn start_fleet_migration(
+    State(api): State<OperatorApi>,
+    op: Operator,
+    ApiJson(body): ApiJson<FleetBody>,
+) -> Result<Response, Problem> {
+    use crate::fleet::{self, FleetOptions, MigrationSet, Quiet, StopSignal};
+    let options = FleetOptions {
+        server: body.server,
+        concurrency: body.concurrency,
+        canary: body.canary,
+        max_failures: body.max_failures,
+    };
+    let set = MigrationSet::default();
+    let actor = format!("operator:{}", op.identity.name);
+    let result = fleet::start_fleet(&api.platform, options, body.dry_run, &set, &actor)
+        .await
+        .map_err(Problem::from);
+    let detail = result
+        .as_ref()
+        .ok()
+        .map(|s| serde_json::json!({"run_id": s.run, "resumed": s.resumed, "dry_run": s.dry_run}));
+    let started = op
+        .record(&api, "fleet.migrate", None, result, detail)
+        .await?;
+    let Some(run) = started.run else {
+        let body = serde_json::json!({
+            "run_id": null,
+            "dry_run": started.dry_run,
+            "up_to_date": started.up_to_date,
+            "plan": started.plan,
+        });
+        // Releases the lock.
+        let _ = started
+            .finish(&api.platform, &set, &Quiet, &StopSignal::default())
+            .await;
+        return Ok(Json(body).into_response());
+    };
+    let resumed = started.resumed;
+    let platform = api.platform.clone();
+    tokio::spawn(async move {
+        match started
+            .finish(&platform, &set, &Quiet, &StopSignal::default())
+            .await
+        {
+            Ok(o) => {
+                tracing::info!(run_id = %run, status = ?o.run.map(|r| r.status), "fleet run finished")
+            }
+            Err(e) => {
+                tracing::error!(run_id = %run, error = %portico_core::error_chain(&e), "fleet run failed; POST again to resume it")
+            }
+        }
+    });
+    let run_url = format!("/operator/v1/fleet/migrations/{run}");
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"run_id": run, "resumed": resumed, "run_url": run_url})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&run_url) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+async fn list_fleet_runs(
+    State(api): State<OperatorApi>,
+    op: Operator,
+) -> Result<Response, Problem> {
+    let result = crate::fleet::runs(&api.platform, 100)
+        .await
+        .map_err(Problem::from);
+    let runs = op.record(&api, "fleet.runs", None, result, None).await?;
+    Ok(Json(runs).into_response())
+}
+
+async fn show_fleet_run(
+    State(api): State<OperatorApi>,
+    op: Operator,
+    Path(run): Path<String>,
+) -> Result<Response, Problem> {
+    let result = async {
+        let id = Uuid::parse_str(&run)
+            .map_err(|_| Problem::invalid_input(format!("'{run}' is not a run id")))?;
+        let summary = crate::fleet::run_summary(&api.platform, id)
+            .await?
+            .ok_or_else(|| {
+                Problem::new(StatusCode::NOT_FOUND, ErrorCode::RunNotFound, "No such run")
+            })?;
+        let tenants = crate::fleet::tenant_results(&api.platform, id).await?;
+        Ok(serde_json::json!({"run": summary, "tenants": tenants}))
+    }
+    .await;
+    let v = op
+        .record(&api, "fleet.run.show", Some(&run), result, None)
+        .await?;
+    Ok(Json(v).into_response())
+}
+
+async fn fleet_status(State(api): State<OperatorApi>, op: Operator) -> Result<Response, Problem> {
+    let result = crate::fleet::status(&api.platform)
+        .await
+        .map_err(Problem::from);
+    let st = op.record(&api, "fleet.status", None, result, None).await?;
+    Ok(Json(st).into_response())
 }

@@ -77,19 +77,22 @@ pub async fn anchor(p: &Platform, slug: &str) -> anyhow::Result<Option<(i64, Str
     Ok(Some((seq, hex::encode(hash))))
 }
 
-/// Anchors every active tenant (the periodic task of `portico serve`).
+/// Anchors every active tenant (the periodic task of `portico serve`), except those whose schema
+/// is older than the runtime serves: their chain is anchored when their migration carries it.
 pub async fn anchor_all(p: &Platform) {
-    let slugs: Vec<String> =
-        match sqlx::query_scalar("select slug from tenants where status = 'active'")
-            .fetch_all(p.catalog.pool())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "audit anchoring: cannot list tenants");
-                return;
-            }
-        };
+    let slugs: Vec<String> = match sqlx::query_scalar(
+        "select slug from tenants where status = 'active' and coalesce(schema_version, 0) >= $1",
+    )
+    .bind(portico_tenant_runtime::MIN_TENANT_SCHEMA)
+    .fetch_all(p.catalog.pool())
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "audit anchoring: cannot list tenants");
+            return;
+        }
+    };
     for slug in slugs {
         match anchor(p, &slug).await {
             Ok(Some((seq, _))) => tracing::debug!(tenant = %slug, seq, "audit chain anchored"),

@@ -121,6 +121,11 @@ pub struct NewTenant {
     pub request: serde_json::Value,
 }
 
+/// This binary's catalog release. Each release that adds catalog migrations raises it by one;
+/// a binary runs against a catalog of its own release or of the next one (whose migrations
+/// only add, see docs/releases.md), never an older one.
+pub const CATALOG_RELEASE: i32 = 2;
+
 pub(crate) fn constraint(e: &sqlx::Error) -> Option<&str> {
     match e {
         sqlx::Error::Database(db) => db.constraint(),
@@ -169,15 +174,93 @@ impl Catalog {
         &self.pool
     }
 
-    /// Applies the control-plane migrations (`migrations/control-plane`).
+    /// Applies the control-plane migrations (`migrations/control-plane`) this binary ships
+    /// and records its release. A catalog already migrated by a newer release is left as it
+    /// is if that release still serves this one (see [`Catalog::check_release`]).
     pub async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("../migrations/control-plane")
+        self.check_release(true).await?;
+        let mut migrator = sqlx::migrate!("../migrations/control-plane");
+        // Migrations of a newer release are not ours to judge.
+        migrator.set_ignore_missing(true);
+        migrator
             .run(&self.pool)
             .await
             .map_err(|e| PlatformError::Catalog {
                 operation: "migrating the control-plane database",
                 message: e.to_string(),
-            })
+            })?;
+        sqlx::query(
+            "insert into catalog_releases (release, compatible_from) values ($1, $2)
+             on conflict on constraint catalog_releases_pkey do nothing",
+        )
+        .bind(CATALOG_RELEASE)
+        .bind(CATALOG_RELEASE - 1)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| PlatformError::catalog("recording the catalog release", e))?;
+        Ok(())
+    }
+
+    /// Whether this binary may run against the catalog: every catalog migration it ships must
+    /// be applied (else: run `portico migrate`), and migrations it does not know are accepted
+    /// only when the newest release that applied them still serves this one (one release of
+    /// overlap, for rolling deploys and rollback). `migrating` accepts an older catalog.
+    pub async fn check_release(&self, migrating: bool) -> Result<()> {
+        let migrator = sqlx::migrate!("../migrations/control-plane");
+        let exists: bool =
+            sqlx::query_scalar("select to_regclass('public._sqlx_migrations') is not null")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| PlatformError::catalog("checking the catalog", e))?;
+        let applied: Vec<i64> = if exists {
+            sqlx::query_scalar("select version from _sqlx_migrations where success")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| PlatformError::catalog("checking the catalog", e))?
+        } else {
+            Vec::new()
+        };
+        let ours: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+        if !migrating {
+            if applied.is_empty() {
+                return Err(PlatformError::InvalidState(
+                    "the control-plane database is not set up yet; run `portico migrate`".into(),
+                ));
+            }
+            if let Some(missing) = ours.iter().find(|v| !applied.contains(v)) {
+                return Err(PlatformError::InvalidState(format!(
+                    "the control-plane database is older than this binary (migration {missing} is not applied); run `portico migrate`"
+                )));
+            }
+        }
+        if applied.iter().any(|v| !ours.contains(v)) {
+            let newest: Option<(i32, i32)> = sqlx::query_as(
+                "select release, compatible_from from catalog_releases
+                  order by release desc limit 1",
+            )
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| PlatformError::catalog("checking the catalog release", e))?;
+            match newest {
+                Some((release, from)) if from <= CATALOG_RELEASE => {
+                    tracing::debug!(
+                        release,
+                        "the catalog is newer than this binary but serves it"
+                    );
+                }
+                Some((release, _)) => {
+                    return Err(PlatformError::InvalidState(format!(
+                        "the control-plane database belongs to release {release}, which no longer serves this binary (release {CATALOG_RELEASE}); upgrade the binary"
+                    )));
+                }
+                None => {
+                    return Err(PlatformError::InvalidState(
+                        "the control-plane database has migrations this binary does not know; upgrade the binary".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     // ---- database servers -------------------------------------------------------------
@@ -607,6 +690,27 @@ impl Catalog {
             }
             Err(e) => Err(PlatformError::catalog("locking the tenant", e)),
         }
+    }
+}
+
+impl Catalog {
+    /// Takes a session-level advisory lock on `key` if no one holds it, without waiting. The
+    /// guard is the same as a tenant lock's: a crashed holder's lock dies with its connection.
+    pub async fn try_lock(&self, key: i64) -> Result<Option<TenantLock>> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| PlatformError::catalog("taking a lock", e))?;
+        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| PlatformError::catalog("taking a lock", e))?;
+        Ok(got.then_some(TenantLock {
+            conn: Some(conn),
+            key,
+        }))
     }
 }
 

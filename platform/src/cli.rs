@@ -46,6 +46,10 @@ enum Command {
         /// Serve only tenant hosts or only the operator host.
         #[arg(long, value_enum, default_value = "all")]
         only: crate::serve::ServeRole,
+        /// Apply the control-plane migrations first (otherwise the catalog must already be
+        /// at this release or the next: see `portico migrate`).
+        #[arg(long)]
+        migrate: bool,
     },
     /// Operators of the control plane: API tokens and the audit trail.
     #[command(subcommand)]
@@ -53,6 +57,9 @@ enum Command {
     /// Tenants' tamper-evident audit logs: verify, export, anchor.
     #[command(subcommand)]
     Audit(crate::audit_cli::AuditCmd),
+    /// Every tenant at once: schema migrations in waves, their ledger, feature rollouts.
+    #[command(subcommand)]
+    Fleet(crate::fleet_cli::FleetCmd),
 }
 
 #[derive(Subcommand)]
@@ -194,6 +201,21 @@ enum TenantCmd {
     /// A tenant's users, invitations and sign-in events.
     #[command(subcommand)]
     User(crate::identity_cli::UserCmd),
+    /// Bring a tenant's database to this binary's tenant schema (recorded as a run).
+    Migrate {
+        slug: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a tenant as a canary (migrated in the first wave of every fleet run), or not.
+    Canary {
+        slug: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// A tenant's feature flags.
+    #[command(subcommand)]
+    Feature(crate::fleet_cli::TenantFeatureCmd),
 }
 
 /// Entry point of the `portico` binary.
@@ -292,7 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
         }) => {
             let name = DbServerName::parse(&name).map_err(PlatformError::from)?;
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let (s, info) = db_servers::add(&p, &name, &url, max_connections).await?;
             println!(
                 "registered database server '{}' ({}, PostgreSQL {}, budget {} connections)",
@@ -300,7 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::DbServer(DbServerCmd::List { json: as_json }) => {
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let servers = db_servers::list(&p).await?;
             if as_json {
                 json(&servers)?;
@@ -313,10 +335,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             metrics_listen,
             only,
-        } => serve(listen, metrics_listen, only).await?,
+            migrate,
+        } => serve(listen, metrics_listen, only, migrate).await?,
         Command::Operator(cmd) => operator(cmd).await?,
+        Command::Fleet(cmd) => crate::fleet_cli::run(&platform(false).await?, cmd).await?,
         Command::Audit(cmd) => {
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             if !crate::audit_cli::run(&p, cmd).await? {
                 // The report is printed; a broken chain is the command's answer, not a crash.
                 std::process::exit(1);
@@ -330,6 +354,7 @@ async fn serve(
     listen: Option<std::net::SocketAddr>,
     metrics_listen: Option<String>,
     only: crate::serve::ServeRole,
+    migrate: bool,
 ) -> anyhow::Result<()> {
     use crate::serve::{Application, ServeOptions};
     let mut settings = Settings::load().map_err(PlatformError::from)?;
@@ -346,7 +371,14 @@ async fn serve(
             })?),
         };
     }
-    let app = Application::build(settings, ServeOptions { role: only }).await?;
+    let app = Application::build(
+        settings,
+        ServeOptions {
+            role: only,
+            migrate,
+        },
+    )
+    .await?;
     println!("listening on http://{}", app.local_addr()?);
     if let Some(m) = app.metrics_addr() {
         println!("metrics on http://{m}/metrics");
@@ -368,7 +400,7 @@ async fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
             json: as_json,
         }) => {
             let expires_at = expiry(expires_in.as_deref())?;
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let (token, secret) = p.catalog.create_operator_token(&name, expires_at).await?;
             if as_json {
                 use secrecy::ExposeSecret;
@@ -380,7 +412,7 @@ async fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
             }
         }
         OperatorCmd::Token(OperatorTokenCmd::List { json: as_json }) => {
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let all = p.catalog.list_operator_tokens().await?;
             if as_json {
                 json(&all)?;
@@ -397,7 +429,7 @@ async fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
             }
         }
         OperatorCmd::Token(OperatorTokenCmd::Revoke { name }) => {
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let t = p.catalog.revoke_operator_token(&name).await?;
             println!("revoked operator token '{}'", t.name);
         }
@@ -405,7 +437,7 @@ async fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
             limit,
             json: as_json,
         } => {
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let entries = p.catalog.audit_entries(i64::from(limit)).await?;
             if as_json {
                 json(&entries)?;
@@ -445,7 +477,7 @@ async fn tenant_token(cmd: TenantTokenCmd) -> anyhow::Result<()> {
             let slug = slug(&s)?;
             let role = crate::identity_cli::role(&role)?;
             let expires_at = expiry(expires_in.as_deref())?;
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let client = p.connect_as_tenant(slug.as_str()).await?;
             let user_id = match &user {
                 None => None,
@@ -506,7 +538,7 @@ async fn tenant_token(cmd: TenantTokenCmd) -> anyhow::Result<()> {
             json: as_json,
         } => {
             let slug = slug(&s)?;
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let client = p.connect_as_tenant(slug.as_str()).await?;
             let all = tokens::list(&client).await.map_err(PlatformError::from)?;
             if as_json {
@@ -525,7 +557,7 @@ async fn tenant_token(cmd: TenantTokenCmd) -> anyhow::Result<()> {
         }
         TenantTokenCmd::Revoke { slug: s, name } => {
             let slug = slug(&s)?;
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let client = p.connect_as_tenant(slug.as_str()).await?;
             let t = tokens::revoke(&client, &name)
                 .await
@@ -600,7 +632,7 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
         } => {
             let slug = slug(&s)?;
             if rollback {
-                let p = platform(true).await?;
+                let p = platform(false).await?;
                 let report = tenants::rollback(&p, &slug).await?;
                 if as_json {
                     json(&report)?;
@@ -621,7 +653,7 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
                 .map(|n| DbServerName::parse(&n))
                 .transpose()
                 .map_err(PlatformError::from)?;
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let t = tenants::create(
                 &p,
                 CreateTenant {
@@ -640,7 +672,7 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             }
         }
         TenantCmd::List { json: as_json } => {
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let all = tenants::list(&p).await?;
             if as_json {
                 json(&all)?;
@@ -652,7 +684,7 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             slug: s,
             json: as_json,
         } => {
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             let t = tenants::show(&p, slug(&s)?.as_str()).await?;
             if as_json {
                 json(&t)?;
@@ -664,19 +696,28 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             slug: s,
             json: as_json,
         } => {
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             print_status(&tenants::suspend(&p, slug(&s)?.as_str()).await?, as_json)?;
         }
         TenantCmd::Resume {
             slug: s,
             json: as_json,
         } => {
-            let p = platform(true).await?;
+            let p = platform(false).await?;
             print_status(&tenants::resume(&p, slug(&s)?.as_str()).await?, as_json)?;
         }
         TenantCmd::Token(cmd) => tenant_token(cmd).await?,
-        TenantCmd::Sso(cmd) => crate::identity_cli::sso(&platform(true).await?, cmd).await?,
-        TenantCmd::User(cmd) => crate::identity_cli::user(&platform(true).await?, cmd).await?,
+        TenantCmd::Sso(cmd) => crate::identity_cli::sso(&platform(false).await?, cmd).await?,
+        TenantCmd::User(cmd) => crate::identity_cli::user(&platform(false).await?, cmd).await?,
+        TenantCmd::Migrate { slug, json } => {
+            crate::fleet_cli::tenant_migrate(&platform(false).await?, &slug, json).await?
+        }
+        TenantCmd::Canary { slug, state } => {
+            crate::fleet_cli::tenant_canary(&platform(false).await?, &slug, state == "on").await?
+        }
+        TenantCmd::Feature(cmd) => {
+            crate::fleet_cli::tenant_feature(&platform(false).await?, cmd).await?
+        }
     }
     Ok(())
 }

@@ -19,12 +19,16 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Connects to the catalog (migrating it when `migrate` is set), opens the keyring and the
-    /// object store. Makes no calls to KMS or S3: read commands stay reads.
+    /// Connects to the catalog, opens the keyring and the object store. With `migrate`, applies
+    /// the catalog migrations first (`portico migrate`, `serve --migrate`, the demo); without,
+    /// checks that this binary may run against the catalog as it is (see
+    /// [`Catalog::check_release`]). Makes no calls to KMS or S3: read commands stay reads.
     pub async fn connect(settings: Settings, migrate: bool) -> Result<Self> {
         let catalog = Catalog::connect(&settings.database_url).await?;
         if migrate {
             catalog.migrate().await?;
+        } else {
+            catalog.check_release(false).await?;
         }
         let keyring = Keyring::open(&settings.kms).await?;
         let store = ObjectStore::from_settings(&settings.storage).await?;

@@ -222,6 +222,7 @@ async fn setup(
         settings.clone(),
         ServeOptions {
             role: ServeRole::All,
+            migrate: true,
         },
     )
     .await?;

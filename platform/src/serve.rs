@@ -38,6 +38,9 @@ pub enum ServeRole {
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub role: ServeRole,
+    /// Apply the catalog migrations before serving (`serve --migrate`); otherwise only check
+    /// that this binary may run against the catalog.
+    pub migrate: bool,
 }
 
 pub struct Application {
@@ -70,7 +73,7 @@ fn prometheus() -> Result<PrometheusHandle> {
 impl Application {
     pub async fn build(settings: Settings, options: ServeOptions) -> Result<Self> {
         let rt = settings.runtime.clone();
-        let platform = Arc::new(Platform::connect(settings.clone(), true).await?);
+        let platform = Arc::new(Platform::connect(settings.clone(), options.migrate).await?);
         let catalog = runtime_catalog_pool(&settings).await?;
         let state = runtime_state_pool(&settings).await?;
         let runtime = Runtime::start(

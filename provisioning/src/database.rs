@@ -67,13 +67,15 @@ pub fn generate_password() -> SecretString {
 /// a crash is discarded and rebuilt.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn ensure_template(server: &DbServer, admin: &Client) -> Result<String, ProvisionError> {
-    let name = migrations::template_name();
-    ensure_template_named(server, admin, &name, true).await?;
+    let shipped = migrations::shipped();
+    let name = migrations::template_name_of(&shipped);
+    ensure_template_named(server, admin, &name, &shipped, true).await?;
     Ok(name)
 }
 
-/// [`ensure_template`] under a given name; `remove_stale` drops other `portico_tpl_*`
-/// templates after a build. Public for the tests, which build templates of their own.
+/// [`ensure_template`] under a given name and for a given set of migrations; `remove_stale`
+/// drops other `portico_tpl_*` templates after a build. Public for the tests, which build
+/// templates of their own (at older schemas, too).
 ///
 /// Advisory locks are per database: admin sessions connected to different databases of one
 /// cluster (the control-plane server's admin is in the catalog database, a registered
@@ -85,6 +87,7 @@ pub async fn ensure_template_named(
     server: &DbServer,
     admin: &Client,
     name: &str,
+    migrations: &[migrations::Migration],
     remove_stale: bool,
 ) -> Result<(), ProvisionError> {
     if template_ready(admin, name).await? {
@@ -96,7 +99,7 @@ pub async fn ensure_template_named(
         .execute("select pg_advisory_lock(hashtext('portico:template'))", &[])
         .await
         .map_err(|e| pg_err("locking the template build", e))?;
-    let result = build_template(server, admin, name, remove_stale).await;
+    let result = build_template(server, admin, name, migrations, remove_stale).await;
     // The lock is session-level; it is released when the session closes in any case.
     let _ = locker
         .execute(
@@ -125,6 +128,7 @@ async fn build_template(
     server: &DbServer,
     admin: &tokio_postgres::Client,
     name: &str,
+    migrations: &[migrations::Migration],
     remove_stale: bool,
 ) -> Result<(), ProvisionError> {
     if template_ready(admin, name).await? {
@@ -155,20 +159,12 @@ async fn build_template(
         // Objects created by the migrations are owned by `pg_database_owner`, so that in every
         // copy they belong to the copy's owner (the tenant role) and to nobody else.
         client
-            .batch_execute(
-                "revoke all on schema public from public;
-                 set role pg_database_owner;",
-            )
+            .batch_execute("revoke all on schema public from public")
             .await
             .map_err(|e| pg_err("preparing the template schema", e))?;
-        migrations::runner()
-            .run_async(&mut client)
+        migrations::migrate_database(&mut client, migrations, Default::default())
             .await
             .map_err(|e| ProvisionError::Migration(e.to_string()))?;
-        client
-            .batch_execute("reset role")
-            .await
-            .map_err(|e| pg_err("sealing the template schema", e))?;
     }
     admin
         .batch_execute(&format!(
@@ -501,8 +497,7 @@ pub async fn audit_protection_problems(
         ],
     );
     let bodies: Vec<String> = row.get(4);
-    let shipped: String = migrations::runner()
-        .get_migrations()
+    let shipped: String = migrations::shipped()
         .iter()
         .filter_map(|m| m.sql())
         .collect();

@@ -53,6 +53,11 @@ pub struct TenantRoute {
     pub tenant_id: TenantId,
     pub slug: String,
     pub status: TenantStatus,
+    /// The tenant database's schema version as the catalog records it (`None` until
+    /// provisioning has recorded it).
+    pub schema_version: Option<i32>,
+    /// The tenant's state of every feature flag, decided when the route was read.
+    pub features: portico_core::features::Features,
     /// `None` until provisioning has recorded the key and the role.
     pub placement: Option<Placement>,
 }
@@ -73,6 +78,9 @@ type RouteRow = (
     Option<String>,
     Option<String>,
     Option<Vec<u8>>,
+    Option<i32>,
+    sqlx::types::Json<std::collections::BTreeMap<String, bool>>,
+    sqlx::types::Json<std::collections::BTreeMap<String, i32>>,
 );
 
 impl CatalogReader {
@@ -90,7 +98,12 @@ impl CatalogReader {
     pub async fn route_for_host(&self, host: &str) -> Result<Option<TenantRoute>, RuntimeError> {
         let row: Option<RouteRow> = sqlx::query_as(
             "select t.id, t.slug, t.status, s.id, s.display_url, s.max_connections,
-                    p.database_name, p.role_name, t.key_id, p.role_password_ciphertext
+                    p.database_name, p.role_name, t.key_id, p.role_password_ciphertext,
+                    t.schema_version,
+                    (select coalesce(json_object_agg(f.flag, f.enabled), '{}')
+                       from tenant_features f where f.tenant_id = t.id),
+                    (select coalesce(json_object_agg(r.flag, r.percent), '{}')
+                       from feature_rollouts r)
                from tenant_domains d
                join tenants t on t.id = d.tenant_id
                left join tenant_placements p on p.tenant_id = t.id
@@ -101,9 +114,25 @@ impl CatalogReader {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| RuntimeError::catalog("resolving a host", e))?;
-        let Some((id, slug, status, server_id, url, budget, db, role, key, secret)) = row else {
+        let Some((
+            id,
+            slug,
+            status,
+            server_id,
+            url,
+            budget,
+            db,
+            role,
+            key,
+            secret,
+            schema_version,
+            settings,
+            rollouts,
+        )) = row
+        else {
             return Ok(None);
         };
+        let tenant_id = TenantId::from_uuid(id);
         let status = TenantStatus::parse(&status).ok_or_else(|| RuntimeError::Catalog {
             operation: "resolving a host",
             message: format!("unknown tenant status '{status}'"),
@@ -129,9 +158,11 @@ impl CatalogReader {
             _ => None,
         };
         Ok(Some(TenantRoute {
-            tenant_id: TenantId::from_uuid(id),
+            tenant_id,
             slug,
             status,
+            schema_version,
+            features: portico_core::features::Features::decide(tenant_id, &settings.0, &rollouts.0),
             placement,
         }))
     }

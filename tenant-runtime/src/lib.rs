@@ -25,3 +25,12 @@ pub(crate) mod tenancy;
 
 pub use error::RuntimeError;
 pub use state::Runtime;
+
+/// The oldest tenant schema version this code serves. A tenant below it answers
+/// `503 tenant_upgrading` until `portico tenant migrate`/`fleet migrate` has brought it up; a
+/// tenant above the newest version this binary ships is served normally (the expand/contract
+/// rule in docs/releases.md keeps a newer schema readable by the previous release).
+///
+/// Raise it only to the version whose objects the code starts to need, in the release that
+/// starts to need them.
+pub const MIN_TENANT_SCHEMA: i32 = 5;

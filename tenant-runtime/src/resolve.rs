@@ -113,6 +113,13 @@ struct Change {
     tenant_id: Option<Uuid>,
     hostname: Option<String>,
     db_server_id: Option<Uuid>,
+    /// The change does not touch how the tenant's database is reached (a schema version or a
+    /// feature flag): its cached route goes, its pool stays.
+    #[serde(default)]
+    keep_pool: bool,
+    /// A fleet-wide feature rollout changed: every cached route goes, no pool.
+    #[serde(default)]
+    features: bool,
 }
 
 /// Whether the catalog listener is currently connected and listening (for `/readyz`).
@@ -186,7 +193,12 @@ async fn listen_once(
         if let Some(id) = change.tenant_id.map(TenantId::from_uuid) {
             tracing::debug!(tenant_id = %id, "catalog change");
             resolver.invalidate_tenant(id);
-            pools.evict(id).await;
+            if !change.keep_pool {
+                pools.evict(id).await;
+            }
+        }
+        if change.features {
+            resolver.invalidate_all();
         }
         if let Some(host) = change
             .hostname

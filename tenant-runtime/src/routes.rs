@@ -43,6 +43,7 @@ impl Runtime {
         Router::new()
             .route("/api/v1/tenant", get(profile::get_tenant))
             .route("/api/v1/me", get(profile::get_me))
+            .route("/api/v1/features", get(profile::get_features))
             .route(
                 "/api/v1/sso/connections",
                 get(connections_api::list_connections).post(connections_api::create_connection),

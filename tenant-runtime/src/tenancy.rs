@@ -72,6 +72,19 @@ async fn resolve(
         }
         TenantStatus::Deleting | TenantStatus::Deleted => return Err(not_found()),
     }
+    // Below the oldest schema this code serves: the fleet migration has not reached it yet.
+    // (A newer schema than this binary knows is served: removals ship a release later.)
+    if route
+        .schema_version
+        .is_some_and(|v| v < crate::MIN_TENANT_SCHEMA)
+    {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TenantUpgrading,
+            "This tenant's data is being upgraded; retry shortly",
+        )
+        .retry_after(30));
+    }
     check_limit(
         rt.tenant_limiter.as_deref(),
         &route.tenant_id,

@@ -51,6 +51,11 @@ fn tenant_runtime_neither_provisions_nor_writes_the_catalog() {
         "operator_tokens",
         "operator_audit",
         "sso_domain_claims",
+        "catalog_releases",
+        "migration_runs",
+        "migration_run_tenants",
+        "feature_rollouts",
+        "tenant_features",
     ] {
         for verb in ["insert into", "update", "delete from"] {
             forbidden.push(format!("{verb} {table}"));

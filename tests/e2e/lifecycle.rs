@@ -128,8 +128,11 @@ async fn template_builders_in_different_databases_exclude_each_other() {
         admins.push(crate::support::connect(&crate::support::admin_url("postgres")).await);
         admins.push(crate::support::connect(&env.catalog_url()).await);
     }
+    let shipped = portico_provisioning::migrations::shipped();
     let builds = admins.iter().map(|admin| {
-        portico_provisioning::database::ensure_template_named(&server, admin, &name, false)
+        portico_provisioning::database::ensure_template_named(
+            &server, admin, &name, &shipped, false,
+        )
     });
     for (i, r) in futures_util::future::join_all(builds)
         .await

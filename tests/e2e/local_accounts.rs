@@ -29,7 +29,7 @@ async fn accept(b: &mut Browser<'_>, slug: &str, path: &str, password: &str) -> 
         .await
 }
 
-async fn password_login(
+pub(crate) async fn password_login(
     b: &mut Browser<'_>,
     slug: &str,
     email: &str,

@@ -13,6 +13,7 @@ mod crash;
 mod db_servers;
 mod demo;
 mod documents;
+mod fleet;
 mod hardening;
 mod isolation;
 mod lifecycle;

@@ -62,12 +62,15 @@ impl TestEnv {
         if backend == Backend::S3Kms {
             ensure_bucket().await;
         }
-        Self {
+        let env = Self {
             backend,
             s3_prefix: format!("run-{}", uuid::Uuid::new_v4().simple()),
             catalog_db,
             dir: tempfile::tempdir().expect("tempdir"),
-        }
+        };
+        // As an operator would before anything else (no other command migrates the catalog).
+        env.ok(&["migrate"]);
+        env
     }
 
     pub fn catalog_url(&self) -> String {

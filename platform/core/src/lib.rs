@@ -5,6 +5,8 @@
 //! existing key). Creating or destroying tenant resources (keys, prefixes, databases, roles) is
 //! the job of `portico-provisioning`, which builds on the handles defined here.
 
+pub mod audit_chain;
+pub mod features;
 pub mod files;
 pub mod ids;
 pub mod keys;

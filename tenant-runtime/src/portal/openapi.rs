@@ -130,7 +130,7 @@ impl Modify for Problems {
         tickets::create, tickets::list, tickets::show, tickets::set_status, tickets::comment,
         tickets::attach,
         audit_api::list,
-        profile::get_tenant, profile::get_me,
+        profile::get_tenant, profile::get_me, profile::get_features,
         connections_api::list_connections, connections_api::show_connection,
         connections_api::create_connection, connections_api::remove_connection,
     ),

@@ -84,3 +84,36 @@ pub async fn get_me(auth: Authenticated) -> Json<MeDto> {
         caller: auth.caller.into(),
     })
 }
+
+/// One feature flag as the caller's tenant has it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeatureDto {
+    pub name: String,
+    pub description: String,
+    pub enabled: bool,
+    /// `tenant` (set for this tenant), `rollout` (a fleet-wide percentage) or `default`.
+    pub source: String,
+}
+
+/// The caller's tenant's feature flags (every flag this release knows).
+#[utoipa::path(get, path = "/api/v1/features", tag = "tenant",
+    responses((status = 200, body = Vec<FeatureDto>)), security(("bearer" = [])))]
+pub async fn get_features(auth: Authenticated) -> Json<Vec<FeatureDto>> {
+    Json(
+        portico_core::features::FLAGS
+            .iter()
+            .filter_map(|f| {
+                let state = auth.tenant.features.0.get(f.name)?;
+                Some(FeatureDto {
+                    name: f.name.to_owned(),
+                    description: f.description.to_owned(),
+                    enabled: state.enabled,
+                    source: serde_json::to_value(state.source)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                })
+            })
+            .collect(),
+    )
+}
