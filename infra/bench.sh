@@ -6,7 +6,9 @@
 #                                   tenants under a budget, cold-tenant first request
 #   ./infra/bench.sh documents      encrypted vs plaintext content throughput (file store and
 #                                   SeaweedFS S3), KMS calls per 10,000 document operations
-#   ./infra/bench.sh                all three
+#   ./infra/bench.sh fleet          M5–M6: fleet migration of 1,000 tenants under read load vs
+#                                   one after another; fleet status and a no-op migrate
+#   ./infra/bench.sh                all four
 # Extra arguments go to `cargo bench`.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 pg_bindir >/dev/null || "$INFRA_REPO_ROOT/infra/install.sh"
@@ -23,11 +25,12 @@ documents() {
   cargo bench --workspace --bench documents "$@"
 }
 case "${1:-all}" in
-  provisioning|routing) bench="$1"; shift; cargo bench --workspace --bench "$bench" "$@" ;;
+  provisioning|routing|fleet) bench="$1"; shift; cargo bench --workspace --bench "$bench" "$@" ;;
   documents) shift; documents "$@" ;;
   all) [ $# -gt 0 ] && shift
        cargo bench --workspace --bench provisioning "$@"
        cargo bench --workspace --bench routing "$@"
-       documents "$@" ;;
-  *) die "unknown benchmark '$1' (provisioning, routing, documents)" ;;
+       documents "$@"
+       cargo bench --workspace --bench fleet "$@" ;;
+  *) die "unknown benchmark '$1' (provisioning, routing, documents, fleet)" ;;
 esac

@@ -35,22 +35,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use portico_core::settings::DatabaseUrl;
-use portico_core::{DbServerName, Hostname, Settings, Slug};
+use portico_core::{DbServerName, Hostname, Settings};
 use portico_platform::Platform;
 use portico_platform::pgcluster::PgCluster;
 use portico_platform::serve::{Application, ServeOptions, ServeRole};
-use portico_platform::tenants::{self, CreateTenant};
 use portico_tenant_runtime::store::{profile, tokens};
 use secrecy::ExposeSecret;
 
-const BASE: &str = "portal.localhost";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::{BASE, Target, env_usize, provision};
 
 /// A small xorshift generator for picking tenants (not for anything secret).
 struct Rng(u64);
@@ -95,13 +89,6 @@ impl Pick {
             }
         }
     }
-}
-
-#[derive(Clone)]
-struct Target {
-    slug: String,
-    host: String,
-    token: String,
 }
 
 #[derive(Default)]
@@ -295,6 +282,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         settings.clone(),
         ServeOptions {
             role: ServeRole::Tenant,
+            migrate: true,
         },
     )
     .await?;
@@ -315,6 +303,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
             shared.clone(),
             ServeOptions {
                 role: ServeRole::Tenant,
+                migrate: true,
             },
         )
         .await?;
@@ -333,6 +322,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         settings.clone(),
         ServeOptions {
             role: ServeRole::Tenant,
+            migrate: true,
         },
     )
     .await?;
@@ -485,6 +475,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         wide,
         ServeOptions {
             role: ServeRole::Tenant,
+            migrate: true,
         },
     )
     .await?;
@@ -705,53 +696,6 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         cold_m.as_secs_f64() / budget.as_secs_f64()
     );
     Ok(())
-}
-
-/// Creates `n` tenants `<prefix>-<i>` on server `server`, a few at a time, each with a token.
-async fn provision(
-    platform: &Arc<Platform>,
-    prefix: &str,
-    n: usize,
-    server: &str,
-) -> anyhow::Result<Vec<Target>> {
-    let mut out = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(4) {
-        let mut tasks = Vec::new();
-        for &i in chunk {
-            let (platform, prefix, server) =
-                (platform.clone(), prefix.to_owned(), server.to_owned());
-            tasks.push(tokio::spawn(async move {
-                let slug = format!("{prefix}-{i}");
-                tenants::create(
-                    &platform,
-                    CreateTenant {
-                        slug: Slug::parse(&slug)?,
-                        display_name: Some(format!("Bench {slug}")),
-                        domains: vec![],
-                        db_server: Some(DbServerName::parse(&server)?),
-                    },
-                )
-                .await?;
-                let client = platform.connect_as_tenant(&slug).await?;
-                let (_, token) = tokens::create(
-                    &client,
-                    "bench",
-                    portico_tenant_runtime::store::roles::RoleName::member(),
-                    None,
-                )
-                .await?;
-                anyhow::Ok(Target {
-                    host: format!("{slug}.{BASE}"),
-                    slug: slug.clone(),
-                    token: token.expose_secret().to_owned(),
-                })
-            }));
-        }
-        for t in tasks {
-            out.push(t.await??);
-        }
-    }
-    Ok(out)
 }
 
 #[derive(Clone)]

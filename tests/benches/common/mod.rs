@@ -1,0 +1,76 @@
+//! What the benchmarks share: knobs from the environment, and provisioning tenants with a
+//! token each.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use portico_core::{DbServerName, Slug};
+use portico_platform::Platform;
+use portico_platform::tenants::{self, CreateTenant};
+use portico_tenant_runtime::store::tokens;
+use secrecy::ExposeSecret;
+
+pub const BASE: &str = "portal.localhost";
+
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A tenant the load generators call: its host and a token.
+#[derive(Clone)]
+pub struct Target {
+    pub slug: String,
+    pub host: String,
+    pub token: String,
+}
+
+/// Creates `n` tenants `<prefix>-<i>` on server `server`, a few at a time, each with a token.
+pub async fn provision(
+    platform: &Arc<Platform>,
+    prefix: &str,
+    n: usize,
+    server: &str,
+) -> anyhow::Result<Vec<Target>> {
+    let mut out = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(4) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let (platform, prefix, server) =
+                (platform.clone(), prefix.to_owned(), server.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let slug = format!("{prefix}-{i}");
+                tenants::create(
+                    &platform,
+                    CreateTenant {
+                        slug: Slug::parse(&slug)?,
+                        display_name: Some(format!("Bench {slug}")),
+                        domains: vec![],
+                        db_server: Some(DbServerName::parse(&server)?),
+                    },
+                )
+                .await?;
+                let client = platform.connect_as_tenant(&slug).await?;
+                let (_, token) = tokens::create(
+                    &client,
+                    "bench",
+                    portico_tenant_runtime::store::roles::RoleName::member(),
+                    None,
+                )
+                .await?;
+                anyhow::Ok(Target {
+                    host: format!("{slug}.{BASE}"),
+                    slug: slug.clone(),
+                    token: token.expose_secret().to_owned(),
+                })
+            }));
+        }
+        for t in tasks {
+            out.push(t.await??);
+        }
+    }
+    Ok(out)
+}
