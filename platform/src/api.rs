@@ -228,6 +228,14 @@ impl Operator {
     }
 }
 
+fn run_id(s: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(s).map_err(|_| Problem::invalid_input(format!("'{s}' is not a run id")))
+}
+
+fn no_such_run() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, ErrorCode::RunNotFound, "No such run")
+}
+
 fn slug(s: &str) -> Result<Slug, Problem> {
     Slug::parse(s).map_err(|e| Problem::invalid_input(e.to_string()))
 }
@@ -364,22 +372,17 @@ async fn create_tenant(
         }
     });
     let run_url = format!("/operator/v1/runs/{}", started.run);
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({
+    Ok(accepted(
+        serde_json::json!({
             "tenant_id": started.tenant,
             "slug": started.slug(),
             "run_id": started.run,
             "status": "provisioning",
             "run_url": run_url,
             "tenant_url": format!("/operator/v1/tenants/{}", started.slug()),
-        })),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&run_url) {
-        response.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(response)
+        }),
+        &run_url,
+    ))
 }
 
 async fn show_run(
@@ -388,20 +391,15 @@ async fn show_run(
     Path(run): Path<String>,
 ) -> Result<Response, Problem> {
     let result = async {
-        let id = Uuid::parse_str(&run)
-            .map_err(|_| Problem::invalid_input(format!("'{run}' is not a run id")))?;
+        let id = run_id(&run)?;
         let slug = api
             .platform
             .catalog
             .run_tenant_slug(id)
             .await?
-            .ok_or_else(|| {
-                Problem::new(StatusCode::NOT_FOUND, ErrorCode::RunNotFound, "No such run")
-            })?;
+            .ok_or_else(no_such_run)?;
         let t = tenants::show(&api.platform, &slug).await?;
-        let p = t.provisioning.ok_or_else(|| {
-            Problem::new(StatusCode::NOT_FOUND, ErrorCode::RunNotFound, "No such run")
-        })?;
+        let p = t.provisioning.ok_or_else(no_such_run)?;
         Ok(serde_json::json!({
             "run_id": p.run_id,
             "tenant_id": t.id,
@@ -528,15 +526,19 @@ async fn start_fleet_migration(
         }
     });
     let run_url = format!("/operator/v1/fleet/migrations/{run}");
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({"run_id": run, "resumed": resumed, "run_url": run_url})),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&run_url) {
+    Ok(accepted(
+        serde_json::json!({"run_id": run, "resumed": resumed, "run_url": run_url}),
+        &run_url,
+    ))
+}
+
+/// `202 Accepted` with `body`, and `Location` naming where to follow the work.
+fn accepted(body: serde_json::Value, location: &str) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(response)
+    response
 }
 
 async fn list_fleet_runs(
@@ -556,13 +558,10 @@ async fn show_fleet_run(
     Path(run): Path<String>,
 ) -> Result<Response, Problem> {
     let result = async {
-        let id = Uuid::parse_str(&run)
-            .map_err(|_| Problem::invalid_input(format!("'{run}' is not a run id")))?;
+        let id = run_id(&run)?;
         let summary = crate::fleet::run_summary(&api.platform, id)
             .await?
-            .ok_or_else(|| {
-                Problem::new(StatusCode::NOT_FOUND, ErrorCode::RunNotFound, "No such run")
-            })?;
+            .ok_or_else(no_such_run)?;
         let tenants = crate::fleet::tenant_results(&api.platform, id).await?;
         Ok(serde_json::json!({"run": summary, "tenants": tenants}))
     }

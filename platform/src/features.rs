@@ -21,6 +21,14 @@ pub struct FeatureView {
     pub rollout_percent: Option<i32>,
 }
 
+async fn tenant(p: &Platform, slug: &str) -> Result<crate::catalog::TenantRow> {
+    p.catalog
+        .tenant_by_slug(slug)
+        .await?
+        .filter(|t| t.status != "deleted")
+        .ok_or_else(|| PlatformError::TenantNotFound(slug.to_owned()))
+}
+
 fn flag(name: &str) -> Result<&'static features::Flag> {
     features::flag(name).map_err(PlatformError::InvalidInput)
 }
@@ -33,12 +41,7 @@ pub async fn set_for_tenant(
     enabled: Option<bool>,
 ) -> Result<Vec<FeatureView>> {
     let f = flag(name)?;
-    let t = p
-        .catalog
-        .tenant_by_slug(slug)
-        .await?
-        .filter(|t| t.status != "deleted")
-        .ok_or_else(|| PlatformError::TenantNotFound(slug.to_owned()))?;
+    let t = tenant(p, slug).await?;
     let q = match enabled {
         Some(_) => {
             "insert into tenant_features (tenant_id, flag, enabled) values ($1, $2, $3)
@@ -89,12 +92,7 @@ pub async fn set_rollout(p: &Platform, name: &str, percent: Option<i32>) -> Resu
 
 /// Every known flag as the tenant has it.
 pub async fn list_for_tenant(p: &Platform, slug: &str) -> Result<Vec<FeatureView>> {
-    let t = p
-        .catalog
-        .tenant_by_slug(slug)
-        .await?
-        .filter(|t| t.status != "deleted")
-        .ok_or_else(|| PlatformError::TenantNotFound(slug.to_owned()))?;
+    let t = tenant(p, slug).await?;
     let settings: BTreeMap<String, bool> = sqlx::query_as::<_, (String, bool)>(
         "select flag, enabled from tenant_features where tenant_id = $1",
     )

@@ -747,16 +747,11 @@ async fn migrate_recorded(
     }
     Ok((
         TenantResult {
-            tenant_id: c.tenant_id,
-            slug: c.slug.clone(),
-            server: c.server.clone(),
-            wave: c.wave,
-            state: state.into(),
             version_before: before,
             version_after: row.1,
             attempts: row.0,
             duration_ms: Some(ms),
-            error,
+            ..planned(c, state, error.as_deref())
         },
         budget,
     ))
@@ -895,53 +890,58 @@ async fn summarise(p: &Platform, row: RunRow) -> Result<RunSummary> {
     })
 }
 
-/// The fleet run still open (running, or stopped before the end), if any.
-async fn open_run(p: &Platform) -> Result<Option<RunSummary>> {
-    let row: Option<RunRow> = sqlx::query_as(&format!(
-        "select {RUN_COLUMNS} from migration_runs
-          where kind = 'fleet' and (status = 'running'
+/// Which runs [`select_runs`] reads.
+enum Runs {
+    /// The fleet run still open (running, or stopped before the end).
+    Open,
+    One(Uuid),
+    Newest(i64),
+    LastFleet,
+}
+
+/// Runs, newest first, with their counts.
+async fn select_runs(p: &Platform, which: Runs) -> Result<Vec<RunSummary>> {
+    let (condition, id, limit) = match which {
+        Runs::Open => (
+            "kind = 'fleet' and $1::uuid is null and (status = 'running'
                 or (status = 'stopped' and exists (select 1 from migration_run_tenants r
-                     where r.run_id = migration_runs.id and r.state in ('pending', 'running', 'failed'))))
-          order by started_at desc limit 1"
-    ))
-    .fetch_optional(p.catalog.pool())
-    .await
-    .map_err(|e| PlatformError::catalog("looking for an open run", e))?;
-    match row {
-        Some(r) => Ok(Some(summarise(p, r).await?)),
-        None => Ok(None),
-    }
-}
-
-/// One run, with its counts.
-pub async fn run_summary(p: &Platform, run: Uuid) -> Result<Option<RunSummary>> {
-    let row: Option<RunRow> = sqlx::query_as(&format!(
-        "select {RUN_COLUMNS} from migration_runs where id = $1"
-    ))
-    .bind(run)
-    .fetch_optional(p.catalog.pool())
-    .await
-    .map_err(|e| PlatformError::catalog("reading the run", e))?;
-    match row {
-        Some(r) => Ok(Some(summarise(p, r).await?)),
-        None => Ok(None),
-    }
-}
-
-/// The newest runs, newest first.
-pub async fn runs(p: &Platform, limit: i64) -> Result<Vec<RunSummary>> {
+                     where r.run_id = migration_runs.id and r.state in ('pending', 'running', 'failed'))))",
+            None,
+            1,
+        ),
+        Runs::One(id) => ("id = $1", Some(id), 1),
+        Runs::Newest(limit) => ("$1::uuid is null", None, limit),
+        Runs::LastFleet => ("kind = 'fleet' and $1::uuid is null", None, 1),
+    };
     let rows: Vec<RunRow> = sqlx::query_as(&format!(
-        "select {RUN_COLUMNS} from migration_runs order by started_at desc limit $1"
+        "select {RUN_COLUMNS} from migration_runs where {condition}
+          order by started_at desc limit $2"
     ))
+    .bind(id)
     .bind(limit)
     .fetch_all(p.catalog.pool())
     .await
-    .map_err(|e| PlatformError::catalog("listing runs", e))?;
+    .map_err(|e| PlatformError::catalog("reading migration runs", e))?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         out.push(summarise(p, r).await?);
     }
     Ok(out)
+}
+
+/// The fleet run still open (running, or stopped before the end), if any.
+async fn open_run(p: &Platform) -> Result<Option<RunSummary>> {
+    Ok(select_runs(p, Runs::Open).await?.pop())
+}
+
+/// One run, with its counts.
+pub async fn run_summary(p: &Platform, run: Uuid) -> Result<Option<RunSummary>> {
+    Ok(select_runs(p, Runs::One(run)).await?.pop())
+}
+
+/// The newest runs, newest first.
+pub async fn runs(p: &Platform, limit: i64) -> Result<Vec<RunSummary>> {
+    select_runs(p, Runs::Newest(limit)).await
 }
 
 /// Every tenant result of a run, in the order they were planned.
@@ -1057,16 +1057,7 @@ pub async fn status(p: &Platform) -> Result<FleetStatus> {
         }
         *st.by_status.entry(status).or_default() += n;
     }
-    let last: Option<RunRow> = sqlx::query_as(&format!(
-        "select {RUN_COLUMNS} from migration_runs where kind = 'fleet'
-          order by started_at desc limit 1"
-    ))
-    .fetch_optional(p.catalog.pool())
-    .await
-    .map_err(|e| PlatformError::catalog("reading the last run", e))?;
-    if let Some(r) = last {
-        st.last_run = Some(summarise(p, r).await?);
-    }
+    st.last_run = select_runs(p, Runs::LastFleet).await?.pop();
     Ok(st)
 }
 

@@ -30,9 +30,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BASE, Target, env_usize, provision};
-use portico_core::settings::DatabaseUrl;
-use portico_core::{DbServerName, Hostname, Settings};
+use common::{Target, env_usize, provision};
+use portico_core::DbServerName;
 use portico_platform::Platform;
 use portico_platform::fleet::{self, FleetOptions, MigrationSet, Quiet, StopSignal};
 use portico_platform::pgcluster::PgCluster;
@@ -72,23 +71,8 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     let n = env_usize("PORTICO_BENCH_TENANTS", 1000).max(10);
     let concurrency = env_usize("PORTICO_BENCH_FLEET_CONCURRENCY", 8).max(1);
     let readers = env_usize("PORTICO_BENCH_CONCURRENCY", 8).max(1);
-    let admin = portico_provisioning::DbServer::from_url(&cluster.url("postgres"))?;
-    admin
-        .admin()
-        .await?
-        .batch_execute("create database portico")
-        .await?;
     let data = tempfile::tempdir()?;
-    let mut settings = Settings::embedded(
-        DatabaseUrl::parse(&cluster.url("portico")).map_err(anyhow::Error::msg)?,
-        Hostname::parse(BASE)?,
-        data.path(),
-    );
-    settings.runtime.listen = ([127, 0, 0, 1], 0).into();
-    settings.runtime.metrics_listen = None;
-    settings.runtime.rate_limit_per_ip = 0;
-    settings.runtime.rate_limit_per_tenant = 0;
-    settings.runtime.max_open_tenants = 2000;
+    let settings = common::bench_settings(cluster, data.path()).await?;
     let platform = Arc::new(Platform::connect(settings.clone(), true).await?);
     // The runtime's share of the server: 60 of its 100 connections. The rest is for the
     // migrations (admin connections, `concurrency` at a time), the catalog and superuser slots.

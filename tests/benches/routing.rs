@@ -34,8 +34,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use portico_core::settings::DatabaseUrl;
-use portico_core::{DbServerName, Hostname, Settings};
+use portico_core::DbServerName;
 use portico_platform::Platform;
 use portico_platform::pgcluster::PgCluster;
 use portico_platform::serve::{Application, ServeOptions, ServeRole};
@@ -44,7 +43,7 @@ use secrecy::ExposeSecret;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{BASE, Target, env_usize, provision};
+use common::{Target, env_usize, provision};
 
 /// A small xorshift generator for picking tenants (not for anything secret).
 struct Rng(u64);
@@ -237,23 +236,9 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     let concurrency = env_usize("PORTICO_BENCH_CONCURRENCY", 32).max(1);
     let round = Duration::from_secs(seconds);
 
-    let admin = portico_provisioning::DbServer::from_url(&cluster.url("postgres"))?;
-    admin
-        .admin()
-        .await?
-        .batch_execute("create database portico")
-        .await?;
     let data = tempfile::tempdir()?;
-    let mut settings = Settings::embedded(
-        DatabaseUrl::parse(&cluster.url("portico")).map_err(anyhow::Error::msg)?,
-        Hostname::parse(BASE)?,
-        data.path(),
-    );
-    settings.runtime.listen = ([127, 0, 0, 1], 0).into();
+    let mut settings = common::bench_settings(cluster, data.path()).await?;
     settings.runtime.metrics_listen = Some(([127, 0, 0, 1], 0).into());
-    settings.runtime.rate_limit_per_ip = 0;
-    settings.runtime.rate_limit_per_tenant = 0;
-    settings.runtime.max_open_tenants = 2000;
     let platform = Arc::new(Platform::connect(settings.clone(), true).await?);
     // M1's tenants on a server with room for all of them; M2's on one with a budget of 80.
     let url = cluster.url("postgres");

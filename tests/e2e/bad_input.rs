@@ -199,17 +199,7 @@ async fn invalid_settings_name_the_setting_and_create_nothing() {
 #[tokio::test]
 async fn unreachable_backends_stop_a_create_before_it_starts() {
     let env = TestEnv::new(Backend::FileLocal).await;
-    let platform = env.platform().await;
-    // Record a server that is down (the CLI's `db-server add` would refuse it: it checks first).
-    let name = portico_core::DbServerName::parse("down").expect("name");
-    portico_platform::db_servers::record(
-        &platform,
-        &name,
-        "postgres://postgres:secret-pw@127.0.0.1:1/postgres",
-        10,
-    )
-    .await
-    .expect("record");
+    env.record_down_server("down").await;
     let r = env.run(&["tenant", "create", "acme", "--db-server", "down"]);
     r.assert_error("cannot reach database server postgres://postgres@127.0.0.1:1/postgres");
     assert!(!r.stderr.contains("secret-pw"));

@@ -510,17 +510,7 @@ async fn fleet_runs_go_canary_first_stop_at_the_failure_budget_and_resume_after_
     a5.batch_execute("drop schema portico_audit")
         .await
         .expect("fix");
-    let out = env.ok(&["fleet", "migrate", "--json"]);
-    let (_, summary) = json_lines(&out);
-    assert_eq!(
-        (
-            &summary["resumed"],
-            &summary["run"]["run_id"],
-            &summary["run"]["status"]
-        ),
-        (&json!(true), &json!(run_id), &json!("succeeded")),
-        "{out}"
-    );
+    resume_to_success(&env, &run_id);
     let shown = env.json(&["fleet", "run", "show", &run_id, "--json"]);
     for t in shown["tenants"].as_array().expect("tenants") {
         assert_eq!(t["state"], "succeeded", "{t}");
@@ -604,17 +594,7 @@ async fn fleet_runs_go_canary_first_stop_at_the_failure_budget_and_resume_after_
         .await
         .expect("unlock");
 
-    let out = env.ok(&["fleet", "migrate", "--json"]);
-    let (results, summary) = json_lines(&out);
-    assert_eq!(
-        (
-            &summary["resumed"],
-            &summary["run"]["run_id"],
-            &summary["run"]["status"]
-        ),
-        (&json!(true), &json!(open_id), &json!("succeeded")),
-        "{out}"
-    );
+    let (out, results) = resume_to_success(&env, &open_id);
     assert!(
         results
             .iter()
@@ -636,6 +616,23 @@ async fn fleet_runs_go_canary_first_stop_at_the_failure_budget_and_resume_after_
     let noop = env.ok(&["fleet", "migrate"]);
     assert!(noop.contains("nothing to do: all 12 tenant(s)"), "{noop}");
     env.cleanup().await;
+}
+
+/// Runs `fleet migrate --json` again, which must resume run `id` and finish it; returns the
+/// output and the tenant results.
+fn resume_to_success(env: &TestEnv, id: &str) -> (String, Vec<Value>) {
+    let out = env.ok(&["fleet", "migrate", "--json"]);
+    let (results, summary) = json_lines(&out);
+    assert_eq!(
+        (
+            &summary["resumed"],
+            &summary["run"]["run_id"],
+            &summary["run"]["status"]
+        ),
+        (&json!(true), &json!(id), &json!("succeeded")),
+        "{out}"
+    );
+    (out, results)
 }
 
 /// Starts `fleet migrate --json --concurrency 1`, sends `signal` (`INT`, `KILL`) once the first tenant result
@@ -670,16 +667,7 @@ async fn a_down_server_fails_its_tenants_fast_and_the_others_go_on() {
     env.ok(&["tenant", "create", "far1"]);
     env.ok(&["tenant", "create", "far2"]);
     env.ok(&["tenant", "create", "provisioning1"]);
-    let platform = env.platform().await;
-    let name = portico_core::DbServerName::parse("down").expect("name");
-    let down = portico_platform::db_servers::record(
-        &platform,
-        &name,
-        "postgres://postgres:secret-pw@127.0.0.1:1/postgres",
-        10,
-    )
-    .await
-    .expect("record");
+    let down = env.record_down_server("down").await;
     // Two tenants the catalog places on the down server, one schema behind; one tenant still
     // being provisioned.
     env.catalog()

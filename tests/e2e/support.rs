@@ -198,6 +198,22 @@ impl TestEnv {
         settings
     }
 
+    /// Records a database server named `name` that is down (nothing listens at its address;
+    /// `db-server add` would refuse it: it checks first). Its URL's password is `secret-pw`.
+    pub async fn record_down_server(
+        &self,
+        name: &str,
+    ) -> portico_platform::db_servers::DbServerView {
+        portico_platform::db_servers::record(
+            &self.platform().await,
+            &portico_core::DbServerName::parse(name).expect("name"),
+            "postgres://postgres:secret-pw@127.0.0.1:1/postgres",
+            10,
+        )
+        .await
+        .expect("record")
+    }
+
     /// The control plane in-process, on the same catalog and backends as the CLI.
     pub async fn platform(&self) -> Platform {
         Platform::connect(self.settings(), true)

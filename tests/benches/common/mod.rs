@@ -13,6 +13,32 @@ use secrecy::ExposeSecret;
 
 pub const BASE: &str = "portal.localhost";
 
+/// Settings of a control plane on `cluster` (catalog database `portico`, created here) with
+/// embedded backends under `data`, serving on a free loopback port without metrics or rate
+/// limits, for up to 2,000 open tenants.
+pub async fn bench_settings(
+    cluster: &portico_platform::pgcluster::PgCluster,
+    data: &std::path::Path,
+) -> anyhow::Result<portico_core::Settings> {
+    portico_provisioning::DbServer::from_url(&cluster.url("postgres"))?
+        .admin()
+        .await?
+        .batch_execute("create database portico")
+        .await?;
+    let mut settings = portico_core::Settings::embedded(
+        portico_core::settings::DatabaseUrl::parse(&cluster.url("portico"))
+            .map_err(anyhow::Error::msg)?,
+        portico_core::Hostname::parse(BASE)?,
+        data,
+    );
+    settings.runtime.listen = ([127, 0, 0, 1], 0).into();
+    settings.runtime.metrics_listen = None;
+    settings.runtime.rate_limit_per_ip = 0;
+    settings.runtime.rate_limit_per_tenant = 0;
+    settings.runtime.max_open_tenants = 2000;
+    Ok(settings)
+}
+
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
