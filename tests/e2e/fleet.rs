@@ -166,17 +166,24 @@ async fn seed(env: &TestEnv, slug: &str, version: i32) -> usize {
     client
         .batch_execute(
             "insert into sites (code, name) values ('berlin', 'Berlin');
-             insert into tickets (id, title, created_by) values (gen_random_uuid(), 'Old ticket', 'alice');",
+             insert into tickets (id, title, created_by) values (gen_random_uuid(), 'Old ticket', 'alice');
+             insert into documents (id, doc_type, title, site, created_by)
+                 values (gen_random_uuid(), 'contract', 'Old contract', 'berlin', 'alice');",
         )
         .await
         .expect("portal data");
     1
 }
 
-/// Row counts of the tables every schema from V3 on has (and `api_tokens`).
-async fn counts(env: &TestEnv, slug: &str) -> Value {
+/// Row counts of the tables [`seed`] writes for a tenant created at `version` (3 or later).
+async fn counts(env: &TestEnv, slug: &str, version: i32) -> Value {
     let client = env.tenant_db(slug).await;
     let mut out = serde_json::Map::new();
+    let portal: &[&str] = if version >= 4 {
+        &["sites", "documents", "tickets"]
+    } else {
+        &[]
+    };
     for table in [
         "api_tokens",
         "users",
@@ -184,13 +191,16 @@ async fn counts(env: &TestEnv, slug: &str) -> Value {
         "local_credentials",
         "sso_connections",
         "sessions",
-    ] {
+    ]
+    .iter()
+    .chain(portal)
+    {
         let n: i64 = client
             .query_one(&format!("select count(*) from {table}"), &[])
             .await
             .expect("count")
             .get(0);
-        out.insert(table.into(), n.into());
+        out.insert((*table).to_owned(), n.into());
     }
     Value::Object(out)
 }
@@ -266,7 +276,7 @@ async fn tenants_of_every_older_schema_migrate_with_their_data_to_a_fresh_tenant
         let mut v = Vec::new();
         for (slug, version, _) in &olds {
             v.push(if *version >= 3 {
-                counts(&env, slug).await
+                counts(&env, slug, *version).await
             } else {
                 Value::Null
             });
@@ -295,7 +305,7 @@ async fn tenants_of_every_older_schema_migrate_with_their_data_to_a_fresh_tenant
         }
         // Every row kept; the audit chain verifies (V3 events carried into it, marked).
         if *version >= 3 {
-            assert_eq!(counts(&env, slug).await, before, "{slug}");
+            assert_eq!(counts(&env, slug, *version).await, before, "{slug}");
         }
         let verified = env.ok(&["audit", "verify", slug]);
         let expected = match version {
