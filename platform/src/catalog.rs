@@ -166,7 +166,7 @@ impl Catalog {
     /// be durable — the reservation that names the tenant before any resource exists, and the
     /// activation — go through the ordinary pool with synchronous commits. This keeps a tenant
     /// create close to the cost of copying its template (see the provisioning benchmark).
-    fn journal(&self) -> &PgPool {
+    pub(crate) fn journal(&self) -> &PgPool {
         &self.journal
     }
 

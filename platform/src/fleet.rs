@@ -678,6 +678,11 @@ fn interleave(tenants: Vec<Candidate>) -> Vec<Candidate> {
 
 /// Migrates one tenant and records the result. Returns the result and whether a failure
 /// counts against the budget (an unreachable server's do not).
+///
+/// The ledger rows are committed asynchronously (the catalog's journal pool): a record lost in
+/// a crash of the catalog server only makes a resumed run look at that tenant again, and the
+/// tenant database, not the ledger, says which migrations it has. The schema version the
+/// runtime routes by is committed synchronously.
 async fn migrate_recorded(
     p: &Platform,
     run: Uuid,
@@ -693,7 +698,7 @@ async fn migrate_recorded(
     )
     .bind(run)
     .bind(c.tenant_id)
-    .execute(p.catalog.pool())
+    .execute(p.catalog.journal())
     .await
     .map_err(|e| PlatformError::catalog("recording progress", e))?;
     let known_down = down.lock().ok().and_then(|d| d.get(&c.server_id).cloned());
@@ -739,7 +744,7 @@ async fn migrate_recorded(
     .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
     .bind(ms)
     .bind(error.as_deref())
-    .fetch_one(p.catalog.pool())
+    .fetch_one(p.catalog.journal())
     .await
     .map_err(|e| PlatformError::catalog("recording a tenant's result", e))?;
     if let Some(reason) = &error {

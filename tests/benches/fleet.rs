@@ -3,9 +3,10 @@
 //!
 //! - **M5**: 1,000 tenants one tenant schema behind are migrated by the fleet procedure
 //!   (`fleet::migrate_fleet`, what `portico fleet migrate` runs) at `--concurrency C` while a
-//!   load generator reads `GET /api/v1/tenant` from all of them through the tenant runtime. The
-//!   baseline, in the same run: the same tenants migrated one after another (the same
-//!   procedure at concurrency 1, no load), by a migration of the same shape. Ratio fleet /
+//!   load generator reads `GET /api/v1/tenant` from all of them through the tenant runtime at
+//!   a steady rate. The baseline, in the same run under the same load: the same tenants
+//!   migrated one after another (the same procedure at concurrency 1), by a migration of the
+//!   same shape. Ratio fleet /
 //!   sequential wall time (target ≤ 0.4×). Every read answer is counted by status: only `200`
 //!   or `503 tenant_upgrading` may appear (target: no other answer), and the count of the
 //!   latter is printed.
@@ -20,7 +21,8 @@
 //!
 //! Run: `./infra/bench.sh fleet` (or `cargo bench --workspace --bench fleet`).
 //! Knobs: `PORTICO_BENCH_TENANTS` (default 1000), `PORTICO_BENCH_FLEET_CONCURRENCY` (default 8),
-//! `PORTICO_BENCH_CONCURRENCY` (readers, default 8).
+//! `PORTICO_BENCH_CONCURRENCY` (readers, default 8), `PORTICO_BENCH_READ_RATE` (reads per
+//! second in all, default 200).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -71,6 +73,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     let n = env_usize("PORTICO_BENCH_TENANTS", 1000).max(10);
     let concurrency = env_usize("PORTICO_BENCH_FLEET_CONCURRENCY", 8).max(1);
     let readers = env_usize("PORTICO_BENCH_CONCURRENCY", 8).max(1);
+    let rate = env_usize("PORTICO_BENCH_READ_RATE", 200).max(1);
     let data = tempfile::tempdir()?;
     let settings = common::bench_settings(cluster, data.path()).await?;
     let platform = Arc::new(Platform::connect(settings.clone(), true).await?);
@@ -94,8 +97,22 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         concurrency: c,
         ..FleetOptions::default()
     };
+    let app = Application::build(
+        settings.clone(),
+        ServeOptions {
+            role: ServeRole::Tenant,
+            migrate: false,
+        },
+    )
+    .await?;
+    let addr = app.local_addr()?;
+    let server = tokio::spawn(app.run_until_stopped(std::future::pending::<()>()));
+    let targets = Arc::new(targets);
 
-    // Baseline: one after another, no load.
+    // The same steady read load (`rate` requests per second over every tenant, as customers
+    // would send them) during both measurements.
+    // Baseline: one after another.
+    let load = Load::start(addr, targets.clone(), readers, rate);
     let t = Instant::now();
     let base = fleet::migrate_fleet(
         &platform,
@@ -108,6 +125,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     )
     .await?;
     let sequential = t.elapsed();
+    let base_reads = load.stop().await?;
     let base_run = base
         .run
         .ok_or_else(|| anyhow::anyhow!("the baseline migrated nothing"))?;
@@ -118,57 +136,8 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         base_run.error
     );
 
-    // M5: the fleet, at `concurrency`, while readers read from every tenant.
-    let app = Application::build(
-        settings.clone(),
-        ServeOptions {
-            role: ServeRole::Tenant,
-            migrate: false,
-        },
-    )
-    .await?;
-    let addr = app.local_addr()?;
-    let server = tokio::spawn(app.run_until_stopped(std::future::pending::<()>()));
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(readers)
-        .build()?;
-    let done = Arc::new(AtomicBool::new(false));
-    let targets = Arc::new(targets);
-    let mut workers = Vec::new();
-    for w in 0..readers {
-        let (http, targets, done) = (http.clone(), targets.clone(), done.clone());
-        workers.push(tokio::spawn(async move {
-            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-            let mut i = w;
-            while !done.load(Ordering::Acquire) {
-                let t: &Target = &targets[i % targets.len()];
-                i += readers;
-                let key = match http
-                    .get(format!("http://{addr}/api/v1/tenant"))
-                    .header("host", &t.host)
-                    .bearer_auth(&t.token)
-                    .send()
-                    .await
-                {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let body: serde_json::Value = r.json().await.unwrap_or_default();
-                        match status {
-                            200 if body["slug"] == t.slug.as_str() => "200".to_owned(),
-                            200 => "200 WRONG TENANT".to_owned(),
-                            s => format!("{s} {}", body["code"].as_str().unwrap_or("-")),
-                        }
-                    }
-                    Err(e) => format!("transport: {e}"),
-                };
-                *counts.entry(key).or_default() += 1;
-            }
-            counts
-        }));
-    }
-    // Readers warm up first, so the migration meets a serving fleet.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // M5: the fleet, at `concurrency`.
+    let load = Load::start(addr, targets.clone(), readers, rate);
     let t = Instant::now();
     let m5 = fleet::migrate_fleet(
         &platform,
@@ -181,13 +150,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     )
     .await?;
     let parallel = t.elapsed();
-    done.store(true, Ordering::Release);
-    let mut reads: BTreeMap<String, u64> = BTreeMap::new();
-    for w in workers {
-        for (k, v) in w.await? {
-            *reads.entry(k).or_default() += v;
-        }
-    }
+    let reads = load.stop().await?;
     server.abort();
     let m5_run = m5
         .run
@@ -198,14 +161,16 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         .filter(|(k, _)| k.as_str() != "200" && k.as_str() != "503 tenant_upgrading")
         .map(|(_, v)| v)
         .sum();
-    println!("M5 fleet migration of {n} tenants one schema behind, under read load");
     println!(
-        "    one after another: {:7.2} s ({:.1} ms per tenant)",
+        "M5 fleet migration of {n} tenants one schema behind, under {rate} reads/s over all of them"
+    );
+    println!(
+        "    one after another: {:7.2} s ({:.1} ms per tenant)   reads {base_reads:?}",
         sequential.as_secs_f64(),
         sequential.as_secs_f64() * 1000.0 / n as f64
     );
     println!(
-        "    fleet, concurrency {concurrency}, {readers} readers: {:7.2} s ({} succeeded, {} failed)",
+        "    fleet, concurrency {concurrency}: {:7.2} s ({} succeeded, {} failed)",
         parallel.as_secs_f64(),
         m5_run.succeeded,
         m5_run.failed
@@ -215,7 +180,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         parallel.as_secs_f64() / sequential.as_secs_f64()
     );
     println!(
-        "    reads: {} answered 200, {upgrading} answered 503 tenant_upgrading, {bad} other (target 0): {reads:?}",
+        "    reads during the fleet run: {} answered 200, {upgrading} answered 503 tenant_upgrading, {bad} other (target 0): {reads:?}",
         reads.get("200").copied().unwrap_or(0)
     );
 
@@ -257,4 +222,77 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         noop_time.as_secs_f64() / round_trip.as_secs_f64()
     );
     Ok(())
+}
+
+/// A steady read load: `readers` workers sharing `rate` requests per second, each request
+/// `GET /api/v1/tenant` of the next tenant in turn; every answer counted by status and code (a
+/// 200 carrying another tenant's profile counts as an error).
+struct Load {
+    done: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
+}
+
+impl Load {
+    fn start(
+        addr: std::net::SocketAddr,
+        targets: Arc<Vec<Target>>,
+        readers: usize,
+        rate: usize,
+    ) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(readers)
+            .build()
+            .expect("client");
+        let period = Duration::from_secs_f64(readers as f64 / rate as f64);
+        let workers = (0..readers)
+            .map(|w| {
+                let (http, targets, done) = (http.clone(), targets.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                    let mut tick = tokio::time::interval(period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut i = w;
+                    while !done.load(Ordering::Acquire) {
+                        tick.tick().await;
+                        let t: &Target = &targets[i % targets.len()];
+                        i += readers;
+                        let key = match http
+                            .get(format!("http://{addr}/api/v1/tenant"))
+                            .header("host", &t.host)
+                            .bearer_auth(&t.token)
+                            .send()
+                            .await
+                        {
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                                match status {
+                                    200 if body["slug"] == t.slug.as_str() => "200".to_owned(),
+                                    200 => "200 WRONG TENANT".to_owned(),
+                                    s => format!("{s} {}", body["code"].as_str().unwrap_or("-")),
+                                }
+                            }
+                            Err(e) => format!("transport: {e}"),
+                        };
+                        *counts.entry(key).or_default() += 1;
+                    }
+                    counts
+                })
+            })
+            .collect();
+        Self { done, workers }
+    }
+
+    async fn stop(self) -> anyhow::Result<BTreeMap<String, u64>> {
+        self.done.store(true, Ordering::Release);
+        let mut all = BTreeMap::new();
+        for w in self.workers {
+            for (k, v) in w.await? {
+                *all.entry(k).or_default() += v;
+            }
+        }
+        Ok(all)
+    }
 }
