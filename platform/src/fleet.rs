@@ -198,6 +198,36 @@ pub async fn migrate_tenant(
         }
         _ => return Err(PlatformError::TenantNotFound(slug.to_owned())),
     };
+    // One single-tenant run of a tenant at a time; a run still marked running now was
+    // interrupted (its process held this lock until it died).
+    let lock = p
+        .catalog
+        .lock_tenant(
+            portico_core::TenantId::from_uuid(c.tenant_id),
+            Duration::from_secs(30),
+        )
+        .await?;
+    let outcome = migrate_tenant_locked(p, c, set, started_by).await;
+    lock.release().await;
+    outcome
+}
+
+async fn migrate_tenant_locked(
+    p: &Platform,
+    c: Candidate,
+    set: &MigrationSet,
+    started_by: &str,
+) -> Result<(RunSummary, TenantResult)> {
+    sqlx::query(
+        "update migration_runs set status = 'stopped', finished_at = now(),
+                error = 'interrupted before it finished'
+          where kind = 'tenant' and status = 'running'
+            and id in (select run_id from migration_run_tenants where tenant_id = $1)",
+    )
+    .bind(c.tenant_id)
+    .execute(p.catalog.pool())
+    .await
+    .map_err(|e| PlatformError::catalog("closing an interrupted run", e))?;
     let run = Uuid::new_v4();
     let options = FleetOptions {
         concurrency: 1,

@@ -1055,21 +1055,29 @@ async fn a_migration_waiting_for_a_lock_gives_up_at_lock_timeout_and_retries() {
         .batch_execute("begin; lock table invitations in access share mode")
         .await
         .expect("lock");
-    let mut child = env
-        .command()
-        .env("PORTICO_LOG", "portico_provisioning=info")
-        .args(["tenant", "migrate", "locked", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("tenant migrate");
-    let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut lines = stderr.lines();
-    let retried = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("waited too long for a lock; retrying"));
-    assert!(retried, "the migration never gave up waiting");
+    // Start a migration and wait until it has given up on the lock once.
+    let start = || {
+        let mut child = env
+            .command()
+            .env("PORTICO_LOG", "portico_provisioning=info")
+            .args(["tenant", "migrate", "locked", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tenant migrate");
+        let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let retried = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("waited too long for a lock; retrying"));
+        assert!(retried, "the migration never gave up waiting");
+        (child, lines)
+    };
+    // Killed while it waits: the next `tenant migrate` closes that run as interrupted.
+    let (mut killed, _) = start();
+    killed.kill().expect("kill -9");
+    let _ = killed.wait();
+    let (child, lines) = start();
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
     holder.batch_execute("commit").await.expect("release");
     let out = child.wait_with_output().expect("wait");
@@ -1081,6 +1089,21 @@ async fn a_migration_waiting_for_a_lock_gives_up_at_lock_timeout_and_retries() {
     assert_eq!(
         db_version(&env, "locked").await,
         migrations::latest_version()
+    );
+    let runs = env.json(&["fleet", "runs", "--json"]);
+    let states: Vec<(&Value, &Value)> = runs
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| (&r["status"], &r["error"]))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (&json!("succeeded"), &Value::Null),
+            (&json!("stopped"), &json!("interrupted before it finished"))
+        ],
+        "{runs}"
     );
     env.cleanup().await;
 }
