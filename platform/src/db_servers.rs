@@ -138,6 +138,25 @@ pub async fn connect(platform: &Platform, row: &DbServerRow) -> Result<DbServer>
     Ok(server)
 }
 
+/// The admin handle of the registered server `id` (`name` for the error when it is gone): from
+/// this process's cache, else read and decrypted once.
+pub async fn connect_id(platform: &Platform, id: Uuid, name: &str) -> Result<DbServer> {
+    if let Some(server) = platform
+        .servers
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&id).cloned())
+    {
+        return Ok(server);
+    }
+    let row = platform
+        .catalog
+        .db_server_by_id(id)
+        .await?
+        .ok_or_else(|| PlatformError::ServerNotFound(name.to_owned()))?;
+    connect(platform, &row).await
+}
+
 /// The server for a new tenant: the named one, else the registered server with the fewest
 /// tenants per connection slot, else the control-plane server (registered as `default`).
 #[tracing::instrument(level = "debug", skip_all)]

@@ -43,20 +43,19 @@ pub async fn set_for_tenant(
     let f = flag(name)?;
     let t = tenant(p, slug).await?;
     let q = match enabled {
-        Some(_) => {
+        Some(on) => sqlx::query(
             "insert into tenant_features (tenant_id, flag, enabled) values ($1, $2, $3)
              on conflict on constraint tenant_features_pkey
-             do update set enabled = excluded.enabled, updated_at = now()"
-        }
-        None => {
-            "delete from tenant_features where tenant_id = $1 and flag = $2 and $3::bool is null"
-        }
-    };
-    sqlx::query(q)
+             do update set enabled = excluded.enabled, updated_at = now()",
+        )
         .bind(t.id)
         .bind(f.name)
-        .bind(enabled)
-        .execute(p.catalog.pool())
+        .bind(on),
+        None => sqlx::query("delete from tenant_features where tenant_id = $1 and flag = $2")
+            .bind(t.id)
+            .bind(f.name),
+    };
+    q.execute(p.catalog.pool())
         .await
         .map_err(|e| PlatformError::catalog("setting a feature flag", e))?;
     list_for_tenant(p, slug).await
@@ -74,17 +73,16 @@ pub async fn set_rollout(p: &Platform, name: &str, percent: Option<i32>) -> Resu
         )));
     }
     let q = match percent {
-        Some(_) => {
+        Some(pc) => sqlx::query(
             "insert into feature_rollouts (flag, percent) values ($1, $2)
              on conflict on constraint feature_rollouts_pkey
-             do update set percent = excluded.percent, updated_at = now()"
-        }
-        None => "delete from feature_rollouts where flag = $1 and $2::int4 is null",
-    };
-    sqlx::query(q)
+             do update set percent = excluded.percent, updated_at = now()",
+        )
         .bind(f.name)
-        .bind(percent)
-        .execute(p.catalog.pool())
+        .bind(pc),
+        None => sqlx::query("delete from feature_rollouts where flag = $1").bind(f.name),
+    };
+    q.execute(p.catalog.pool())
         .await
         .map_err(|e| PlatformError::catalog("setting a feature rollout", e))?;
     Ok(())

@@ -253,6 +253,21 @@ async fn migrate_tenant_locked(
     Ok((result, row))
 }
 
+/// Marks a tenant as a canary (first wave of every fleet run), or not.
+pub async fn set_canary(p: &Platform, slug: &str, on: bool) -> Result<()> {
+    let n = sqlx::query("update tenants set canary = $2 where slug = $1 and status <> 'deleted'")
+        .bind(slug)
+        .bind(on)
+        .execute(p.catalog.pool())
+        .await
+        .map_err(|e| PlatformError::catalog("marking a canary", e))?
+        .rows_affected();
+    if n == 0 {
+        return Err(PlatformError::TenantNotFound(slug.to_owned()));
+    }
+    Ok(())
+}
+
 /// `portico fleet migrate`: resumes this release's interrupted run if there is one, else plans
 /// and runs a new one.
 pub async fn migrate_fleet(
@@ -806,18 +821,7 @@ async fn migrate_database_of(
             false,
         )
     };
-    let row = p
-        .catalog
-        .db_server_by_id(c.server_id)
-        .await
-        .map_err(|e| (e.to_string(), true))?
-        .ok_or_else(|| {
-            (
-                format!("database server '{}' is not registered", c.server),
-                true,
-            )
-        })?;
-    let server = db_servers::connect(p, &row)
+    let server = db_servers::connect_id(p, c.server_id, &c.server)
         .await
         .map_err(|e| (e.to_string(), true))?;
     let mut client = match server.admin_in(&c.database_name).await {
@@ -1094,10 +1098,4 @@ pub async fn status(p: &Platform) -> Result<FleetStatus> {
     }
     st.last_run = select_runs(p, Runs::LastFleet).await?.pop();
     Ok(st)
-}
-
-/// How long a run has taken so far, for progress output.
-pub fn elapsed_since(t: OffsetDateTime) -> Duration {
-    let d = OffsetDateTime::now_utc() - t;
-    Duration::from_millis(u64::try_from(d.whole_milliseconds()).unwrap_or(0))
 }

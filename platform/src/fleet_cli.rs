@@ -116,16 +116,7 @@ pub async fn tenant_migrate(p: &Platform, slug: &str, as_json: bool) -> anyhow::
 
 /// `tenant canary <slug> on|off`.
 pub async fn tenant_canary(p: &Platform, slug: &str, on: bool) -> anyhow::Result<()> {
-    let n = sqlx::query("update tenants set canary = $2 where slug = $1 and status <> 'deleted'")
-        .bind(slug)
-        .bind(on)
-        .execute(p.catalog.pool())
-        .await
-        .map_err(|e| PlatformError::catalog("marking a canary", e))?
-        .rows_affected();
-    if n == 0 {
-        return Err(PlatformError::TenantNotFound(slug.to_owned()).into());
-    }
+    fleet::set_canary(p, slug, on).await?;
     println!(
         "tenant '{slug}' is {} canary",
         if on { "a" } else { "no longer a" }

@@ -311,12 +311,8 @@ async fn run_steps(
     let placement = platform.catalog.placement(tenant).await?.ok_or_else(|| {
         PlatformError::InvalidState(format!("tenant {tenant} has no placement recorded"))
     })?;
-    let server_row = platform
-        .catalog
-        .db_server_by_id(placement.db_server_id)
-        .await?
-        .ok_or_else(|| PlatformError::ServerNotFound(placement.db_server.clone()))?;
-    let server = db_servers::connect(platform, &server_row).await?;
+    let server =
+        db_servers::connect_id(platform, placement.db_server_id, &placement.db_server).await?;
     let names = TenantDbNames {
         database: placement.database_name.clone(),
         role: placement.role_name.clone(),
@@ -545,12 +541,8 @@ impl Platform {
             .ok_or_else(|| {
                 PlatformError::InvalidState(format!("tenant '{slug}' has no placement"))
             })?;
-        let server_row = self
-            .catalog
-            .db_server_by_id(placement.db_server_id)
-            .await?
-            .ok_or_else(|| PlatformError::ServerNotFound(placement.db_server.clone()))?;
-        let server = db_servers::connect(self, &server_row).await?;
+        let server =
+            db_servers::connect_id(self, placement.db_server_id, &placement.db_server).await?;
         Ok((placement, server))
     }
 }
@@ -602,12 +594,10 @@ async fn destroy(platform: &Platform, tenant: TenantId) -> Result<usize> {
     checkpoint("rollback:storage");
     if let Some(placement) = platform.catalog.placement(tenant).await? {
         // The placement's foreign key keeps its server row alive.
-        let row = platform
-            .catalog
-            .db_server_by_id(placement.db_server_id)
+        let admin = db_servers::connect_id(platform, placement.db_server_id, &placement.db_server)
             .await?
-            .ok_or_else(|| PlatformError::ServerNotFound(placement.db_server.clone()))?;
-        let admin = db_servers::connect(platform, &row).await?.admin().await?;
+            .admin()
+            .await?;
         let names = TenantDbNames {
             database: placement.database_name,
             role: placement.role_name,

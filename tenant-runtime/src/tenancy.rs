@@ -108,6 +108,28 @@ pub(crate) async fn admit_anonymous(
     next.run(req).await
 }
 
+/// Gates a whole capability behind feature flag `flag`: `404 feature_disabled` for tenants that
+/// do not have it. The flags come with the resolved tenant (no query).
+pub(crate) async fn require_feature(
+    State(flag): State<&'static str>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let on = req
+        .extensions()
+        .get::<Arc<TenantRoute>>()
+        .is_some_and(|t| t.features.enabled(flag));
+    if !on {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::FeatureDisabled,
+            "This feature is not enabled for this organization",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Marks requests to the shared login host.
 #[derive(Clone, Copy)]
 pub struct LoginHost;

@@ -540,11 +540,28 @@ async fn fleet_runs_go_canary_first_stop_at_the_failure_budget_and_resume_after_
     }
 
     // Ctrl-C in the middle of a run: the tenant in flight finishes, the rest stay pending, the
-    // run is recorded as stopped. (A suspended tenant is migrated like any other.)
+    // run is recorded as stopped. (A suspended tenant is migrated like any other.) The run
+    // takes the tenants in its plan's order; a lock held on the next tenant's data keeps the
+    // run busy with it until the signal is sent, so "in the middle" is a state, not a moment.
     let more = ["tb1", "tb2", "tb3", "tb4", "tb5", "tb6"];
     behind(&env, &more).await;
     env.ok(&["tenant", "suspend", "tb6"]);
-    let (first, rest, code) = interrupt_after_first_result(&env, "INT");
+    let (plan, _) = json_lines(&env.ok(&["fleet", "migrate", "--dry-run", "--json"]));
+    let order: Vec<String> = plan
+        .iter()
+        .map(|t| t["slug"].as_str().expect("slug").to_owned())
+        .collect();
+    assert_eq!(order.len(), 6, "{plan:?}");
+    let slugs_in = |v: &Value, state: &str| -> Vec<String> {
+        v["tenants"]
+            .as_array()
+            .expect("tenants")
+            .iter()
+            .filter(|t| t["state"] == state)
+            .map(|t| t["slug"].as_str().expect("slug").to_owned())
+            .collect()
+    };
+    let (first, rest, code) = interrupt_after_first_result(&env, "INT", &order[1]).await;
     assert_eq!(code, Some(1), "{first}{rest}");
     let (_, summary) = json_lines(&rest);
     let stopped_id = summary["run"]["run_id"].as_str().expect("run").to_owned();
@@ -557,27 +574,29 @@ async fn fleet_runs_go_canary_first_stop_at_the_failure_budget_and_resume_after_
         "{rest}"
     );
     let shown = env.json(&["fleet", "run", "show", &stopped_id, "--json"]);
-    let states: Vec<&str> = shown["tenants"]
-        .as_array()
-        .expect("tenants")
-        .iter()
-        .map(|t| t["state"].as_str().expect("state"))
-        .collect();
-    assert!(!states.contains(&"running"), "{shown}");
-    assert!(states.contains(&"pending"), "{shown}");
-    let mut done_before: Vec<String> = shown["tenants"]
-        .as_array()
-        .expect("tenants")
-        .iter()
-        .filter(|t| t["state"] == "succeeded")
-        .map(|t| t["slug"].as_str().expect("slug").to_owned())
-        .collect();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(slugs_in(&shown, "succeeded")),
+        sorted(order[..2].to_vec()),
+        "{shown}"
+    );
+    assert_eq!(
+        sorted(slugs_in(&shown, "pending")),
+        sorted(order[2..].to_vec()),
+        "{shown}"
+    );
 
     // Killed (SIGKILL) in the middle of the resumed run: the same command finishes it.
-    let (first, _, _) = interrupt_after_first_result(&env, "KILL");
+    let (first, _, _) = interrupt_after_first_result(&env, "KILL", &order[3]).await;
     let killed: Value = serde_json::from_str(&first).expect("a tenant result");
-    assert_eq!(killed["state"], "succeeded", "{first}");
-    done_before.push(killed["slug"].as_str().expect("slug").to_owned());
+    assert_eq!(
+        (&killed["slug"], &killed["state"]),
+        (&json!(order[2]), &json!("succeeded")),
+        "{first}"
+    );
     let open = env.json(&["fleet", "runs", "--json"]);
     let open_id = open[0]["run_id"].as_str().expect("run").to_owned();
     assert_eq!(open_id, stopped_id, "the interrupted run was resumed");
@@ -605,11 +624,14 @@ async fn fleet_runs_go_canary_first_stop_at_the_failure_budget_and_resume_after_
         .expect("unlock");
 
     let (out, results) = resume_to_success(&env, &open_id);
-    assert!(
-        results
-            .iter()
-            .all(|t| !done_before.iter().any(|d| t["slug"] == d.as_str())),
-        "a tenant finished before an interruption is not migrated again: {done_before:?} {out}"
+    let redone: Vec<String> = results
+        .iter()
+        .map(|t| t["slug"].as_str().expect("slug").to_owned())
+        .collect();
+    assert_eq!(
+        sorted(redone),
+        sorted(order[3..].to_vec()),
+        "only the tenants not finished before an interruption are migrated: {out}"
     );
     for slug in more {
         assert_eq!(db_version(&env, slug).await, latest, "{slug}");
@@ -645,9 +667,27 @@ fn resume_to_success(env: &TestEnv, id: &str) -> (String, Vec<Value>) {
     (out, results)
 }
 
-/// Starts `fleet migrate --json --concurrency 1`, sends `signal` (`INT`, `KILL`) once the first tenant result
-/// is printed, and returns that line, the rest of the output and the exit code.
-fn interrupt_after_first_result(env: &TestEnv, signal: &str) -> (String, String, Option<i32>) {
+/// As `slug`'s own role: an open transaction holding a lock its next migration needs.
+async fn hold_lock(env: &TestEnv, slug: &str) -> tokio_postgres::Client {
+    let holder = env.tenant_db(slug).await;
+    holder
+        .batch_execute("begin; lock table invitations in access share mode")
+        .await
+        .expect("lock");
+    holder
+}
+
+/// Starts `fleet migrate --json --concurrency 1` with a lock held on `blocked`'s data, waits
+/// for the first tenant result and until the run waits for that lock, sends `signal` (`INT`,
+/// `KILL`), then lets the lock go; returns the first line, the rest of the output and the exit
+/// code.
+async fn interrupt_after_first_result(
+    env: &TestEnv,
+    signal: &str,
+    blocked: &str,
+) -> (String, String, Option<i32>) {
+    let holder = hold_lock(env, blocked).await;
+    let database = database_of(env, blocked).await;
     use std::io::{BufRead, Read};
     let mut child = env
         .command()
@@ -658,11 +698,26 @@ fn interrupt_after_first_result(env: &TestEnv, signal: &str) -> (String, String,
     let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     let mut first = String::new();
     out.read_line(&mut first).expect("first result");
+    let admin = connect(&admin_url("postgres")).await;
+    let waiting = within(Duration::from_secs(60), async || {
+        admin
+            .query_one(
+                "select exists (select 1 from pg_stat_activity
+                                 where datname = $1 and wait_event_type = 'Lock')",
+                &[&database],
+            )
+            .await
+            .expect("activity")
+            .get(0)
+    })
+    .await;
+    assert!(waiting.is_some(), "the run never reached {blocked}");
     let sent = std::process::Command::new("kill")
         .args([format!("-{signal}"), child.id().to_string()])
         .status()
         .expect("kill");
     assert!(sent.success(), "kill -{signal}");
+    holder.batch_execute("commit").await.expect("release");
     let mut rest = String::new();
     out.read_to_string(&mut rest).expect("rest of the output");
     let status = child.wait().expect("wait");
@@ -824,6 +879,20 @@ async fn a_tenant_at_a_newer_schema_is_still_served() {
     env.cleanup().await;
 }
 
+/// Undoes `20261205000001_fleet.sql`: the catalog exactly as the previous release left it.
+const PREVIOUS_RELEASE_CATALOG: &str = "
+    drop table tenant_features, feature_rollouts, migration_run_tenants, migration_runs,
+               catalog_releases;
+    drop function portico_notify_features();
+    alter table tenants drop column canary;
+    create or replace function portico_notify_tenant() returns trigger language plpgsql as $$
+    begin
+        perform pg_notify('portico_catalog',
+            json_build_object('tenant_id', coalesce(new.id, old.id))::text);
+        return null;
+    end $$;
+    delete from _sqlx_migrations where version = 20261205000001;";
+
 #[tokio::test]
 async fn the_catalog_serves_the_next_release_and_refuses_an_older_catalog_or_a_later_one() {
     let env = TestEnv::new(Backend::FileLocal).await;
@@ -862,13 +931,40 @@ async fn the_catalog_serves_the_next_release_and_refuses_an_older_catalog_or_a_l
         )
         .await
         .expect("back");
-    // A catalog older than the binary: only `portico migrate` runs.
+    // The catalog as the previous release left it, with its tenant: this binary's commands and
+    // `serve` refuse it, naming the command to run; `portico migrate` brings it up, and the
+    // tenant is there and served.
     catalog
-        .batch_execute("delete from _sqlx_migrations where version = (select max(version) from _sqlx_migrations)")
+        .batch_execute(PREVIOUS_RELEASE_CATALOG)
         .await
-        .expect("older");
+        .expect("the previous release's catalog");
     env.run(&["tenant", "show", "acme"])
         .assert_error("run `portico migrate`");
+    env.run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+    ])
+    .assert_error("run `portico migrate`");
+    assert!(env.ok(&["migrate"]).contains("up to date"));
+    assert!(env.ok(&["tenant", "show", "acme"]).contains("acme"));
+    assert_eq!(
+        env.json(&["tenant", "feature", "list", "acme", "--json"])[0]["source"],
+        "default"
+    );
+    assert!(env.ok(&["fleet", "migrate"]).contains("nothing to do"));
+    let (_, token) = user(&env, "acme", "ann@acme.example", "admin").await;
+    let server = env.serve(&[]);
+    assert_eq!(
+        server
+            .get(&host_of("acme"), "/api/v1/features", Some(&token))
+            .await
+            .status,
+        200
+    );
+    drop(server);
     let bare = format!("portico_test_{}", uuid::Uuid::new_v4().simple());
     connect(&admin_url("postgres"))
         .await
@@ -928,8 +1024,11 @@ async fn feature_flags_reach_every_instance_within_a_second() {
             "an instance still served tickets after a second"
         );
     }
-    // Only acme: globex keeps it.
+    // Only acme: globex keeps it, and acme's token reads nothing on globex's host.
     assert_eq!(tickets_on(&one, &globex, &globex_token).await, Some(true));
+    one.get(&globex, "/api/v1/features", Some(&acme_token))
+        .await
+        .assert_problem(401, "invalid_token");
     let listed = env.json(&["tenant", "feature", "list", "acme", "--json"]);
     assert_eq!(listed[0]["source"], "tenant", "{listed}");
     // A fleet rollout: 0 % turns globex off; acme's own setting still wins over 100 %.

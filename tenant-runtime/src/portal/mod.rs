@@ -75,40 +75,13 @@ pub fn routes() -> Router<Runtime> {
                 .route("/api/v1/tickets/{id}/status", post(tickets::set_status))
                 .route("/api/v1/tickets/{id}/comments", post(tickets::comment))
                 .route("/api/v1/tickets/{id}/attachments", post(tickets::attach))
-                .route_layer(axum::middleware::from_fn(feature_gate("tickets"))),
+                .route_layer(axum::middleware::from_fn_with_state(
+                    "tickets",
+                    crate::tenancy::require_feature,
+                )),
         )
         .route("/api/v1/audit-events", get(audit_api::list))
         .route("/api/v1/openapi.json", get(openapi::serve))
-}
-
-/// A middleware answering `404 feature_disabled` for tenants that do not have `flag` (read
-/// from the resolved tenant: no query).
-fn feature_gate(
-    flag: &'static str,
-) -> impl Fn(
-    axum::extract::Request,
-    axum::middleware::Next,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>
-+ Clone {
-    move |req, next| {
-        Box::pin(async move {
-            use axum::response::IntoResponse;
-            let on = req
-                .extensions()
-                .get::<std::sync::Arc<crate::catalog::TenantRoute>>()
-                .is_some_and(|t| t.features.enabled(flag));
-            if on {
-                next.run(req).await
-            } else {
-                Problem::new(
-                    axum::http::StatusCode::NOT_FOUND,
-                    crate::http::ErrorCode::FeatureDisabled,
-                    "This feature is not enabled for this organization",
-                )
-                .into_response()
-            }
-        })
-    }
 }
 
 /// Page size from a query (`1..=200`, default 50).
