@@ -643,13 +643,13 @@ impl Catalog {
 
     /// Takes a session-level advisory lock on the tenant, waiting at most `wait` for another
     /// holder. The lock lives on a pooled connection held by the guard: a crashed holder's lock
-    /// dies with its connection; [`TenantLock::release`] unlocks and returns the connection.
+    /// dies with its connection; [`AdvisoryLock::release`] unlocks and returns the connection.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn lock_tenant(
         &self,
         tenant: TenantId,
         wait: std::time::Duration,
-    ) -> Result<TenantLock> {
+    ) -> Result<AdvisoryLock> {
         let mut conn = self
             .pool
             .acquire()
@@ -677,7 +677,7 @@ impl Catalog {
                 tx.commit()
                     .await
                     .map_err(|e| PlatformError::catalog("locking the tenant", e))?;
-                Ok(TenantLock {
+                Ok(AdvisoryLock {
                     conn: Some(conn),
                     key,
                 })
@@ -696,7 +696,7 @@ impl Catalog {
 impl Catalog {
     /// Takes a session-level advisory lock on `key` if no one holds it, without waiting. The
     /// guard is the same as a tenant lock's: a crashed holder's lock dies with its connection.
-    pub async fn try_lock(&self, key: i64) -> Result<Option<TenantLock>> {
+    pub async fn try_lock(&self, key: i64) -> Result<Option<AdvisoryLock>> {
         let mut conn = self
             .pool
             .acquire()
@@ -707,7 +707,7 @@ impl Catalog {
             .fetch_one(&mut *conn)
             .await
             .map_err(|e| PlatformError::catalog("taking a lock", e))?;
-        Ok(got.then_some(TenantLock {
+        Ok(got.then_some(AdvisoryLock {
             conn: Some(conn),
             key,
         }))
@@ -720,15 +720,15 @@ fn advisory_key(tenant: TenantId) -> i64 {
     i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
-/// Holds a tenant's advisory lock. Release it with [`TenantLock::release`]; dropping it
-/// unreleased closes its connection instead (which also releases the lock), so a connection
-/// holding a lock never goes back to the pool.
-pub struct TenantLock {
+/// Holds a session-level advisory lock (a tenant's, or the fleet run lock). Release it with
+/// [`AdvisoryLock::release`]; dropping it unreleased closes its connection instead (which also
+/// releases the lock), so a connection holding a lock never goes back to the pool.
+pub struct AdvisoryLock {
     conn: Option<sqlx::pool::PoolConnection<Postgres>>,
     key: i64,
 }
 
-impl TenantLock {
+impl AdvisoryLock {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {
@@ -743,7 +743,7 @@ impl TenantLock {
     }
 }
 
-impl Drop for TenantLock {
+impl Drop for AdvisoryLock {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             drop(conn.detach());

@@ -287,7 +287,7 @@ pub async fn migrate_fleet(
 
 /// A fleet run planned and recorded (or resumed), holding the fleet lock until it is finished.
 pub struct StartedFleet {
-    lock: crate::catalog::TenantLock,
+    lock: crate::catalog::AdvisoryLock,
     /// The run to execute (none: nothing to do, or a dry run).
     pub run: Option<Uuid>,
     pub resumed: bool,

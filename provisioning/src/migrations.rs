@@ -361,6 +361,14 @@ const CARRY_BATCH: i64 = 1000;
 /// The control plane anchors the new head once the migration has committed.
 async fn carry_audit_events(tx: &Transaction<'_>) -> Result<u64, tokio_postgres::Error> {
     use portico_core::audit_chain::{canonical, sha256};
+    let insert = tx
+        .prepare(
+            "insert into public.audit_events
+                 (at, event_type, actor, client_ip, request_id, target, outcome, reason, details,
+                  payload_hash, seq, prev_hash, hash)
+             values ($1, $2, $3, $4::text::inet, $5, $6, $7, $8, $9, $10, 0, '', '')",
+        )
+        .await?;
     let append = async |at: OffsetDateTime,
                         event_type: &str,
                         actor: &str,
@@ -375,10 +383,7 @@ async fn carry_audit_events(tx: &Transaction<'_>) -> Result<u64, tokio_postgres:
             at, event_type, actor, ip, request_id, target, outcome, reason, details,
         );
         tx.execute(
-            "insert into public.audit_events
-                 (at, event_type, actor, client_ip, request_id, target, outcome, reason, details,
-                  payload_hash, seq, prev_hash, hash)
-             values ($1, $2, $3, $4::text::inet, $5, $6, $7, $8, $9, $10, 0, '', '')",
+            &insert,
             &[
                 &at,
                 &event_type,

@@ -232,7 +232,12 @@ async fn tenant_api_answers_only_for_its_own_host() {
     assert_ne!(rid, "bad id;drop");
     assert!(uuid::Uuid::parse_str(rid).is_ok());
 
-    // Logs are JSON lines with the request id, route, status and tenant id.
+    // Logs are JSON lines with the request id, route, status and tenant id. The line is
+    // written as the request finishes, which may be just after the client has its answer.
+    server.wait_for_stderr(
+        "\"request_id\":\"trace-42.a_b\"",
+        std::time::Duration::from_secs(10),
+    );
     let lines = server.stderr_lines();
     let line = lines
         .iter()
