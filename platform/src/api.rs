@@ -311,6 +311,8 @@ struct CreateBody {
     #[serde(default)]
     domains: Vec<String>,
     db_server: Option<String>,
+    /// `dedicated` or `pooled`; default: the `default_tier` setting.
+    tier: Option<String>,
 }
 
 impl TryFrom<CreateBody> for CreateTenant {
@@ -331,6 +333,11 @@ impl TryFrom<CreateBody> for CreateTenant {
                 .map(|n| DbServerName::parse(&n))
                 .transpose()
                 .map_err(invalid)?,
+            tier: b
+                .tier
+                .map(|t| t.parse::<crate::catalog::Tier>())
+                .transpose()
+                .map_err(Problem::invalid_input)?,
         })
     }
 }

@@ -108,7 +108,8 @@ pub async fn verify(p: &Platform, slug: &str) -> anyhow::Result<Report> {
     // however well its chain verifies.
     let protection = {
         let (admin, role) = p.connect_as_admin(slug).await?;
-        portico_provisioning::database::audit_protection_problems(&admin, &role).await?
+        let target = p.tenant_target(slug).await?;
+        portico_provisioning::database::audit_protection_problems(&admin, &role, &target).await?
     };
     let client = p.connect_as_tenant(slug).await?;
     let v = audit::verify(&client).await.map_err(PlatformError::from)?;

@@ -69,6 +69,57 @@ pub struct PlacementRow {
     pub database_name: String,
     pub role_name: String,
     pub role_password_ciphertext: Option<Vec<u8>>,
+    /// Pooled tier: the shared database and the tenant's schema there.
+    pub shared_database_id: Option<Uuid>,
+    pub schema_name: Option<String>,
+    pub pool_role: Option<String>,
+    pub pool_password_ciphertext: Option<Vec<u8>>,
+}
+
+impl PlacementRow {
+    /// Where the tenant's objects live, for migrations.
+    pub fn target(&self) -> portico_provisioning::migrations::Target {
+        match &self.schema_name {
+            Some(schema) => portico_provisioning::migrations::Target::Schema {
+                schema: schema.clone(),
+                role: self.role_name.clone(),
+            },
+            None => portico_provisioning::migrations::Target::Database,
+        }
+    }
+}
+
+/// Where a new tenant's data goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// A database and login role of its own.
+    #[default]
+    Dedicated,
+    /// A schema and NOLOGIN role in a shared database, reached through its pool role.
+    Pooled,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dedicated => "dedicated",
+            Self::Pooled => "pooled",
+        }
+    }
+}
+
+impl std::str::FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "dedicated" => Ok(Self::Dedicated),
+            "pooled" => Ok(Self::Pooled),
+            other => Err(format!(
+                "unknown tier '{other}': use 'dedicated' or 'pooled'"
+            )),
+        }
+    }
 }
 
 /// A tenant's create run, as far as resuming or rolling it back needs it.
@@ -99,6 +150,7 @@ pub struct TenantDetailRow {
     pub db_server: Option<String>,
     pub database_name: Option<String>,
     pub role_name: Option<String>,
+    pub schema_name: Option<String>,
     pub run_id: Option<Uuid>,
     pub run_status: Option<String>,
     pub run_error: Option<String>,
@@ -118,13 +170,16 @@ pub struct NewTenant {
     pub db_server_id: Uuid,
     pub database_name: String,
     pub role_name: String,
+    pub tier: Tier,
+    /// Pooled tier: most tenants per shared database.
+    pub pooled_capacity: i32,
     pub request: serde_json::Value,
 }
 
 /// This binary's catalog release. Each release that adds catalog migrations raises it by one;
 /// a binary runs against a catalog of its own release or of the next one (whose migrations
 /// only add, see docs/releases.md), never an older one.
-pub const CATALOG_RELEASE: i32 = 2;
+pub const CATALOG_RELEASE: i32 = 3;
 
 pub(crate) fn constraint(e: &sqlx::Error) -> Option<&str> {
     match e {
@@ -359,7 +414,7 @@ impl Catalog {
         sqlx::query_as(
             "select t.id, t.slug, t.display_name, t.status, t.tier, t.key_id, t.storage_prefix,
                     t.schema_version, t.created_at, t.updated_at,
-                    s.name as db_server, p.database_name, p.role_name,
+                    s.name as db_server, p.database_name, p.role_name, p.schema_name,
                     r.id as run_id, r.status as run_status, r.error as run_error,
                     coalesce((select json_agg(json_build_object(
                                  'hostname', d.hostname, 'kind', d.kind,
@@ -400,8 +455,10 @@ impl Catalog {
     pub async fn placement(&self, tenant: TenantId) -> Result<Option<PlacementRow>> {
         sqlx::query_as(
             "select p.db_server_id, s.name as db_server, p.database_name, p.role_name,
-                    p.role_password_ciphertext
+                    p.role_password_ciphertext, p.shared_database_id, p.schema_name,
+                    sd.pool_role, sd.pool_password_ciphertext
              from tenant_placements p join db_servers s on s.id = p.db_server_id
+             left join shared_databases sd on sd.id = p.shared_database_id
              where p.tenant_id = $1",
         )
         .bind(tenant.as_uuid())
@@ -429,13 +486,14 @@ impl Catalog {
             _ => PlatformError::catalog("recording the new tenant", e),
         };
         sqlx::query(
-            "insert into tenants (id, slug, display_name, status, storage_prefix)
-             values ($1, $2, $3, 'provisioning', $4)",
+            "insert into tenants (id, slug, display_name, status, storage_prefix, tier)
+             values ($1, $2, $3, 'provisioning', $4, $5)",
         )
         .bind(new.id.as_uuid())
         .bind(new.slug.as_str())
         .bind(&new.display_name)
         .bind(&new.storage_prefix)
+        .bind(new.tier.as_str())
         .execute(&mut *tx)
         .await
         .map_err(map)?;
@@ -454,17 +512,64 @@ impl Catalog {
         .execute(&mut *tx)
         .await
         .map_err(map)?;
-        sqlx::query(
-            "insert into tenant_placements (tenant_id, db_server_id, database_name, role_name)
-             values ($1, $2, $3, $4)",
-        )
-        .bind(new.id.as_uuid())
-        .bind(new.db_server_id)
-        .bind(&new.database_name)
-        .bind(&new.role_name)
-        .execute(&mut *tx)
-        .await
-        .map_err(map)?;
+        match new.tier {
+            Tier::Dedicated => {
+                sqlx::query(
+                    "insert into tenant_placements (tenant_id, db_server_id, database_name, role_name)
+                     values ($1, $2, $3, $4)",
+                )
+                .bind(new.id.as_uuid())
+                .bind(new.db_server_id)
+                .bind(&new.database_name)
+                .bind(&new.role_name)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+            }
+            Tier::Pooled => {
+                // The oldest shared database of the server with room, else a new one; creates
+                // on one server take turns here so none overfills a database.
+                sqlx::query("select pg_advisory_xact_lock(727368, 3)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map)?;
+                let new_id = Uuid::new_v4();
+                let shared: (Uuid, String) = sqlx::query_as(
+                    "with room as (
+                       select sd.id, sd.database_name from shared_databases sd
+                        where sd.db_server_id = $1
+                          and (select count(*) from tenant_placements p
+                                where p.shared_database_id = sd.id) < sd.capacity
+                        order by sd.created_at, sd.id limit 1),
+                     made as (
+                       insert into shared_databases (id, db_server_id, database_name, pool_role, capacity)
+                       select $2, $1, $3, $3, $4 where not exists (select 1 from room)
+                       returning id, database_name)
+                     select id, database_name from room union all select id, database_name from made",
+                )
+                .bind(new.db_server_id)
+                .bind(new_id)
+                .bind(portico_provisioning::pooled::SharedDbNames::for_id(new_id).database)
+                .bind(new.pooled_capacity.max(1))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map)?;
+                sqlx::query(
+                    "insert into tenant_placements
+                         (tenant_id, db_server_id, database_name, role_name, shared_database_id,
+                          schema_name)
+                     values ($1, $2, $3, $4, $5, $4)",
+                )
+                .bind(new.id.as_uuid())
+                .bind(new.db_server_id)
+                .bind(&shared.1)
+                .bind(&new.role_name)
+                .bind(shared.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+            }
+        }
         sqlx::query(
             "insert into provisioning_runs (id, tenant_id, kind, status, request)
              values ($1, $2, 'create', 'running', $3)",
@@ -570,6 +675,21 @@ impl Catalog {
     /// created, so that a resumed run sets the same password. Losing this record in a server
     /// crash is harmless too: the next run generates a new password and `ensure_role` sets it.
     #[tracing::instrument(level = "debug", skip_all)]
+    /// Records a shared database's pool password unless one is recorded already; returns the
+    /// one recorded (ours, or the one a concurrent create stored first).
+    pub async fn set_pool_password(&self, shared: Uuid, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        sqlx::query_scalar(
+            "update shared_databases
+                set pool_password_ciphertext = coalesce(pool_password_ciphertext, $2)
+              where id = $1 returning pool_password_ciphertext",
+        )
+        .bind(shared)
+        .bind(ciphertext)
+        .fetch_one(self.journal())
+        .await
+        .map_err(|e| PlatformError::catalog("recording the pool password", e))
+    }
+
     pub async fn set_role_password(&self, tenant: TenantId, ciphertext: &[u8]) -> Result<()> {
         sqlx::query(
             "update tenant_placements set role_password_ciphertext = $2 where tenant_id = $1",

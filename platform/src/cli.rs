@@ -163,6 +163,10 @@ enum TenantCmd {
         /// Database server to place the tenant on (default: the least loaded).
         #[arg(long, conflicts_with = "rollback")]
         db_server: Option<String>,
+        /// `dedicated` (a database and login role of its own) or `pooled` (a schema in a
+        /// shared database); default: the `default_tier` setting.
+        #[arg(long, conflicts_with = "rollback")]
+        tier: Option<String>,
         /// Remove everything an unfinished create left behind.
         #[arg(long)]
         rollback: bool,
@@ -571,7 +575,7 @@ async fn tenant_token(cmd: TenantTokenCmd) -> anyhow::Result<()> {
 
 /// Records a token change in the tenant's audit log (the CLI is the actor).
 async fn token_event(
-    client: &tokio_postgres::Client,
+    client: &portico_tenant_runtime::pools::TenantConn,
     event_type: portico_tenant_runtime::store::audit::EventType,
     name: &str,
     role: &str,
@@ -627,10 +631,15 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             name,
             domains,
             db_server,
+            tier,
             rollback,
             json: as_json,
         } => {
             let slug = slug(&s)?;
+            let tier = tier
+                .map(|t| t.parse::<crate::catalog::Tier>())
+                .transpose()
+                .map_err(PlatformError::InvalidInput)?;
             if rollback {
                 let p = platform(false).await?;
                 let report = tenants::rollback(&p, &slug).await?;
@@ -661,6 +670,7 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
                     display_name: name,
                     domains,
                     db_server,
+                    tier,
                 },
             )
             .await?;

@@ -191,6 +191,7 @@ async fn setup(
                 display_name: Some(name.into()),
                 domains,
                 db_server: None,
+                tier: None,
             },
         )
         .await?;

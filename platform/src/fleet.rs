@@ -167,11 +167,14 @@ struct Candidate {
     server_id: Uuid,
     server: String,
     database_name: String,
+    role_name: String,
+    schema_name: Option<String>,
     wave: i32,
 }
 
 const CANDIDATES: &str = "select t.id as tenant_id, t.slug, t.status, t.schema_version, t.canary,
-            s.id as server_id, s.name as server, p.database_name, 1 as wave
+            s.id as server_id, s.name as server, p.database_name, p.role_name, p.schema_name,
+            1 as wave
        from tenants t
        join tenant_placements p on p.tenant_id = t.id
        join db_servers s on s.id = p.db_server_id";
@@ -594,7 +597,8 @@ async fn execute(
 ) -> Result<RunSummary> {
     let todo: Vec<Candidate> = sqlx::query_as(
         "select t.id as tenant_id, t.slug, t.status, t.schema_version, t.canary,
-                s.id as server_id, s.name as server, p.database_name, r.wave
+                s.id as server_id, s.name as server, p.database_name, p.role_name, p.schema_name,
+                r.wave
            from migration_run_tenants r
            join tenants t on t.id = r.tenant_id
            join tenant_placements p on p.tenant_id = t.id
@@ -829,7 +833,15 @@ async fn migrate_database_of(
         Err(e @ ProvisionError::Unreachable { .. }) => return Err(unreachable(&e)),
         Err(e) => return Err((e.to_string(), true)),
     };
-    let migrated = migrations::migrate_database(&mut client, &set.migrations, set.policy)
+    // A pooled tenant is its schema (and role) in a shared database.
+    let target = match &c.schema_name {
+        Some(schema) => migrations::Target::Schema {
+            schema: schema.clone(),
+            role: c.role_name.clone(),
+        },
+        None => migrations::Target::Database,
+    };
+    let migrated = migrations::migrate(&mut client, &target, &set.migrations, set.policy)
         .await
         .map_err(|e: MigrateError| (e.to_string(), true))?;
     drop(client);

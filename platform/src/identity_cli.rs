@@ -333,7 +333,7 @@ async fn add(
 }
 
 async fn record(
-    client: &tokio_postgres::Client,
+    client: &portico_tenant_runtime::pools::TenantConn,
     event: audit::EventType,
     target: &str,
     change: &str,

@@ -33,7 +33,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::catalog::{DomainRow, NewTenant, StepRow, TenantDetailRow, TenantRow};
+use crate::catalog::{
+    DomainRow, NewTenant, PlacementRow, StepRow, TenantDetailRow, TenantRow, Tier,
+};
 use crate::context::Platform;
 use crate::db_servers;
 use crate::error::{PlatformError, Result};
@@ -49,13 +51,20 @@ pub struct CreateTenant {
     pub display_name: Option<String>,
     pub domains: Vec<Hostname>,
     pub db_server: Option<DbServerName>,
+    /// `None`: the `default_tier` setting decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PlacementView {
     pub db_server: String,
+    /// The tenant's own database (dedicated) or its shared database (pooled).
     pub database: String,
     pub role: String,
+    /// Pooled tier: the tenant's schema in the shared database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -281,9 +290,16 @@ async fn reserve(
 
     let id = TenantId::random();
     let names = TenantDbNames::for_tenant(id);
+    let tier = req.tier.unwrap_or(match platform.settings.default_tier {
+        portico_core::settings::DefaultTier::Dedicated => Tier::Dedicated,
+        portico_core::settings::DefaultTier::Pooled => Tier::Pooled,
+    });
     let run = platform
         .catalog
         .reserve_tenant(&NewTenant {
+            tier,
+            pooled_capacity: i32::try_from(platform.settings.pooled_tenants_per_database)
+                .unwrap_or(i32::MAX),
             id,
             slug: req.slug.clone(),
             display_name,
@@ -326,6 +342,17 @@ async fn run_steps(
         run,
         tenant,
     };
+    if let Some(shared) = placement.shared_database_id {
+        let profile = TenantProfile {
+            tenant_id: tenant,
+            slug: slug.to_string(),
+            display_name: display_name.to_owned(),
+        };
+        return Box::pin(run_pooled_steps(
+            &ctx, &server, &placement, shared, &names, limits, &profile,
+        ))
+        .await;
+    }
 
     // Every step runs on every attempt: each one accepts its resource already existing, so a
     // resumed run simply goes through them again, and a lost bookkeeping record never matters.
@@ -418,6 +445,119 @@ async fn run_steps(
     Ok(())
 }
 
+/// The steps of a pooled tenant's create (same names as a dedicated one's):
+///
+/// | step       | does                                                                 |
+/// |------------|----------------------------------------------------------------------|
+/// | `key`      | tenant key                                                           |
+/// | `role`     | shared database and pool role (if new), tenant NOLOGIN role, membership |
+/// | `database` | tenant schema and audit schema, at the newest migration             |
+/// | `storage`  | `tenants/<id>/` marker object                                        |
+/// | `activate` | as the pool role in the tenant's context: profile row; `active`      |
+async fn run_pooled_steps(
+    ctx: &StepCtx<'_>,
+    server: &portico_provisioning::DbServer,
+    placement: &PlacementRow,
+    shared: Uuid,
+    names: &TenantDbNames,
+    limits: RoleLimits,
+    profile: &TenantProfile,
+) -> Result<()> {
+    use portico_provisioning::pooled;
+    let (platform, run, tenant) = (ctx.platform, ctx.run, ctx.tenant);
+    let shared_names = pooled::SharedDbNames {
+        database: placement.database_name.clone(),
+        pool_role: placement
+            .pool_role
+            .clone()
+            .unwrap_or_else(|| placement.database_name.clone()),
+    };
+    let purpose = portico_core::keys::pool_role_purpose(shared);
+    let pool_password = async {
+        let recorded = match placement.pool_password_ciphertext.clone() {
+            Some(c) => c,
+            None => {
+                let fresh = database::generate_password();
+                let ciphertext = platform
+                    .keyring
+                    .encrypt_platform(&purpose, fresh.expose_secret().as_bytes())
+                    .await?;
+                platform
+                    .catalog
+                    .set_pool_password(shared, &ciphertext)
+                    .await?
+            }
+        };
+        let plain = platform
+            .keyring
+            .decrypt_platform(&purpose, &recorded)
+            .await?;
+        String::from_utf8(plain)
+            .map(SecretString::from)
+            .map_err(|_| PlatformError::InvalidState("stored pool password is not UTF-8".into()))
+    };
+    let key_step = async {
+        let key = ctx
+            .step("key", |attempt| {
+                keys::ensure_tenant_key(&platform.keyring, tenant, attempt > 1)
+            })
+            .await?;
+        platform
+            .catalog
+            .key_created(run, tenant, key.as_str())
+            .await
+    };
+    let role_and_schema = async {
+        let password = pool_password.await?;
+        // The pool role may open as many sessions as the server's budget allows.
+        let pool_limits = RoleLimits {
+            connection_limit: u32::try_from(
+                platform
+                    .catalog
+                    .db_server_by_id(placement.db_server_id)
+                    .await?
+                    .map_or(100, |s| s.max_connections),
+            )
+            .unwrap_or(100)
+            .max(limits.connection_limit),
+            ..limits
+        };
+        ctx.step("role", |_| async {
+            let admin = server.admin().await?;
+            pooled::ensure_shared_database(server, &admin, &shared_names, &password, pool_limits)
+                .await?;
+            pooled::ensure_tenant_role(&admin, &shared_names, names).await
+        })
+        .await?;
+        platform.catalog.step_done(run, "role").await?;
+        ctx.step("database", |_| {
+            pooled::ensure_tenant_schema(server, &shared_names, names)
+        })
+        .await?;
+        platform.catalog.step_done(run, "database").await?;
+        Ok::<_, PlatformError>(password)
+    };
+    let storage_step = async {
+        ctx.step("storage", |_| {
+            storage::ensure_prefix(&platform.store, tenant)
+        })
+        .await?;
+        platform.catalog.step_done(run, "storage").await
+    };
+    let (key, password, prefix) = tokio::join!(key_step, role_and_schema, storage_step);
+    key?;
+    let password = password?;
+    prefix?;
+    let version = ctx
+        .step("activate", |_| {
+            pooled::verify_and_seed(server, &shared_names, &password, names, profile)
+        })
+        .await?;
+    platform.catalog.activate(run, tenant, version).await?;
+    tracing::info!(tenant_id = %tenant, run_id = %run, tier = "pooled", "tenant active");
+    Ok(())
+}
+
 /// Runs one recorded step: marks it started (counting the attempt), runs it inside a span,
 /// records a failure with its message. Marking success is left to the caller, which may record
 /// a result with it.
@@ -499,7 +639,11 @@ impl Platform {
 impl Platform {
     /// A direct connection to a tenant's database as the tenant's own role (for commands that
     /// manage tenant data, such as API tokens).
-    pub async fn connect_as_tenant(&self, slug: &str) -> Result<tokio_postgres::Client> {
+    pub async fn connect_as_tenant(
+        &self,
+        slug: &str,
+    ) -> Result<portico_tenant_runtime::pools::TenantConn> {
+        use portico_tenant_runtime::conn::{TenantConn, TenantContext};
         let t = tenant_row(self, slug).await?;
         if !matches!(t.status.as_str(), "active" | "suspended") {
             return Err(PlatformError::InvalidState(format!(
@@ -507,15 +651,39 @@ impl Platform {
                 t.status
             )));
         }
+        let key = TenantKeyRef::new(t.key_id.clone().ok_or_else(|| {
+            PlatformError::InvalidState(format!("tenant '{slug}' has no key yet"))
+        })?);
         let (placement, server) = self.placement_and_server(slug, &t).await?;
+        if let Some(schema) = &placement.schema_name {
+            // Pooled: the server's admin, in the tenant's context (its role and schema) for
+            // every statement, exactly as the runtime's pool role is.
+            let client = server.admin_in(&placement.database_name).await?;
+            return Ok(TenantConn::direct(
+                client,
+                t.tenant_id(),
+                key,
+                Some(TenantContext::new(&placement.role_name, schema)),
+            ));
+        }
         let password = self.tenant_role_password(slug).await?;
-        Ok(server
+        let client = server
             .connect_as(
                 &placement.database_name,
                 &placement.role_name,
                 password.expose_secret(),
             )
-            .await?)
+            .await?;
+        client
+            .batch_execute(&format!(
+                "set search_path = {}",
+                portico_tenant_runtime::conn::DEDICATED_SEARCH_PATH
+            ))
+            .await
+            .map_err(|e| {
+                PlatformError::InvalidState(format!("cannot prepare the tenant session: {e}"))
+            })?;
+        Ok(TenantConn::direct(client, t.tenant_id(), key, None))
     }
 
     /// A connection to a tenant's database as its server's admin, with the tenant role's
@@ -526,6 +694,22 @@ impl Platform {
         let (placement, server) = self.placement_and_server(slug, &t).await?;
         let client = server.admin_in(&placement.database_name).await?;
         Ok((client, placement.role_name))
+    }
+
+    /// Where a tenant's objects live (its database, or its schema of a shared database).
+    pub async fn tenant_target(
+        &self,
+        slug: &str,
+    ) -> Result<portico_provisioning::migrations::Target> {
+        let t = tenant_row(self, slug).await?;
+        let placement = self
+            .catalog
+            .placement(t.tenant_id())
+            .await?
+            .ok_or_else(|| {
+                PlatformError::InvalidState(format!("tenant '{slug}' has no placement"))
+            })?;
+        Ok(placement.target())
     }
 
     /// A tenant's placement and a connection to its database server.
@@ -594,14 +778,31 @@ async fn destroy(platform: &Platform, tenant: TenantId) -> Result<usize> {
     checkpoint("rollback:storage");
     if let Some(placement) = platform.catalog.placement(tenant).await? {
         // The placement's foreign key keeps its server row alive.
-        let admin = db_servers::connect_id(platform, placement.db_server_id, &placement.db_server)
-            .await?
-            .admin()
-            .await?;
+        let server =
+            db_servers::connect_id(platform, placement.db_server_id, &placement.db_server).await?;
+        let admin = server.admin().await?;
         let names = TenantDbNames {
-            database: placement.database_name,
-            role: placement.role_name,
+            database: placement.database_name.clone(),
+            role: placement.role_name.clone(),
         };
+        if placement.shared_database_id.is_some() {
+            // The shared database stays (other tenants live there); only this tenant's
+            // schemas and role go.
+            let shared = portico_provisioning::pooled::SharedDbNames {
+                database: placement.database_name.clone(),
+                pool_role: placement
+                    .pool_role
+                    .clone()
+                    .unwrap_or_else(|| placement.database_name.clone()),
+            };
+            portico_provisioning::pooled::drop_tenant(&server, &admin, &shared, &names).await?;
+            checkpoint("rollback:database");
+            checkpoint("rollback:role");
+            keys::destroy_tenant_key(&platform.keyring, tenant).await?;
+            checkpoint("rollback:key");
+            platform.catalog.delete_tenant(tenant).await?;
+            return Ok(objects_deleted);
+        }
         database::end_stale_sessions(&admin, &names).await?;
         database::drop_database(&admin, &names).await?;
         checkpoint("rollback:database");
@@ -732,6 +933,7 @@ fn view(row: TenantDetailRow) -> TenantView {
             db_server,
             database,
             role,
+            schema: row.schema_name,
         }),
         _ => None,
     };

@@ -9,7 +9,8 @@
 //! `CONNECT` on the database is revoked from `PUBLIC` right after it is created, so other
 //! tenants' roles are refused at connection time. The role gets a `CONNECTION LIMIT` and a
 //! `statement_timeout`. Its password is set as a SCRAM-SHA-256 verifier computed here, so the
-//! plaintext never reaches the server (or its statement log).
+//! plaintext never reaches the server (or its statement log), at a low iteration count
+//! (`scram.rs`: the password is random, so stretching would only slow every connection open).
 
 use portico_core::TenantId;
 use postgres_protocol::escape::{escape_identifier as ident, escape_literal as literal};
@@ -220,7 +221,7 @@ pub async fn ensure_role(
     password: &SecretString,
     limits: RoleLimits,
 ) -> Result<(), ProvisionError> {
-    let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
+    let verifier = crate::scram::role_verifier(password.expose_secret().as_bytes());
     // A simple-query batch runs as one implicit transaction. Its commit need not wait for the
     // WAL flush: the tenant's first login commits synchronously before the catalog records the
     // tenant active, which flushes this too; if the server crashes first, the next run creates
@@ -427,31 +428,37 @@ pub async fn tenant_objects_exist(
 pub async fn audit_protection_problems(
     admin_in_tenant_db: &Client,
     tenant_role: &str,
+    target: &migrations::Target,
 ) -> Result<Vec<String>, ProvisionError> {
+    let schema = target.audit_schema();
+    // Our schema names (`portico_audit`, `t_<hex>_audit`) never need quoting, so they read
+    // the same in `regclass` input and `regprocedure` output.
+    let table = format!("{schema}.audit_events");
+    let f = |name: &str| format!("{schema}.{name}()");
     let row = admin_in_tenant_db
         .query_one(
             "select
                (select pg_get_userbyid(n.nspowner) from pg_namespace n
-                 where n.nspname = 'portico_audit'),
+                 where n.nspname = $2),
                (select pg_get_userbyid(c.relowner) from pg_class c
-                 where c.oid = to_regclass('portico_audit.audit_events') and c.relkind = 'r'),
+                 where c.oid = to_regclass($3) and c.relkind = 'r'),
                array(select format('%s:%s:%s', t.tgname, t.tgenabled, t.tgfoid::regprocedure)
                        from pg_trigger t
-                      where t.tgrelid = to_regclass('portico_audit.audit_events')
+                      where t.tgrelid = to_regclass($3)
                         and not t.tgisinternal
                       order by t.tgname),
                array(select format('%s:%s:%s:%s', p.proname, pg_get_userbyid(p.proowner),
                                    case when p.prosecdef then 'definer' else 'invoker' end,
                                    coalesce(array_to_string(p.proconfig, ','), ''))
                        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                      where n.nspname = 'portico_audit' order by p.proname),
+                      where n.nspname = $2 order by p.proname),
                array(select p.prosrc from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                      where n.nspname = 'portico_audit' order by p.proname),
-               coalesce(has_table_privilege($1, 'portico_audit.audit_events',
+                      where n.nspname = $2 order by p.proname),
+               coalesce(has_table_privilege($1, $3,
                         'update, delete, truncate, trigger, references'), true),
-               coalesce(has_schema_privilege($1, 'portico_audit', 'create'), true),
+               coalesce(has_schema_privilege($1, $2, 'create'), true),
                pg_has_role($1, 'portico_audit', 'member')",
-            &[&tenant_role],
+            &[&tenant_role, &schema, &table],
         )
         .await
         .map_err(|e| pg_err("checking the audit log's protection", e))?;
@@ -459,15 +466,15 @@ pub async fn audit_protection_problems(
     let owner = |i: usize| row.get::<_, Option<String>>(i);
     match owner(0).as_deref() {
         Some(AUDIT_ROLE) => {}
-        Some(o) => problems.push(format!("schema portico_audit is owned by {o}")),
-        None => problems.push("schema portico_audit is missing".into()),
+        Some(o) => problems.push(format!("schema {schema} is owned by {o}")),
+        None => problems.push(format!("schema {schema} is missing")),
     }
     match owner(1).as_deref() {
         Some(AUDIT_ROLE) => {}
-        Some(o) => problems.push(format!("table portico_audit.audit_events is owned by {o}")),
-        None => problems.push("table portico_audit.audit_events is missing".into()),
+        Some(o) => problems.push(format!("table {schema}.audit_events is owned by {o}")),
+        None => problems.push(format!("table {schema}.audit_events is missing")),
     }
-    let mut expect = |column: usize, what: &str, layout: &str, expected: &[&str]| {
+    let mut expect = |column: usize, what: &str, layout: &str, expected: &[String]| {
         let found: Vec<String> = row.get(column);
         if found != expected {
             problems.push(format!(
@@ -482,9 +489,12 @@ pub async fn audit_protection_problems(
         "triggers",
         "name:enabled:function",
         &[
-            "audit_events_chain:O:portico_audit.audit_events_chain()",
-            "audit_events_no_truncate:O:portico_audit.audit_events_append_only()",
-            "audit_events_no_update:O:portico_audit.audit_events_append_only()",
+            format!("audit_events_chain:O:{}", f("audit_events_chain")),
+            format!(
+                "audit_events_no_truncate:O:{}",
+                f("audit_events_append_only")
+            ),
+            format!("audit_events_no_update:O:{}", f("audit_events_append_only")),
         ],
     );
     expect(
@@ -492,26 +502,27 @@ pub async fn audit_protection_problems(
         "functions",
         "name:owner:security:settings",
         &[
-            "audit_events_append_only:portico_audit:invoker:search_path=pg_catalog, pg_temp",
-            "audit_events_chain:portico_audit:definer:search_path=pg_catalog, pg_temp",
+            "audit_events_append_only:portico_audit:invoker:search_path=pg_catalog, pg_temp".into(),
+            "audit_events_chain:portico_audit:definer:search_path=pg_catalog, pg_temp".into(),
         ],
     );
     let bodies: Vec<String> = row.get(4);
     let shipped: String = migrations::shipped()
         .iter()
         .filter_map(|m| m.sql())
+        .map(|sql| target.sql_of(sql))
         .collect();
     if bodies.iter().any(|b| !shipped.contains(b.as_str())) {
         problems.push("an audit function's body is not the one the migrations define".into());
     }
     if row.get::<_, bool>(5) {
         problems.push(format!(
-            "role {tenant_role} may change portico_audit.audit_events"
+            "role {tenant_role} may change {schema}.audit_events"
         ));
     }
     if row.get::<_, bool>(6) {
         problems.push(format!(
-            "role {tenant_role} may create objects in schema portico_audit"
+            "role {tenant_role} may create objects in schema {schema}"
         ));
     }
     if row.get::<_, bool>(7) {

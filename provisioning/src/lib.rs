@@ -13,6 +13,8 @@
 pub mod database;
 pub mod keys;
 pub mod migrations;
+pub mod pooled;
+pub mod scram;
 pub mod server;
 pub mod storage;
 

@@ -152,22 +152,143 @@ impl MigrateError {
 const HISTORY_DDL: &str = "CREATE TABLE IF NOT EXISTS refinery_schema_history( \
      version INT4 PRIMARY KEY, name VARCHAR(255), applied_on VARCHAR(255), checksum VARCHAR(255));";
 
-/// Serialises migrators of one database (session lock, released when done).
-const MIGRATION_LOCK: &str = "select pg_advisory_lock(727368, 2)";
-const MIGRATION_UNLOCK: &str = "select pg_advisory_unlock(727368, 2)";
+/// Where one tenant's objects live: a whole database (the dedicated tier: objects owned by
+/// `pg_database_owner`, in `public` and `portico_audit`) or a schema of a shared database (the
+/// pooled tier: objects owned by the tenant's role, in its schema `t_<id>` and its audit
+/// schema `t_<id>_audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Database,
+    Schema { schema: String, role: String },
+}
+
+impl Target {
+    /// The schema holding the tenant's tables (and refinery's history).
+    pub fn schema(&self) -> &str {
+        match self {
+            Self::Database => "public",
+            Self::Schema { schema, .. } => schema,
+        }
+    }
+
+    /// The schema holding the tenant's audit log (owned by `portico_audit`).
+    pub fn audit_schema(&self) -> String {
+        match self {
+            Self::Database => "portico_audit".into(),
+            Self::Schema { schema, .. } => audit_schema_of(schema),
+        }
+    }
+
+    /// The role migrations act as.
+    fn owner(&self) -> &str {
+        match self {
+            Self::Database => "pg_database_owner",
+            Self::Schema { role, .. } => role,
+        }
+    }
+
+    /// Second key of the advisory locks of this target (migrators; the audit chain): the
+    /// database's own for a dedicated tenant, one per schema in a shared database, so tenants
+    /// sharing a database never wait for each other.
+    pub fn lock_key(&self) -> i32 {
+        match self {
+            Self::Database => 2,
+            Self::Schema { schema, .. } => {
+                let d = Sha256::digest(schema.as_bytes());
+                // Keys 1 and 2 are the dedicated tier's; a collision only serialises two
+                // schemas' migrators (or chain appends), never mixes them.
+                i32::from_be_bytes([d[0] & 0x7f, d[1], d[2], d[3]]).max(16)
+            }
+        }
+    }
+
+    /// A shipped migration's SQL for this target. Migrations are written for a dedicated
+    /// database; in a schema the same statements name the tenant's schema, audit schema and
+    /// role instead (a test compares the resulting objects with a dedicated database's).
+    pub fn sql_of(&self, sql: &str) -> String {
+        let Self::Schema { schema, role } = self else {
+            return sql.to_owned();
+        };
+        let audit = audit_schema_of(schema);
+        let q = |s: &str| postgres_protocol::escape::escape_identifier(s);
+        let chain_key = format!("727368, {}", self.chain_lock_key());
+        sql.replace(
+            "set role pg_database_owner",
+            &format!("set role {}", q(role)),
+        )
+        .replace("to pg_database_owner", &format!("to {}", q(role)))
+        .replace(
+            "schema portico_audit authorization",
+            &format!("schema {} authorization", q(&audit)),
+        )
+        .replace(
+            "on schema portico_audit",
+            &format!("on schema {}", q(&audit)),
+        )
+        .replace(
+            "set schema portico_audit",
+            &format!("set schema {}", q(&audit)),
+        )
+        .replace("portico_audit.", &format!("{}.", q(&audit)))
+        .replace("public.", &format!("{}.", q(schema)))
+        .replace("727368, 1)", &format!("{chain_key})"))
+    }
+
+    /// Second key of the audit chain's append lock.
+    fn chain_lock_key(&self) -> i32 {
+        match self {
+            Self::Database => 1,
+            Self::Schema { .. } => self.lock_key().wrapping_add(1).max(16),
+        }
+    }
+}
+
+/// The audit schema of a pooled tenant's schema.
+pub fn audit_schema_of(schema: &str) -> String {
+    format!("{schema}_audit")
+}
 
 /// The schema version of a database: its highest applied migration (0 for none).
 pub async fn current_version(client: &Client) -> Result<i32, ProvisionError> {
+    current_version_in(client, &Target::Database).await
+}
+
+/// The schema version of a tenant's objects, wherever they live.
+pub async fn current_version_in(client: &Client, target: &Target) -> Result<i32, ProvisionError> {
+    let history = format!("{}.refinery_schema_history", target.schema());
     let row = client
         .query_one(
-            "select case when to_regclass('public.refinery_schema_history') is null then 0
-                    else (select coalesce(max(version), 0)::int4 from public.refinery_schema_history)
-                    end",
+            "select case when to_regclass(quote_ident($1) || '.refinery_schema_history') is null
+                    then 0 else -1 end",
+            &[&target.schema()],
+        )
+        .await
+        .map_err(|e| pg_err("reading the tenant schema version", e))?;
+    if row.get::<_, i32>(0) == 0 {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            &format!(
+                "select coalesce(max(version), 0)::int4 from {}",
+                qualified(&history)
+            ),
             &[],
         )
         .await
         .map_err(|e| pg_err("reading the tenant schema version", e))?;
     Ok(row.get(0))
+}
+
+/// `schema.table` with the schema quoted.
+fn qualified(name: &str) -> String {
+    match name.split_once('.') {
+        Some((schema, table)) => format!(
+            "{}.{table}",
+            postgres_protocol::escape::escape_identifier(schema)
+        ),
+        None => name.to_owned(),
+    }
 }
 
 /// Applies to the database `client` is connected to (as the server's admin) every migration of
@@ -180,28 +301,56 @@ pub async fn migrate_database(
     migrations: &[Migration],
     policy: LockPolicy,
 ) -> Result<Migrated, MigrateError> {
+    migrate(client, &Target::Database, migrations, policy).await
+}
+
+/// [`migrate_database`] for a tenant wherever it lives: a whole database, or a schema of a
+/// shared database (as the tenant's role, with the schema first on the search path).
+pub async fn migrate(
+    client: &mut Client,
+    target: &Target,
+    migrations: &[Migration],
+    policy: LockPolicy,
+) -> Result<Migrated, MigrateError> {
     client
-        .batch_execute(MIGRATION_LOCK)
+        .execute("select pg_advisory_lock(727368, $1)", &[&target.lock_key()])
         .await
-        .map_err(|e| pg_err("locking the database for migration", e))?;
-    let result = migrate_locked(client, migrations, policy).await;
-    let _ = client.batch_execute(MIGRATION_UNLOCK).await;
-    let _ = client.batch_execute("reset role").await;
+        .map_err(|e| pg_err("locking the tenant for migration", e))?;
+    let result = migrate_locked(client, target, migrations, policy).await;
+    let _ = client
+        .execute(
+            "select pg_advisory_unlock(727368, $1)",
+            &[&target.lock_key()],
+        )
+        .await;
+    let _ = client.batch_execute("reset role; reset search_path").await;
     result
 }
 
 async fn migrate_locked(
     client: &mut Client,
+    target: &Target,
     migrations: &[Migration],
     policy: LockPolicy,
 ) -> Result<Migrated, MigrateError> {
+    let q = postgres_protocol::escape::escape_identifier;
+    let search_path = match target {
+        Target::Database => String::new(),
+        Target::Schema { schema, .. } => format!("set search_path = {};", q(schema)),
+    };
     client
-        .batch_execute(&format!("set role pg_database_owner; {HISTORY_DDL}"))
+        .batch_execute(&format!(
+            "set role {}; {search_path} {HISTORY_DDL}",
+            q(target.owner())
+        ))
         .await
         .map_err(|e| pg_err("preparing the migration history", e))?;
     let applied: Vec<(i32, String)> = client
         .query(
-            "select version, checksum from public.refinery_schema_history order by version",
+            &format!(
+                "select version, checksum from {}.refinery_schema_history order by version",
+                q(target.schema())
+            ),
             &[],
         )
         .await
@@ -228,7 +377,7 @@ async fn migrate_locked(
         loop {
             attempt += 1;
             done.attempts += 1;
-            match apply_one(client, m, policy.lock_timeout).await {
+            match apply_one(client, target, m, policy.lock_timeout).await {
                 Ok(carried) => {
                     done.carried_audit_events += carried;
                     done.after = version;
@@ -276,6 +425,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 /// One migration, its data steps and its history row, in one transaction.
 async fn apply_one(
     client: &mut Client,
+    target: &Target,
     m: &Migration,
     lock_timeout: Duration,
 ) -> Result<u64, tokio_postgres::Error> {
@@ -287,8 +437,11 @@ async fn apply_one(
         lock_timeout.as_millis().max(1)
     ))
     .await?;
-    let carrying = version == CARRY_AUDIT_AT && keep_audit_events(&tx).await?;
-    tx.batch_execute(m.sql().unwrap_or_default()).await?;
+    // Only a dedicated database can be at `V3` (schemas are created at the newest version).
+    let carrying =
+        version == CARRY_AUDIT_AT && *target == Target::Database && keep_audit_events(&tx).await?;
+    tx.batch_execute(&target.sql_of(m.sql().unwrap_or_default()))
+        .await?;
     let carried = if carrying {
         carry_audit_events(&tx).await?
     } else {
@@ -298,8 +451,11 @@ async fn apply_one(
         .format(&Rfc3339)
         .unwrap_or_default();
     tx.execute(
-        "insert into public.refinery_schema_history (version, name, applied_on, checksum)
-         values ($1, $2, $3, $4)",
+        &format!(
+            "insert into {}.refinery_schema_history (version, name, applied_on, checksum)
+             values ($1, $2, $3, $4)",
+            postgres_protocol::escape::escape_identifier(target.schema())
+        ),
         &[&version, &m.name(), &applied_on, &m.checksum().to_string()],
     )
     .await?;

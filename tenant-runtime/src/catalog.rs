@@ -31,8 +31,9 @@ impl TenantStatus {
     }
 }
 
-/// Where a tenant's data lives and how to log in to it. The password is stored encrypted
-/// under the tenant's own key; it is decrypted only when a pool is built.
+/// Where a tenant's data lives and how to log in to it. Passwords are stored encrypted (a
+/// tenant role's under the tenant's own key, a pool role's under the control-plane key); they
+/// are decrypted only when a pool is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     pub db_server_id: Uuid,
@@ -41,10 +42,27 @@ pub struct Placement {
     pub server_url: String,
     /// The server's connection budget, shared by all tenants on it.
     pub server_budget: u32,
+    /// The tenant's own database (dedicated tier) or its shared database (pooled tier).
     pub database: String,
+    /// The tenant's role.
     pub role: String,
     pub key_id: String,
-    pub password_ciphertext: Vec<u8>,
+    pub login: Login,
+}
+
+/// How the runtime logs in for a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// Dedicated tier: as the tenant's own role, to its own database.
+    Tenant { password_ciphertext: Vec<u8> },
+    /// Pooled tier: as the shared database's pool role, switching to the tenant's role and
+    /// schema for every transaction.
+    Pool {
+        shared_database_id: Uuid,
+        pool_role: String,
+        password_ciphertext: Vec<u8>,
+        schema: String,
+    },
 }
 
 /// What a host name resolved to.
@@ -67,21 +85,26 @@ pub struct CatalogReader {
     pool: PgPool,
 }
 
-type RouteRow = (
-    Uuid,
-    String,
-    String,
-    Option<Uuid>,
-    Option<String>,
-    Option<i32>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<Vec<u8>>,
-    Option<i32>,
-    sqlx::types::Json<std::collections::BTreeMap<String, bool>>,
-    sqlx::types::Json<std::collections::BTreeMap<String, i32>>,
-);
+#[derive(sqlx::FromRow)]
+struct RouteRow {
+    id: Uuid,
+    slug: String,
+    status: String,
+    server_id: Option<Uuid>,
+    display_url: Option<String>,
+    max_connections: Option<i32>,
+    database_name: Option<String>,
+    role_name: Option<String>,
+    key_id: Option<String>,
+    role_password_ciphertext: Option<Vec<u8>>,
+    schema_version: Option<i32>,
+    settings: sqlx::types::Json<std::collections::BTreeMap<String, bool>>,
+    rollouts: sqlx::types::Json<std::collections::BTreeMap<String, i32>>,
+    schema_name: Option<String>,
+    shared_database_id: Option<Uuid>,
+    pool_role: Option<String>,
+    pool_password_ciphertext: Option<Vec<u8>>,
+}
 
 impl CatalogReader {
     pub fn new(pool: PgPool) -> Self {
@@ -97,47 +120,67 @@ impl CatalogReader {
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn route_for_host(&self, host: &str) -> Result<Option<TenantRoute>, RuntimeError> {
         let row: Option<RouteRow> = sqlx::query_as(
-            "select t.id, t.slug, t.status, s.id, s.display_url, s.max_connections,
+            "select t.id, t.slug, t.status, s.id as server_id, s.display_url, s.max_connections,
                     p.database_name, p.role_name, t.key_id, p.role_password_ciphertext,
                     t.schema_version,
                     (select coalesce(json_object_agg(f.flag, f.enabled), '{}')
-                       from tenant_features f where f.tenant_id = t.id),
+                       from tenant_features f where f.tenant_id = t.id) as settings,
                     (select coalesce(json_object_agg(r.flag, r.percent), '{}')
-                       from feature_rollouts r)
+                       from feature_rollouts r) as rollouts,
+                    p.schema_name, sd.id as shared_database_id, sd.pool_role,
+                    sd.pool_password_ciphertext
                from tenant_domains d
                join tenants t on t.id = d.tenant_id
                left join tenant_placements p on p.tenant_id = t.id
                left join db_servers s on s.id = p.db_server_id
+               left join shared_databases sd on sd.id = p.shared_database_id
               where d.hostname = $1 and d.verified",
         )
         .bind(host)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| RuntimeError::catalog("resolving a host", e))?;
-        let Some((
-            id,
-            slug,
-            status,
-            server_id,
-            url,
-            budget,
-            db,
-            role,
-            key,
-            secret,
-            schema_version,
-            settings,
-            rollouts,
-        )) = row
-        else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        let tenant_id = TenantId::from_uuid(id);
-        let status = TenantStatus::parse(&status).ok_or_else(|| RuntimeError::Catalog {
+        let tenant_id = TenantId::from_uuid(row.id);
+        let status = TenantStatus::parse(&row.status).ok_or_else(|| RuntimeError::Catalog {
             operation: "resolving a host",
-            message: format!("unknown tenant status '{status}'"),
+            message: format!("unknown tenant status '{}'", row.status),
         })?;
-        let placement = match (server_id, url, budget, db, role, key, secret) {
+        let login = match (
+            row.shared_database_id,
+            row.pool_role,
+            row.pool_password_ciphertext,
+            row.schema_name,
+            row.role_password_ciphertext,
+        ) {
+            (
+                Some(shared_database_id),
+                Some(pool_role),
+                Some(password_ciphertext),
+                Some(schema),
+                _,
+            ) => Some(Login::Pool {
+                shared_database_id,
+                pool_role,
+                password_ciphertext,
+                schema,
+            }),
+            (None, _, _, None, Some(password_ciphertext)) => Some(Login::Tenant {
+                password_ciphertext,
+            }),
+            _ => None,
+        };
+        let placement = match (
+            row.server_id,
+            row.display_url,
+            row.max_connections,
+            row.database_name,
+            row.role_name,
+            row.key_id,
+            login,
+        ) {
             (
                 Some(db_server_id),
                 Some(server_url),
@@ -145,7 +188,7 @@ impl CatalogReader {
                 Some(database),
                 Some(role),
                 Some(key_id),
-                Some(password_ciphertext),
+                Some(login),
             ) => Some(Placement {
                 db_server_id,
                 server_url,
@@ -153,10 +196,13 @@ impl CatalogReader {
                 database,
                 role,
                 key_id,
-                password_ciphertext,
+                login,
             }),
             _ => None,
         };
+        let slug = row.slug;
+        let schema_version = row.schema_version;
+        let (settings, rollouts) = (row.settings, row.rollouts);
         Ok(Some(TenantRoute {
             tenant_id,
             slug,

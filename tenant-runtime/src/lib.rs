@@ -7,6 +7,7 @@
 
 pub(crate) mod caller;
 pub mod catalog;
+pub mod conn;
 pub mod content;
 pub mod error;
 pub(crate) mod failures;

@@ -1,10 +1,12 @@
-//! Per-tenant connection pools under a global budget per database server.
+//! Connection pools under a global budget per database server.
 //!
-//! Each tenant gets a deadpool pool that logs in as that tenant's own role (its password is
-//! decrypted with the tenant's key when the pool is built). Pools live in a bounded moka cache
-//! keyed by `TenantId`; every open connection holds a permit of its server's budget (a
-//! semaphore sized `max_connections / instances`), so however many tenants are hot the server
-//! never sees more than its budget from this instance.
+//! A dedicated tenant gets a deadpool pool that logs in as that tenant's own role (its
+//! password is decrypted with the tenant's key when the pool is built). The pooled tenants of
+//! one shared database share one pool that logs in as that database's pool role; each
+//! [`TenantConn`] taken from it carries its tenant's context (`conn.rs`). Pools live in a
+//! bounded moka cache keyed by tenant or shared database; every open connection holds a permit
+//! of its server's budget (a semaphore sized `max_connections / instances`), so however many
+//! tenants are hot the server never sees more than its budget from this instance.
 //!
 //! | event                                   | what happens                                        |
 //! |-----------------------------------------|-----------------------------------------------------|
@@ -40,7 +42,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use crate::catalog::{Placement, TenantRoute};
+use crate::catalog::{Login, Placement, TenantRoute};
+pub use crate::conn::TenantConn;
+use crate::conn::{Session, SessionHandle, StatementCache, TenantContext};
 use crate::error::RuntimeError;
 
 /// A pool nobody used for this long is closed.
@@ -82,15 +86,35 @@ impl Drop for WaitGuard<'_> {
     }
 }
 
-/// A tenant connection that holds a budget permit for as long as it is open.
+/// A connection that holds a budget permit for as long as it is open.
 pub struct BudgetedClient {
     client: ClientWrapper,
+    statements: StatementCache,
     _permit: OwnedSemaphorePermit,
+}
+
+/// What a pool is keyed by: a dedicated tenant, or a shared database of pooled tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PoolKey {
+    Tenant(TenantId),
+    Shared(Uuid),
+}
+
+/// What a pool logs in with; a pool whose spec no longer matches the catalog is rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PoolSpec {
+    db_server_id: Uuid,
+    server_url: String,
+    server_budget: u32,
+    database: String,
+    user: String,
+    password_ciphertext: Vec<u8>,
+    key_id: String,
 }
 
 struct TenantManager {
     pg: deadpool_postgres::Manager,
-    tenant: TenantId,
+    key: PoolKey,
     budget: Arc<ServerBudget>,
     registry: Weak<Inner>,
 }
@@ -112,7 +136,7 @@ impl managed::Manager for TenantManager {
                 let permit = loop {
                     let idle_returned = budget.idle_returned.notified();
                     if let Some(registry) = self.registry.upgrade() {
-                        registry.reclaim_idle(budget.id, self.tenant);
+                        registry.reclaim_idle(budget.id, self.key);
                     }
                     tokio::select! {
                         p = budget.permits.clone().acquire_owned() => {
@@ -136,6 +160,7 @@ impl managed::Manager for TenantManager {
         metrics::counter!("portico_pool_connections_opened_total").increment(1);
         Ok(BudgetedClient {
             client,
+            statements: StatementCache::default(),
             _permit: permit,
         })
     }
@@ -159,15 +184,15 @@ impl managed::Manager for TenantManager {
 
 type Pool = managed::Pool<TenantManager>;
 
-/// One tenant's pool and the placement it was built for.
+/// One pool and what it logs in with.
 pub struct TenantPool {
-    placement: Placement,
+    spec: PoolSpec,
     pool: Pool,
     budget: Arc<ServerBudget>,
 }
 
 struct Inner {
-    cache: Cache<TenantId, Arc<TenantPool>>,
+    cache: Cache<PoolKey, Arc<TenantPool>>,
     budgets: Mutex<HashMap<Uuid, Arc<ServerBudget>>>,
     keyring: Keyring,
     settings: PoolSettings,
@@ -176,10 +201,10 @@ struct Inner {
 impl Inner {
     /// Closes one idle connection of another tenant on `server`, so its permit can serve a
     /// waiter. Returns whether one was closed.
-    fn reclaim_idle(&self, server: Uuid, except: TenantId) -> bool {
-        // The idle connection unused for longest, across this server's other tenants: hot
+    fn reclaim_idle(&self, server: Uuid, except: PoolKey) -> bool {
+        // The idle connection unused for longest, across this server's other pools: hot
         // tenants keep their connections, cold ones give theirs up.
-        let mut oldest: Option<(TenantId, Duration)> = None;
+        let mut oldest: Option<(PoolKey, Duration)> = None;
         for (tenant, p) in self.cache.iter() {
             if p.budget.id != server || *tenant == except {
                 continue;
@@ -219,73 +244,48 @@ impl Inner {
         closed
     }
 
-    fn budget_for(&self, placement: &Placement) -> Arc<ServerBudget> {
-        let size = (placement.server_budget / self.settings.instances).max(1);
+    fn budget_for(&self, spec: &PoolSpec) -> Arc<ServerBudget> {
+        let size = (spec.server_budget / self.settings.instances).max(1);
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
-        match budgets.get(&placement.db_server_id) {
+        match budgets.get(&spec.db_server_id) {
             Some(b) if b.size == size => b.clone(),
             _ => {
                 let b = Arc::new(ServerBudget {
-                    id: placement.db_server_id,
+                    id: spec.db_server_id,
                     size,
                     permits: Arc::new(Semaphore::new(size as usize)),
                     waiting: AtomicUsize::new(0),
                     idle_returned: tokio::sync::Notify::new(),
                 });
-                budgets.insert(placement.db_server_id, b.clone());
+                budgets.insert(spec.db_server_id, b.clone());
                 b
             }
         }
     }
 }
 
-/// A pooled connection of one tenant. Dereferences to the tokio-postgres client (with its
-/// statement cache). Dropping it returns it to the pool, or closes it when another request on
-/// the same server is waiting for budget.
-pub struct TenantConn {
-    obj: Option<Object<TenantManager>>,
+/// A connection taken from a pool, as a [`TenantConn`] holds it. Dropping it returns it to
+/// the pool, or closes it when another request on the same server is waiting for budget.
+struct Pooled {
+    obj: Object<TenantManager>,
     budget: Arc<ServerBudget>,
-    /// Whose connection this is, and that tenant's key: code handed a connection never needs
-    /// a tenant id beside it that could disagree.
-    tenant: TenantId,
-    key: TenantKeyRef,
 }
 
-impl TenantConn {
-    /// The tenant this connection belongs to (it is logged in as that tenant's role).
-    pub fn tenant(&self) -> TenantId {
-        self.tenant
+impl Session for Pooled {
+    fn client(&self) -> &tokio_postgres::Client {
+        &self.obj.client
     }
-
-    /// The tenant's key reference (for what is encrypted under the tenant's key).
-    pub fn key_ref(&self) -> &TenantKeyRef {
-        &self.key
+    fn client_mut(&mut self) -> &mut tokio_postgres::Client {
+        &mut self.obj.client
+    }
+    fn statements(&self) -> &StatementCache {
+        &self.obj.statements
     }
 }
 
-impl std::ops::Deref for TenantConn {
-    type Target = ClientWrapper;
-    fn deref(&self) -> &ClientWrapper {
-        // Present until drop.
-        match &self.obj {
-            Some(o) => &o.client,
-            None => unreachable!("a TenantConn holds its connection until dropped"),
-        }
-    }
-}
-
-impl std::ops::DerefMut for TenantConn {
-    fn deref_mut(&mut self) -> &mut ClientWrapper {
-        match &mut self.obj {
-            Some(o) => &mut o.client,
-            None => unreachable!("a TenantConn holds its connection until dropped"),
-        }
-    }
-}
-
-impl Drop for TenantConn {
-    fn drop(&mut self) {
-        let Some(obj) = self.obj.take() else { return };
+impl SessionHandle for Pooled {
+    fn release(self: Box<Self>) {
+        let Pooled { obj, budget } = *self;
         if crate::http::request_abandoned() {
             // A query may still be running on it: cancel it, and close the connection rather
             // than hand it to the next request.
@@ -298,9 +298,9 @@ impl Drop for TenantConn {
             metrics::counter!("portico_pool_abandoned_total").increment(1);
         } else {
             drop(obj);
-            if self.budget.waiting.load(Ordering::Acquire) > 0 {
+            if budget.waiting.load(Ordering::Acquire) > 0 {
                 // A waiter closes the least recently used idle connection (maybe this one).
-                self.budget.idle_returned.notify_one();
+                budget.idle_returned.notify_one();
             }
         }
     }
@@ -340,24 +340,28 @@ impl TenantPools {
         }
     }
 
-    /// A connection to `route`'s database as its own role, within the wait bound.
+    /// A connection for `route`'s tenant, in its context, within the wait bound.
     pub async fn get(&self, route: &TenantRoute) -> Result<TenantConn, RuntimeError> {
         let placement = route.placement.as_ref().ok_or_else(|| {
             RuntimeError::TenantDatabase("the tenant has no database placement yet".into())
         })?;
+        let (key, spec, context) = pool_of(route.tenant_id, placement);
         let started = Instant::now();
         let deadline = started + self.inner.settings.wait;
         // Twice at most: a pool closed by a concurrent eviction is rebuilt once.
         for _ in 0..2 {
-            let pool = self.pool_for(route.tenant_id, placement).await?;
+            let pool = self.pool_for(key, &spec, route.tenant_id).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let got = tokio::time::timeout(remaining, pool.pool.get()).await;
             metrics::histogram!("portico_pool_wait_seconds")
                 .record(started.elapsed().as_secs_f64());
             return match got {
                 Ok(Ok(obj)) => Ok(TenantConn {
-                    obj: Some(obj),
-                    budget: pool.budget.clone(),
+                    session: Some(Box::new(Pooled {
+                        obj,
+                        budget: pool.budget.clone(),
+                    })),
+                    context: context.map(Arc::new),
                     tenant: route.tenant_id,
                     key: TenantKeyRef::new(placement.key_id.clone()),
                 }),
@@ -375,52 +379,70 @@ impl TenantPools {
 
     async fn pool_for(
         &self,
+        key: PoolKey,
+        spec: &PoolSpec,
         tenant: TenantId,
-        placement: &Placement,
     ) -> Result<Arc<TenantPool>, RuntimeError> {
         let cache = &self.inner.cache;
-        if let Some(p) = cache.get(&tenant).await {
-            if p.placement == *placement && !p.pool.is_closed() {
+        if let Some(p) = cache.get(&key).await {
+            if p.spec == *spec && !p.pool.is_closed() {
                 return Ok(p);
             }
-            self.evict(tenant).await;
+            self.evict_key(key).await;
         }
         cache
-            .try_get_with(tenant, self.build(tenant, placement))
+            .try_get_with(key, self.build(key, spec, tenant))
             .await
             .map_err(|e| RuntimeError::TenantDatabase(e.to_string()))
     }
 
     async fn build(
         &self,
+        key: PoolKey,
+        spec: &PoolSpec,
         tenant: TenantId,
-        placement: &Placement,
     ) -> Result<Arc<TenantPool>, RuntimeError> {
-        let plain = self
-            .inner
-            .keyring
-            .decrypt_for_tenant(
-                tenant,
-                &TenantKeyRef::new(placement.key_id.clone()),
-                &placement.password_ciphertext,
-            )
-            .await?;
+        let keyring = &self.inner.keyring;
+        let plain = match key {
+            PoolKey::Tenant(_) => {
+                keyring
+                    .decrypt_for_tenant(
+                        tenant,
+                        &TenantKeyRef::new(spec.key_id.clone()),
+                        &spec.password_ciphertext,
+                    )
+                    .await?
+            }
+            PoolKey::Shared(id) => {
+                keyring
+                    .decrypt_platform(
+                        &portico_core::keys::pool_role_purpose(id),
+                        &spec.password_ciphertext,
+                    )
+                    .await?
+            }
+        };
         let password = SecretString::from(String::from_utf8(plain).map_err(|_| {
             RuntimeError::TenantDatabase("the stored role password is not UTF-8".into())
         })?);
-        let mut config = tokio_postgres::Config::from_str(&placement.server_url).map_err(|_| {
+        let mut config = tokio_postgres::Config::from_str(&spec.server_url).map_err(|_| {
             RuntimeError::TenantDatabase("the database server's URL cannot be parsed".into())
         })?;
+        // Pinned at start-up (and so restored by every `DISCARD ALL`). Dedicated: the audit
+        // schema first, so nothing the tenant role creates can stand in for the audit log.
+        // Pooled: nothing at all outside a tenant's context.
+        let search_path = match key {
+            PoolKey::Tenant(_) => crate::conn::DEDICATED_SEARCH_PATH,
+            PoolKey::Shared(_) => "pg_catalog",
+        };
         config
-            .dbname(&placement.database)
-            .user(&placement.role)
+            .dbname(&spec.database)
+            .user(&spec.user)
             .password(password.expose_secret())
             .application_name("portico-runtime")
-            // Pinned at start-up (and so restored by every `DISCARD ALL`): a schema the tenant
-            // role creates under its own name never comes first on our search path.
-            .options("-c search_path=public")
+            .options(format!("-c search_path={search_path}"))
             .connect_timeout(self.inner.settings.wait.max(Duration::from_secs(1)));
-        let budget = self.inner.budget_for(placement);
+        let budget = self.inner.budget_for(spec);
         let manager = TenantManager {
             pg: deadpool_postgres::Manager::from_config(
                 config,
@@ -429,47 +451,57 @@ impl TenantPools {
                     recycling_method: RecyclingMethod::Clean,
                 },
             ),
-            tenant,
+            key,
             budget: budget.clone(),
             registry: Arc::downgrade(&self.inner),
         };
+        let max_size = match key {
+            PoolKey::Tenant(_) => self.inner.settings.per_tenant,
+            // Shared by every pooled tenant of the database: as large as the budget allows.
+            PoolKey::Shared(_) => budget.size,
+        };
         let pool = Pool::builder(manager)
-            .max_size(self.inner.settings.per_tenant as usize)
+            .max_size(max_size as usize)
             // A connection whose clean-up hangs is discarded, not waited for.
             .recycle_timeout(Some(RECYCLE_TIMEOUT))
-            // Most recently used first: a tenant's surplus connections stay idle, age, and are
-            // the first reclaimed for other tenants (or closed by the sweep).
+            // Most recently used first: a pool's surplus connections stay idle, age, and are
+            // the first reclaimed for other pools (or closed by the sweep).
             .queue_mode(deadpool::managed::QueueMode::Lifo)
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| RuntimeError::TenantDatabase(e.to_string()))?;
-        tracing::debug!(tenant_id = %tenant, "tenant pool built");
+        tracing::debug!(pool = ?key, "pool built");
         Ok(Arc::new(TenantPool {
-            placement: placement.clone(),
+            spec: spec.clone(),
             pool,
             budget,
         }))
     }
 
-    /// Closes and forgets a tenant's pool (suspension, placement or credential change).
+    /// Closes and forgets a dedicated tenant's pool (suspension, placement or credential
+    /// change). A pooled tenant has no pool of its own: its route is what changes.
     pub async fn evict(&self, tenant: TenantId) {
-        if let Some(p) = self.inner.cache.remove(&tenant).await {
+        self.evict_key(PoolKey::Tenant(tenant)).await;
+    }
+
+    async fn evict_key(&self, key: PoolKey) {
+        if let Some(p) = self.inner.cache.remove(&key).await {
             p.pool.close();
-            tracing::debug!(tenant_id = %tenant, "tenant pool evicted");
+            tracing::debug!(pool = ?key, "pool evicted");
         }
     }
 
     /// Evicts every pool on a server and forgets its budget (the server's record changed).
     pub async fn evict_server(&self, server: Uuid) {
-        let tenants: Vec<TenantId> = self
+        let keys: Vec<PoolKey> = self
             .inner
             .cache
             .iter()
             .filter(|(_, p)| p.budget.id == server)
-            .map(|(t, _)| *t)
+            .map(|(k, _)| *k)
             .collect();
-        for t in tenants {
-            self.evict(t).await;
+        for k in keys {
+            self.evict_key(k).await;
         }
         self.inner
             .budgets
@@ -521,5 +553,43 @@ impl TenantPools {
                 }
             })
             .collect()
+    }
+}
+
+/// The pool a tenant's connections come from, what it logs in with, and the context its
+/// connections carry.
+fn pool_of(tenant: TenantId, p: &Placement) -> (PoolKey, PoolSpec, Option<TenantContext>) {
+    let spec = |user: &str, password: &[u8]| PoolSpec {
+        db_server_id: p.db_server_id,
+        server_url: p.server_url.clone(),
+        server_budget: p.server_budget,
+        database: p.database.clone(),
+        user: user.to_owned(),
+        password_ciphertext: password.to_vec(),
+        key_id: p.key_id.clone(),
+    };
+    match &p.login {
+        Login::Tenant {
+            password_ciphertext,
+        } => (
+            PoolKey::Tenant(tenant),
+            spec(&p.role, password_ciphertext),
+            None,
+        ),
+        Login::Pool {
+            shared_database_id,
+            pool_role,
+            password_ciphertext,
+            schema,
+        } => {
+            let mut spec = spec(pool_role, password_ciphertext);
+            // The shared pool does not depend on which tenant asked first.
+            spec.key_id = String::new();
+            (
+                PoolKey::Shared(*shared_database_id),
+                spec,
+                Some(TenantContext::new(&p.role, schema)),
+            )
+        }
     }
 }

@@ -69,6 +69,7 @@ async fn run(cluster: &PgCluster, iterations: usize) -> anyhow::Result<()> {
         display_name: Some(format!("Bench {slug}")),
         domains: vec![],
         db_server: None,
+        tier: None,
     };
     // Warm-up: builds the template, registers the default server, warms caches.
     for i in 0..3 {

@@ -686,6 +686,8 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
 #[derive(Clone)]
 struct Baseline {
     pool: deadpool_postgres::Pool,
+    tenant: portico_core::TenantId,
+    key: portico_core::keys::TenantKeyRef,
 }
 
 /// The baseline: the same handler (token check and profile read through the same store
@@ -714,7 +716,11 @@ async fn baseline(
     let password = platform.tenant_role_password(slug).await?;
     cfg.dbname(&placement.database_name)
         .user(&placement.role_name)
-        .password(password.expose_secret());
+        .password(password.expose_secret())
+        .options(format!(
+            "-c search_path={}",
+            portico_tenant_runtime::conn::DEDICATED_SEARCH_PATH
+        ));
     let manager = deadpool_postgres::Manager::from_config(
         cfg.clone(),
         tokio_postgres::NoTls,
@@ -728,7 +734,11 @@ async fn baseline(
         .build()?;
     let app = axum::Router::new()
         .route("/api/v1/tenant", axum::routing::get(baseline_handler))
-        .with_state(Baseline { pool });
+        .with_state(Baseline {
+            pool,
+            tenant: t.tenant_id(),
+            key: portico_core::keys::TenantKeyRef::new(t.key_id.clone().unwrap_or_default()),
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -764,6 +774,7 @@ async fn baseline_handler(
     let Ok(conn) = b.pool.get().await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
+    let conn = portico_tenant_runtime::pools::TenantConn::borrowed(conn, b.tenant, b.key.clone());
     match tokens::authenticate(&conn, &digest).await {
         Ok(Some(_)) => {}
         _ => return StatusCode::UNAUTHORIZED.into_response(),

@@ -11,7 +11,17 @@ use crate::support::{Backend, TestEnv, host_of};
 
 #[tokio::test]
 async fn every_endpoint_follows_roles_and_site_scopes() {
-    let env = TestEnv::new(Backend::FileLocal).await;
+    every_endpoint_follows_roles_and_site_scopes_on(TestEnv::new(Backend::FileLocal).await).await;
+}
+
+/// The same on the pooled tier: tenants in one shared database, behind role switching.
+#[tokio::test]
+async fn every_endpoint_follows_roles_and_site_scopes_pooled() {
+    every_endpoint_follows_roles_and_site_scopes_on(TestEnv::pooled(Backend::FileLocal).await)
+        .await;
+}
+
+async fn every_endpoint_follows_roles_and_site_scopes_on(env: TestEnv) {
     env.ok(&["tenant", "create", "acme"]);
     let admin = env.tenant_token("acme", "admin", "admin");
     let (_, member) = user(&env, "acme", "member@acme.example", "member").await;
@@ -53,9 +63,9 @@ async fn every_endpoint_follows_roles_and_site_scopes() {
         .assert_problem(422, "invalid_input");
     let org = up(&admin, None).await;
     let (m_id, b_id, o_id) = (
-        munich.body["id"].as_str().unwrap(),
-        berlin.body["id"].as_str().unwrap(),
-        org.body["id"].as_str().unwrap(),
+        munich.body["id"].as_str().expect("id"),
+        berlin.body["id"].as_str().expect("id"),
+        org.body["id"].as_str().expect("id"),
     );
 
     // Reads: everyone with documents.read sees all sites, except the site-limited user.

@@ -7,7 +7,22 @@ use crate::support::{Backend, TestEnv, host_of};
 
 #[tokio::test]
 async fn the_audit_log_is_append_only_chained_anchored_and_verifiable() {
-    let env = TestEnv::new(Backend::FileLocal).await;
+    the_audit_log_is_append_only_chained_anchored_and_verifiable_on(
+        TestEnv::new(Backend::FileLocal).await,
+    )
+    .await;
+}
+
+/// The same on the pooled tier: tenants in one shared database, behind role switching.
+#[tokio::test]
+async fn the_audit_log_is_append_only_chained_anchored_and_verifiable_pooled() {
+    the_audit_log_is_append_only_chained_anchored_and_verifiable_on(
+        TestEnv::pooled(Backend::FileLocal).await,
+    )
+    .await;
+}
+
+async fn the_audit_log_is_append_only_chained_anchored_and_verifiable_on(env: TestEnv) {
     let row = env.json(&["tenant", "create", "acme", "--json"]);
     env.ok(&["tenant", "create", "globex"]);
     let admin = env.tenant_token("acme", "admin", "admin");
@@ -19,6 +34,7 @@ async fn the_audit_log_is_append_only_chained_anchored_and_verifiable() {
     let p = env.platform().await;
     let tenant_db = p.connect_as_tenant("acme").await.expect("db");
     // The tenant's own role: insert and read only.
+    let audit = env.audit_schema("acme").await;
     for stmt in [
         "update portico_audit.audit_events set actor = 'mallory'",
         "delete from portico_audit.audit_events",
@@ -32,6 +48,9 @@ async fn the_audit_log_is_append_only_chained_anchored_and_verifiable() {
         "create table portico_audit.decoy (x int)",
         "create trigger t before insert on portico_audit.audit_events for each row execute function portico_audit.audit_events_append_only()",
     ] {
+        // The same statements against this tenant's audit schema, wherever it lives.
+        let stmt = stmt.replace("portico_audit", &audit);
+        let stmt = stmt.as_str();
         let e = tenant_db.batch_execute(stmt).await.expect_err(stmt);
         let msg = e
             .as_db_error()
@@ -104,34 +123,36 @@ async fn the_audit_log_is_append_only_chained_anchored_and_verifiable() {
     assert_eq!(theirs[0]["event_type"], "token_created");
 
     // An edit made as superuser (triggers bypassed) is found, with its position.
-    let db_name = format!("t_{}", crate::support::tenant_id(&row).simple());
-    let su = crate::support::connect(&crate::support::admin_url(&db_name)).await;
-    su.batch_execute("set session_replication_role = replica; update portico_audit.audit_events set actor = 'mallory' where seq = 3")
+    let db_name = row["placement"]["database"].as_str().expect("database");
+    assert_eq!(row["placement"]["schema"].is_string(), env.pooled, "{row}");
+    let su = crate::support::connect(&crate::support::admin_url(db_name)).await;
+    su.batch_execute(&format!(
+        "set session_replication_role = replica; set search_path = {audit}"
+    ))
+    .await
+    .expect("superuser session");
+    su.batch_execute("update audit_events set actor = 'mallory' where seq = 3")
         .await
         .expect("superuser edit");
     let r = env.run(&["audit", "verify", "acme"]);
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stdout.contains("BROKEN at event 3"), "{}", r.stdout);
-    su.batch_execute("set session_replication_role = replica; update portico_audit.audit_events set actor = 'token:admin' where seq = 3")
+    su.batch_execute("update audit_events set actor = 'token:admin' where seq = 3")
         .await
         .expect("undo");
     assert!(env.ok(&["audit", "verify", "acme"]).contains("intact"));
     // Deleting an event breaks the link after it.
-    su.batch_execute(
-        "set session_replication_role = replica; delete from portico_audit.audit_events where seq = 2",
-    )
-    .await
-    .expect("delete");
+    su.batch_execute("delete from audit_events where seq = 2")
+        .await
+        .expect("delete");
     let r = env.run(&["audit", "verify", "acme"]);
     assert!(r.stdout.contains("BROKEN at event 3"), "{}", r.stdout);
 
     // Rewriting the whole chain consistently (drop everything, record new events through the
     // same trigger) passes the chain check but not the anchor.
-    su.batch_execute(
-        "set session_replication_role = replica; delete from portico_audit.audit_events",
-    )
-    .await
-    .expect("wipe");
+    su.batch_execute("delete from audit_events")
+        .await
+        .expect("wipe");
     for i in 0..6 {
         add_site(&server, &acme, &admin, &format!("r{i}")).await;
     }

@@ -264,7 +264,22 @@ async fn documents_are_stored_encrypted_listed_ranged_and_versioned() {
 
 #[tokio::test]
 async fn another_tenant_cannot_reach_documents_by_id_host_token_link_or_key() {
-    let env = TestEnv::new(Backend::S3Kms).await;
+    another_tenant_cannot_reach_documents_by_id_host_token_link_or_key_on(
+        TestEnv::new(Backend::S3Kms).await,
+    )
+    .await;
+}
+
+/// The same on the pooled tier: tenants in one shared database, behind role switching.
+#[tokio::test]
+async fn another_tenant_cannot_reach_documents_by_id_host_token_link_or_key_pooled() {
+    another_tenant_cannot_reach_documents_by_id_host_token_link_or_key_on(
+        TestEnv::pooled(Backend::S3Kms).await,
+    )
+    .await;
+}
+
+async fn another_tenant_cannot_reach_documents_by_id_host_token_link_or_key_on(env: TestEnv) {
     env.ok(&["tenant", "create", "acme"]);
     env.ok(&["tenant", "create", "globex"]);
     let a_admin = env.tenant_token("acme", "admin", "admin");

@@ -668,7 +668,7 @@ fn resume_to_success(env: &TestEnv, id: &str) -> (String, Vec<Value>) {
 }
 
 /// As `slug`'s own role: an open transaction holding a lock its next migration needs.
-async fn hold_lock(env: &TestEnv, slug: &str) -> tokio_postgres::Client {
+async fn hold_lock(env: &TestEnv, slug: &str) -> portico_tenant_runtime::pools::TenantConn {
     let holder = env.tenant_db(slug).await;
     holder
         .batch_execute("begin; lock table invitations in access share mode")

@@ -94,7 +94,7 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
     );
     assert_eq!(
         row.get::<_, String>(1),
-        "public",
+        portico_tenant_runtime::conn::DEDICATED_SEARCH_PATH,
         "the search path pinned at connection start-up"
     );
     assert_eq!(

@@ -30,7 +30,16 @@ const NO_TTL: (&str, &str) = ("PORTICO_TENANT_CACHE_TTL_S", "86400");
 
 #[tokio::test]
 async fn tenant_api_answers_only_for_its_own_host() {
-    let env = TestEnv::new(Backend::FileLocal).await;
+    tenant_api_answers_only_for_its_own_host_on(TestEnv::new(Backend::FileLocal).await).await;
+}
+
+/// The same on the pooled tier: tenants in one shared database, behind role switching.
+#[tokio::test]
+async fn tenant_api_answers_only_for_its_own_host_pooled() {
+    tenant_api_answers_only_for_its_own_host_on(TestEnv::pooled(Backend::FileLocal).await).await;
+}
+
+async fn tenant_api_answers_only_for_its_own_host_on(env: TestEnv) {
     env.ok(&[
         "tenant",
         "create",
@@ -119,10 +128,7 @@ async fn tenant_api_answers_only_for_its_own_host() {
         200
     );
     let placement = env.json(&["tenant", "show", "acme", "--json"]);
-    let db = placement["placement"]["database"]
-        .as_str()
-        .expect("database");
-    let tenant_db = crate::support::connect(&crate::support::admin_url(db)).await;
+    let tenant_db = env.tenant_db("acme").await;
     tenant_db
         .execute(
             "update api_tokens set expires_at = now() - interval '1 second' where name = 'expiring'",

@@ -44,6 +44,8 @@ fn url_parse(s: &str) -> url::Url {
 
 pub struct TestEnv {
     pub backend: Backend,
+    /// Tenants created without `--tier` go to the pooled tier (`PORTICO_DEFAULT_TIER`).
+    pub pooled: bool,
     pub catalog_db: String,
     pub dir: tempfile::TempDir,
     pub s3_prefix: String,
@@ -51,6 +53,15 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new(backend: Backend) -> Self {
+        Self::with_tier(backend, false).await
+    }
+
+    /// An environment whose tenants are pooled unless a create says otherwise.
+    pub async fn pooled(backend: Backend) -> Self {
+        Self::with_tier(backend, true).await
+    }
+
+    async fn with_tier(backend: Backend, pooled: bool) -> Self {
         // reqwest has no default TLS provider in this build (the binary installs aws-lc).
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let catalog_db = format!("portico_test_{}", uuid::Uuid::new_v4().simple());
@@ -64,6 +75,7 @@ impl TestEnv {
         }
         let env = Self {
             backend,
+            pooled,
             s3_prefix: format!("run-{}", uuid::Uuid::new_v4().simple()),
             catalog_db,
             dir: tempfile::tempdir().expect("tempdir"),
@@ -93,6 +105,9 @@ impl TestEnv {
             ("HOME".into(), self.dir.path().display().to_string()),
             ("PORTICO_CLAMD".into(), required("PORTICO_TEST_CLAMD")),
         ];
+        if self.pooled {
+            v.push(("PORTICO_DEFAULT_TIER".into(), "pooled".into()));
+        }
         match self.backend {
             Backend::FileLocal => {
                 v.push((
@@ -195,6 +210,9 @@ impl TestEnv {
                 endpoint: endpoint("PORTICO_TEST_KMS_ENDPOINT"),
             };
         }
+        if self.pooled {
+            settings.default_tier = portico_core::settings::DefaultTier::Pooled;
+        }
         settings
     }
 
@@ -221,13 +239,25 @@ impl TestEnv {
             .expect("connecting the platform")
     }
 
-    /// A connection to `slug`'s database as the tenant's own role.
-    pub async fn tenant_db(&self, slug: &str) -> tokio_postgres::Client {
+    /// A connection to `slug`'s data as the tenant's own role (dedicated), or in its context
+    /// (pooled).
+    pub async fn tenant_db(&self, slug: &str) -> portico_tenant_runtime::pools::TenantConn {
         self.platform()
             .await
             .connect_as_tenant(slug)
             .await
             .expect("tenant db")
+    }
+
+    /// The schema of `slug`'s audit log: `portico_audit` in its own database, `<schema>_audit`
+    /// in a shared one.
+    pub async fn audit_schema(&self, slug: &str) -> String {
+        self.platform()
+            .await
+            .tenant_target(slug)
+            .await
+            .expect("tenant target")
+            .audit_schema()
     }
 
     pub async fn keyring(&self) -> Keyring {

@@ -104,7 +104,20 @@ async fn concurrent_retries_with_one_idempotency_key_create_one_ticket() {
 
 #[tokio::test]
 async fn tickets_follow_the_workflow_roles_sites_and_tenant() {
-    let env = TestEnv::new(Backend::FileLocal).await;
+    tickets_follow_the_workflow_roles_sites_and_tenant_on(TestEnv::new(Backend::FileLocal).await)
+        .await;
+}
+
+/// The same on the pooled tier: tenants in one shared database, behind role switching.
+#[tokio::test]
+async fn tickets_follow_the_workflow_roles_sites_and_tenant_pooled() {
+    tickets_follow_the_workflow_roles_sites_and_tenant_on(
+        TestEnv::pooled(Backend::FileLocal).await,
+    )
+    .await;
+}
+
+async fn tickets_follow_the_workflow_roles_sites_and_tenant_on(env: TestEnv) {
     env.ok(&["tenant", "create", "acme"]);
     env.ok(&["tenant", "create", "globex"]);
     let admin = env.tenant_token("acme", "admin", "admin");

@@ -105,6 +105,12 @@ pub enum Keyring {
 static DATA_KEY_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Data-key calls (`GenerateDataKey` and `Decrypt` of a data key) made by this process so far.
+/// The purpose (encryption context) under which a shared database's pool-role password is
+/// encrypted with the control-plane key: bound to that shared database's id.
+pub fn pool_role_purpose(shared_database: uuid::Uuid) -> String {
+    format!("pool-role:{shared_database}")
+}
+
 pub fn data_key_calls() -> u64 {
     DATA_KEY_CALLS.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -28,6 +28,8 @@ const KEYS: &[&str] = &[
     "kms_endpoint",
     "tenant_connection_limit",
     "tenant_statement_timeout_ms",
+    "default_tier",
+    "pooled_tenants_per_database",
     "operator_host",
     "listen",
     "metrics_listen",
@@ -93,6 +95,8 @@ struct Raw {
     kms_endpoint: Option<String>,
     tenant_connection_limit: i64,
     tenant_statement_timeout_ms: i64,
+    default_tier: String,
+    pooled_tenants_per_database: i64,
     operator_host: Option<String>,
     listen: String,
     metrics_listen: String,
@@ -132,6 +136,8 @@ impl Default for Raw {
             kms_endpoint: None,
             tenant_connection_limit: DEFAULT_TENANT_CONNECTION_LIMIT.into(),
             tenant_statement_timeout_ms: DEFAULT_TENANT_STATEMENT_TIMEOUT_MS.into(),
+            default_tier: "dedicated".into(),
+            pooled_tenants_per_database: DEFAULT_POOLED_TENANTS_PER_DATABASE.into(),
             operator_host: None,
             listen: "127.0.0.1:8080".into(),
             metrics_listen: "127.0.0.1:9464".into(),
@@ -268,6 +274,12 @@ pub struct Settings {
     pub tenant_connection_limit: u32,
     /// `statement_timeout` given to every tenant role, in milliseconds.
     pub tenant_statement_timeout_ms: u32,
+    /// The tier of a tenant created without `--tier`: `dedicated` (a database and login role
+    /// of its own: PostgreSQL authentication separates it) or `pooled` (a schema of a shared
+    /// database: thousands of tenants on a few connections, separated by role switching).
+    pub default_tier: DefaultTier,
+    /// Most pooled tenants placed in one shared database.
+    pub pooled_tenants_per_database: u32,
     /// What `portico serve` needs: listen addresses, limits, pools.
     pub runtime: RuntimeSettings,
 }
@@ -492,6 +504,8 @@ impl Settings {
             },
             tenant_connection_limit: DEFAULT_TENANT_CONNECTION_LIMIT,
             tenant_statement_timeout_ms: DEFAULT_TENANT_STATEMENT_TIMEOUT_MS,
+            default_tier: DefaultTier::Dedicated,
+            pooled_tenants_per_database: DEFAULT_POOLED_TENANTS_PER_DATABASE,
             runtime: RuntimeSettings::defaults_for(&base_domain),
             base_domain,
         }
@@ -571,8 +585,19 @@ impl Settings {
                     "must be between 100 and 3600000",
                 )
             })?;
+        let default_tier = match raw.default_tier.as_str() {
+            "dedicated" => DefaultTier::Dedicated,
+            "pooled" => DefaultTier::Pooled,
+            _ => return Err(invalid("default_tier", "must be 'dedicated' or 'pooled'")),
+        };
+        let pooled_tenants_per_database = u32::try_from(raw.pooled_tenants_per_database)
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| invalid("pooled_tenants_per_database", "must be between 1 and 10000"))?;
         let runtime = RuntimeSettings::validate(&raw, &base_domain)?;
         Ok(Self {
+            default_tier,
+            pooled_tenants_per_database,
             database_url,
             base_domain,
             storage,
@@ -582,6 +607,18 @@ impl Settings {
             runtime,
         })
     }
+}
+
+/// Pooled tenants per shared database unless set: enough that a thousand tenants need only a
+/// few databases, few enough that one database's catalog stays small (each tenant adds its
+/// tables, indexes and functions to `pg_class`/`pg_proc`).
+pub const DEFAULT_POOLED_TENANTS_PER_DATABASE: u32 = 500;
+
+/// The tier of new tenants unless a create names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultTier {
+    Dedicated,
+    Pooled,
 }
 
 /// `$XDG_DATA_HOME/portico`, else `$HOME/.local/share/portico`, else `./.portico`.

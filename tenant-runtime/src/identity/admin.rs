@@ -1,11 +1,11 @@
 //! Managing SSO connections: shared by the CLI (`portico tenant sso …`) and the tenant admin
 //! API (`/api/v1/sso/connections`). Everything is validated before anything is stored.
 
+use crate::conn::TenantConn;
 use portico_core::TenantId;
 use portico_core::keys::{Keyring, TenantKeyRef};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Client;
 
 use super::fetch::Fetcher;
 use super::{oidc, saml};
@@ -66,7 +66,7 @@ impl Prepared {
         all
     }
 
-    pub async fn store(&self, client: &Client) -> Result<Connection, RuntimeError> {
+    pub async fn store(&self, client: &TenantConn) -> Result<Connection, RuntimeError> {
         connections::create(
             client,
             &self.name,
@@ -82,7 +82,7 @@ impl Prepared {
 /// Validates and stores a new connection. SAML metadata must carry a signing certificate; OIDC
 /// discovery must answer with exactly the configured issuer.
 pub async fn create(
-    client: &Client,
+    client: &TenantConn,
     keyring: &Keyring,
     tenant: TenantId,
     key: &TenantKeyRef,
@@ -98,7 +98,7 @@ pub async fn create(
 /// Validates a new connection (fetching and checking its metadata or discovery document) and
 /// encrypts its secret, without storing anything.
 pub async fn prepare(
-    client: &Client,
+    client: &TenantConn,
     keyring: &Keyring,
     tenant: TenantId,
     key: &TenantKeyRef,
@@ -212,7 +212,7 @@ pub async fn prepare(
 
 /// Every role the connection can give must exist (checked before anything is fetched).
 async fn check_roles(
-    client: &Client,
+    client: &TenantConn,
     default_role: Option<&Role>,
     mappings: &[RoleMapping],
 ) -> Result<(), RuntimeError> {

@@ -22,7 +22,6 @@ use portico_core::TenantId;
 use portico_core::keys::TenantKeyRef;
 use portico_core::storage::ObjectKey;
 use time::OffsetDateTime;
-use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::ids::{DocumentId, VersionId};
@@ -658,7 +657,7 @@ pub async fn content(
 }
 
 async fn pick_version(
-    client: &Client,
+    client: &TenantConn,
     doc: &Document,
     wanted: Option<Uuid>,
 ) -> Result<Version, Problem> {

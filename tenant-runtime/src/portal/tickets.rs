@@ -124,7 +124,7 @@ pub async fn create(
             .to_vec()
     };
     let q = |e| crate::error::RuntimeError::query("creating a ticket", e);
-    let client: &mut tokio_postgres::Client = &mut auth.conn;
+    let client = &mut auth.conn;
     let tx = client.transaction().await.map_err(q)?;
     if let Some(key) = &key {
         match tickets::claim(&tx, &principal, key, &fingerprint).await? {

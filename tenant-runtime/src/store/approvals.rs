@@ -1,8 +1,8 @@
 //! Four-eyes approvals: sensitive actions wait here until a second, different principal with
 //! the needed permissions approves (then they are carried out) or rejects them.
 
+use crate::conn::TenantConn;
 use time::OffsetDateTime;
-use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::ids::ApprovalId;
@@ -47,7 +47,7 @@ fn approval(r: &tokio_postgres::Row) -> Approval {
 }
 
 /// Whether the tenant requires approval for `action`.
-pub async fn required(client: &Client, action: &str) -> Result<bool, RuntimeError> {
+pub async fn required(client: &TenantConn, action: &str) -> Result<bool, RuntimeError> {
     Ok(client
         .query_opt(
             "select required from approval_policy where action = $1",
@@ -58,7 +58,7 @@ pub async fn required(client: &Client, action: &str) -> Result<bool, RuntimeErro
         .is_none_or(|r| r.get(0)))
 }
 
-pub async fn policy(client: &Client) -> Result<Vec<(String, bool)>, RuntimeError> {
+pub async fn policy(client: &TenantConn) -> Result<Vec<(String, bool)>, RuntimeError> {
     Ok(client
         .query(
             "select action, required from approval_policy order by action",
@@ -71,7 +71,11 @@ pub async fn policy(client: &Client) -> Result<Vec<(String, bool)>, RuntimeError
         .collect())
 }
 
-pub async fn set_policy(client: &Client, action: &str, required: bool) -> Result<(), RuntimeError> {
+pub async fn set_policy(
+    client: &TenantConn,
+    action: &str,
+    required: bool,
+) -> Result<(), RuntimeError> {
     let n = client
         .execute(
             "update approval_policy set required = $2 where action = $1",
@@ -86,7 +90,7 @@ pub async fn set_policy(client: &Client, action: &str, required: bool) -> Result
 }
 
 pub async fn request(
-    client: &Client,
+    client: &TenantConn,
     action: &str,
     target: &str,
     payload: &serde_json::Value,
@@ -113,7 +117,7 @@ pub async fn request(
     Ok(approval(&row))
 }
 
-pub async fn get(client: &Client, id: ApprovalId) -> Result<Option<Approval>, RuntimeError> {
+pub async fn get(client: &TenantConn, id: ApprovalId) -> Result<Option<Approval>, RuntimeError> {
     Ok(client
         .query_opt(
             &format!("select {COLUMNS} from approvals where id = $1"),
@@ -125,7 +129,10 @@ pub async fn get(client: &Client, id: ApprovalId) -> Result<Option<Approval>, Ru
         .map(approval))
 }
 
-pub async fn list(client: &Client, status: Option<&str>) -> Result<Vec<Approval>, RuntimeError> {
+pub async fn list(
+    client: &TenantConn,
+    status: Option<&str>,
+) -> Result<Vec<Approval>, RuntimeError> {
     Ok(client
         .query(
             &format!(
@@ -144,7 +151,7 @@ pub async fn list(client: &Client, status: Option<&str>) -> Result<Vec<Approval>
 /// Takes a pending, unexpired approval for a decision by `by` (never its requester). Returns
 /// `None` when it is not pending any more (someone else decided first) or has expired.
 pub async fn decide(
-    client: &Client,
+    client: &TenantConn,
     id: ApprovalId,
     by: &str,
     status: &str,
@@ -167,7 +174,7 @@ pub async fn decide(
 
 /// Records how carrying out an approved action went.
 pub async fn set_outcome(
-    client: &Client,
+    client: &TenantConn,
     id: ApprovalId,
     status: &str,
     outcome: &str,
@@ -185,7 +192,7 @@ pub async fn set_outcome(
 /// The permissions a requester (`user:<id>` or `token:<id>`, as [`request`] stored it) holds
 /// *now*: `None` when that user is no longer active or that token is revoked or expired.
 pub async fn requester_permissions(
-    client: &Client,
+    client: &TenantConn,
     principal: &str,
 ) -> Result<Option<crate::store::roles::Permissions>, RuntimeError> {
     let (kind, id) = principal.split_once(':').unwrap_or(("", ""));

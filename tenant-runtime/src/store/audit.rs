@@ -9,9 +9,9 @@
 
 use std::net::IpAddr;
 
+use crate::conn::TenantConn;
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio_postgres::Client;
 
 use crate::error::RuntimeError;
 
@@ -174,7 +174,7 @@ impl<'a> Event<'a> {
 pub use portico_core::audit_chain::{GENESIS, canonical, link, sha256};
 
 /// Appends an event; returns its sequence number.
-pub async fn record(client: &Client, e: &Event<'_>) -> Result<i64, RuntimeError> {
+pub async fn record(client: &TenantConn, e: &Event<'_>) -> Result<i64, RuntimeError> {
     // Truncated to what PostgreSQL keeps, so the stored row serialises to the same bytes.
     let now = OffsetDateTime::now_utc();
     let at = now
@@ -196,7 +196,7 @@ pub async fn record(client: &Client, e: &Event<'_>) -> Result<i64, RuntimeError>
     );
     let row = client
         .query_one(
-            "insert into portico_audit.audit_events
+            "insert into audit_events
                  (at, event_type, actor, client_ip, request_id, target, outcome, reason, details,
                   payload_hash, seq, prev_hash, hash)
              values ($1, $2, $3, $4::text::inet, $5, $6, $7, $8, $9, $10, 0, '', '')
@@ -279,11 +279,11 @@ fn from_row(r: &tokio_postgres::Row) -> Recorded {
 }
 
 /// The latest `limit` events, oldest first.
-pub async fn latest(client: &Client, limit: i64) -> Result<Vec<Recorded>, RuntimeError> {
+pub async fn latest(client: &TenantConn, limit: i64) -> Result<Vec<Recorded>, RuntimeError> {
     let rows = client
         .query(
             &format!(
-                "select {COLUMNS} from (select * from portico_audit.audit_events order by seq desc limit $1) e
+                "select {COLUMNS} from (select * from audit_events order by seq desc limit $1) e
                   order by seq"
             ),
             &[&limit],
@@ -306,11 +306,15 @@ pub struct Filter {
 }
 
 /// Events matching the filter, oldest first, at most `limit`.
-pub async fn list(client: &Client, f: &Filter, limit: i64) -> Result<Vec<Recorded>, RuntimeError> {
+pub async fn list(
+    client: &TenantConn,
+    f: &Filter,
+    limit: i64,
+) -> Result<Vec<Recorded>, RuntimeError> {
     let rows = client
         .query(
             &format!(
-                "select {COLUMNS} from portico_audit.audit_events
+                "select {COLUMNS} from audit_events
                   where ($1::text is null or event_type = $1)
                     and ($2::text is null or actor = $2)
                     and ($3::text is null or target = $3)
@@ -335,10 +339,10 @@ pub async fn list(client: &Client, f: &Filter, limit: i64) -> Result<Vec<Recorde
 }
 
 /// The head of the chain: (sequence number, hash), or `None` for an empty log.
-pub async fn head(client: &Client) -> Result<Option<(i64, Vec<u8>)>, RuntimeError> {
+pub async fn head(client: &TenantConn) -> Result<Option<(i64, Vec<u8>)>, RuntimeError> {
     let row = client
         .query_opt(
-            "select seq, hash from portico_audit.audit_events order by seq desc limit 1",
+            "select seq, hash from audit_events order by seq desc limit 1",
             &[],
         )
         .await
@@ -347,12 +351,9 @@ pub async fn head(client: &Client) -> Result<Option<(i64, Vec<u8>)>, RuntimeErro
 }
 
 /// The hash stored for one sequence number.
-pub async fn hash_at(client: &Client, seq: i64) -> Result<Option<Vec<u8>>, RuntimeError> {
+pub async fn hash_at(client: &TenantConn, seq: i64) -> Result<Option<Vec<u8>>, RuntimeError> {
     let row = client
-        .query_opt(
-            "select hash from portico_audit.audit_events where seq = $1",
-            &[&seq],
-        )
+        .query_opt("select hash from audit_events where seq = $1", &[&seq])
         .await
         .map_err(|e| RuntimeError::query("reading the audit chain", e))?;
     Ok(row.map(|r| r.get(0)))
@@ -376,7 +377,7 @@ pub struct Verification {
 }
 
 /// Walks the whole chain in pages, recomputing every payload hash and every link.
-pub async fn verify(client: &Client) -> Result<Verification, RuntimeError> {
+pub async fn verify(client: &TenantConn) -> Result<Verification, RuntimeError> {
     let mut prev = GENESIS.to_vec();
     let mut expected_seq = 1_i64;
     let mut count = 0_i64;

@@ -1,9 +1,9 @@
 //! SSO connections of this tenant: SAML 2.0 or OpenID Connect identity providers, their role
 //! mappings, and (for OIDC) the client secret, encrypted under the tenant's key.
 
+use crate::conn::TenantConn;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::error::RuntimeError;
@@ -149,7 +149,7 @@ const COLUMNS: &str =
     "id, name, config, secret_ciphertext, default_role, role_mappings, created_at";
 
 pub async fn create(
-    client: &Client,
+    client: &TenantConn,
     name: &str,
     protocol: &Protocol,
     secret_ciphertext: Option<&[u8]>,
@@ -192,7 +192,7 @@ pub async fn create(
     connection(&row)
 }
 
-pub async fn list(client: &Client) -> Result<Vec<Connection>, RuntimeError> {
+pub async fn list(client: &TenantConn) -> Result<Vec<Connection>, RuntimeError> {
     client
         .query(
             &format!("select {COLUMNS} from sso_connections order by name"),
@@ -205,7 +205,7 @@ pub async fn list(client: &Client) -> Result<Vec<Connection>, RuntimeError> {
         .collect()
 }
 
-pub async fn by_name(client: &Client, name: &str) -> Result<Option<Connection>, RuntimeError> {
+pub async fn by_name(client: &TenantConn, name: &str) -> Result<Option<Connection>, RuntimeError> {
     client
         .query_opt(
             &format!("select {COLUMNS} from sso_connections where name = $1"),
@@ -219,7 +219,7 @@ pub async fn by_name(client: &Client, name: &str) -> Result<Option<Connection>, 
 }
 
 /// Removes a connection; its identities, sessions and pending requests go with it.
-pub async fn remove(client: &Client, name: &str) -> Result<(), RuntimeError> {
+pub async fn remove(client: &TenantConn, name: &str) -> Result<(), RuntimeError> {
     let n = client
         .execute("delete from sso_connections where name = $1", &[&name])
         .await

@@ -2,8 +2,8 @@
 //! storage (see [`crate::content`]); each version row carries what is needed to read it back
 //! (object key, wrapped data key, key reference, salt) but never a plaintext key.
 
+use crate::conn::TenantConn;
 use time::{Date, OffsetDateTime};
-use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::ids::{DocumentId, VersionId};
@@ -181,7 +181,7 @@ async fn insert_version(
 
 /// Records a new document with its first version.
 pub async fn create(
-    client: &mut Client,
+    client: &mut TenantConn,
     id: DocumentId,
     d: &NewDocument,
     v: &NewVersion,
@@ -222,7 +222,7 @@ pub async fn create(
 
 /// Adds a version that replaces the current one (which gets `valid_until` and `replaced_by`).
 pub async fn add_version(
-    client: &mut Client,
+    client: &mut TenantConn,
     document: DocumentId,
     v: &NewVersion,
 ) -> Result<Version, RuntimeError> {
@@ -265,7 +265,7 @@ pub async fn add_version(
         .ok_or_else(|| RuntimeError::NotFound("version".into()))
 }
 
-pub async fn get(client: &Client, id: DocumentId) -> Result<Option<Document>, RuntimeError> {
+pub async fn get(client: &TenantConn, id: DocumentId) -> Result<Option<Document>, RuntimeError> {
     Ok(client
         .query_opt(
             &format!(
@@ -283,7 +283,7 @@ pub async fn get(client: &Client, id: DocumentId) -> Result<Option<Document>, Ru
 
 /// (id, site) of those of `ids` that exist.
 pub async fn sites_of(
-    client: &Client,
+    client: &TenantConn,
     ids: &[DocumentId],
 ) -> Result<Vec<(DocumentId, Option<String>)>, RuntimeError> {
     Ok(client
@@ -295,7 +295,10 @@ pub async fn sites_of(
         .collect())
 }
 
-pub async fn versions(client: &Client, document: DocumentId) -> Result<Vec<Version>, RuntimeError> {
+pub async fn versions(
+    client: &TenantConn,
+    document: DocumentId,
+) -> Result<Vec<Version>, RuntimeError> {
     Ok(client
         .query(
             &format!(
@@ -311,7 +314,7 @@ pub async fn versions(client: &Client, document: DocumentId) -> Result<Vec<Versi
         .collect())
 }
 
-pub async fn version(client: &Client, id: VersionId) -> Result<Option<Version>, RuntimeError> {
+pub async fn version(client: &TenantConn, id: VersionId) -> Result<Option<Version>, RuntimeError> {
     Ok(client
         .query_opt(
             &format!("select {VERSION_COLUMNS} from document_versions v where v.id = $1"),
@@ -339,7 +342,11 @@ pub struct Filter {
 }
 
 /// Newest first.
-pub async fn list(client: &Client, f: &Filter, limit: i64) -> Result<Vec<Document>, RuntimeError> {
+pub async fn list(
+    client: &TenantConn,
+    f: &Filter,
+    limit: i64,
+) -> Result<Vec<Document>, RuntimeError> {
     let (after_at, after_id) = f.after.map_or((None, None), |(a, i)| (Some(a), Some(i)));
     Ok(client
         .query(
@@ -407,7 +414,7 @@ fn link(r: &tokio_postgres::Row) -> Link {
 }
 
 pub async fn create_link(
-    client: &Client,
+    client: &TenantConn,
     document: DocumentId,
     version: VersionId,
     expires_at: OffsetDateTime,
@@ -427,7 +434,7 @@ pub async fn create_link(
     Ok(link(&row))
 }
 
-pub async fn get_link(client: &Client, id: Uuid) -> Result<Option<Link>, RuntimeError> {
+pub async fn get_link(client: &TenantConn, id: Uuid) -> Result<Option<Link>, RuntimeError> {
     Ok(client
         .query_opt(
             &format!("select {LINK_COLUMNS} from document_links where id = $1"),
@@ -439,7 +446,7 @@ pub async fn get_link(client: &Client, id: Uuid) -> Result<Option<Link>, Runtime
         .map(link))
 }
 
-pub async fn links(client: &Client, document: DocumentId) -> Result<Vec<Link>, RuntimeError> {
+pub async fn links(client: &TenantConn, document: DocumentId) -> Result<Vec<Link>, RuntimeError> {
     Ok(client
         .query(
             &format!(
@@ -456,7 +463,7 @@ pub async fn links(client: &Client, document: DocumentId) -> Result<Vec<Link>, R
 
 /// Revokes a link of this document; `NotFound` when there is none.
 pub async fn revoke_link(
-    client: &Client,
+    client: &TenantConn,
     document: DocumentId,
     id: Uuid,
 ) -> Result<Link, RuntimeError> {
@@ -475,7 +482,7 @@ pub async fn revoke_link(
 }
 
 /// Counts a use of a live link; `None` when it is revoked or expired.
-pub async fn use_link(client: &Client, id: Uuid) -> Result<Option<Link>, RuntimeError> {
+pub async fn use_link(client: &TenantConn, id: Uuid) -> Result<Option<Link>, RuntimeError> {
     Ok(client
         .query_opt(
             &format!(
@@ -494,7 +501,10 @@ pub async fn use_link(client: &Client, id: Uuid) -> Result<Option<Link>, Runtime
 // ---- tenant secrets --------------------------------------------------------------------------
 
 /// The stored ciphertext of a tenant secret, if there is one.
-pub async fn tenant_secret(client: &Client, name: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+pub async fn tenant_secret(
+    client: &TenantConn,
+    name: &str,
+) -> Result<Option<Vec<u8>>, RuntimeError> {
     Ok(client
         .query_opt(
             "select ciphertext from tenant_secrets where name = $1",
@@ -508,7 +518,7 @@ pub async fn tenant_secret(client: &Client, name: &str) -> Result<Option<Vec<u8>
 /// Stores a tenant secret unless one exists; returns the stored ciphertext (the first writer
 /// wins, so concurrent creators all end up with the same secret).
 pub async fn put_tenant_secret(
-    client: &Client,
+    client: &TenantConn,
     name: &str,
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, RuntimeError> {

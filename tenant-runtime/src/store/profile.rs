@@ -15,7 +15,7 @@ pub struct Profile {
     pub created_at: OffsetDateTime,
 }
 
-pub async fn get(client: &deadpool_postgres::ClientWrapper) -> Result<Profile, RuntimeError> {
+pub async fn get(client: &crate::conn::TenantConn) -> Result<Profile, RuntimeError> {
     let stmt = client
         .prepare_cached("select tenant_id, slug, display_name, created_at from tenant_profile")
         .await

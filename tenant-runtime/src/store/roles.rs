@@ -2,8 +2,8 @@
 //! changed) and custom roles per tenant. Whoever grants or defines a role must hold every
 //! permission in it ([`Permissions::is_subset`]), so delegation never escalates.
 
+use crate::conn::TenantConn;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Client;
 
 use crate::error::RuntimeError;
 
@@ -183,7 +183,7 @@ fn role(row: &tokio_postgres::Row) -> Role {
     }
 }
 
-pub async fn list(client: &Client) -> Result<Vec<Role>, RuntimeError> {
+pub async fn list(client: &TenantConn) -> Result<Vec<Role>, RuntimeError> {
     Ok(client
         .query(
             &format!("{ROLE_QUERY} group by r.name order by r.built_in desc, r.name"),
@@ -196,7 +196,7 @@ pub async fn list(client: &Client) -> Result<Vec<Role>, RuntimeError> {
         .collect())
 }
 
-pub async fn get(client: &Client, name: &str) -> Result<Option<Role>, RuntimeError> {
+pub async fn get(client: &TenantConn, name: &str) -> Result<Option<Role>, RuntimeError> {
     Ok(client
         .query_opt(
             &format!("{ROLE_QUERY} where r.name = $1 group by r.name"),
@@ -209,7 +209,7 @@ pub async fn get(client: &Client, name: &str) -> Result<Option<Role>, RuntimeErr
 }
 
 /// The role, or `invalid_input` naming it.
-pub async fn require(client: &Client, name: &RoleName) -> Result<Role, RuntimeError> {
+pub async fn require(client: &TenantConn, name: &RoleName) -> Result<Role, RuntimeError> {
     get(client, name.as_str())
         .await?
         .ok_or_else(|| RuntimeError::InvalidInput(format!("there is no role '{name}'")))
@@ -217,7 +217,7 @@ pub async fn require(client: &Client, name: &RoleName) -> Result<Role, RuntimeEr
 
 /// Creates a custom role, or replaces a custom role's permissions (`replace`).
 pub async fn save(
-    client: &mut Client,
+    client: &mut TenantConn,
     name: &RoleName,
     description: &str,
     permissions: Permissions,
@@ -282,7 +282,7 @@ pub async fn save(
 }
 
 /// Deletes a custom role nobody holds.
-pub async fn delete(client: &Client, name: &RoleName) -> Result<(), RuntimeError> {
+pub async fn delete(client: &TenantConn, name: &RoleName) -> Result<(), RuntimeError> {
     let role = get(client, name.as_str())
         .await?
         .ok_or_else(|| RuntimeError::NotFound(format!("no role named '{name}'")))?;

@@ -8,9 +8,9 @@
 use crate::ids::UserId;
 use std::net::IpAddr;
 
+use crate::conn::TenantConn;
 use secrecy::{ExposeSecret, SecretString};
 use time::{Duration, OffsetDateTime};
-use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::error::RuntimeError;
@@ -48,7 +48,7 @@ pub struct Flow {
     pub csrf_token: String,
 }
 
-pub async fn create_flow(client: &Client) -> Result<(Flow, SecretString), RuntimeError> {
+pub async fn create_flow(client: &TenantConn) -> Result<(Flow, SecretString), RuntimeError> {
     let (value, hash) = new_secret();
     let csrf = random_token();
     client
@@ -75,7 +75,7 @@ pub async fn create_flow(client: &Client) -> Result<(Flow, SecretString), Runtim
     ))
 }
 
-pub async fn get_flow(client: &Client, hash: &[u8]) -> Result<Option<Flow>, RuntimeError> {
+pub async fn get_flow(client: &TenantConn, hash: &[u8]) -> Result<Option<Flow>, RuntimeError> {
     let row = client
         .query_opt(
             "select id_hash, csrf_token from login_flows where id_hash = $1 and expires_at > now()",
@@ -89,7 +89,7 @@ pub async fn get_flow(client: &Client, hash: &[u8]) -> Result<Option<Flow>, Runt
     }))
 }
 
-pub async fn end_flow(client: &Client, hash: &[u8]) -> Result<(), RuntimeError> {
+pub async fn end_flow(client: &TenantConn, hash: &[u8]) -> Result<(), RuntimeError> {
     client
         .execute("delete from login_flows where id_hash = $1", &[&hash])
         .await
@@ -105,7 +105,7 @@ pub struct PendingRequest {
 }
 
 pub async fn add_request(
-    client: &Client,
+    client: &TenantConn,
     id: &str,
     flow_hash: &[u8],
     connection_id: Uuid,
@@ -136,7 +136,7 @@ pub async fn add_request(
 /// Consumes (deletes) the pending request `id` if it belongs to this flow and connection and
 /// has not expired: single use, bound to the browser.
 pub async fn take_request(
-    client: &Client,
+    client: &TenantConn,
     id: &str,
     flow_hash: &[u8],
     connection_id: Uuid,
@@ -159,7 +159,7 @@ pub async fn take_request(
 
 /// The ids of this flow's pending requests for a connection (SAML `InResponseTo` candidates).
 pub async fn pending_ids(
-    client: &Client,
+    client: &TenantConn,
     flow_hash: &[u8],
     connection_id: Uuid,
 ) -> Result<Vec<String>, RuntimeError> {
@@ -195,7 +195,7 @@ pub struct Session {
 
 /// Creates a session for `user_id` (always a fresh id: rotation at every login step).
 pub async fn create(
-    client: &Client,
+    client: &TenantConn,
     user_id: UserId,
     connection_id: Option<Uuid>,
     mfa_pending: bool,
@@ -243,7 +243,7 @@ const TOUCH_AFTER_S: f64 = 60.0;
 /// The live session behind a cookie: not expired (absolute), not idle too long, of an active
 /// user. Refreshes `last_seen_at` when it is more than a minute old.
 pub async fn current(
-    client: &Client,
+    client: &TenantConn,
     hash: &[u8],
     idle: Duration,
 ) -> Result<Option<Session>, RuntimeError> {
@@ -277,7 +277,7 @@ pub async fn current(
     }))
 }
 
-pub async fn end(client: &Client, hash: &[u8]) -> Result<(), RuntimeError> {
+pub async fn end(client: &TenantConn, hash: &[u8]) -> Result<(), RuntimeError> {
     client
         .execute("delete from sessions where id_hash = $1", &[&hash])
         .await

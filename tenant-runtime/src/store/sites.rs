@@ -1,10 +1,10 @@
 //! Sites (or projects): the resource scopes of documents, tickets, users and tokens.
 
-use tokio_postgres::Client;
+use crate::conn::TenantConn;
 
 use crate::error::RuntimeError;
 
-pub async fn create(client: &Client, code: &str, name: &str) -> Result<(), RuntimeError> {
+pub async fn create(client: &TenantConn, code: &str, name: &str) -> Result<(), RuntimeError> {
     client
         .execute(
             "insert into sites (code, name) values ($1, $2)",
@@ -22,7 +22,7 @@ pub async fn create(client: &Client, code: &str, name: &str) -> Result<(), Runti
 }
 
 /// (code, name) of every site.
-pub async fn list(client: &Client) -> Result<Vec<(String, String)>, RuntimeError> {
+pub async fn list(client: &TenantConn) -> Result<Vec<(String, String)>, RuntimeError> {
     Ok(client
         .query("select code, name from sites order by code", &[])
         .await
@@ -34,7 +34,7 @@ pub async fn list(client: &Client) -> Result<Vec<(String, String)>, RuntimeError
 
 /// The first of `codes` that is not a site, if any (one query).
 pub async fn first_unknown(
-    client: &Client,
+    client: &TenantConn,
     codes: &[String],
 ) -> Result<Option<String>, RuntimeError> {
     if codes.is_empty() {
@@ -53,7 +53,7 @@ pub async fn first_unknown(
 }
 
 /// `InvalidInput` naming the first of `codes` that is not a site.
-pub async fn require_all(client: &Client, codes: &[String]) -> Result<(), RuntimeError> {
+pub async fn require_all(client: &TenantConn, codes: &[String]) -> Result<(), RuntimeError> {
     match first_unknown(client, codes).await? {
         Some(c) => Err(RuntimeError::InvalidInput(format!("unknown site '{c}'"))),
         None => Ok(()),

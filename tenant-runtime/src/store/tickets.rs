@@ -1,9 +1,10 @@
 //! Service tickets: creation (idempotent per caller and `Idempotency-Key`), the status
 //! workflow, comments and document attachments.
 
+use crate::conn::TenantConn;
 use crate::ids::UserId;
 use time::OffsetDateTime;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::error::RuntimeError;
@@ -137,7 +138,7 @@ pub async fn create<C: GenericClient>(
     Ok(ticket(&row))
 }
 
-pub async fn get(client: &Client, id: Uuid) -> Result<Option<Ticket>, RuntimeError> {
+pub async fn get(client: &TenantConn, id: Uuid) -> Result<Option<Ticket>, RuntimeError> {
     Ok(client
         .query_opt(
             &format!("select {COLUMNS} from tickets t where t.id = $1"),
@@ -163,7 +164,11 @@ pub struct Filter {
 }
 
 /// Newest first (by number), `after` is the last number seen.
-pub async fn list(client: &Client, f: &Filter, limit: i64) -> Result<Vec<Ticket>, RuntimeError> {
+pub async fn list(
+    client: &TenantConn,
+    f: &Filter,
+    limit: i64,
+) -> Result<Vec<Ticket>, RuntimeError> {
     Ok(client
         .query(
             &format!(
@@ -196,7 +201,7 @@ pub async fn list(client: &Client, f: &Filter, limit: i64) -> Result<Vec<Ticket>
 
 /// Moves a ticket from `from` to `to` (only if it is still in `from`).
 pub async fn set_status(
-    client: &Client,
+    client: &TenantConn,
     id: Uuid,
     from: &str,
     to: &str,
@@ -215,7 +220,7 @@ pub async fn set_status(
 }
 
 pub async fn comment(
-    client: &Client,
+    client: &TenantConn,
     ticket: Uuid,
     author: &str,
     body: &str,
@@ -243,7 +248,7 @@ pub async fn comment(
     })
 }
 
-pub async fn comments(client: &Client, ticket: Uuid) -> Result<Vec<Comment>, RuntimeError> {
+pub async fn comments(client: &TenantConn, ticket: Uuid) -> Result<Vec<Comment>, RuntimeError> {
     Ok(client
         .query(
             "select id, author, body, created_at from ticket_comments where ticket_id = $1

@@ -3,11 +3,11 @@
 //! its own tenant's host. A token this long needs no slow hash: guessing is hopeless, and the
 //! look-up is one indexed equality on the digest.
 
+use crate::conn::TenantConn;
 use crate::ids::UserId;
 use secrecy::SecretString;
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::error::RuntimeError;
@@ -63,7 +63,7 @@ fn info(row: &tokio_postgres::Row) -> Result<TokenInfo, RuntimeError> {
 
 /// Creates a token; the secret is returned once and never stored.
 pub async fn create(
-    client: &Client,
+    client: &TenantConn,
     name: &str,
     role: RoleName,
     expires_at: Option<OffsetDateTime>,
@@ -74,7 +74,7 @@ pub async fn create(
 /// Creates a token that acts for `user` (with that user's role and sites) or, without a user,
 /// with `role` limited to `sites` (`None`: every site).
 pub async fn create_scoped(
-    client: &Client,
+    client: &TenantConn,
     name: &str,
     role: RoleName,
     expires_at: Option<OffsetDateTime>,
@@ -122,7 +122,7 @@ pub async fn create_scoped(
     Ok((info(&row)?, secret))
 }
 
-pub async fn list(client: &Client) -> Result<Vec<TokenInfo>, RuntimeError> {
+pub async fn list(client: &TenantConn) -> Result<Vec<TokenInfo>, RuntimeError> {
     client
         .query(
             "select id, name, role, created_at, expires_at, revoked_at
@@ -137,7 +137,7 @@ pub async fn list(client: &Client) -> Result<Vec<TokenInfo>, RuntimeError> {
 }
 
 /// Revokes the active token named `name`.
-pub async fn revoke(client: &Client, name: &str) -> Result<TokenInfo, RuntimeError> {
+pub async fn revoke(client: &TenantConn, name: &str) -> Result<TokenInfo, RuntimeError> {
     let row = client
         .query_opt(
             "update api_tokens set revoked_at = now()
@@ -154,7 +154,7 @@ pub async fn revoke(client: &Client, name: &str) -> Result<TokenInfo, RuntimeErr
 /// The caller behind a presented token's digest: active (not revoked, not expired) tokens only,
 /// and for a user's token, active users only.
 pub async fn authenticate(
-    client: &deadpool_postgres::ClientWrapper,
+    client: &crate::conn::TenantConn,
     digest: &[u8],
 ) -> Result<Option<TokenCaller>, RuntimeError> {
     let stmt = client

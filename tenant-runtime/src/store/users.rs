@@ -6,12 +6,12 @@
 //! user: a first login through connection C creates a new user even when the e-mail matches a
 //! user of another connection.
 
+use crate::conn::TenantConn;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
-use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
 use crate::ids::UserId;
@@ -60,7 +60,7 @@ fn user(row: &tokio_postgres::Row) -> Result<User, RuntimeError> {
 
 const USER_COLUMNS: &str = "u.id, u.email, u.display_name, u.role, u.status, u.site_scope";
 
-pub async fn get(client: &Client, id: UserId) -> Result<Option<User>, RuntimeError> {
+pub async fn get(client: &TenantConn, id: UserId) -> Result<Option<User>, RuntimeError> {
     let row = client
         .query_opt(
             &format!("select {USER_COLUMNS} from users u where u.id = $1"),
@@ -73,7 +73,7 @@ pub async fn get(client: &Client, id: UserId) -> Result<Option<User>, RuntimeErr
 
 /// A user with the permissions of their role, in one query (the session caller's hot path).
 pub async fn with_permissions(
-    client: &Client,
+    client: &TenantConn,
     id: UserId,
 ) -> Result<Option<(User, Permissions)>, RuntimeError> {
     let row = client
@@ -98,7 +98,7 @@ pub async fn with_permissions(
 }
 
 /// The permissions of a role.
-pub async fn permissions_of(client: &Client, role: &Role) -> Result<Permissions, RuntimeError> {
+pub async fn permissions_of(client: &TenantConn, role: &Role) -> Result<Permissions, RuntimeError> {
     let rows = client
         .query(
             "select permission from role_permissions where role = $1",
@@ -113,7 +113,7 @@ pub async fn permissions_of(client: &Client, role: &Role) -> Result<Permissions,
 }
 
 /// Gives a user another role (which must exist).
-pub async fn set_role(client: &Client, id: UserId, role: &Role) -> Result<User, RuntimeError> {
+pub async fn set_role(client: &TenantConn, id: UserId, role: &Role) -> Result<User, RuntimeError> {
     let row = client
         .query_opt(
             &format!("update users u set role = $2 where u.id = $1 returning {USER_COLUMNS}"),
@@ -132,7 +132,7 @@ pub async fn set_role(client: &Client, id: UserId, role: &Role) -> Result<User, 
 
 /// Limits a user to sites (`None`: every site). Every site must exist.
 pub async fn set_sites(
-    client: &Client,
+    client: &TenantConn,
     id: UserId,
     sites: Option<&[String]>,
 ) -> Result<User, RuntimeError> {
@@ -151,7 +151,7 @@ pub async fn set_sites(
 }
 
 /// Deactivates one user and ends their sessions (their tokens stop working with it).
-pub async fn deactivate_id(client: &mut Client, id: UserId) -> Result<User, RuntimeError> {
+pub async fn deactivate_id(client: &mut TenantConn, id: UserId) -> Result<User, RuntimeError> {
     let tx = client
         .transaction()
         .await
@@ -175,7 +175,7 @@ pub async fn deactivate_id(client: &mut Client, id: UserId) -> Result<User, Runt
     user(&row)
 }
 
-pub async fn list(client: &Client) -> Result<Vec<User>, RuntimeError> {
+pub async fn list(client: &TenantConn) -> Result<Vec<User>, RuntimeError> {
     client
         .query(
             &format!("select {USER_COLUMNS} from users u order by u.created_at, u.email"),
@@ -192,7 +192,7 @@ pub async fn list(client: &Client) -> Result<Vec<User>, RuntimeError> {
 /// `role`; on later logins the role is set to `role` (mappings are evaluated on every login).
 /// Returns the user and whether it was created.
 pub async fn upsert_sso_user(
-    client: &mut Client,
+    client: &mut TenantConn,
     connection_id: Uuid,
     subject: &str,
     verified_email: Option<&str>,
@@ -264,7 +264,7 @@ pub async fn upsert_sso_user(
 }
 
 /// Deactivates a user by e-mail (every user with that e-mail) and ends their sessions.
-pub async fn deactivate(client: &mut Client, email: &str) -> Result<Vec<User>, RuntimeError> {
+pub async fn deactivate(client: &mut TenantConn, email: &str) -> Result<Vec<User>, RuntimeError> {
     let tx = client
         .transaction()
         .await
@@ -364,7 +364,7 @@ pub struct LocalAccount {
 }
 
 pub async fn local_account(
-    client: &Client,
+    client: &TenantConn,
     email: &str,
 ) -> Result<Option<LocalAccount>, RuntimeError> {
     let row = client
@@ -397,7 +397,7 @@ pub async fn local_account(
 }
 
 pub async fn local_account_by_user(
-    client: &Client,
+    client: &TenantConn,
     user_id: UserId,
 ) -> Result<Option<LocalAccount>, RuntimeError> {
     let email: Option<String> = client
@@ -417,7 +417,7 @@ pub async fn local_account_by_user(
 /// Records a failed attempt; locks the account from the `LOCK_AFTER`th failure on, for a time
 /// that doubles with every further failure. Returns the lock's end, if locked.
 pub async fn record_failure(
-    client: &Client,
+    client: &TenantConn,
     user_id: UserId,
 ) -> Result<Option<OffsetDateTime>, RuntimeError> {
     let row = client
@@ -445,7 +445,7 @@ pub async fn record_failure(
     Ok(Some(until))
 }
 
-pub async fn reset_failures(client: &Client, user_id: UserId) -> Result<(), RuntimeError> {
+pub async fn reset_failures(client: &TenantConn, user_id: UserId) -> Result<(), RuntimeError> {
     client
         .execute(
             "update local_credentials set failed_attempts = 0, locked_until = null,
@@ -467,7 +467,7 @@ pub async fn reset_failures(client: &Client, user_id: UserId) -> Result<(), Runt
 /// Stores a new, not yet confirmed TOTP secret (encrypted) beside the active one, which stays
 /// in force until [`confirm_totp`] replaces it.
 pub async fn set_pending_totp(
-    client: &Client,
+    client: &TenantConn,
     user_id: UserId,
     ciphertext: &[u8],
 ) -> Result<(), RuntimeError> {
@@ -485,7 +485,7 @@ pub async fn set_pending_totp(
 /// Makes the pending secret the active one, if it is still the one the code was checked
 /// against, and records the code's step as used. False if it changed meanwhile.
 pub async fn confirm_totp(
-    client: &Client,
+    client: &TenantConn,
     user_id: UserId,
     pending: &[u8],
     step: i64,
@@ -504,7 +504,7 @@ pub async fn confirm_totp(
 }
 
 /// Removes the second factor (active and pending).
-pub async fn remove_totp(client: &Client, user_id: UserId) -> Result<(), RuntimeError> {
+pub async fn remove_totp(client: &TenantConn, user_id: UserId) -> Result<(), RuntimeError> {
     client
         .execute(
             "update local_credentials
@@ -521,7 +521,7 @@ pub async fn remove_totp(client: &Client, user_id: UserId) -> Result<(), Runtime
 /// Marks a TOTP step as used (a code is accepted once) and, on enrolment, enables TOTP.
 /// Returns false when the step was already used (replayed code).
 pub async fn consume_totp_step(
-    client: &Client,
+    client: &TenantConn,
     user_id: UserId,
     step: i64,
     enable: bool,
@@ -565,7 +565,7 @@ pub fn valid_email(email: &str) -> bool {
 
 /// Creates an invitation; the token (`pin_…`) is returned once and only its digest is kept.
 pub async fn invite(
-    client: &Client,
+    client: &TenantConn,
     email: &str,
     role: Role,
     sites: Option<&[String]>,
@@ -614,7 +614,7 @@ pub async fn invite(
 
 /// The open invitation behind a presented token, if any.
 pub async fn open_invitation(
-    client: &Client,
+    client: &TenantConn,
     token: &str,
 ) -> Result<Option<Invitation>, RuntimeError> {
     let Some(hash) = tokens::presented_digest(INVITATION_PREFIX, token) else {
@@ -639,7 +639,7 @@ pub async fn open_invitation(
 
 /// Accepts an invitation: consumes it (single use) and creates the local account, atomically.
 pub async fn accept_invitation(
-    client: &mut Client,
+    client: &mut TenantConn,
     token: &str,
     password_hash: &str,
 ) -> Result<Option<User>, RuntimeError> {
@@ -707,8 +707,8 @@ pub async fn accept_invitation(
 }
 
 /// Creates a local account directly (the embedded demo's seed user).
-pub async fn create_local<C: GenericClient>(
-    client: &C,
+pub async fn create_local(
+    client: &TenantConn,
     email: &str,
     role: Role,
     password_hash: &str,

@@ -76,6 +76,7 @@ pub async fn provision(
                         display_name: Some(format!("Bench {slug}")),
                         domains: vec![],
                         db_server: Some(DbServerName::parse(&server)?),
+                        tier: None,
                     },
                 )
                 .await?;

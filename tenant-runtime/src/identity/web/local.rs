@@ -14,7 +14,6 @@ use axum::response::Response;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use time::OffsetDateTime;
-use tokio_postgres::Client;
 
 // ---- /login ----------------------------------------------------------------------------------
 
@@ -40,7 +39,7 @@ pub async fn login_page(web: Web) -> Result<Response, Problem> {
     ))
 }
 
-pub(super) async fn has_local_accounts(client: &Client) -> Result<bool, RuntimeError> {
+pub(super) async fn has_local_accounts(client: &TenantConn) -> Result<bool, RuntimeError> {
     Ok(client
         .query_one(
             "select exists (select 1 from user_identities where connection_id is null)",
@@ -171,7 +170,7 @@ pub async fn totp_verify(web: Web, Form(form): Form<CodeForm>) -> Result<Respons
 
 pub(super) async fn totp_verify_inner(
     web: &Web,
-    client: &Client,
+    client: &TenantConn,
     form: CodeForm,
 ) -> Result<Response, Failure> {
     let session = match web.session(client).await? {

@@ -4,6 +4,7 @@
 
 use super::super::pages::render;
 use super::*;
+use crate::conn::TenantConn;
 use crate::error::RuntimeError;
 use crate::http::Problem;
 use crate::store::sessions::{self};
@@ -13,7 +14,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use secrecy::SecretString;
 use serde::Deserialize;
-use tokio_postgres::Client;
 
 /// `GET /account/mfa`: shows the second factor's state and forms. It changes nothing: a GET
 /// rides cross-site top-level navigations with the Lax session cookie.
@@ -69,7 +69,7 @@ pub struct ReauthForm {
 /// (each code once), or the password. A wrong answer counts towards the lockout.
 pub(super) async fn reauthenticated(
     web: &Web,
-    client: &Client,
+    client: &TenantConn,
     account: &users::LocalAccount,
     form: &ReauthForm,
 ) -> Result<bool, Problem> {
@@ -108,7 +108,7 @@ pub(super) async fn reauthenticated(
 /// local account.
 async fn signed_in_account(
     web: &Web,
-    client: &Client,
+    client: &TenantConn,
     csrf: &str,
 ) -> Result<Result<(Session, users::LocalAccount), Response>, Problem> {
     let Some(s) = web.session(client).await?.filter(|s| !s.mfa_pending) else {
@@ -127,7 +127,7 @@ async fn signed_in_account(
 /// `event`, and the MFA page again with `message`.
 async fn reauthentication_refused(
     web: &Web,
-    client: &Client,
+    client: &TenantConn,
     account: &users::LocalAccount,
     csrf: &str,
     event: audit::EventType,

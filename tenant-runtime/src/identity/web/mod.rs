@@ -43,7 +43,6 @@ use serde::Deserialize;
 use std::net::IpAddr;
 use std::sync::Arc;
 use time::OffsetDateTime;
-use tokio_postgres::Client;
 use uuid::Uuid;
 
 /// One browser request on a tenant host.
@@ -154,7 +153,7 @@ impl Web {
         })
     }
 
-    async fn fail(&self, client: &Client, f: Failure) -> Response {
+    async fn fail(&self, client: &TenantConn, f: Failure) -> Response {
         tracing::info!(reason = %f.reason, connection = ?f.connection, "sign-in failed");
         metrics::counter!("portico_login_failures_total").increment(1);
         // Anyone can fail a sign-in: past the first few per address, reason and minute, the
@@ -209,7 +208,7 @@ impl Web {
             .ok_or_else(|| RuntimeError::TenantDatabase("tenant has no placement".into()))
     }
 
-    async fn session(&self, client: &Client) -> Result<Option<Session>, RuntimeError> {
+    async fn session(&self, client: &TenantConn) -> Result<Option<Session>, RuntimeError> {
         match self.cookie(SESSION_COOKIE) {
             Some(hash) => sessions::current(client, &hash, self.identity().timeouts.idle).await,
             None => Ok(None),
@@ -217,7 +216,10 @@ impl Web {
     }
 
     /// The browser's live flow, if it has one.
-    async fn existing_flow(&self, client: &Client) -> Result<Option<sessions::Flow>, RuntimeError> {
+    async fn existing_flow(
+        &self,
+        client: &TenantConn,
+    ) -> Result<Option<sessions::Flow>, RuntimeError> {
         match self.cookie(FLOW_COOKIE) {
             Some(hash) => sessions::get_flow(client, &hash).await,
             None => Ok(None),
@@ -227,7 +229,7 @@ impl Web {
     /// The browser's flow, or a new one (and the cookie to set).
     async fn flow(
         &self,
-        client: &Client,
+        client: &TenantConn,
     ) -> Result<(sessions::Flow, Option<String>), RuntimeError> {
         if let Some(flow) = self.existing_flow(client).await? {
             return Ok((flow, None));
@@ -240,7 +242,7 @@ impl Web {
 /// A new session (fresh id), ending the browser's previous one.
 async fn start_session(
     web: &Web,
-    client: &Client,
+    client: &TenantConn,
     user_id: UserId,
     connection: Option<Uuid>,
     mfa_pending: bool,
@@ -262,7 +264,7 @@ async fn start_session(
 /// Checks the CSRF token of a pre-login form against the browser's flow.
 async fn flow_csrf(
     web: &Web,
-    client: &Client,
+    client: &TenantConn,
     presented: &str,
 ) -> Result<Option<sessions::Flow>, RuntimeError> {
     Ok(web

@@ -17,7 +17,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tokio_postgres::Client;
 
 // ---- SSO -------------------------------------------------------------------------------------
 
@@ -27,7 +26,7 @@ pub struct StartQuery {
     return_to: Option<String>,
 }
 
-pub(super) async fn connection(client: &Client, name: &str) -> Result<Connection, Failure> {
+pub(super) async fn connection(client: &TenantConn, name: &str) -> Result<Connection, Failure> {
     connections::by_name(client, name)
         .await?
         .ok_or_else(|| Failure::new("unknown_connection").on(name))
@@ -36,7 +35,7 @@ pub(super) async fn connection(client: &Client, name: &str) -> Result<Connection
 /// A browser back from its IdP: the named connection and the browser's sign-in flow, if any.
 async fn arrival(
     web: &Web,
-    client: &Client,
+    client: &TenantConn,
     name: &str,
 ) -> Result<(Connection, Option<sessions::Flow>), Failure> {
     let conn = connection(client, name).await?;
@@ -70,7 +69,7 @@ pub async fn sso_start(
 
 pub(super) async fn sso_start_inner(
     web: &Web,
-    client: &Client,
+    client: &TenantConn,
     name: &str,
     q: StartQuery,
 ) -> Result<Response, Failure> {

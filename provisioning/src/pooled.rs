@@ -1,0 +1,259 @@
+//! The pooled tier: tenants as schemas of a shared tenant database.
+//!
+//! A shared database `p_<id>` holds many tenants. Each has
+//! - a NOLOGIN role `t_<id>` owning its schema `t_<id>` (the same objects a dedicated tenant
+//!   database holds, created by the same migrations, `migrations::Target::Schema`), and
+//! - an audit schema `t_<id>_audit` owned by `portico_audit`, in which the tenant role may only
+//!   read and append (as in a dedicated database).
+//!
+//! The runtime logs in as the database's pool role `p_<id>` (same name as the database, so the
+//! `samerole` rule of `pg_hba.conf` confines it there). The pool role is `NOINHERIT`: it holds
+//! no privilege of its own, only membership in its tenants' roles, which it uses by `SET ROLE`
+//! inside each transaction. `PUBLIC` has nothing on the database or its `public` schema, so
+//! outside a tenant's context the pool role can read nothing but the system catalogs.
+//!
+//! Every function here is idempotent (it accepts what an interrupted run left).
+
+use postgres_protocol::escape::{escape_identifier as ident, escape_literal as literal};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::database::{RoleLimits, TENANT_GROUP, TenantDbNames, TenantProfile};
+use crate::migrations::{self, Target};
+use crate::server::DbServer;
+use crate::{ProvisionError, pg_err};
+
+/// Names of a shared database and its pool role (the same name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDbNames {
+    pub database: String,
+    pub pool_role: String,
+}
+
+impl SharedDbNames {
+    pub fn for_id(id: Uuid) -> Self {
+        let name = format!("p_{}", id.simple());
+        Self {
+            database: name.clone(),
+            pool_role: name,
+        }
+    }
+}
+
+/// A pooled tenant's migration target (schema and role named after the tenant).
+pub fn target_of(names: &TenantDbNames) -> Target {
+    Target::Schema {
+        schema: names.role.clone(),
+        role: names.role.clone(),
+    }
+}
+
+/// Creates the shared database and its pool role, or brings what an interrupted run left to
+/// the wanted password and limits. `limits.connection_limit` bounds the pool role's sessions.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn ensure_shared_database(
+    server: &DbServer,
+    admin: &Client,
+    names: &SharedDbNames,
+    password: &SecretString,
+    limits: RoleLimits,
+) -> Result<(), ProvisionError> {
+    let verifier = crate::scram::role_verifier(password.expose_secret().as_bytes());
+    admin
+        .batch_execute(&format!(
+            "do $$ begin
+               create role {g} nologin;
+             exception when duplicate_object or unique_violation then null;
+             end $$;
+             do $$ begin
+               create role {r};
+             exception when duplicate_object then null;
+             end $$;
+             grant {g} to {r};
+             alter role {r} with login nosuperuser nocreatedb nocreaterole noinherit noreplication
+                 nobypassrls connection limit {limit} password {pw};
+             alter role {r} set statement_timeout = {timeout};
+             alter role {r} set idle_in_transaction_session_timeout = {idle};",
+            r = ident(&names.pool_role),
+            g = ident(TENANT_GROUP),
+            limit = limits.connection_limit,
+            pw = literal(&verifier),
+            timeout = literal(&format!("{}ms", limits.statement_timeout_ms)),
+            idle = literal(&format!(
+                "{}ms",
+                limits.statement_timeout_ms.saturating_mul(2)
+            )),
+        ))
+        .await
+        .map_err(|e| pg_err("creating the pool role", e))?;
+    let created = admin
+        .batch_execute(&format!(
+            "create database {d} template template0 encoding 'UTF8' strategy wal_log",
+            d = ident(&names.database),
+        ))
+        .await;
+    match created {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+        Err(e) => return Err(pg_err("creating the shared database", e)),
+    }
+    admin
+        .batch_execute(&format!(
+            "revoke all on database {d} from public; grant connect on database {d} to {r}",
+            d = ident(&names.database),
+            r = ident(&names.pool_role),
+        ))
+        .await
+        .map_err(|e| pg_err("restricting access to the shared database", e))?;
+    let inside = server.admin_in(&names.database).await?;
+    inside
+        .batch_execute("revoke all on schema public from public")
+        .await
+        .map_err(|e| pg_err("preparing the shared database", e))?;
+    Ok(())
+}
+
+/// Creates the tenant's NOLOGIN role and makes the pool role a member of it (usable only by
+/// `SET ROLE`: the pool role does not inherit).
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn ensure_tenant_role(
+    admin: &Client,
+    shared: &SharedDbNames,
+    names: &TenantDbNames,
+) -> Result<(), ProvisionError> {
+    admin
+        .batch_execute(&format!(
+            "do $$ begin
+               create role {r};
+             exception when duplicate_object then null;
+             end $$;
+             alter role {r} with nologin nosuperuser nocreatedb nocreaterole inherit noreplication
+                 nobypassrls;
+             grant {r} to {p};",
+            r = ident(&names.role),
+            p = ident(&shared.pool_role),
+        ))
+        .await
+        .map_err(|e| pg_err("creating the tenant role", e))
+}
+
+/// Creates the tenant's schema (owned by its role) and brings it to the newest tenant
+/// migration. The role must exist.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn ensure_tenant_schema(
+    server: &DbServer,
+    shared: &SharedDbNames,
+    names: &TenantDbNames,
+) -> Result<i32, ProvisionError> {
+    let mut inside = server.admin_in(&shared.database).await?;
+    inside
+        .batch_execute(&format!(
+            "create schema if not exists {s} authorization {r}; revoke all on schema {s} from public",
+            s = ident(&names.role),
+            r = ident(&names.role),
+        ))
+        .await
+        .map_err(|e| pg_err("creating the tenant schema", e))?;
+    let migrated = migrations::migrate(
+        &mut inside,
+        &target_of(names),
+        &migrations::shipped(),
+        Default::default(),
+    )
+    .await
+    .map_err(|e| ProvisionError::Migration(e.to_string()))?;
+    Ok(migrated.after)
+}
+
+/// Logs in as the pool role, switches to the tenant's role and schema the way the runtime
+/// does (transaction-locally), writes the tenant's profile row as that role, and returns the
+/// schema version found there: proof that password, membership and grants all work.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn verify_and_seed(
+    server: &DbServer,
+    shared: &SharedDbNames,
+    password: &SecretString,
+    names: &TenantDbNames,
+    profile: &TenantProfile,
+) -> Result<i32, ProvisionError> {
+    let mut client = server
+        .connect_as(
+            &shared.database,
+            &shared.pool_role,
+            password.expose_secret(),
+        )
+        .await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| pg_err("starting the tenant check", e))?;
+    tx.execute(
+        "select set_config('role', $1, true), set_config('search_path', $2, true)",
+        &[&names.role, &format!("{}, pg_temp", ident(&names.role))],
+    )
+    .await
+    .map_err(|e| pg_err("switching to the tenant role", e))?;
+    let row = tx
+        .query_one(
+            "with profile as (
+               insert into tenant_profile (tenant_id, slug, display_name) values ($1, $2, $3)
+               on conflict on constraint tenant_profile_pkey
+               do update set slug = excluded.slug, display_name = excluded.display_name,
+                             updated_at = now()
+               returning tenant_id)
+             select (select coalesce(max(version), 0)::int4 from refinery_schema_history),
+                    (select tenant_id from profile)",
+            &[
+                &profile.tenant_id.as_uuid(),
+                &profile.slug,
+                &profile.display_name,
+            ],
+        )
+        .await
+        .map_err(|e| pg_err("writing the tenant profile as the tenant role", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| pg_err("writing the tenant profile as the tenant role", e))?;
+    let written: Uuid = row.get(1);
+    if written != profile.tenant_id.as_uuid() {
+        return Err(ProvisionError::Conflict(
+            "the tenant schema's profile row names another tenant".into(),
+        ));
+    }
+    Ok(row.get(0))
+}
+
+/// Drops a pooled tenant's schemas (ending nothing else: other tenants keep working) and its
+/// role. Accepts any of them already gone, and a shared database that was never created.
+pub async fn drop_tenant(
+    server: &DbServer,
+    admin: &Client,
+    shared: &SharedDbNames,
+    names: &TenantDbNames,
+) -> Result<(), ProvisionError> {
+    let exists = admin
+        .query_one(
+            "select exists (select 1 from pg_database where datname = $1)",
+            &[&shared.database],
+        )
+        .await
+        .map_err(|e| pg_err("looking up the shared database", e))?
+        .get::<_, bool>(0);
+    if exists {
+        let inside = server.admin_in(&shared.database).await?;
+        inside
+            .batch_execute(&format!(
+                "drop schema if exists {a} cascade; drop schema if exists {s} cascade;",
+                a = ident(&migrations::audit_schema_of(&names.role)),
+                s = ident(&names.role),
+            ))
+            .await
+            .map_err(|e| pg_err("dropping the tenant schema", e))?;
+    }
+    admin
+        .batch_execute(&format!("drop role if exists {r}", r = ident(&names.role)))
+        .await
+        .map_err(|e| pg_err("dropping the tenant role", e))
+}

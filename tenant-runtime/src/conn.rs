@@ -1,0 +1,424 @@
+//! [`TenantConn`]: the one connection type store code is handed, with the tenant's context
+//! ready, whichever tier the tenant is on.
+//!
+//! - **Dedicated tier.** The connection is logged in as the tenant's own role to the tenant's
+//!   own database; its search path (`portico_audit, public, pg_temp`) is pinned at start-up.
+//!   Statements go to the server as they are.
+//! - **Pooled tier.** The connection is logged in as the shared database's pool role, which
+//!   holds no privileges of its own (`NOINHERIT`) and may only `SET ROLE` to the tenant roles
+//!   of that database. Every statement runs in a transaction of its own that first sets role
+//!   and search path *transaction-locally*, pipelined with it in one round trip:
+//!
+//!   ```text
+//!   BEGIN; SELECT set_config('role', 't_…', true), set_config('search_path', '…', true)
+//!   <the statement, prepared>                    (Bind/Execute/Sync)
+//!   COMMIT
+//!   ```
+//!
+//!   All three are written to the socket when the future is first polled, so a future dropped
+//!   half-way (a cancelled query, an abandoned request) has already sent its `COMMIT`: nothing
+//!   of the context survives it. A failed statement aborts its transaction, and its `COMMIT`
+//!   rolls it back. Explicit transactions ([`TenantConn::transaction`]) set the context right
+//!   after `BEGIN`; dropping one uncommitted sends `ROLLBACK`. Statements are prepared inside
+//!   the context (a table name resolves against the tenant's search path), cached per
+//!   connection by their text, and re-analysed by PostgreSQL whenever the search path differs
+//!   from the one they were prepared under.
+//!
+//! Store code calls the same methods either way and cannot tell the tiers apart.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement, Transaction};
+
+/// Statements a connection keeps prepared (pooled tier); past this the cache starts over.
+const STATEMENT_CACHE: usize = 512;
+
+/// Search path of a dedicated tenant's sessions: the audit schema first (the tenant role can
+/// create nothing there, so no object of its own can stand in for the audit log), temporary
+/// objects last.
+pub const DEDICATED_SEARCH_PATH: &str = "portico_audit,public,pg_temp";
+
+/// A pooled tenant's role and search path, as the statement that sets them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantContext {
+    role: String,
+    search_path: String,
+    begin: String,
+    set: String,
+}
+
+impl TenantContext {
+    /// The context of tenant role `role` whose objects are in `schema` (and its audit log in
+    /// `<schema>_audit`).
+    pub fn new(role: &str, schema: &str) -> Self {
+        let search_path = format!(
+            "{}, {}, pg_temp",
+            escape_identifier(&format!("{schema}_audit")),
+            escape_identifier(schema)
+        );
+        let set = format!(
+            "SELECT set_config('role', {}, true), set_config('search_path', {}, true)",
+            escape_literal(role),
+            escape_literal(&search_path)
+        );
+        Self {
+            role: role.to_owned(),
+            search_path,
+            begin: format!("BEGIN; {set}"),
+            set,
+        }
+    }
+
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    pub fn search_path(&self) -> &str {
+        &self.search_path
+    }
+}
+
+/// SQL given to [`TenantConn`]: text, or a statement it prepared.
+pub trait Sql: Sync {
+    #[doc(hidden)]
+    fn sql(&self) -> SqlRef<'_>;
+}
+
+#[doc(hidden)]
+pub enum SqlRef<'a> {
+    Text(&'a str),
+    Prepared(&'a Statement),
+}
+
+impl Sql for str {
+    fn sql(&self) -> SqlRef<'_> {
+        SqlRef::Text(self)
+    }
+}
+
+impl Sql for String {
+    fn sql(&self) -> SqlRef<'_> {
+        SqlRef::Text(self)
+    }
+}
+
+impl Sql for Statement {
+    fn sql(&self) -> SqlRef<'_> {
+        SqlRef::Prepared(self)
+    }
+}
+
+/// Prepared statements of one pooled-tier connection, by text.
+#[derive(Default)]
+pub struct StatementCache(Mutex<HashMap<String, Statement>>);
+
+impl StatementCache {
+    fn get(&self, sql: &str) -> Option<Statement> {
+        self.0.lock().ok()?.get(sql).cloned()
+    }
+
+    fn put(&self, sql: &str, statement: Statement) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= STATEMENT_CACHE {
+                m.clear();
+            }
+            m.insert(sql.to_owned(), statement);
+        }
+    }
+
+    fn forget(&self, sql: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(sql);
+        }
+    }
+}
+
+/// What a [`TenantConn`] talks through.
+pub(crate) trait Session: Send + Sync {
+    fn client(&self) -> &Client;
+    fn client_mut(&mut self) -> &mut Client;
+    fn statements(&self) -> &StatementCache;
+}
+
+/// A direct connection (commands of the control plane, tests): no pool, no budget.
+struct Direct {
+    client: Client,
+    statements: StatementCache,
+}
+
+impl Session for Direct {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+    fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+    fn statements(&self) -> &StatementCache {
+        &self.statements
+    }
+}
+
+/// A connection taken from a plain deadpool-postgres pool (benchmark baselines).
+struct Borrowed {
+    obj: deadpool_postgres::Object,
+    statements: StatementCache,
+}
+
+impl Session for Borrowed {
+    fn client(&self) -> &Client {
+        &self.obj
+    }
+    fn client_mut(&mut self) -> &mut Client {
+        &mut self.obj
+    }
+    fn statements(&self) -> &StatementCache {
+        &self.statements
+    }
+}
+
+impl SessionHandle for Borrowed {
+    fn release(self: Box<Self>) {}
+}
+
+/// A connection of one tenant, in that tenant's context. See the module docs.
+pub struct TenantConn {
+    pub(crate) session: Option<Box<dyn SessionHandle>>,
+    pub(crate) context: Option<Arc<TenantContext>>,
+    /// Whose connection this is, and that tenant's key: code handed a connection never needs
+    /// a tenant id beside it that could disagree.
+    pub(crate) tenant: portico_core::TenantId,
+    pub(crate) key: portico_core::keys::TenantKeyRef,
+}
+
+/// A session together with what to do when its [`TenantConn`] is dropped.
+pub(crate) trait SessionHandle: Session {
+    /// Called once, when the connection is dropped.
+    fn release(self: Box<Self>);
+}
+
+impl SessionHandle for Direct {
+    fn release(self: Box<Self>) {}
+}
+
+/// Runs one statement: as it is (dedicated), or prepared and scoped (pooled), prepared again
+/// once if a cached plan's result type changed under it (a migration).
+macro_rules! run {
+    ($self:ident, $sql:ident, $method:ident, $params:ident) => {{
+        let client = $self.client();
+        match ($sql.sql(), &$self.context) {
+            (SqlRef::Prepared(s), _) => $self.scoped(client.$method(s, $params)).await,
+            (SqlRef::Text(text), None) => client.$method(text, $params).await,
+            (SqlRef::Text(text), Some(_)) => {
+                let statement = $self.prepared(text).await?;
+                match $self.scoped(client.$method(&statement, $params)).await {
+                    Err(e) if is_result_type_change(&e) => {
+                        $self.session().statements().forget(text);
+                        let statement = $self.prepared(text).await?;
+                        $self.scoped(client.$method(&statement, $params)).await
+                    }
+                    other => other,
+                }
+            }
+        }
+    }};
+}
+
+fn is_result_type_change(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        d.message()
+            .contains("cached plan must not change result type")
+    })
+}
+
+impl TenantConn {
+    /// A connection opened outside the runtime's pools (the control plane's commands): as
+    /// the tenant's own role to its database (`context` `None`), or to its shared database
+    /// with the tenant's context.
+    pub fn direct(
+        client: Client,
+        tenant: portico_core::TenantId,
+        key: portico_core::keys::TenantKeyRef,
+        context: Option<TenantContext>,
+    ) -> Self {
+        Self {
+            session: Some(Box::new(Direct {
+                client,
+                statements: StatementCache::default(),
+            })),
+            context: context.map(Arc::new),
+            tenant,
+            key,
+        }
+    }
+
+    /// A dedicated tenant's connection from a plain deadpool-postgres pool logged in as the
+    /// tenant's role (benchmark baselines, which measure without the runtime's pools).
+    pub fn borrowed(
+        obj: deadpool_postgres::Object,
+        tenant: portico_core::TenantId,
+        key: portico_core::keys::TenantKeyRef,
+    ) -> Self {
+        Self {
+            session: Some(Box::new(Borrowed {
+                obj,
+                statements: StatementCache::default(),
+            })),
+            context: None,
+            tenant,
+            key,
+        }
+    }
+
+    /// The tenant this connection belongs to.
+    pub fn tenant(&self) -> portico_core::TenantId {
+        self.tenant
+    }
+
+    /// The tenant's key reference (for what is encrypted under the tenant's key).
+    pub fn key_ref(&self) -> &portico_core::keys::TenantKeyRef {
+        &self.key
+    }
+
+    /// Whether statements run in a pooled tenant's context (for tests and metrics).
+    pub fn context(&self) -> Option<&TenantContext> {
+        self.context.as_deref()
+    }
+
+    fn session(&self) -> &dyn SessionHandle {
+        match &self.session {
+            Some(s) => s.as_ref(),
+            None => unreachable!("a TenantConn holds its session until dropped"),
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.session().client()
+    }
+
+    /// Runs `body` (which must send its one request when first polled) between the context's
+    /// `BEGIN; set_config…` and `COMMIT`, all three pipelined.
+    async fn scoped<R>(
+        &self,
+        body: impl Future<Output = Result<R, tokio_postgres::Error>>,
+    ) -> Result<R, tokio_postgres::Error> {
+        let Some(ctx) = &self.context else {
+            return body.await;
+        };
+        let client = self.client();
+        let (begun, result, committed) = tokio::join!(
+            client.batch_execute(&ctx.begin),
+            body,
+            client.batch_execute("COMMIT")
+        );
+        begun?;
+        let result = result?;
+        committed?;
+        Ok(result)
+    }
+
+    /// The prepared statement for `sql` in the tenant's context (pooled tier).
+    async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let cache = self.session().statements();
+        if let Some(s) = cache.get(sql) {
+            return Ok(s);
+        }
+        let statement = self.scoped(self.client().prepare(sql)).await?;
+        cache.put(sql, statement.clone());
+        Ok(statement)
+    }
+
+    pub async fn query<S: Sql + ?Sized>(
+        &self,
+        sql: &S,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        run!(self, sql, query, params)
+    }
+
+    pub async fn query_one<S: Sql + ?Sized>(
+        &self,
+        sql: &S,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        run!(self, sql, query_one, params)
+    }
+
+    pub async fn query_opt<S: Sql + ?Sized>(
+        &self,
+        sql: &S,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        run!(self, sql, query_opt, params)
+    }
+
+    pub async fn execute<S: Sql + ?Sized>(
+        &self,
+        sql: &S,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        run!(self, sql, execute, params)
+    }
+
+    /// A statement prepared on this connection (in the tenant's context), kept for reuse.
+    pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        match &self.context {
+            Some(_) => self.prepared(sql).await,
+            None => {
+                let cache = self.session().statements();
+                if let Some(s) = cache.get(sql) {
+                    return Ok(s);
+                }
+                let statement = self.client().prepare(sql).await?;
+                cache.put(sql, statement.clone());
+                Ok(statement)
+            }
+        }
+    }
+
+    /// Statements without parameters or results (simple query protocol), in the context.
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.scoped(self.client().batch_execute(sql)).await
+    }
+
+    /// A transaction in the tenant's context (set right after `BEGIN`, transaction-locally).
+    pub async fn transaction(&mut self) -> Result<Transaction<'_>, tokio_postgres::Error> {
+        let context = self.context.clone();
+        let session = match &mut self.session {
+            Some(s) => s,
+            None => unreachable!("a TenantConn holds its session until dropped"),
+        };
+        let tx = session.client_mut().transaction().await?;
+        if let Some(ctx) = context {
+            tx.batch_execute(&ctx.set).await?;
+        }
+        Ok(tx)
+    }
+
+    /// The session's own role and search path, read *outside* any tenant context: what the
+    /// next borrower of a pooled connection would start from. For the leak tests.
+    #[doc(hidden)]
+    /// Returns the role, the search path and whether a transaction was left open.
+    pub async fn session_state(&self) -> Result<(String, String, bool), tokio_postgres::Error> {
+        let row = self
+            .client()
+            .query_one(
+                "select current_user::text, current_setting('search_path'),
+                        transaction_timestamp() < statement_timestamp()",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1), row.get(2)))
+    }
+}
+
+impl Drop for TenantConn {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.release();
+        }
+    }
+}
