@@ -402,16 +402,26 @@ impl TenantConn {
     /// next borrower of a pooled connection would start from. For the leak tests.
     #[doc(hidden)]
     /// Returns the role, the search path and whether a transaction was left open.
-    pub async fn session_state(&self) -> Result<(String, String, bool), tokio_postgres::Error> {
-        let row = self
+    pub async fn session_state(&self) -> Result<(String, String, bool), String> {
+        // One simple-query message: within one implicit transaction the two timestamps are
+        // equal, unless a transaction was already open before it.
+        let rows = self
             .client()
-            .query_one(
+            .simple_query(
                 "select current_user::text, current_setting('search_path'),
-                        transaction_timestamp() < statement_timestamp()",
-                &[],
+                        (transaction_timestamp() < statement_timestamp())::text",
             )
-            .await?;
-        Ok((row.get(0), row.get(1), row.get(2)))
+            .await
+            .map_err(|e| e.to_string())?;
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .ok_or("no row")?;
+        let text = |i: usize| row.get(i).unwrap_or_default().to_owned();
+        Ok((text(0), text(1), text(2) == "true"))
     }
 }
 

@@ -20,6 +20,7 @@ mod lifecycle;
 mod local_accounts;
 mod nginx;
 mod openapi;
+mod pooled;
 mod pools;
 mod routing;
 mod sso_admin;
