@@ -6,11 +6,15 @@
 //!   (token check + profile read, the same store functions) served by a bare axum app from one
 //!   fixed pool to one tenant database. Throughput ratio (target ≥ 0.85) and p99 ratio
 //!   (target ≤ 1.25). Baseline and routed rounds are interleaved.
-//! - **M2** 1,000 tenants, Zipf-distributed access (s = 1.0), on a server whose budget is 80
-//!   connections, served by two instances (each with half the budget) that requests
-//!   alternate between. Throughput vs M1's routed throughput (target ≥ 0.6); every answer is
-//!   counted by status and code (a 200 carrying another tenant's profile counts as an error),
-//!   and the PostgreSQL log is searched for "too many clients" (target: none).
+//! - **M2** 1,000 *pooled* tenants, Zipf-distributed access (s = 1.0), on a server whose
+//!   budget is 80 connections, served by two instances (each with half the budget) that
+//!   requests alternate between. Throughput vs M1's routed throughput (target ≥ 0.6); every
+//!   answer is counted by status and code (a 200 carrying another tenant's profile counts as
+//!   an error), and the PostgreSQL log is searched for "too many clients" (target: none).
+//! - **M2m** the same budget over a mixed fleet: the 20 hottest ranks are dedicated tenants,
+//!   the other 980 pooled (target ≥ 0.6).
+//! - **M2d** the same with 1,000 dedicated tenants (a database each): ratio and connection
+//!   opens per request (no target: the reason the pooled tier exists).
 //! - **M3** the first request to a cold tenant (host not cached, no pool) vs one measured
 //!   connection set-up as that tenant's role plus 3× the warm median of the same tenant
 //!   (target ≤ 1.0).
@@ -43,7 +47,7 @@ use secrecy::ExposeSecret;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{Target, env_usize, provision};
+use common::{Target, env_usize, provision, provision_in};
 
 /// A small xorshift generator for picking tenants (not for anything secret).
 struct Rng(u64);
@@ -254,10 +258,20 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         .await?;
     }
 
-    println!("routing benchmark: provisioning 100 + {m2_tenants} tenants (embedded backends)…");
+    println!(
+        "routing benchmark: provisioning 100 + {m2_tenants} dedicated + {m2_tenants} pooled tenants (embedded backends)…"
+    );
     let provision_started = Instant::now();
     let m1 = provision(&platform, "mone", 100, "m1").await?;
     let m2 = provision(&platform, "mtwo", m2_tenants, "m2").await?;
+    let pooled = provision_in(
+        &platform,
+        "mpool",
+        m2_tenants,
+        "m2",
+        Some(portico_platform::catalog::Tier::Pooled),
+    )
+    .await?;
     println!(
         "  provisioned in {:.0} s",
         provision_started.elapsed().as_secs_f64()
@@ -489,20 +503,10 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     .await;
     let _ = wide_stop.send(());
     wide_server.await??;
-    // ---- M2: 1,000 tenants, Zipf, budget 80.
-    let m2_targets = Arc::new(m2.clone());
+    // ---- M2 (pooled), M2m (mixed), M2d (dedicated): Zipf over 1,000 tenants, budget 80.
     let zipf = Pick::zipf(m2.len(), 1.0);
-    load(
-        &http,
-        &m2_addrs,
-        m2_targets.clone(),
-        zipf.clone(),
-        concurrency,
-        Duration::from_secs(2),
-    )
-    .await;
-    let mut m2_dbs: Vec<String> = Vec::with_capacity(m2.len());
-    for t in &m2 {
+    let mut databases: Vec<String> = Vec::new();
+    for t in m2.iter().chain(&pooled) {
         let tenant = platform
             .catalog
             .tenant_by_slug(&t.slug)
@@ -513,56 +517,39 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
             .placement(tenant.tenant_id())
             .await?
             .expect("placement");
-        m2_dbs.push(p.database_name);
+        databases.push(p.database_name);
     }
-    let opened_before_m2 = counter(
-        &metrics_text(&http, metrics_addr).await,
-        "portico_pool_connections_opened_total",
-    );
-    let sampler_db = baseline_db;
-    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sampler = {
-        let sampling = sampling.clone();
-        tokio::spawn(async move {
-            let mut max = 0i64;
-            // A sample every 50 ms while the load runs.
-            let mut period = tokio::time::interval(Duration::from_millis(50));
-            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                period.tick().await;
-                if let Ok(row) = sampler_db
-                    .query_one(
-                        "select count(*) from pg_stat_activity
-                          where application_name = 'portico-runtime' and datname = any($1)",
-                        &[&m2_dbs],
-                    )
-                    .await
-                {
-                    max = max.max(row.get::<_, i64>(0));
-                }
-            }
-            max
-        })
-    };
-    let mut zipf_out = Outcome::default();
-    for _ in 0..2 {
-        zipf_out.merge(
-            load(
-                &http,
-                &m2_addrs,
-                m2_targets.clone(),
-                zipf.clone(),
-                concurrency,
-                round,
-            )
-            .await,
-        );
+    databases.sort();
+    databases.dedup();
+    let sampler_db = Arc::new(baseline_db);
+    let mixed: Vec<Target> = m2
+        .iter()
+        .take(20)
+        .chain(pooled.iter().take(m2.len() - 20))
+        .cloned()
+        .collect();
+    let runs = [
+        ("M2", Arc::new(pooled.clone())),
+        ("M2m", Arc::new(mixed)),
+        ("M2d", Arc::new(m2.clone())),
+    ];
+    let mut results: Vec<(&str, ZipfResult)> = Vec::new();
+    for (label, targets) in runs {
+        let r = zipf_rounds(
+            &http,
+            &m2_addrs,
+            targets,
+            &zipf,
+            concurrency,
+            round,
+            metrics_addr,
+            sampler_db.clone(),
+            databases.clone(),
+        )
+        .await;
+        results.push((label, r));
     }
-    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let max_open = sampler.await?;
-    let opened_m2 = counter(
-        &metrics_text(&http, metrics_addr).await,
-        "portico_pool_connections_opened_total",
-    ) - opened_before_m2;
+    let m2_targets = Arc::new(m2.clone());
     // M2 again with host affinity.
     load_with(
         &http,
@@ -642,25 +629,37 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         single.other
     );
     println!(
-        "M2  {} tenants, Zipf s=1.0, server budget 80 connections shared by two instances (2 rounds)",
+        "M2  {} tenants, Zipf s=1.0, server budget 80 connections shared by two instances (2 rounds each)",
         m2.len()
     );
+    for (label, r) in &results {
+        let what = match *label {
+            "M2" => "pooled   ",
+            "M2m" => "mixed    ",
+            _ => "dedicated",
+        };
+        let target = match *label {
+            "M2d" => "(no target)",
+            _ => "(target >= 0.60x)",
+        };
+        println!(
+            "    {label:<4}{what} {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   non-200 {:?}",
+            r.out.rps(),
+            ms(r.out.pct(0.5)),
+            ms(r.out.pct(0.99)),
+            r.out.other
+        );
+        println!(
+            "        vs M1 routed {:.2}x {target}   max runtime connections seen {}   connections opened {} ({:.3} per request)",
+            r.out.rps() / routed.rps(),
+            r.max_open,
+            r.opened,
+            r.opened / (r.out.ok.max(1) as f64)
+        );
+    }
+    println!("    \"too many clients\" in the server log: {too_many}");
     println!(
-        "    routed    {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   non-200 {:?}",
-        zipf_out.rps(),
-        ms(zipf_out.pct(0.5)),
-        ms(zipf_out.pct(0.99)),
-        zipf_out.other
-    );
-    println!(
-        "    throughput vs M1 routed {:.2}x (target >= 0.60x)   max M2 runtime connections seen {}   connections opened {}   \"too many clients\" in the server log: {}",
-        zipf_out.rps() / routed.rps(),
-        max_open,
-        opened_m2,
-        too_many
-    );
-    println!(
-        "    with host affinity (hash $host, as infra/nginx): {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   non-200 {:?}   connections opened {}   vs M1 routed {:.2}x",
+        "    M2d with host affinity (hash $host, as infra/nginx): {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   non-200 {:?}   connections opened {}   vs M1 routed {:.2}x",
         affine.rps(),
         ms(affine.pct(0.5)),
         ms(affine.pct(0.99)),
@@ -681,6 +680,90 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         cold_m.as_secs_f64() / budget.as_secs_f64()
     );
     Ok(())
+}
+
+/// One Zipf measurement: the outcome, the most runtime connections seen on the server at
+/// once, and the connections the runtime opened meanwhile.
+struct ZipfResult {
+    out: Outcome,
+    max_open: i64,
+    opened: f64,
+}
+
+/// A warm-up round, then two measured rounds of Zipf load over `targets`, sampling the
+/// runtime's connections to `databases` every 50 ms.
+#[allow(clippy::too_many_arguments)]
+async fn zipf_rounds(
+    http: &reqwest::Client,
+    addrs: &[SocketAddr],
+    targets: Arc<Vec<Target>>,
+    zipf: &Pick,
+    concurrency: usize,
+    round: Duration,
+    metrics_addr: SocketAddr,
+    sampler_db: Arc<tokio_postgres::Client>,
+    databases: Vec<String>,
+) -> ZipfResult {
+    load(
+        http,
+        addrs,
+        targets.clone(),
+        zipf.clone(),
+        concurrency,
+        Duration::from_secs(2),
+    )
+    .await;
+    let opened_before = counter(
+        &metrics_text(http, metrics_addr).await,
+        "portico_pool_connections_opened_total",
+    );
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut max = 0i64;
+            let mut period = tokio::time::interval(Duration::from_millis(50));
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                period.tick().await;
+                if let Ok(row) = sampler_db
+                    .query_one(
+                        "select count(*) from pg_stat_activity
+                          where application_name = 'portico-runtime' and datname = any($1)",
+                        &[&databases],
+                    )
+                    .await
+                {
+                    max = max.max(row.get::<_, i64>(0));
+                }
+            }
+            max
+        })
+    };
+    let mut out = Outcome::default();
+    for _ in 0..2 {
+        out.merge(
+            load(
+                http,
+                addrs,
+                targets.clone(),
+                zipf.clone(),
+                concurrency,
+                round,
+            )
+            .await,
+        );
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let max_open = sampler.await.unwrap_or(-1);
+    let opened = counter(
+        &metrics_text(http, metrics_addr).await,
+        "portico_pool_connections_opened_total",
+    ) - opened_before;
+    ZipfResult {
+        out,
+        max_open,
+        opened,
+    }
 }
 
 #[derive(Clone)]

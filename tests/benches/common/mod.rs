@@ -61,6 +61,17 @@ pub async fn provision(
     n: usize,
     server: &str,
 ) -> anyhow::Result<Vec<Target>> {
+    provision_in(platform, prefix, n, server, None).await
+}
+
+/// [`provision`] on a given tier (`None`: the `default_tier` setting).
+pub async fn provision_in(
+    platform: &Arc<Platform>,
+    prefix: &str,
+    n: usize,
+    server: &str,
+    tier: Option<portico_platform::catalog::Tier>,
+) -> anyhow::Result<Vec<Target>> {
     let mut out = Vec::with_capacity(n);
     for chunk in (0..n).collect::<Vec<_>>().chunks(4) {
         let mut tasks = Vec::new();
@@ -76,7 +87,7 @@ pub async fn provision(
                         display_name: Some(format!("Bench {slug}")),
                         domains: vec![],
                         db_server: Some(DbServerName::parse(&server)?),
-                        tier: None,
+                        tier,
                     },
                 )
                 .await?;
