@@ -188,6 +188,8 @@ impl SessionHandle for Borrowed {
 pub struct TenantConn {
     pub(crate) session: Option<Box<dyn SessionHandle>>,
     pub(crate) context: Option<Arc<TenantContext>>,
+    /// Pooled tier: one of the tenant's shares of its shared pool, held while connected.
+    pub(crate) _share: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Whose connection this is, and that tenant's key: code handed a connection never needs
     /// a tenant id beside it that could disagree.
     pub(crate) tenant: portico_core::TenantId,
@@ -250,6 +252,7 @@ impl TenantConn {
                 statements: StatementCache::default(),
             })),
             context: context.map(Arc::new),
+            _share: None,
             tenant,
             key,
         }
@@ -268,6 +271,7 @@ impl TenantConn {
                 statements: StatementCache::default(),
             })),
             context: None,
+            _share: None,
             tenant,
             key,
         }

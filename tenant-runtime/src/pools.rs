@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -57,10 +57,19 @@ const CONNECTION_IDLE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_open_tenants: u64,
+    /// Connections of one dedicated tenant's pool; in the pooled tier, connections of the
+    /// shared pool one tenant may hold at once (so one tenant cannot take all of them).
     pub per_tenant: u32,
     pub wait: Duration,
     pub instances: u32,
+    /// Share of each server's budget kept for shared pools while this instance has one on
+    /// that server: dedicated pools together hold at most the rest.
+    pub pooled_budget_percent: u32,
 }
+
+/// A pool with at least this many checkouts in the current or the previous minute has steady
+/// traffic: a dedicated one keeps its last connection (neither reclaimed nor swept).
+const STEADY_PER_MINUTE: u32 = 30;
 
 /// One database server's connection budget in this instance.
 pub struct ServerBudget {
@@ -68,6 +77,10 @@ pub struct ServerBudget {
     size: u32,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
+    /// Connections of dedicated pools open on this server.
+    dedicated_open: AtomicU32,
+    /// The most of them while a shared pool of this server is open here.
+    dedicated_cap: u32,
     /// Signalled when a connection of this server goes back to a pool while someone waits.
     idle_returned: tokio::sync::Notify,
 }
@@ -76,6 +89,39 @@ impl ServerBudget {
     fn open(&self) -> u32 {
         let available = u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX);
         self.size.saturating_sub(available)
+    }
+}
+
+/// Counts a dedicated pool's connection against the server's dedicated share while it is open.
+struct DedicatedSlot(Arc<ServerBudget>);
+impl Drop for DedicatedSlot {
+    fn drop(&mut self) {
+        self.0.dedicated_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Checkouts of a pool in the current and the previous minute.
+#[derive(Default)]
+struct Traffic(Mutex<(Option<Instant>, u32, u32)>);
+
+impl Traffic {
+    fn hit(&self) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match t.0 {
+            Some(start) if now.duration_since(start) < Duration::from_secs(60) => t.1 += 1,
+            Some(start) if now.duration_since(start) < Duration::from_secs(120) => {
+                *t = (Some(start + Duration::from_secs(60)), 1, t.1);
+            }
+            _ => *t = (Some(now), 1, 0),
+        }
+    }
+
+    fn steady(&self) -> bool {
+        let t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh =
+            t.0.is_some_and(|start| start.elapsed() < Duration::from_secs(120));
+        fresh && (t.1 >= STEADY_PER_MINUTE || t.2 >= STEADY_PER_MINUTE)
     }
 }
 
@@ -91,6 +137,7 @@ pub struct BudgetedClient {
     client: ClientWrapper,
     statements: StatementCache,
     _permit: OwnedSemaphorePermit,
+    _dedicated: Option<DedicatedSlot>,
 }
 
 /// What a pool is keyed by: a dedicated tenant, or a shared database of pooled tenants.
@@ -125,18 +172,51 @@ impl managed::Manager for TenantManager {
 
     async fn create(&self) -> Result<BudgetedClient, RuntimeError> {
         let budget = &self.budget;
-        let permit = match budget.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
+        let registry = self.registry.upgrade();
+        let dedicated = matches!(self.key, PoolKey::Tenant(_));
+        // A dedicated connection takes a slot of the dedicated share first (given back if it
+        // is over while a shared pool of the server is open here).
+        let slot = || -> Option<DedicatedSlot> {
+            if !dedicated {
+                return None;
+            }
+            let n = budget.dedicated_open.fetch_add(1, Ordering::AcqRel) + 1;
+            let slot = DedicatedSlot(budget.clone());
+            let capped = n > budget.dedicated_cap
+                && registry.as_ref().is_some_and(|r| r.has_shared_pool(budget));
+            (!capped).then_some(slot)
+        };
+        let mut dedicated_slot = slot();
+        let over_share = |s: &Option<DedicatedSlot>| dedicated && s.is_none();
+        let first = if over_share(&dedicated_slot) {
+            None
+        } else {
+            budget.permits.clone().try_acquire_owned().ok()
+        };
+        let permit = match first {
+            Some(p) => p,
+            None => {
                 budget.waiting.fetch_add(1, Ordering::AcqRel);
                 let _guard = WaitGuard(&budget.waiting);
                 let started = Instant::now();
-                // Close the least recently used idle connection of another tenant, and again
+                // Close the least recently used idle connection of another pool (of another
+                // dedicated tenant, when the dedicated share is what is full), and again
                 // whenever a connection goes idle while we wait, until a permit is ours.
                 let permit = loop {
                     let idle_returned = budget.idle_returned.notified();
-                    if let Some(registry) = self.registry.upgrade() {
-                        registry.reclaim_idle(budget.id, self.key);
+                    if over_share(&dedicated_slot) {
+                        dedicated_slot = slot();
+                    }
+                    let full_share = over_share(&dedicated_slot);
+                    let reclaimed = registry
+                        .as_ref()
+                        .is_some_and(|r| r.reclaim_idle(budget, self.key, full_share));
+                    if full_share {
+                        // A dedicated connection closed just now frees a slot of the share.
+                        if !reclaimed {
+                            idle_returned.await;
+                        }
+                        continue;
                     }
                     tokio::select! {
                         p = budget.permits.clone().acquire_owned() => {
@@ -162,6 +242,7 @@ impl managed::Manager for TenantManager {
             client,
             statements: StatementCache::default(),
             _permit: permit,
+            _dedicated: dedicated_slot,
         })
     }
 
@@ -189,10 +270,20 @@ pub struct TenantPool {
     spec: PoolSpec,
     pool: Pool,
     budget: Arc<ServerBudget>,
+    traffic: Traffic,
+}
+
+impl TenantPool {
+    /// A dedicated pool with steady traffic keeps its last connection.
+    fn pinned(&self, key: PoolKey) -> bool {
+        matches!(key, PoolKey::Tenant(_)) && self.traffic.steady()
+    }
 }
 
 struct Inner {
     cache: Cache<PoolKey, Arc<TenantPool>>,
+    /// Per pooled tenant: how many connections of its shared pool it may hold at once.
+    shares: Cache<TenantId, Arc<Semaphore>>,
     budgets: Mutex<HashMap<Uuid, Arc<ServerBudget>>>,
     keyring: Keyring,
     settings: PoolSettings,
@@ -201,18 +292,30 @@ struct Inner {
 impl Inner {
     /// Closes one idle connection of another tenant on `server`, so its permit can serve a
     /// waiter. Returns whether one was closed.
-    fn reclaim_idle(&self, server: Uuid, except: PoolKey) -> bool {
+    fn reclaim_idle(
+        &self,
+        budget: &Arc<ServerBudget>,
+        except: PoolKey,
+        dedicated_only: bool,
+    ) -> bool {
         // The idle connection unused for longest, across this server's other pools: hot
-        // tenants keep their connections, cold ones give theirs up.
+        // tenants keep their connections, cold ones give theirs up; a pinned pool keeps its
+        // last one.
         let mut oldest: Option<(PoolKey, Duration)> = None;
-        for (tenant, p) in self.cache.iter() {
-            if p.budget.id != server || *tenant == except {
+        for (key, p) in self.cache.iter() {
+            if !Arc::ptr_eq(&p.budget, budget)
+                || *key == except
+                || (dedicated_only && !matches!(*key, PoolKey::Tenant(_)))
+            {
+                continue;
+            }
+            if p.pinned(*key) && p.pool.status().size <= 1 {
                 continue;
             }
             p.pool.retain(|_, m| {
                 let idle = m.last_used();
                 if oldest.is_none_or(|(_, d)| idle > d) {
-                    oldest = Some((*tenant, idle));
+                    oldest = Some((*key, idle));
                 }
                 true
             });
@@ -223,7 +326,7 @@ impl Inner {
         let Some(p) = self
             .cache
             .iter()
-            .find(|(t, _)| **t == victim)
+            .find(|(k, _)| **k == victim)
             .map(|(_, p)| p)
         else {
             return false;
@@ -244,8 +347,16 @@ impl Inner {
         closed
     }
 
+    /// Whether a shared pool of `budget`'s server is open in this instance.
+    fn has_shared_pool(&self, budget: &Arc<ServerBudget>) -> bool {
+        self.cache
+            .iter()
+            .any(|(k, p)| matches!(*k, PoolKey::Shared(_)) && Arc::ptr_eq(&p.budget, budget))
+    }
+
     fn budget_for(&self, spec: &PoolSpec) -> Arc<ServerBudget> {
         let size = (spec.server_budget / self.settings.instances).max(1);
+        let kept = size * self.settings.pooled_budget_percent.min(100) / 100;
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         match budgets.get(&spec.db_server_id) {
             Some(b) if b.size == size => b.clone(),
@@ -255,6 +366,8 @@ impl Inner {
                     size,
                     permits: Arc::new(Semaphore::new(size as usize)),
                     waiting: AtomicUsize::new(0),
+                    dedicated_open: AtomicU32::new(0),
+                    dedicated_cap: size.saturating_sub(kept).max(1),
                     idle_returned: tokio::sync::Notify::new(),
                 });
                 budgets.insert(spec.db_server_id, b.clone());
@@ -333,6 +446,10 @@ impl TenantPools {
         Self {
             inner: Arc::new(Inner {
                 cache,
+                shares: Cache::builder()
+                    .max_capacity(settings.max_open_tenants.saturating_mul(4))
+                    .time_to_idle(POOL_IDLE)
+                    .build(),
                 budgets: Mutex::new(HashMap::new()),
                 keyring,
                 settings,
@@ -348,6 +465,29 @@ impl TenantPools {
         let (key, spec, context) = pool_of(route.tenant_id, placement);
         let started = Instant::now();
         let deadline = started + self.inner.settings.wait;
+        // A pooled tenant first takes one of its shares of the shared pool, so a flood of one
+        // tenant queues behind itself, not in front of the others.
+        let share = match key {
+            PoolKey::Tenant(_) => None,
+            PoolKey::Shared(_) => {
+                let per_tenant = self.inner.settings.per_tenant as usize;
+                let shares = self
+                    .inner
+                    .shares
+                    .get_with(route.tenant_id, async {
+                        Arc::new(Semaphore::new(per_tenant))
+                    })
+                    .await;
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, shares.acquire_owned()).await {
+                    Ok(Ok(p)) => Some(p),
+                    _ => {
+                        metrics::counter!("portico_pool_busy_total").increment(1);
+                        return Err(RuntimeError::Busy);
+                    }
+                }
+            }
+        };
         // Twice at most: a pool closed by a concurrent eviction is rebuilt once.
         for _ in 0..2 {
             let pool = self.pool_for(key, &spec, route.tenant_id).await?;
@@ -356,15 +496,19 @@ impl TenantPools {
             metrics::histogram!("portico_pool_wait_seconds")
                 .record(started.elapsed().as_secs_f64());
             return match got {
-                Ok(Ok(obj)) => Ok(TenantConn {
-                    session: Some(Box::new(Pooled {
-                        obj,
-                        budget: pool.budget.clone(),
-                    })),
-                    context: context.map(Arc::new),
-                    tenant: route.tenant_id,
-                    key: TenantKeyRef::new(placement.key_id.clone()),
-                }),
+                Ok(Ok(obj)) => {
+                    pool.traffic.hit();
+                    Ok(TenantConn {
+                        session: Some(Box::new(Pooled {
+                            obj,
+                            budget: pool.budget.clone(),
+                        })),
+                        context: context.map(Arc::new),
+                        _share: share,
+                        tenant: route.tenant_id,
+                        key: TenantKeyRef::new(placement.key_id.clone()),
+                    })
+                }
                 Err(_) | Ok(Err(PoolError::Timeout(_))) => {
                     metrics::counter!("portico_pool_busy_total").increment(1);
                     Err(RuntimeError::Busy)
@@ -475,6 +619,7 @@ impl TenantPools {
             spec: spec.clone(),
             pool,
             budget,
+            traffic: Traffic::default(),
         }))
     }
 
@@ -510,11 +655,31 @@ impl TenantPools {
             .remove(&server);
     }
 
-    /// Closes idle connections older than a minute, and runs the cache's housekeeping.
+    /// Closes idle connections older than a minute (a pinned pool keeps its most recently
+    /// used one), and runs the caches' housekeeping.
     pub async fn sweep(&self) {
         self.inner.cache.run_pending_tasks().await;
-        for (_, p) in self.inner.cache.iter() {
-            p.pool.retain(|_, m| m.last_used() < CONNECTION_IDLE);
+        self.inner.shares.run_pending_tasks().await;
+        for (key, p) in self.inner.cache.iter() {
+            let keep_one = p.pinned(*key);
+            let newest = if keep_one {
+                let mut newest: Option<Duration> = None;
+                p.pool.retain(|_, m| {
+                    newest = Some(newest.map_or(m.last_used(), |d| d.min(m.last_used())));
+                    true
+                });
+                newest
+            } else {
+                None
+            };
+            let mut kept = false;
+            p.pool.retain(|_, m| {
+                if !kept && newest == Some(m.last_used()) {
+                    kept = true;
+                    return true;
+                }
+                m.last_used() < CONNECTION_IDLE
+            });
         }
     }
 

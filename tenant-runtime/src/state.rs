@@ -77,6 +77,7 @@ impl Runtime {
                 per_tenant: rt.tenant_pool_size,
                 wait: rt.pool_wait,
                 instances: rt.instances,
+                pooled_budget_percent: rt.pooled_budget_percent,
             },
         );
         let (listener, listen_task) = spawn_listener(catalog, resolver.clone(), pools.clone());

@@ -19,6 +19,10 @@
 //!   connection set-up as that tenant's role plus 3× the warm median of the same tenant
 //!   (target ≤ 1.0).
 //!
+//! - **M8** noisy neighbour: one tenant flooding at full concurrency while a quiet tenant on
+//!   the same server and tier is measured by 2 clients, against the quiet tenant alone: its
+//!   p99 ratio (target ≤ 1.5), for each tier.
+//!
 //! A diagnostic line under M1 runs the routed server with all load on one tenant and a tenant
 //! pool as large as the baseline's, to separate the routing layer's own cost from the cost of
 //! spreading load over 100 databases. M1 and M2 also print how many connections the runtime
@@ -549,6 +553,84 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         .await;
         results.push((label, r));
     }
+    // ---- Connection opens: a role whose SCRAM verifier names PostgreSQL's default 4,096
+    // iterations (what tenant roles had before) vs one at ours, interleaved.
+    let open_password = "bench-open-password-0123456789abcdef";
+    for (role, verifier) in [
+        (
+            "bench_open_4096",
+            postgres_protocol::password::scram_sha_256(open_password.as_bytes()),
+        ),
+        (
+            "bench_open_low",
+            portico_provisioning::scram::role_verifier(open_password.as_bytes()),
+        ),
+    ] {
+        sampler_db
+            .batch_execute(&format!(
+                "drop role if exists {role}; create role {role} login password '{verifier}'"
+            ))
+            .await?;
+    }
+    let (mut open_4096, mut open_low) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        for (role, into) in [
+            ("bench_open_4096", &mut open_4096),
+            ("bench_open_low", &mut open_low),
+        ] {
+            let mut cfg: tokio_postgres::Config = cluster.url("postgres").parse()?;
+            cfg.user(role).password(open_password);
+            let started = Instant::now();
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+            let took = started.elapsed();
+            let conn = tokio::spawn(conn);
+            drop(client);
+            let _ = conn.await;
+            into.push(took);
+        }
+    }
+    open_4096.sort();
+    open_low.sort();
+    let (open_4096, open_low) = (open_4096[open_4096.len() / 2], open_low[open_low.len() / 2]);
+
+    // ---- M8: one tenant floods at full concurrency while a quiet tenant of the same server,
+    // in the same tier, is measured (2 clients); against the quiet tenant measured alone.
+    let mut m8 = Vec::new();
+    for (tier, flood, quiet) in [
+        ("pooled", &pooled[0], &pooled[1]),
+        ("dedicated", &m2[0], &m2[1]),
+    ] {
+        let quiet_t = Arc::new(vec![quiet.clone()]);
+        let flood_t = Arc::new(vec![flood.clone()]);
+        let one = [addr];
+        load(
+            &http,
+            &one,
+            quiet_t.clone(),
+            Pick::Uniform(1),
+            2,
+            Duration::from_secs(1),
+        )
+        .await;
+        let solo = load(&http, &one, quiet_t.clone(), Pick::Uniform(1), 2, round).await;
+        let flooder = {
+            let http = http.clone();
+            tokio::spawn(async move {
+                load(
+                    &http,
+                    &[addr],
+                    flood_t,
+                    Pick::Uniform(1),
+                    concurrency,
+                    round + Duration::from_secs(1),
+                )
+                .await
+            })
+        };
+        let noisy = load(&http, &one, quiet_t, Pick::Uniform(1), 2, round).await;
+        let flood_out = flooder.await?;
+        m8.push((tier, solo, noisy, flood_out));
+    }
     let m2_targets = Arc::new(m2.clone());
     // M2 again with host affinity.
     load_with(
@@ -667,6 +749,27 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         opened_affine,
         affine.rps() / routed.rps()
     );
+    println!(
+        "Opens  connection set-up with SCRAM at 4,096 iterations (before) {:6.2} ms   at {} (now) {:6.2} ms   ratio {:.2}x (medians of 50, interleaved)",
+        ms(open_4096),
+        portico_provisioning::scram::ROLE_ITERATIONS,
+        ms(open_low),
+        open_low.as_secs_f64() / open_4096.as_secs_f64()
+    );
+    println!(
+        "M8  noisy neighbour: one tenant flooding with {concurrency} clients, a quiet tenant of the same server and tier measured with 2"
+    );
+    for (tier, solo, noisy, flood) in &m8 {
+        println!(
+            "    {tier:<9} quiet alone p99 {:6.2} ms   beside the flood p99 {:6.2} ms   ratio {:.2}x (target <= 1.50x)   flood {:7.0} req/s non-200 {:?}   quiet non-200 {:?}",
+            ms(solo.pct(0.99)),
+            ms(noisy.pct(0.99)),
+            noisy.pct(0.99).as_secs_f64() / solo.pct(0.99).as_secs_f64(),
+            flood.rps(),
+            flood.other,
+            noisy.other
+        );
+    }
     println!("M3  first request to a cold tenant ({m3_count} tenants, medians)");
     println!(
         "    cold {:6.2} ms   connection set-up {:6.2} ms   warm p50 {:6.2} ms   bound (1 connect + 3x warm p50) {:6.2} ms",

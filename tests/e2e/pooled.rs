@@ -242,6 +242,7 @@ async fn one_connection_pools(env: &TestEnv) -> (TenantPools, CatalogReader) {
             wait: Duration::from_secs(10),
             // Budget per instance = max_connections / instances = 1.
             instances: u32::try_from(max_connections).expect("budget"),
+            pooled_budget_percent: 50,
         },
     );
     (pools, reader)

@@ -25,6 +25,7 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
             per_tenant: 1,
             wait: Duration::from_secs(5),
             instances: 1,
+            pooled_budget_percent: 50,
         },
     );
     let route = |slug: &'static str| {
@@ -143,5 +144,142 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
     );
     drop(conn);
     drop(pools);
+    env.cleanup().await;
+}
+
+/// Pools with a budget of `size` connections per server in this instance.
+async fn pools_of(env: &TestEnv, size: i32, per_tenant: u32) -> (TenantPools, CatalogReader) {
+    let reader = CatalogReader::new(
+        sqlx::PgPool::connect(&env.catalog_url())
+            .await
+            .expect("catalog"),
+    );
+    let max_connections: i32 = env
+        .catalog()
+        .await
+        .query_one("select max(max_connections) from db_servers", &[])
+        .await
+        .expect("budget")
+        .get(0);
+    let pools = TenantPools::new(
+        env.keyring().await,
+        PoolSettings {
+            max_open_tenants: 10,
+            per_tenant,
+            wait: Duration::from_millis(300),
+            instances: u32::try_from(max_connections / size).expect("instances"),
+            pooled_budget_percent: 50,
+        },
+    );
+    (pools, reader)
+}
+
+async fn route_of(
+    reader: &CatalogReader,
+    slug: &str,
+) -> portico_tenant_runtime::catalog::TenantRoute {
+    reader
+        .route_for_host(&host_of(slug))
+        .await
+        .expect("resolve")
+        .expect("route")
+}
+
+fn busy<T>(r: Result<T, portico_tenant_runtime::error::RuntimeError>) -> bool {
+    matches!(r, Err(portico_tenant_runtime::error::RuntimeError::Busy))
+}
+
+#[tokio::test]
+async fn one_pooled_tenant_cannot_take_the_shared_pool_and_dedicated_pools_keep_to_their_share() {
+    let env = TestEnv::pooled(Backend::FileLocal).await;
+    for slug in ["alpha", "bravo"] {
+        env.ok(&["tenant", "create", slug]);
+    }
+    for slug in ["dee1", "dee2"] {
+        env.ok(&["tenant", "create", slug, "--tier", "dedicated"]);
+    }
+    // Budget 4 per server here: the dedicated share is 2 while a shared pool is open.
+    let (pools, reader) = pools_of(&env, 4, 2).await;
+    let (alpha, bravo) = (
+        route_of(&reader, "alpha").await,
+        route_of(&reader, "bravo").await,
+    );
+    let (d1, d2) = (
+        route_of(&reader, "dee1").await,
+        route_of(&reader, "dee2").await,
+    );
+
+    // alpha may hold two connections of the shared pool, not three; bravo still gets one.
+    let a1 = pools.get(&alpha).await.expect("alpha 1");
+    let a2 = pools.get(&alpha).await.expect("alpha 2");
+    assert!(busy(pools.get(&alpha).await), "alpha took a third share");
+    let b1 = pools.get(&bravo).await.expect("bravo, beside a busy alpha");
+    drop((a1, a2, b1));
+
+    // Dedicated pools together hold at most 2 of the 4 while the shared pool is open, even
+    // with permits free: d2 waits for d1's connection to go idle, then takes it over.
+    let x1 = pools.get(&d1).await.expect("d1 1");
+    let x2 = pools.get(&d1).await.expect("d1 2");
+    assert!(
+        busy(pools.get(&d2).await),
+        "dedicated pools went past their share"
+    );
+    let shared_still = pools
+        .get(&alpha)
+        .await
+        .expect("the pooled tier keeps its share");
+    drop(shared_still);
+    drop(x2);
+    let y1 = pools.get(&d2).await.expect("d2 after d1 gave one back");
+    drop((x1, y1));
+
+    // Without a shared pool on the server, dedicated tenants may use the whole budget.
+    let (only_dedicated, reader) = pools_of(&env, 4, 2).await;
+    let held = [
+        only_dedicated.get(&d1).await.expect("d1 1"),
+        only_dedicated.get(&d1).await.expect("d1 2"),
+        only_dedicated.get(&d2).await.expect("d2 1"),
+        only_dedicated.get(&d2).await.expect("d2 2"),
+    ];
+    drop(held);
+    drop(reader);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    for slug in ["steady", "other", "third"] {
+        env.ok(&["tenant", "create", slug]);
+    }
+    let (pools, reader) = pools_of(&env, 3, 2).await;
+    let steady = route_of(&reader, "steady").await;
+    let (other, third) = (
+        route_of(&reader, "other").await,
+        route_of(&reader, "third").await,
+    );
+    // A quiet pool's idle connection is reclaimed for another tenant…
+    drop(pools.get(&third).await.expect("third"));
+    let o1 = pools.get(&other).await.expect("other 1");
+    let o2 = pools.get(&other).await.expect("other 2");
+    let s1 = pools
+        .get(&steady)
+        .await
+        .expect("steady, reclaiming third's idle one");
+    drop(s1);
+    // …but once `steady` has steady traffic, its last connection stays.
+    for _ in 0..40 {
+        drop(pools.get(&steady).await.expect("steady"));
+    }
+    assert!(
+        busy(pools.get(&third).await),
+        "the steady pool's last connection was reclaimed"
+    );
+    drop((o1, o2));
+    let t = pools
+        .get(&third)
+        .await
+        .expect("third, from other's idle connections");
+    drop(t);
     env.cleanup().await;
 }

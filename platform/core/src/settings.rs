@@ -40,6 +40,7 @@ const KEYS: &[&str] = &[
     "anonymous_limit_per_tenant",
     "max_open_tenants",
     "tenant_pool_size",
+    "pooled_budget_percent",
     "pool_wait_ms",
     "runtime_instances",
     "request_timeout_ms",
@@ -107,6 +108,7 @@ struct Raw {
     anonymous_limit_per_tenant: i64,
     max_open_tenants: i64,
     tenant_pool_size: i64,
+    pooled_budget_percent: i64,
     pool_wait_ms: i64,
     runtime_instances: i64,
     request_timeout_ms: i64,
@@ -148,6 +150,7 @@ impl Default for Raw {
             anonymous_limit_per_tenant: 1200,
             max_open_tenants: 1000,
             tenant_pool_size: 5,
+            pooled_budget_percent: 50,
             pool_wait_ms: 2000,
             runtime_instances: 1,
             request_timeout_ms: 30_000,
@@ -305,8 +308,12 @@ pub struct RuntimeSettings {
     pub anonymous_limit_per_tenant: u32,
     /// Tenant pools kept open at once (least recently used closed first).
     pub max_open_tenants: u64,
-    /// Connections one tenant's pool may hold (per instance).
+    /// Connections one tenant's pool may hold (per instance); in the pooled tier, connections of
+    /// the shared pool one tenant may hold at once.
     pub tenant_pool_size: u32,
+    /// Share of each server's budget (percent) kept for the pooled tier while this instance
+    /// serves pooled tenants there: dedicated tenants' pools together hold at most the rest.
+    pub pooled_budget_percent: u32,
     /// How long a request waits for a tenant connection before `503 tenant_busy`.
     pub pool_wait: Duration,
     /// Instances sharing each database server's connection budget (each takes an equal share).
@@ -431,6 +438,12 @@ impl RuntimeSettings {
             max_open_tenants: ranged("max_open_tenants", raw.max_open_tenants, 1, 1_000_000)?
                 as u64,
             tenant_pool_size: ranged("tenant_pool_size", raw.tenant_pool_size, 1, 1000)? as u32,
+            pooled_budget_percent: ranged(
+                "pooled_budget_percent",
+                raw.pooled_budget_percent,
+                0,
+                100,
+            )? as u32,
             pool_wait: ms(ranged("pool_wait_ms", raw.pool_wait_ms, 1, 600_000)?),
             instances: ranged("runtime_instances", raw.runtime_instances, 1, 1000)? as u32,
             request_timeout: ms(ranged(
