@@ -438,6 +438,8 @@ struct AddServerBody {
     name: String,
     url: String,
     max_connections: Option<u32>,
+    /// PEM of the CA the server's certificate must chain to (TLS to the server).
+    ca_pem: Option<String>,
 }
 
 async fn add_server(
@@ -449,8 +451,14 @@ async fn add_server(
     let result = async {
         let name =
             DbServerName::parse(&body.name).map_err(|e| Problem::invalid_input(e.to_string()))?;
-        let (view, _) =
-            db_servers::add(&api.platform, &name, &body.url, body.max_connections).await?;
+        let (view, _) = db_servers::add_with_ca(
+            &api.platform,
+            &name,
+            &body.url,
+            body.max_connections,
+            body.ca_pem.as_deref(),
+        )
+        .await?;
         Ok(view)
     }
     .await;

@@ -31,6 +31,8 @@ pub struct DbServerRow {
     pub max_connections: i32,
     pub created_at: OffsetDateTime,
     pub tenant_count: i64,
+    /// The CA its certificate must chain to (TLS); `None`: plain TCP.
+    pub ca_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -327,16 +329,19 @@ impl Catalog {
         admin_url_ciphertext: &[u8],
         display_url: &str,
         max_connections: i32,
+        ca_pem: Option<&str>,
     ) -> Result<()> {
         sqlx::query(
-            "insert into db_servers (id, name, admin_url_ciphertext, display_url, max_connections)
-             values ($1, $2, $3, $4, $5)",
+            "insert into db_servers (id, name, admin_url_ciphertext, display_url, max_connections,
+                                     ca_pem)
+             values ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id)
         .bind(name.as_str())
         .bind(admin_url_ciphertext)
         .bind(display_url)
         .bind(max_connections)
+        .bind(ca_pem)
         .execute(&self.pool)
         .await
         .map_err(|e| match constraint(&e) {
@@ -347,7 +352,7 @@ impl Catalog {
     }
 
     const SERVER_COLUMNS: &str = "s.id, s.name, s.admin_url_ciphertext, s.display_url,
-        s.max_connections, s.created_at,
+        s.max_connections, s.created_at, s.ca_pem,
         (select count(*) from tenant_placements p where p.db_server_id = s.id) as tenant_count";
 
     pub async fn list_db_servers(&self) -> Result<Vec<DbServerRow>> {

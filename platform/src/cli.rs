@@ -141,6 +141,10 @@ enum DbServerCmd {
         /// Connection budget for this server (default: the server's max_connections).
         #[arg(long)]
         max_connections: Option<u32>,
+        /// PEM file of the CA the server's certificate must chain to: every connection to the
+        /// server then uses TLS, verifying the certificate and the URL's host name.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
     },
     /// List registered database servers.
     List {
@@ -316,13 +320,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             url,
             max_connections,
+            ca_file,
         }) => {
             let name = DbServerName::parse(&name).map_err(PlatformError::from)?;
+            let ca = ca_file
+                .map(|path| {
+                    std::fs::read_to_string(&path).map_err(|e| {
+                        PlatformError::InvalidInput(format!(
+                            "cannot read --ca-file {}: {e}",
+                            path.display()
+                        ))
+                    })
+                })
+                .transpose()?;
             let p = platform(false).await?;
-            let (s, info) = db_servers::add(&p, &name, &url, max_connections).await?;
+            let (s, info) =
+                db_servers::add_with_ca(&p, &name, &url, max_connections, ca.as_deref()).await?;
             println!(
-                "registered database server '{}' ({}, PostgreSQL {}, budget {} connections)",
-                s.name, s.url, info.version, s.max_connections
+                "registered database server '{}' ({}, PostgreSQL {}, budget {} connections{})",
+                s.name,
+                s.url,
+                info.version,
+                s.max_connections,
+                if s.tls { ", TLS" } else { "" }
             );
         }
         Command::DbServer(DbServerCmd::List { json: as_json }) => {

@@ -21,6 +21,8 @@ pub struct DbServerView {
     pub url: String,
     pub max_connections: i32,
     pub tenants: i64,
+    /// Whether connections to it use TLS (verified against its registered CA).
+    pub tls: bool,
 }
 
 impl From<DbServerRow> for DbServerView {
@@ -31,6 +33,7 @@ impl From<DbServerRow> for DbServerView {
             url: r.display_url,
             max_connections: r.max_connections,
             tenants: r.tenant_count,
+            tls: r.ca_pem.is_some(),
         }
     }
 }
@@ -46,6 +49,18 @@ pub async fn add(
     name: &DbServerName,
     url: &str,
     max_connections: Option<u32>,
+) -> Result<(DbServerView, ServerInfo)> {
+    add_with_ca(platform, name, url, max_connections, None).await
+}
+
+/// [`add`] for a server reached over TLS, its certificate verified against the CA in `ca_pem`
+/// (and the host the URL names).
+pub async fn add_with_ca(
+    platform: &Platform,
+    name: &DbServerName,
+    url: &str,
+    max_connections: Option<u32>,
+    ca_pem: Option<&str>,
 ) -> Result<(DbServerView, ServerInfo)> {
     // Refuse a known name before spending a round trip on the server.
     if platform.catalog.db_server_by_name(name).await?.is_some() {
@@ -63,12 +78,17 @@ pub async fn add(
             })?),
             None => None,
         };
-    let info = DbServer::from_url(url)?.check().await?;
-    let view = record(
+    if let Some(pem) = ca_pem {
+        portico_core::pgtls::check_ca(pem)
+            .map_err(|e| PlatformError::InvalidInput(format!("--ca-file: {e}")))?;
+    }
+    let info = DbServer::from_url_with_ca(url, ca_pem)?.check().await?;
+    let view = record_with_ca(
         platform,
         name,
         url,
         max_connections.unwrap_or(info.max_connections),
+        ca_pem,
     )
     .await?;
     Ok((view, info))
@@ -83,6 +103,16 @@ pub async fn record(
     url: &str,
     max_connections: i32,
 ) -> Result<DbServerView> {
+    record_with_ca(platform, name, url, max_connections, None).await
+}
+
+async fn record_with_ca(
+    platform: &Platform,
+    name: &DbServerName,
+    url: &str,
+    max_connections: i32,
+    ca_pem: Option<&str>,
+) -> Result<DbServerView> {
     portico_provisioning::keys::ensure_platform_key(&platform.keyring).await?;
     let id = Uuid::new_v4();
     let ciphertext = platform
@@ -92,7 +122,7 @@ pub async fn record(
     let display_url = redact_url(url);
     platform
         .catalog
-        .insert_db_server(id, name, &ciphertext, &display_url, max_connections)
+        .insert_db_server(id, name, &ciphertext, &display_url, max_connections, ca_pem)
         .await?;
     Ok(DbServerView {
         id,
@@ -100,6 +130,7 @@ pub async fn record(
         url: display_url,
         max_connections,
         tenants: 0,
+        tls: ca_pem.is_some(),
     })
 }
 
@@ -131,7 +162,7 @@ pub async fn connect(platform: &Platform, row: &DbServerRow) -> Result<DbServer>
         .await?;
     let url = String::from_utf8(url)
         .map_err(|_| PlatformError::InvalidState("stored server URL is not UTF-8".into()))?;
-    let server = DbServer::from_url(&url)?;
+    let server = DbServer::from_url_with_ca(&url, row.ca_pem.as_deref())?;
     if let Ok(mut m) = platform.servers.lock() {
         m.insert(row.id, server.clone());
     }

@@ -82,6 +82,19 @@ impl PgCluster {
 
     /// Starts a cluster allowing `max_connections` connections.
     pub fn start_with(max_connections: u32) -> anyhow::Result<Self> {
+        Self::start_inner(max_connections, None)
+    }
+
+    /// Starts a cluster that also accepts TLS, with the given server certificate and key (PEM).
+    pub fn start_with_tls(
+        max_connections: u32,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(max_connections, Some((cert_pem, key_pem)))
+    }
+
+    fn start_inner(max_connections: u32, tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let bindir = find_bindir()?;
         let run_as = is_root().then(|| "postgres".to_owned());
         let dir = tempfile::Builder::new()
@@ -141,6 +154,28 @@ impl PgCluster {
                 bail!("cannot hand pg_hba.conf to the '{user}' system user");
             }
         }
+        let mut ssl = String::new();
+        if let Some((cert, key)) = tls {
+            for (file, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(file);
+                std::fs::write(&path, pem).with_context(|| format!("writing {file}"))?;
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .with_context(|| format!("restricting {file}"))?;
+                if let Some(user) = &cluster.run_as {
+                    let status = Command::new("chown")
+                        .args([&format!("{user}:"), &path.display().to_string()])
+                        .status()
+                        .with_context(|| format!("chown of {file}"))?;
+                    if !status.success() {
+                        bail!("cannot hand {file} to the '{user}' system user");
+                    }
+                }
+            }
+            ssl = " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+        }
         let port = free_port()?;
         cluster.port = port;
         let sockdir = cluster.path().display().to_string();
@@ -157,7 +192,7 @@ impl PgCluster {
                 "60",
                 "-o",
                 &format!(
-                    "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={sockdir} -c max_connections={max_connections} -c fsync=on"
+                    "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={sockdir} -c max_connections={max_connections} -c fsync=on{ssl}"
                 ),
                 "start",
             ],

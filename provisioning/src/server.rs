@@ -26,6 +26,8 @@ pub struct DbServer {
     config: Config,
     label: String,
     pool: Pool,
+    /// TLS to the server, verified against its registered CA (`None`: plain TCP).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 impl std::fmt::Debug for DbServer {
@@ -42,6 +44,12 @@ pub struct ServerInfo {
 
 impl DbServer {
     pub fn from_url(url: &str) -> Result<Self, ProvisionError> {
+        Self::from_url_with_ca(url, None)
+    }
+
+    /// A server reached over TLS when `ca_pem` names the CA its certificate must chain to
+    /// (`portico_core::pgtls`).
+    pub fn from_url_with_ca(url: &str, ca_pem: Option<&str>) -> Result<Self, ProvisionError> {
         let mut config = Config::from_str(url).map_err(|_| {
             ProvisionError::InvalidUrl(
                 "expected postgres://user:password@host:port/database".into(),
@@ -56,13 +64,20 @@ impl DbServer {
         config.application_name("portico-provisioning");
         config.connect_timeout(std::time::Duration::from_secs(10));
         let label = portico_core::settings::redact_url(url);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let tls = ca_pem
+            .map(portico_core::pgtls::connector)
+            .transpose()
+            .map_err(|e| ProvisionError::InvalidUrl(e.to_string()))?;
+        if tls.is_some() {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(ADMIN_POOL_SIZE)
             .build()
@@ -71,6 +86,7 @@ impl DbServer {
             config,
             label,
             pool,
+            tls,
         })
     }
 
@@ -96,16 +112,32 @@ impl DbServer {
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn connect_config(&self, config: &Config) -> Result<Client, ProvisionError> {
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "provisioning connection closed with an error");
+        match &self.tls {
+            Some(tls) => {
+                let (client, connection) = config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(|e| self.unreachable(&e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "provisioning connection closed with an error");
+                    }
+                });
+                Ok(client)
             }
-        });
-        Ok(client)
+            None => {
+                let (client, connection) = config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| self.unreachable(&e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "provisioning connection closed with an error");
+                    }
+                });
+                Ok(client)
+            }
+        }
     }
 
     /// A pooled connection to the maintenance database as the admin user.

@@ -42,6 +42,8 @@ pub struct Placement {
     pub server_url: String,
     /// The server's connection budget, shared by all tenants on it.
     pub server_budget: u32,
+    /// The CA (PEM) the server's certificate must chain to: connections use TLS. `None`: TCP.
+    pub server_ca: Option<String>,
     /// The tenant's own database (dedicated tier) or its shared database (pooled tier).
     pub database: String,
     /// The tenant's role.
@@ -104,6 +106,7 @@ struct RouteRow {
     shared_database_id: Option<Uuid>,
     pool_role: Option<String>,
     pool_password_ciphertext: Option<Vec<u8>>,
+    server_ca: Option<String>,
 }
 
 impl CatalogReader {
@@ -128,7 +131,7 @@ impl CatalogReader {
                     (select coalesce(json_object_agg(r.flag, r.percent), '{}')
                        from feature_rollouts r) as rollouts,
                     p.schema_name, sd.id as shared_database_id, sd.pool_role,
-                    sd.pool_password_ciphertext
+                    sd.pool_password_ciphertext, s.ca_pem as server_ca
                from tenant_domains d
                join tenants t on t.id = d.tenant_id
                left join tenant_placements p on p.tenant_id = t.id
@@ -193,6 +196,7 @@ impl CatalogReader {
                 db_server_id,
                 server_url,
                 server_budget: budget.max(1).unsigned_abs(),
+                server_ca: row.server_ca.clone(),
                 database,
                 role,
                 key_id,

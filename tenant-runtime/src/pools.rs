@@ -153,6 +153,7 @@ struct PoolSpec {
     db_server_id: Uuid,
     server_url: String,
     server_budget: u32,
+    server_ca: Option<String>,
     database: String,
     user: String,
     password_ciphertext: Vec<u8>,
@@ -587,14 +588,20 @@ impl TenantPools {
             .options(format!("-c search_path={search_path}"))
             .connect_timeout(self.inner.settings.wait.max(Duration::from_secs(1)));
         let budget = self.inner.budget_for(spec);
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Clean,
+        };
+        let pg = match &spec.server_ca {
+            Some(ca) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let tls = portico_core::pgtls::connector(ca)
+                    .map_err(|e| RuntimeError::TenantDatabase(e.to_string()))?;
+                deadpool_postgres::Manager::from_config(config, tls, manager_config)
+            }
+            None => deadpool_postgres::Manager::from_config(config, NoTls, manager_config),
+        };
         let manager = TenantManager {
-            pg: deadpool_postgres::Manager::from_config(
-                config,
-                NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Clean,
-                },
-            ),
+            pg,
             key,
             budget: budget.clone(),
             registry: Arc::downgrade(&self.inner),
@@ -728,6 +735,7 @@ fn pool_of(tenant: TenantId, p: &Placement) -> (PoolKey, PoolSpec, Option<Tenant
         db_server_id: p.db_server_id,
         server_url: p.server_url.clone(),
         server_budget: p.server_budget,
+        server_ca: p.server_ca.clone(),
         database: p.database.clone(),
         user: user.to_owned(),
         password_ciphertext: password.to_vec(),

@@ -27,3 +27,4 @@ mod sso_admin;
 mod sso_oidc;
 mod sso_saml;
 mod tickets;
+mod tls;

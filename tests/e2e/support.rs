@@ -411,8 +411,24 @@ impl TestEnv {
             .await
             .map(|rows| rows.iter().map(|r| r.get(0)).collect())
             .unwrap_or_default();
+        // Shared databases of pooled tenants on the test server (a test's own clusters go
+        // with them), their pool roles after them.
+        let shared: Vec<String> = catalog
+            .query(
+                "select sd.database_name from shared_databases sd
+                   join db_servers s on s.id = sd.db_server_id where s.ca_pem is null",
+                &[],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
         drop(catalog);
         let server = self.server_admin().await;
+        for db in &shared {
+            let _ = server
+                .batch_execute(&format!("drop database if exists {db} with (force)"))
+                .await;
+        }
         let keyring = self.keyring().await;
         let store = self.store().await;
         for id in ids {
@@ -422,6 +438,11 @@ impl TestEnv {
             let _ = portico_provisioning::database::drop_role(&server, &names).await;
             let _ = portico_provisioning::keys::destroy_tenant_key(&keyring, id).await;
             let _ = portico_provisioning::storage::destroy_prefix(&store, id).await;
+        }
+        for db in &shared {
+            let _ = server
+                .batch_execute(&format!("drop role if exists {db}"))
+                .await;
         }
         let admin = connect(&admin_url("postgres")).await;
         let _ = admin

@@ -10,6 +10,7 @@ pub mod features;
 pub mod files;
 pub mod ids;
 pub mod keys;
+pub mod pgtls;
 pub mod settings;
 pub mod storage;
 pub mod tokens;
