@@ -60,6 +60,31 @@ pub async fn ensure_shared_database(
     password: &SecretString,
     limits: RoleLimits,
 ) -> Result<(), ProvisionError> {
+    // Creates of tenants in one shared database run at once: the first makes it, the others
+    // wait here (concurrent `CREATE DATABASE`/`ALTER ROLE`/`GRANT` of one object fail rather
+    // than wait). Advisory locks are per database, so the lock lives in `postgres`, as the
+    // template build's does.
+    let maintenance = server.admin_in("postgres").await.ok();
+    let locker: &Client = maintenance.as_ref().unwrap_or(admin);
+    let lock_key = format!("portico:shared:{}", names.database);
+    locker
+        .execute("select pg_advisory_lock(hashtext($1))", &[&lock_key])
+        .await
+        .map_err(|e| pg_err("locking the shared database", e))?;
+    let result = ensure_shared_locked(server, admin, names, password, limits).await;
+    let _ = locker
+        .execute("select pg_advisory_unlock(hashtext($1))", &[&lock_key])
+        .await;
+    result
+}
+
+async fn ensure_shared_locked(
+    server: &DbServer,
+    admin: &Client,
+    names: &SharedDbNames,
+    password: &SecretString,
+    limits: RoleLimits,
+) -> Result<(), ProvisionError> {
     let verifier = crate::scram::role_verifier(password.expose_secret().as_bytes());
     admin
         .batch_execute(&format!(

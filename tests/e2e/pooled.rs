@@ -574,3 +574,35 @@ async fn a_pooled_schema_holds_what_a_dedicated_database_holds_and_the_fleet_mig
     assert_eq!(v["intact"], true, "{v}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn pooled_tenants_created_at_once_share_one_new_database() {
+    let env = TestEnv::pooled(Backend::FileLocal).await;
+    let slugs = ["one-co", "two-co", "three-co", "four-co", "five-co"];
+    // All at once, into a shared database none of them finds made: one creates it, the
+    // others wait for it (PostgreSQL refuses concurrent creates of one database or role).
+    std::thread::scope(|s| {
+        let runs: Vec<_> = slugs
+            .iter()
+            .map(|slug| {
+                let env = &env;
+                s.spawn(move || env.run(&["tenant", "create", slug]))
+            })
+            .collect();
+        for r in runs {
+            let r = r.join().expect("thread");
+            assert!(r.success, "{}", r.stderr);
+        }
+    });
+    let mut databases: Vec<String> = slugs
+        .iter()
+        .map(|slug| {
+            let t = env.json(&["tenant", "show", slug, "--json"]);
+            assert_eq!(t["status"], "active", "{t}");
+            t["placement"]["database"].as_str().expect("db").to_owned()
+        })
+        .collect();
+    databases.dedup();
+    assert_eq!(databases.len(), 1, "{databases:?}");
+    env.cleanup().await;
+}
