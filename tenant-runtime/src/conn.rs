@@ -10,12 +10,13 @@
 //!   and search path *transaction-locally*, pipelined with it in one round trip:
 //!
 //!   ```text
-//!   BEGIN; SELECT set_config('role', 't_…', true), set_config('search_path', '…', true)
-//!   <the statement, prepared>                    (Bind/Execute/Sync)
+//!   BEGIN
+//!   SELECT set_config('role', $1, true), set_config('search_path', $2, true)   (prepared)
+//!   <the statement, prepared>                                               (Bind/Execute/Sync)
 //!   COMMIT
 //!   ```
 //!
-//!   All three are written to the socket when the future is first polled, so a future dropped
+//!   All four are written to the socket when the future is first polled, so a future dropped
 //!   half-way (a cancelled query, an abandoned request) has already sent its `COMMIT`: nothing
 //!   of the context survives it. A failed statement aborts its transaction, and its `COMMIT`
 //!   rolls it back. Explicit transactions ([`TenantConn::transaction`]) set the context right
@@ -26,7 +27,7 @@
 //!
 //! Store code calls the same methods either way and cannot tell the tiers apart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -34,8 +35,13 @@ use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement, Transaction};
 
-/// Statements a connection keeps prepared (pooled tier); past this the cache starts over.
+/// Statements a connection keeps prepared; past this the oldest are closed.
 const STATEMENT_CACHE: usize = 512;
+
+/// Sets a pooled tenant's context for the current transaction (prepared once per connection:
+/// no parsing or planning per statement).
+const SET_CONTEXT: &str =
+    "SELECT set_config('role', $1, true), set_config('search_path', $2, true)";
 
 /// Search path of a dedicated tenant's sessions: the audit schema first (the tenant role can
 /// create nothing there, so no object of its own can stand in for the audit log), temporary
@@ -47,7 +53,6 @@ pub const DEDICATED_SEARCH_PATH: &str = "portico_audit,public,pg_temp";
 pub struct TenantContext {
     role: String,
     search_path: String,
-    begin: String,
     set: String,
 }
 
@@ -68,7 +73,6 @@ impl TenantContext {
         Self {
             role: role.to_owned(),
             search_path,
-            begin: format!("BEGIN; {set}"),
             set,
         }
     }
@@ -112,27 +116,38 @@ impl Sql for Statement {
     }
 }
 
-/// Prepared statements of one pooled-tier connection, by text.
+/// Prepared statements of one connection, by text (pooled tier: by tenant role and text, so a
+/// statement is re-used under the search path it was planned for, and PostgreSQL need not
+/// re-analyse it). The oldest entries go first when it is full.
 #[derive(Default)]
-pub struct StatementCache(Mutex<HashMap<String, Statement>>);
+pub struct StatementCache(Mutex<(HashMap<String, Statement>, VecDeque<String>)>);
 
 impl StatementCache {
-    fn get(&self, sql: &str) -> Option<Statement> {
-        self.0.lock().ok()?.get(sql).cloned()
+    fn get(&self, key: &str) -> Option<Statement> {
+        self.0.lock().ok()?.0.get(key).cloned()
     }
 
-    fn put(&self, sql: &str, statement: Statement) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= STATEMENT_CACHE {
-                m.clear();
+    fn put(&self, key: String, statement: Statement) {
+        if let Ok(mut guard) = self.0.lock() {
+            let (map, order) = &mut *guard;
+            while map.len() >= STATEMENT_CACHE {
+                match order.pop_front() {
+                    Some(old) => {
+                        map.remove(&old);
+                    }
+                    None => map.clear(),
+                }
             }
-            m.insert(sql.to_owned(), statement);
+            if map.insert(key.clone(), statement).is_none() {
+                order.push_back(key);
+            }
         }
     }
 
-    fn forget(&self, sql: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(sql);
+    fn forget(&self, key: &str) {
+        if let Ok(mut guard) = self.0.lock() {
+            guard.0.remove(key);
+            guard.1.retain(|k| k != key);
         }
     }
 }
@@ -218,7 +233,7 @@ macro_rules! run {
                 let statement = $self.prepared(text).await?;
                 match $self.scoped(client.$method(&statement, $params)).await {
                     Err(e) if is_result_type_change(&e) => {
-                        $self.session().statements().forget(text);
+                        $self.session().statements().forget(&$self.cache_key(text));
                         let statement = $self.prepared(text).await?;
                         $self.scoped(client.$method(&statement, $params)).await
                     }
@@ -303,8 +318,8 @@ impl TenantConn {
         self.session().client()
     }
 
-    /// Runs `body` (which must send its one request when first polled) between the context's
-    /// `BEGIN; set_config…` and `COMMIT`, all three pipelined.
+    /// Runs `body` (which must send its one request when first polled) between `BEGIN` and the
+    /// context's `set_config`, and `COMMIT`, all four pipelined.
     async fn scoped<R>(
         &self,
         body: impl Future<Output = Result<R, tokio_postgres::Error>>,
@@ -313,25 +328,50 @@ impl TenantConn {
             return body.await;
         };
         let client = self.client();
-        let (begun, result, committed) = tokio::join!(
-            client.batch_execute(&ctx.begin),
+        let set = self.set_context().await?;
+        let params: [&(dyn ToSql + Sync); 2] = [&ctx.role, &ctx.search_path];
+        let (begun, set, result, committed) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.execute(&set, &params),
             body,
             client.batch_execute("COMMIT")
         );
         begun?;
+        set?;
         let result = result?;
         committed?;
         Ok(result)
     }
 
+    /// The connection's prepared `set_config` statement (prepared on first use: it names no
+    /// table, so it needs no context).
+    async fn set_context(&self) -> Result<Statement, tokio_postgres::Error> {
+        let cache = self.session().statements();
+        if let Some(s) = cache.get(SET_CONTEXT) {
+            return Ok(s);
+        }
+        let statement = self.client().prepare(SET_CONTEXT).await?;
+        cache.put(SET_CONTEXT.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// The cache key of `sql` on this connection: per tenant role in the pooled tier.
+    fn cache_key(&self, sql: &str) -> String {
+        match &self.context {
+            Some(ctx) => format!("{}\u{0}{sql}", ctx.role),
+            None => sql.to_owned(),
+        }
+    }
+
     /// The prepared statement for `sql` in the tenant's context (pooled tier).
     async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         let cache = self.session().statements();
-        if let Some(s) = cache.get(sql) {
+        let key = self.cache_key(sql);
+        if let Some(s) = cache.get(&key) {
             return Ok(s);
         }
         let statement = self.scoped(self.client().prepare(sql)).await?;
-        cache.put(sql, statement.clone());
+        cache.put(key, statement.clone());
         Ok(statement)
     }
 
@@ -377,7 +417,7 @@ impl TenantConn {
                     return Ok(s);
                 }
                 let statement = self.client().prepare(sql).await?;
-                cache.put(sql, statement.clone());
+                cache.put(sql.to_owned(), statement.clone());
                 Ok(statement)
             }
         }

@@ -68,7 +68,8 @@ pub struct PoolSettings {
 }
 
 /// A pool with at least this many checkouts in the current or the previous minute has steady
-/// traffic: a dedicated one keeps its last connection (neither reclaimed nor swept).
+/// traffic: a dedicated one keeps its last connection (not swept, and reclaimed for another
+/// pool only when no other idle connection is left).
 const STEADY_PER_MINUTE: u32 = 30;
 
 /// One database server's connection budget in this instance.
@@ -302,7 +303,9 @@ impl Inner {
         // The idle connection unused for longest, across this server's other pools: hot
         // tenants keep their connections, cold ones give theirs up; a pinned pool keeps its
         // last one.
+        // A pinned pool's last connection is taken only when no other idle one is left.
         let mut oldest: Option<(PoolKey, Duration)> = None;
+        let mut oldest_pinned: Option<(PoolKey, Duration)> = None;
         for (key, p) in self.cache.iter() {
             if !Arc::ptr_eq(&p.budget, budget)
                 || *key == except
@@ -310,18 +313,20 @@ impl Inner {
             {
                 continue;
             }
-            if p.pinned(*key) && p.pool.status().size <= 1 {
-                continue;
-            }
+            let slot = if p.pinned(*key) && p.pool.status().size <= 1 {
+                &mut oldest_pinned
+            } else {
+                &mut oldest
+            };
             p.pool.retain(|_, m| {
                 let idle = m.last_used();
-                if oldest.is_none_or(|(_, d)| idle > d) {
-                    oldest = Some((*key, idle));
+                if slot.is_none_or(|(_, d)| idle > d) {
+                    *slot = Some((*key, idle));
                 }
                 true
             });
         }
-        let Some((victim, age)) = oldest else {
+        let Some((victim, age)) = oldest.or(oldest_pinned) else {
             return false;
         };
         let Some(p) = self

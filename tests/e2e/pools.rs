@@ -258,28 +258,37 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
         route_of(&reader, "other").await,
         route_of(&reader, "third").await,
     );
-    // A quiet pool's idle connection is reclaimed for another tenant…
+    let backend = async |c: &portico_tenant_runtime::pools::TenantConn| -> i32 {
+        c.query_one("select pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0)
+    };
+    // `steady` has steady traffic; its one idle connection is the least recently used one on
+    // the server, `third`'s is newer.
+    let mut pid = 0;
+    for _ in 0..40 {
+        let c = pools.get(&steady).await.expect("steady");
+        pid = backend(&c).await;
+    }
     drop(pools.get(&third).await.expect("third"));
     let o1 = pools.get(&other).await.expect("other 1");
+    // The budget (3) is full: `other` takes over an idle connection — `third`'s, not the
+    // older one the steady pool keeps.
     let o2 = pools.get(&other).await.expect("other 2");
-    let s1 = pools
-        .get(&steady)
-        .await
-        .expect("steady, reclaiming third's idle one");
-    drop(s1);
-    // …but once `steady` has steady traffic, its last connection stays.
-    for _ in 0..40 {
-        drop(pools.get(&steady).await.expect("steady"));
-    }
-    assert!(
-        busy(pools.get(&third).await),
-        "the steady pool's last connection was reclaimed"
+    let c = pools.get(&steady).await.expect("steady");
+    assert_eq!(
+        backend(&c).await,
+        pid,
+        "the steady pool's connection was reclaimed"
     );
-    drop((o1, o2));
+    drop(c);
+    // With no other idle connection left, even the steady pool's last one serves a waiter.
     let t = pools
         .get(&third)
         .await
-        .expect("third, from other's idle connections");
-    drop(t);
+        .expect("third, from the steady pool's connection");
+    assert_ne!(backend(&t).await, pid);
+    drop((o1, o2, t));
     env.cleanup().await;
 }

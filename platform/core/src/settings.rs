@@ -150,7 +150,7 @@ impl Default for Raw {
             anonymous_limit_per_tenant: 1200,
             max_open_tenants: 1000,
             tenant_pool_size: 5,
-            pooled_budget_percent: 50,
+            pooled_budget_percent: 25,
             pool_wait_ms: 2000,
             runtime_instances: 1,
             request_timeout_ms: 30_000,
