@@ -55,7 +55,10 @@ pub fn kill_at(env: &TestEnv, args: &[&str], point: &str) {
 }
 
 async fn crash_then(backend: Backend, resume: bool) {
-    let env = TestEnv::new(backend).await;
+    crash_env_then(TestEnv::new(backend).await, resume).await;
+}
+
+async fn crash_env_then(env: TestEnv, resume: bool) {
     for (i, point) in POINTS.iter().enumerate() {
         let slug = format!("crash-{i}");
         let args = ["tenant", "create", slug.as_str(), "--name", "Crash Test"];
@@ -95,6 +98,16 @@ async fn killed_create_is_finished_by_rerun_file_local() {
 #[tokio::test]
 async fn killed_create_is_undone_by_rollback_file_local() {
     crash_then(Backend::FileLocal, false).await;
+}
+
+#[tokio::test]
+async fn killed_pooled_create_is_finished_by_rerun() {
+    crash_env_then(TestEnv::pooled(Backend::FileLocal).await, true).await;
+}
+
+#[tokio::test]
+async fn killed_pooled_create_is_undone_by_rollback() {
+    crash_env_then(TestEnv::pooled(Backend::FileLocal).await, false).await;
 }
 
 #[tokio::test]

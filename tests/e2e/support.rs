@@ -297,6 +297,9 @@ impl TestEnv {
     pub async fn assert_provisioned(&self, slug: &str) -> Value {
         let t = self.json(&["tenant", "show", slug, "--json"]);
         assert_eq!(t["status"], "active", "{t}");
+        if t["tier"] == "pooled" {
+            return self.assert_pooled_provisioned(slug, t).await;
+        }
         let id: TenantId = t["id"].as_str().expect("id").parse().expect("tenant id");
         let names = TenantDbNames::for_tenant(id);
         assert_eq!(t["placement"]["database"], names.database.as_str());
@@ -313,23 +316,7 @@ impl TestEnv {
         .await
         .expect("checking tenant objects");
         assert!(db && role, "database {db}, role {role} for {slug}");
-        let presence = tenant_key_presence(&self.keyring().await, id)
-            .await
-            .expect("key presence");
-        assert!(
-            matches!(presence, KeyPresence::Active(_)),
-            "{slug}: key {presence:?}"
-        );
-        let objects = portico_provisioning::storage::prefix_objects(&self.store().await, id)
-            .await
-            .expect("listing the prefix");
-        assert_eq!(
-            objects
-                .iter()
-                .map(|k| k.as_str().to_owned())
-                .collect::<Vec<_>>(),
-            vec![format!("tenants/{id}/.portico-tenant")]
-        );
+        self.assert_key_and_prefix(slug, id).await;
         // The role logs in to its own database with its own password.
         let password = self
             .platform()
@@ -355,6 +342,61 @@ impl TestEnv {
     }
 
     /// Nothing of the tenant is left anywhere: catalog rows, database, role, key, objects.
+    /// The tenant's key is active and its prefix holds only the marker object.
+    async fn assert_key_and_prefix(&self, slug: &str, id: TenantId) {
+        let presence = tenant_key_presence(&self.keyring().await, id)
+            .await
+            .expect("key presence");
+        assert!(
+            matches!(presence, KeyPresence::Active(_)),
+            "{slug}: key {presence:?}"
+        );
+        let objects = portico_provisioning::storage::prefix_objects(&self.store().await, id)
+            .await
+            .expect("listing the prefix");
+        assert_eq!(
+            objects
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .collect::<Vec<_>>(),
+            vec![format!("tenants/{id}/.portico-tenant")]
+        );
+    }
+
+    /// [`TestEnv::assert_provisioned`] for a pooled tenant: its NOLOGIN role and its schemas in
+    /// its shared database, its key and prefix, and its profile read in its context.
+    async fn assert_pooled_provisioned(&self, slug: &str, t: Value) -> Value {
+        let id: TenantId = t["id"].as_str().expect("id").parse().expect("tenant id");
+        let names = TenantDbNames::for_tenant(id);
+        assert_eq!(t["placement"]["role"], names.role.as_str());
+        assert_eq!(t["placement"]["schema"], names.role.as_str());
+        assert_eq!(
+            t["schema_version"],
+            portico_provisioning::migrations::latest_version()
+        );
+        let shared = t["placement"]["database"].as_str().expect("database");
+        let inside = connect(&admin_url(shared)).await;
+        let row = inside
+            .query_one(
+                "select (select not rolcanlogin from pg_roles where rolname = $1),
+                        (select count(*) from pg_namespace where nspname::text in ($1::text, $1::text || '_audit'))",
+                &[&names.role],
+            )
+            .await
+            .expect("checking the tenant's role and schemas");
+        assert_eq!(row.get::<_, Option<bool>>(0), Some(true), "{slug}: role");
+        assert_eq!(row.get::<_, i64>(1), 2, "{slug}: schemas");
+        self.assert_key_and_prefix(slug, id).await;
+        let row = self
+            .tenant_db(slug)
+            .await
+            .query_one("select slug from tenant_profile", &[])
+            .await
+            .expect("reading the tenant profile");
+        assert_eq!(row.get::<_, String>(0), slug);
+        t
+    }
+
     pub async fn assert_no_trace(&self, id: TenantId) {
         let catalog = self.catalog().await;
         for table in [
@@ -389,6 +431,43 @@ impl TestEnv {
             !db && !role,
             "orphaned database ({db}) or role ({role}) for {id}"
         );
+        // Nor a schema in any shared database of the test server.
+        let shared: Vec<String> = catalog
+            .query(
+                "select sd.database_name from shared_databases sd
+                   join db_servers s on s.id = sd.db_server_id where s.ca_pem is null",
+                &[],
+            )
+            .await
+            .expect("shared databases")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let server = self.server_admin().await;
+        for db in shared {
+            // Recorded when the first tenant was reserved; made by its `role` step.
+            let made: bool = server
+                .query_one(
+                    "select exists (select 1 from pg_database where datname = $1)",
+                    &[&db],
+                )
+                .await
+                .expect("databases")
+                .get(0);
+            if !made {
+                continue;
+            }
+            let n: i64 = connect(&admin_url(&db))
+                .await
+                .query_one(
+                    "select count(*) from pg_namespace where nspname::text in ($1::text, $1::text || '_audit')",
+                    &[&names.role],
+                )
+                .await
+                .expect("schemas")
+                .get(0);
+            assert_eq!(n, 0, "orphaned schema of {id} in {db}");
+        }
         let presence = tenant_key_presence(&self.keyring().await, id)
             .await
             .expect("key presence");
