@@ -244,11 +244,10 @@ macro_rules! run {
     }};
 }
 
+/// "cached plan must not change result type" (a table changed under a prepared statement) is
+/// reported as `feature_not_supported`; any other error of that code fails again on the retry.
 fn is_result_type_change(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|d| {
-        d.message()
-            .contains("cached plan must not change result type")
-    })
+    e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
 }
 
 impl TenantConn {

@@ -606,3 +606,33 @@ async fn pooled_tenants_created_at_once_share_one_new_database() {
     assert_eq!(databases.len(), 1, "{databases:?}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_statement_prepared_before_a_migration_is_prepared_again_after_it() {
+    let env = TestEnv::pooled(Backend::FileLocal).await;
+    let t = env.json(&["tenant", "create", "alpha", "--json"]);
+    let (pools, reader) = one_connection_pools(&env).await;
+    let route = reader
+        .route_for_host(&host_of("alpha"))
+        .await
+        .expect("resolve")
+        .expect("route");
+    let all = "select * from sites";
+    let a = pools.get(&route).await.expect("alpha");
+    assert!(a.query(all, &[]).await.expect("before").is_empty());
+    // A migration adds a column while the connection keeps the statement prepared.
+    let schema = t["placement"]["schema"].as_str().expect("schema");
+    connect(&admin_url(t["placement"]["database"].as_str().expect("db")))
+        .await
+        .batch_execute(&format!(
+            "alter table {schema}.sites add column added_later int;
+             insert into {schema}.sites (code, name) values ('hq', 'HQ')"
+        ))
+        .await
+        .expect("migrating");
+    let rows = a.query(all, &[]).await.expect("after the migration");
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].columns().iter().any(|c| c.name() == "added_later"));
+    drop(a);
+    env.cleanup().await;
+}
