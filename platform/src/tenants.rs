@@ -361,18 +361,7 @@ async fn run_steps(
     // tenant key) as soon as the key exists; a resumed run decrypts the stored one, so the role
     // keeps its password. `key` (then storing the password) and `storage` do not depend on the
     // `role → database` chain and run beside it.
-    let key_step = async {
-        let key = ctx
-            .step("key", |attempt| {
-                keys::ensure_tenant_key(&platform.keyring, tenant, attempt > 1)
-            })
-            .await?;
-        platform
-            .catalog
-            .key_created(run, tenant, key.as_str())
-            .await?;
-        Ok::<_, PlatformError>(key)
-    };
+    let key_step = ctx.key_step();
     let (password, key_and_store) = match placement.role_password_ciphertext.as_deref() {
         Some(ciphertext) => {
             let key = key_step.await?;
@@ -414,13 +403,7 @@ async fn run_steps(
         .await?;
         platform.catalog.step_done(run, "database").await
     };
-    let storage_step = async {
-        ctx.step("storage", |_| {
-            storage::ensure_prefix(&platform.store, tenant)
-        })
-        .await?;
-        platform.catalog.step_done(run, "storage").await
-    };
+    let storage_step = ctx.storage_step();
     // Wait for all branches (none is abandoned half-way), then report the first failure.
     let (stored, role, db, prefix) =
         tokio::join!(store_password, role_step, database_step, storage_step);
@@ -496,17 +479,7 @@ async fn run_pooled_steps(
             .map(SecretString::from)
             .map_err(|_| PlatformError::InvalidState("stored pool password is not UTF-8".into()))
     };
-    let key_step = async {
-        let key = ctx
-            .step("key", |attempt| {
-                keys::ensure_tenant_key(&platform.keyring, tenant, attempt > 1)
-            })
-            .await?;
-        platform
-            .catalog
-            .key_created(run, tenant, key.as_str())
-            .await
-    };
+    let key_step = ctx.key_step();
     let role_and_schema = async {
         let password = pool_password.await?;
         // The pool role may open as many sessions as the server's budget allows.
@@ -537,13 +510,7 @@ async fn run_pooled_steps(
         platform.catalog.step_done(run, "database").await?;
         Ok::<_, PlatformError>(password)
     };
-    let storage_step = async {
-        ctx.step("storage", |_| {
-            storage::ensure_prefix(&platform.store, tenant)
-        })
-        .await?;
-        platform.catalog.step_done(run, "storage").await
-    };
+    let storage_step = ctx.storage_step();
     let (key, password, prefix) = tokio::join!(key_step, role_and_schema, storage_step);
     key?;
     let password = password?;
@@ -568,6 +535,30 @@ struct StepCtx<'a> {
 }
 
 impl StepCtx<'_> {
+    /// The `key` step (the same on both tiers): the tenant key, recorded with the run.
+    async fn key_step(&self) -> Result<TenantKeyRef> {
+        let (platform, tenant) = (self.platform, self.tenant);
+        let key = self
+            .step("key", |attempt| {
+                keys::ensure_tenant_key(&platform.keyring, tenant, attempt > 1)
+            })
+            .await?;
+        platform
+            .catalog
+            .key_created(self.run, tenant, key.as_str())
+            .await?;
+        Ok(key)
+    }
+
+    /// The `storage` step (the same on both tiers): the prefix's marker object.
+    async fn storage_step(&self) -> Result<()> {
+        self.step("storage", |_| {
+            storage::ensure_prefix(&self.platform.store, self.tenant)
+        })
+        .await?;
+        self.platform.catalog.step_done(self.run, "storage").await
+    }
+
     async fn step<T, F, Fut>(&self, name: &'static str, body: F) -> Result<T>
     where
         F: FnOnce(i32) -> Fut,

@@ -94,21 +94,13 @@ pub async fn ensure_template_named(
     if template_ready(admin, name).await? {
         return Ok(());
     }
-    let maintenance = server.admin_in("postgres").await.ok();
-    let locker: &Client = maintenance.as_ref().unwrap_or(admin);
-    locker
-        .execute("select pg_advisory_lock(hashtext('portico:template'))", &[])
-        .await
-        .map_err(|e| pg_err("locking the template build", e))?;
-    let result = build_template(server, admin, name, migrations, remove_stale).await;
-    // The lock is session-level; it is released when the session closes in any case.
-    let _ = locker
-        .execute(
-            "select pg_advisory_unlock(hashtext('portico:template'))",
-            &[],
+    server
+        .cluster_locked(
+            admin,
+            "portico:template",
+            build_template(server, admin, name, migrations, remove_stale),
         )
-        .await;
-    result
+        .await
 }
 
 async fn template_ready(
@@ -221,11 +213,42 @@ pub async fn ensure_role(
     password: &SecretString,
     limits: RoleLimits,
 ) -> Result<(), ProvisionError> {
+    ensure_login_role(admin, &names.role, password, limits, LoginRole::Tenant).await
+}
+
+/// Which kind of login role [`ensure_login_role`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoginRole {
+    /// A dedicated tenant's role: inherits (it owns its database through
+    /// `pg_database_owner`), search path pinned to `public`.
+    Tenant,
+    /// A shared database's pool role: inherits nothing, so it has no privilege of its own and
+    /// acts for a tenant only after `SET ROLE`.
+    Pool,
+}
+
+/// A login role in [`TENANT_GROUP`] (so `pg_hba.conf` confines it to the database of its
+/// name) with a SCRAM verifier computed here, a `CONNECTION LIMIT` and timeouts; an existing
+/// one is brought to them. One implicit transaction.
+pub(crate) async fn ensure_login_role(
+    admin: &Client,
+    role: &str,
+    password: &SecretString,
+    limits: RoleLimits,
+    kind: LoginRole,
+) -> Result<(), ProvisionError> {
     let verifier = crate::scram::role_verifier(password.expose_secret().as_bytes());
+    let (inherit, search_path) = match kind {
+        LoginRole::Tenant => (
+            "inherit",
+            format!("alter role {} set search_path = public;", ident(role)),
+        ),
+        LoginRole::Pool => ("noinherit", String::new()),
+    };
     // A simple-query batch runs as one implicit transaction. Its commit need not wait for the
-    // WAL flush: the tenant's first login commits synchronously before the catalog records the
-    // tenant active, which flushes this too; if the server crashes first, the next run creates
-    // the role again.
+    // WAL flush: the first login as (or through) the role commits synchronously before the
+    // catalog records the tenant active, which flushes this too; if the server crashes first,
+    // the next run creates the role again.
     admin
         .batch_execute(&format!(
             "set local synchronous_commit = off;
@@ -238,12 +261,12 @@ pub async fn ensure_role(
              exception when duplicate_object then null;
              end $$;
              grant {g} to {r};
-             alter role {r} with login nosuperuser nocreatedb nocreaterole inherit noreplication
+             alter role {r} with login nosuperuser nocreatedb nocreaterole {inherit} noreplication
                  nobypassrls connection limit {limit} password {pw};
-             alter role {r} set search_path = public;
+             {search_path}
              alter role {r} set statement_timeout = {timeout};
              alter role {r} set idle_in_transaction_session_timeout = {idle};",
-            r = ident(&names.role),
+            r = ident(role),
             g = ident(TENANT_GROUP),
             limit = limits.connection_limit,
             pw = literal(&verifier),
@@ -254,7 +277,10 @@ pub async fn ensure_role(
             )),
         ))
         .await
-        .map_err(|e| pg_err("creating the tenant role", e))
+        .map_err(|e| match kind {
+            LoginRole::Tenant => pg_err("creating the tenant role", e),
+            LoginRole::Pool => pg_err("creating the pool role", e),
+        })
 }
 
 /// Creates the tenant database as a copy of the server's template (`STRATEGY WAL_LOG`), and
@@ -317,6 +343,15 @@ pub async fn verify_and_seed(
     let client = server
         .connect_as(&names.database, &names.role, password.expose_secret())
         .await?;
+    seed_profile(&client, profile).await
+}
+
+/// Writes (or updates) the tenant's profile row and returns the tenant schema version, on a
+/// session already acting as the tenant's role. Refuses a profile row of another tenant.
+pub(crate) async fn seed_profile(
+    client: &impl tokio_postgres::GenericClient,
+    profile: &TenantProfile,
+) -> Result<i32, ProvisionError> {
     let row = client
         .query_one(
             "with profile as (
@@ -338,7 +373,7 @@ pub async fn verify_and_seed(
     let written: uuid::Uuid = row.get(1);
     if written != profile.tenant_id.as_uuid() {
         return Err(ProvisionError::Conflict(
-            "the tenant database's profile row names another tenant".into(),
+            "the tenant's profile row names another tenant".into(),
         ));
     }
     Ok(row.get(0))

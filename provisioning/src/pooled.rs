@@ -14,13 +14,15 @@
 //!
 //! Every function here is idempotent (it accepts what an interrupted run left).
 
-use postgres_protocol::escape::{escape_identifier as ident, escape_literal as literal};
+use postgres_protocol::escape::escape_identifier as ident;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use crate::database::{RoleLimits, TENANT_GROUP, TenantDbNames, TenantProfile};
+use crate::database::{
+    LoginRole, RoleLimits, TenantDbNames, TenantProfile, ensure_login_role, seed_profile,
+};
 use crate::migrations::{self, Target};
 use crate::server::DbServer;
 use crate::{ProvisionError, pg_err};
@@ -62,20 +64,15 @@ pub async fn ensure_shared_database(
 ) -> Result<(), ProvisionError> {
     // Creates of tenants in one shared database run at once: the first makes it, the others
     // wait here (concurrent `CREATE DATABASE`/`ALTER ROLE`/`GRANT` of one object fail rather
-    // than wait). Advisory locks are per database, so the lock lives in `postgres`, as the
-    // template build's does.
-    let maintenance = server.admin_in("postgres").await.ok();
-    let locker: &Client = maintenance.as_ref().unwrap_or(admin);
-    let lock_key = format!("portico:shared:{}", names.database);
-    locker
-        .execute("select pg_advisory_lock(hashtext($1))", &[&lock_key])
+    // than wait).
+    let key = format!("portico:shared:{}", names.database);
+    server
+        .cluster_locked(
+            admin,
+            &key,
+            ensure_shared_locked(server, admin, names, password, limits),
+        )
         .await
-        .map_err(|e| pg_err("locking the shared database", e))?;
-    let result = ensure_shared_locked(server, admin, names, password, limits).await;
-    let _ = locker
-        .execute("select pg_advisory_unlock(hashtext($1))", &[&lock_key])
-        .await;
-    result
 }
 
 async fn ensure_shared_locked(
@@ -85,34 +82,7 @@ async fn ensure_shared_locked(
     password: &SecretString,
     limits: RoleLimits,
 ) -> Result<(), ProvisionError> {
-    let verifier = crate::scram::role_verifier(password.expose_secret().as_bytes());
-    admin
-        .batch_execute(&format!(
-            "do $$ begin
-               create role {g} nologin;
-             exception when duplicate_object or unique_violation then null;
-             end $$;
-             do $$ begin
-               create role {r};
-             exception when duplicate_object then null;
-             end $$;
-             grant {g} to {r};
-             alter role {r} with login nosuperuser nocreatedb nocreaterole noinherit noreplication
-                 nobypassrls connection limit {limit} password {pw};
-             alter role {r} set statement_timeout = {timeout};
-             alter role {r} set idle_in_transaction_session_timeout = {idle};",
-            r = ident(&names.pool_role),
-            g = ident(TENANT_GROUP),
-            limit = limits.connection_limit,
-            pw = literal(&verifier),
-            timeout = literal(&format!("{}ms", limits.statement_timeout_ms)),
-            idle = literal(&format!(
-                "{}ms",
-                limits.statement_timeout_ms.saturating_mul(2)
-            )),
-        ))
-        .await
-        .map_err(|e| pg_err("creating the pool role", e))?;
+    ensure_login_role(admin, &names.pool_role, password, limits, LoginRole::Pool).await?;
     let created = admin
         .batch_execute(&format!(
             "create database {d} template template0 encoding 'UTF8' strategy wal_log",
@@ -220,34 +190,11 @@ pub async fn verify_and_seed(
     )
     .await
     .map_err(|e| pg_err("switching to the tenant role", e))?;
-    let row = tx
-        .query_one(
-            "with profile as (
-               insert into tenant_profile (tenant_id, slug, display_name) values ($1, $2, $3)
-               on conflict on constraint tenant_profile_pkey
-               do update set slug = excluded.slug, display_name = excluded.display_name,
-                             updated_at = now()
-               returning tenant_id)
-             select (select coalesce(max(version), 0)::int4 from refinery_schema_history),
-                    (select tenant_id from profile)",
-            &[
-                &profile.tenant_id.as_uuid(),
-                &profile.slug,
-                &profile.display_name,
-            ],
-        )
-        .await
-        .map_err(|e| pg_err("writing the tenant profile as the tenant role", e))?;
+    let version = seed_profile(&tx, profile).await?;
     tx.commit()
         .await
         .map_err(|e| pg_err("writing the tenant profile as the tenant role", e))?;
-    let written: Uuid = row.get(1);
-    if written != profile.tenant_id.as_uuid() {
-        return Err(ProvisionError::Conflict(
-            "the tenant schema's profile row names another tenant".into(),
-        ));
-    }
-    Ok(row.get(0))
+    Ok(version)
 }
 
 /// Drops a pooled tenant's schemas (ending nothing else: other tenants keep working) and its

@@ -151,6 +151,29 @@ impl DbServer {
         })
     }
 
+    /// Runs `body` holding the session advisory lock `key` (hashed) of the cluster. Advisory
+    /// locks are per database, and admin sessions of one cluster may sit in different ones, so
+    /// the lock is taken in the cluster's `postgres` maintenance database — in `fallback`'s
+    /// only when that cannot be reached. Released when `body` is done (or with the session).
+    pub async fn cluster_locked<T>(
+        &self,
+        fallback: &Client,
+        key: &str,
+        body: impl std::future::Future<Output = Result<T, ProvisionError>>,
+    ) -> Result<T, ProvisionError> {
+        let maintenance = self.admin_in("postgres").await.ok();
+        let locker: &Client = maintenance.as_ref().unwrap_or(fallback);
+        locker
+            .execute("select pg_advisory_lock(hashtext($1))", &[&key])
+            .await
+            .map_err(|e| pg_err("taking a cluster lock", e))?;
+        let result = body.await;
+        let _ = locker
+            .execute("select pg_advisory_unlock(hashtext($1))", &[&key])
+            .await;
+        result
+    }
+
     /// A connection to `database` as the admin user.
     pub async fn admin_in(&self, database: &str) -> Result<Client, ProvisionError> {
         let mut config = self.config.clone();
