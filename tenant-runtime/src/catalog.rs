@@ -63,7 +63,9 @@ pub enum Login {
         shared_database_id: Uuid,
         pool_role: String,
         password_ciphertext: Vec<u8>,
-        schema: String,
+        /// The tenant's role and schema, as the statement that sets them (built once per
+        /// route read, not per request).
+        context: std::sync::Arc<crate::conn::TenantContext>,
     },
 }
 
@@ -168,7 +170,10 @@ impl CatalogReader {
                 shared_database_id,
                 pool_role,
                 password_ciphertext,
-                schema,
+                context: std::sync::Arc::new(crate::conn::TenantContext::new(
+                    row.role_name.as_deref().unwrap_or_default(),
+                    &schema,
+                )),
             }),
             (None, _, _, None, Some(password_ciphertext)) => Some(Login::Tenant {
                 password_ciphertext,

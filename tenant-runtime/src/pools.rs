@@ -149,7 +149,7 @@ enum PoolKey {
 }
 
 /// What a pool logs in with; a pool whose spec no longer matches the catalog is rebuilt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct PoolSpec {
     db_server_id: Uuid,
     server_url: String,
@@ -468,7 +468,7 @@ impl TenantPools {
         let placement = route.placement.as_ref().ok_or_else(|| {
             RuntimeError::TenantDatabase("the tenant has no database placement yet".into())
         })?;
-        let (key, spec, context) = pool_of(route.tenant_id, placement);
+        let (key, context) = pool_of(route.tenant_id, placement);
         let started = Instant::now();
         let deadline = started + self.inner.settings.wait;
         // A pooled tenant first takes one of its shares of the shared pool, so a flood of one
@@ -496,7 +496,7 @@ impl TenantPools {
         };
         // Twice at most: a pool closed by a concurrent eviction is rebuilt once.
         for _ in 0..2 {
-            let pool = self.pool_for(key, &spec, route.tenant_id).await?;
+            let pool = self.pool_for(key, placement, route.tenant_id).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let got = tokio::time::timeout(remaining, pool.pool.get()).await;
             metrics::histogram!("portico_pool_wait_seconds")
@@ -509,7 +509,7 @@ impl TenantPools {
                             obj,
                             budget: pool.budget.clone(),
                         })),
-                        context: context.map(Arc::new),
+                        context,
                         _share: share,
                         tenant: route.tenant_id,
                         key: TenantKeyRef::new(placement.key_id.clone()),
@@ -530,18 +530,18 @@ impl TenantPools {
     async fn pool_for(
         &self,
         key: PoolKey,
-        spec: &PoolSpec,
+        placement: &Placement,
         tenant: TenantId,
     ) -> Result<Arc<TenantPool>, RuntimeError> {
         let cache = &self.inner.cache;
         if let Some(p) = cache.get(&key).await {
-            if p.spec == *spec && !p.pool.is_closed() {
+            if spec_matches(&p.spec, placement) && !p.pool.is_closed() {
                 return Ok(p);
             }
             self.evict_key(key).await;
         }
         cache
-            .try_get_with(key, self.build(key, spec, tenant))
+            .try_get_with(key, self.build(key, &spec_of(placement), tenant))
             .await
             .map_err(|e| RuntimeError::TenantDatabase(e.to_string()))
     }
@@ -733,10 +733,23 @@ impl TenantPools {
     }
 }
 
-/// The pool a tenant's connections come from, what it logs in with, and the context its
-/// connections carry.
-fn pool_of(tenant: TenantId, p: &Placement) -> (PoolKey, PoolSpec, Option<TenantContext>) {
-    let spec = |user: &str, password: &[u8]| PoolSpec {
+/// The pool a tenant's connections come from, and the context they carry (pooled tier).
+fn pool_of(tenant: TenantId, p: &Placement) -> (PoolKey, Option<Arc<TenantContext>>) {
+    match &p.login {
+        Login::Tenant { .. } => (PoolKey::Tenant(tenant), None),
+        Login::Pool {
+            shared_database_id,
+            context,
+            ..
+        } => (PoolKey::Shared(*shared_database_id), Some(context.clone())),
+    }
+}
+
+/// What the pool for `p` logs in with: a dedicated tenant's role, or its shared database's
+/// pool role (the same whichever of its tenants asked first).
+fn spec_of(p: &Placement) -> PoolSpec {
+    let (user, password, key_id) = login_of(p);
+    PoolSpec {
         db_server_id: p.db_server_id,
         server_url: p.server_url.clone(),
         server_budget: p.server_budget,
@@ -744,30 +757,32 @@ fn pool_of(tenant: TenantId, p: &Placement) -> (PoolKey, PoolSpec, Option<Tenant
         database: p.database.clone(),
         user: user.to_owned(),
         password_ciphertext: password.to_vec(),
-        key_id: p.key_id.clone(),
-    };
+        key_id: key_id.to_owned(),
+    }
+}
+
+fn login_of(p: &Placement) -> (&str, &[u8], &str) {
     match &p.login {
         Login::Tenant {
             password_ciphertext,
-        } => (
-            PoolKey::Tenant(tenant),
-            spec(&p.role, password_ciphertext),
-            None,
-        ),
+        } => (&p.role, password_ciphertext, &p.key_id),
         Login::Pool {
-            shared_database_id,
             pool_role,
             password_ciphertext,
-            schema,
-        } => {
-            let mut spec = spec(pool_role, password_ciphertext);
-            // The shared pool does not depend on which tenant asked first.
-            spec.key_id = String::new();
-            (
-                PoolKey::Shared(*shared_database_id),
-                spec,
-                Some(TenantContext::new(&p.role, schema)),
-            )
-        }
+            ..
+        } => (pool_role, password_ciphertext, ""),
     }
+}
+
+/// Whether an open pool still logs in as `p` says (checked on every request, without copying).
+fn spec_matches(spec: &PoolSpec, p: &Placement) -> bool {
+    let (user, password, key_id) = login_of(p);
+    spec.db_server_id == p.db_server_id
+        && spec.server_url == p.server_url
+        && spec.server_budget == p.server_budget
+        && spec.server_ca == p.server_ca
+        && spec.database == p.database
+        && spec.user == user
+        && spec.password_ciphertext == password
+        && spec.key_id == key_id
 }
