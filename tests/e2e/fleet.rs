@@ -880,7 +880,25 @@ async fn a_tenant_at_a_newer_schema_is_still_served() {
 }
 
 /// Undoes `20261205000001_fleet.sql`: the catalog exactly as the previous release left it.
-const PREVIOUS_RELEASE_CATALOG: &str = "
+/// Undoes catalog release 3 (the pooled tier, TLS to servers): the catalog as release 2 left it.
+const UNDO_RELEASE_3: &str = "
+    drop trigger shared_databases_notify on shared_databases;
+    drop function portico_notify_shared_database();
+    alter table db_servers drop column ca_pem;
+    drop index tenant_placements_schema_key, tenant_placements_shared_database_id_idx,
+               tenant_placements_database_key;
+    alter table tenant_placements drop constraint tenant_placements_tier_check,
+        drop column schema_name, drop column shared_database_id;
+    alter table tenant_placements
+        add constraint tenant_placements_database_key unique (db_server_id, database_name);
+    drop table shared_databases;
+    alter table tenants drop constraint tenants_tier_check;
+    alter table tenants add constraint tenants_tier_check check (tier in ('dedicated', 'shared'));
+    delete from catalog_releases where release = 3;
+    delete from _sqlx_migrations where version in (20261205000002, 20261205000003);";
+
+/// Undoes catalog release 2 (fleet migrations, feature flags), after release 3.
+const UNDO_RELEASE_2: &str = "
     drop table tenant_features, feature_rollouts, migration_run_tenants, migration_runs,
                catalog_releases;
     drop function portico_notify_features();
@@ -931,39 +949,60 @@ async fn the_catalog_serves_the_next_release_and_refuses_an_older_catalog_or_a_l
         )
         .await
         .expect("back");
-    // The catalog as the previous release left it, with its tenant: this binary's commands and
-    // `serve` refuse it, naming the command to run; `portico migrate` brings it up, and the
-    // tenant is there and served.
-    catalog
-        .batch_execute(PREVIOUS_RELEASE_CATALOG)
-        .await
-        .expect("the previous release's catalog");
-    env.run(&["tenant", "show", "acme"])
-        .assert_error("run `portico migrate`");
-    env.run(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "off",
-    ])
-    .assert_error("run `portico migrate`");
-    assert!(env.ok(&["migrate"]).contains("up to date"));
-    assert!(env.ok(&["tenant", "show", "acme"]).contains("acme"));
-    assert_eq!(
-        env.json(&["tenant", "feature", "list", "acme", "--json"])[0]["source"],
-        "default"
-    );
-    assert!(env.ok(&["fleet", "migrate"]).contains("nothing to do"));
+    // The catalog as the previous release left it, and as the one before it, with its
+    // tenant: this binary's commands and `serve` refuse it, naming the command to run;
+    // `portico migrate` brings it up, and the tenant is there and served.
     let (_, token) = user(&env, "acme", "ann@acme.example", "admin").await;
+    for (release, undo) in [
+        (2, vec![UNDO_RELEASE_3]),
+        (1, vec![UNDO_RELEASE_3, UNDO_RELEASE_2]),
+    ] {
+        for sql in undo {
+            catalog
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("the catalog of release {release}: {e}"));
+        }
+        env.run(&["tenant", "show", "acme"])
+            .assert_error("run `portico migrate`");
+        env.run(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .assert_error("run `portico migrate`");
+        assert!(env.ok(&["migrate"]).contains("up to date"));
+        assert!(env.ok(&["tenant", "show", "acme"]).contains("acme"));
+        assert_eq!(
+            env.json(&["tenant", "feature", "list", "acme", "--json"])[0]["source"],
+            "default"
+        );
+        assert!(env.ok(&["fleet", "migrate"]).contains("nothing to do"));
+        let server = env.serve(&[]);
+        assert_eq!(
+            server
+                .get(&host_of("acme"), "/api/v1/features", Some(&token))
+                .await
+                .status,
+            200
+        );
+        drop(server);
+    }
+    // On the upgraded catalog, a pooled tenant beside the old dedicated one.
+    env.ok(&["tenant", "create", "later", "--tier", "pooled"]);
+    let later = env.tenant_token("later", "t", "member");
     let server = env.serve(&[]);
-    assert_eq!(
-        server
-            .get(&host_of("acme"), "/api/v1/features", Some(&token))
-            .await
-            .status,
-        200
-    );
+    for (host, token) in [(host_of("acme"), &token), (host_of("later"), &later)] {
+        assert_eq!(
+            server
+                .get(&host, "/api/v1/tenant", Some(token))
+                .await
+                .status,
+            200
+        );
+    }
     drop(server);
     let bare = format!("portico_test_{}", uuid::Uuid::new_v4().simple());
     connect(&admin_url("postgres"))

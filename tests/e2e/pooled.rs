@@ -12,10 +12,11 @@ use std::time::Duration;
 use portico_provisioning::migrations::{self, Target};
 use portico_tenant_runtime::catalog::CatalogReader;
 use portico_tenant_runtime::conn::TenantContext;
-use portico_tenant_runtime::pools::{PoolSettings, TenantConn, TenantPools};
+use portico_tenant_runtime::pools::{TenantConn, TenantPools};
 use serde_json::Value;
 
-use crate::support::{Backend, TestEnv, admin_url, connect, host_of, within};
+use crate::pools::route_of;
+use crate::support::{Backend, TestEnv, admin_url, connect, within};
 
 /// The pool role of the shared database `slug` lives in, and its password.
 async fn pool_login(env: &TestEnv, slug: &str) -> (String, String) {
@@ -219,33 +220,9 @@ async fn pooled_tenants_share_a_database_and_each_role_reaches_only_its_own_sche
     env.cleanup().await;
 }
 
-/// A route, a pool of one connection per server (so every borrower gets the same session),
-/// and the shared database's backend pid of a connection.
+/// Pools of one connection per server, so every borrower gets the same session.
 async fn one_connection_pools(env: &TestEnv) -> (TenantPools, CatalogReader) {
-    let reader = CatalogReader::new(
-        sqlx::PgPool::connect(&env.catalog_url())
-            .await
-            .expect("catalog"),
-    );
-    let max_connections: i32 = env
-        .catalog()
-        .await
-        .query_one("select max(max_connections) from db_servers", &[])
-        .await
-        .expect("budget")
-        .get(0);
-    let pools = TenantPools::new(
-        env.keyring().await,
-        PoolSettings {
-            max_open_tenants: 10,
-            per_tenant: 1,
-            wait: Duration::from_secs(10),
-            // Budget per instance = max_connections / instances = 1.
-            instances: u32::try_from(max_connections).expect("budget"),
-            pooled_budget_percent: 50,
-        },
-    );
-    (pools, reader)
+    crate::pools::pools_of(env, 1, 1, Duration::from_secs(10)).await
 }
 
 async fn pid(c: &TenantConn) -> i32 {
@@ -271,17 +248,10 @@ async fn no_tenant_context_survives_its_statement() {
     env.ok(&["tenant", "create", "bravo"]);
     let (pool_role, _) = pool_login(&env, "alpha").await;
     let (pools, reader) = one_connection_pools(&env).await;
-    let route = |slug: &'static str| {
-        let reader = reader.clone();
-        async move {
-            reader
-                .route_for_host(&host_of(slug))
-                .await
-                .expect("resolve")
-                .expect("route")
-        }
-    };
-    let (ra, rb) = (route("alpha").await, route("bravo").await);
+    let (ra, rb) = (
+        route_of(&reader, "alpha").await,
+        route_of(&reader, "bravo").await,
+    );
     let whoami = "select current_user::text, (select slug from tenant_profile)";
 
     let a = pools.get(&ra).await.expect("alpha");
@@ -380,11 +350,12 @@ async fn no_tenant_context_survives_its_statement() {
     // A future dropped while its statement runs (a request abandoned half-way): everything
     // was sent on its first poll, COMMIT included.
     let a = pools.get(&ra).await.expect("alpha");
-    let abandoned = tokio::time::timeout(
-        Duration::from_millis(100),
-        a.query("select pg_sleep(0.5) from tenant_profile", &[]),
-    )
-    .await;
+    // Prepared first, so what the deadline cuts off is the pipelined statement itself.
+    let sleep = a
+        .prepare_cached("select pg_sleep(0.5) from tenant_profile")
+        .await
+        .expect("prepare");
+    let abandoned = tokio::time::timeout(Duration::from_millis(100), a.query(&sleep, &[])).await;
     assert!(
         abandoned.is_err(),
         "the statement should still have been running"
@@ -612,11 +583,7 @@ async fn a_statement_prepared_before_a_migration_is_prepared_again_after_it() {
     let env = TestEnv::pooled(Backend::FileLocal).await;
     let t = env.json(&["tenant", "create", "alpha", "--json"]);
     let (pools, reader) = one_connection_pools(&env).await;
-    let route = reader
-        .route_for_host(&host_of("alpha"))
-        .await
-        .expect("resolve")
-        .expect("route");
+    let route = route_of(&reader, "alpha").await;
     let all = "select * from sites";
     let a = pools.get(&route).await.expect("alpha");
     assert!(a.query(all, &[]).await.expect("before").is_empty());

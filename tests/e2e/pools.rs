@@ -147,8 +147,14 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
     env.cleanup().await;
 }
 
-/// Pools with a budget of `size` connections per server in this instance.
-async fn pools_of(env: &TestEnv, size: i32, per_tenant: u32) -> (TenantPools, CatalogReader) {
+/// Pools with a budget of `size` connections per server in this instance, waiting `wait` for
+/// a connection.
+pub(crate) async fn pools_of(
+    env: &TestEnv,
+    size: i32,
+    per_tenant: u32,
+    wait: Duration,
+) -> (TenantPools, CatalogReader) {
     let reader = CatalogReader::new(
         sqlx::PgPool::connect(&env.catalog_url())
             .await
@@ -166,7 +172,7 @@ async fn pools_of(env: &TestEnv, size: i32, per_tenant: u32) -> (TenantPools, Ca
         PoolSettings {
             max_open_tenants: 10,
             per_tenant,
-            wait: Duration::from_millis(300),
+            wait,
             instances: u32::try_from(max_connections / size).expect("instances"),
             pooled_budget_percent: 50,
         },
@@ -174,7 +180,7 @@ async fn pools_of(env: &TestEnv, size: i32, per_tenant: u32) -> (TenantPools, Ca
     (pools, reader)
 }
 
-async fn route_of(
+pub(crate) async fn route_of(
     reader: &CatalogReader,
     slug: &str,
 ) -> portico_tenant_runtime::catalog::TenantRoute {
@@ -184,6 +190,9 @@ async fn route_of(
         .expect("resolve")
         .expect("route")
 }
+
+/// How long the budget tests wait before a `Busy` they expect.
+const SHORT: Duration = Duration::from_millis(300);
 
 fn busy<T>(r: Result<T, portico_tenant_runtime::error::RuntimeError>) -> bool {
     matches!(r, Err(portico_tenant_runtime::error::RuntimeError::Busy))
@@ -199,7 +208,7 @@ async fn one_pooled_tenant_cannot_take_the_shared_pool_and_dedicated_pools_keep_
         env.ok(&["tenant", "create", slug, "--tier", "dedicated"]);
     }
     // Budget 4 per server here: the dedicated share is 2 while a shared pool is open.
-    let (pools, reader) = pools_of(&env, 4, 2).await;
+    let (pools, reader) = pools_of(&env, 4, 2, SHORT).await;
     let (alpha, bravo) = (
         route_of(&reader, "alpha").await,
         route_of(&reader, "bravo").await,
@@ -234,7 +243,7 @@ async fn one_pooled_tenant_cannot_take_the_shared_pool_and_dedicated_pools_keep_
     drop((x1, y1));
 
     // Without a shared pool on the server, dedicated tenants may use the whole budget.
-    let (only_dedicated, reader) = pools_of(&env, 4, 2).await;
+    let (only_dedicated, reader) = pools_of(&env, 4, 2, SHORT).await;
     let held = [
         only_dedicated.get(&d1).await.expect("d1 1"),
         only_dedicated.get(&d1).await.expect("d1 2"),
@@ -252,7 +261,7 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
     for slug in ["steady", "other", "third"] {
         env.ok(&["tenant", "create", slug]);
     }
-    let (pools, reader) = pools_of(&env, 3, 2).await;
+    let (pools, reader) = pools_of(&env, 3, 2, SHORT).await;
     let steady = route_of(&reader, "steady").await;
     let (other, third) = (
         route_of(&reader, "other").await,
