@@ -79,8 +79,9 @@ pub async fn add_with_ca(
             None => None,
         };
     if let Some(pem) = ca_pem {
-        portico_core::pgtls::check_ca(pem)
-            .map_err(|e| PlatformError::InvalidInput(format!("--ca-file: {e}")))?;
+        portico_core::pgtls::check_ca(pem).map_err(|e| {
+            PlatformError::InvalidInput(format!("the CA certificate (--ca-file, ca_pem): {e}"))
+        })?;
     }
     let info = DbServer::from_url_with_ca(url, ca_pem)?.check().await?;
     let view = record_with_ca(
