@@ -42,6 +42,11 @@ impl OperatorApi {
             .route("/operator/v1/tenants/{slug}", get(show_tenant))
             .route("/operator/v1/tenants/{slug}/suspend", post(suspend_tenant))
             .route("/operator/v1/tenants/{slug}/resume", post(resume_tenant))
+            .route("/operator/v1/tenants/{slug}/moves", post(start_move))
+            .route(
+                "/operator/v1/tenants/{slug}/moves/rollback",
+                post(rollback_move),
+            )
             .route("/operator/v1/runs/{run_id}", get(show_run))
             .route(
                 "/operator/v1/db-servers",
@@ -392,6 +397,86 @@ async fn create_tenant(
     ))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveBody {
+    /// `dedicated` or `pooled`; default: the tenant's tier.
+    to_tier: Option<String>,
+    /// A registered server's name; default: the tenant's server.
+    to_server: Option<String>,
+}
+
+/// Records the move (or finds the tenant's unfinished one) and answers 202 at once; the steps
+/// run in the background. `GET /operator/v1/runs/{run_id}` shows their progress; posting again
+/// resumes an interrupted move.
+async fn start_move(
+    State(api): State<OperatorApi>,
+    op: Operator,
+    Path(s): Path<String>,
+    ApiJson(body): ApiJson<MoveBody>,
+) -> Result<Response, Problem> {
+    let result = async {
+        let req = crate::moves::MoveTenant {
+            slug: slug(&s)?,
+            to_tier: body
+                .to_tier
+                .map(|t| t.parse::<crate::catalog::Tier>())
+                .transpose()
+                .map_err(Problem::invalid_input)?,
+            to_server: body
+                .to_server
+                .map(|n| DbServerName::parse(&n))
+                .transpose()
+                .map_err(|e| Problem::invalid_input(e.to_string()))?,
+        };
+        Ok(crate::moves::start_move(&api.platform, req).await?)
+    }
+    .await;
+    let detail = result
+        .as_ref()
+        .ok()
+        .map(|m| serde_json::json!({"tenant_id": m.tenant, "run_id": m.run}));
+    let started = op
+        .record(&api, "tenant.move", Some(&s), result, detail)
+        .await?;
+    let platform = api.platform.clone();
+    let background = started.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::moves::finish_move(&platform, &background).await {
+            tracing::error!(
+                tenant_id = %background.tenant,
+                run_id = %background.run,
+                error = %portico_core::error_chain(&e),
+                "tenant move failed; POST again to resume it, or roll it back"
+            );
+        }
+    });
+    let run_url = format!("/operator/v1/runs/{}", started.run);
+    Ok(accepted(
+        serde_json::json!({
+            "tenant_id": started.tenant,
+            "slug": started.slug,
+            "run_id": started.run,
+            "status": "running",
+            "run_url": run_url,
+        }),
+        &run_url,
+    ))
+}
+
+/// Undoes the tenant's unfinished move (refused once it has switched).
+async fn rollback_move(
+    State(api): State<OperatorApi>,
+    op: Operator,
+    Path(s): Path<String>,
+) -> Result<Response, Problem> {
+    let result = async { Ok(crate::moves::rollback_move(&api.platform, &slug(&s)?).await?) }.await;
+    let v = op
+        .record(&api, "tenant.move_rollback", Some(&s), result, None)
+        .await?;
+    Ok(Json(v).into_response())
+}
+
 async fn show_run(
     State(api): State<OperatorApi>,
     op: Operator,
@@ -399,6 +484,10 @@ async fn show_run(
 ) -> Result<Response, Problem> {
     let result = async {
         let id = run_id(&run)?;
+        if let Some(m) = crate::moves::show(&api.platform, id).await? {
+            return serde_json::to_value(m)
+                .map_err(|e| Problem::from(PlatformError::InvalidState(e.to_string())));
+        }
         let slug = api
             .platform
             .catalog

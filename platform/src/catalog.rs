@@ -181,7 +181,7 @@ pub struct NewTenant {
 /// This binary's catalog release. Each release that adds catalog migrations raises it by one;
 /// a binary runs against a catalog of its own release or of the next one (whose migrations
 /// only add, see docs/releases.md), never an older one.
-pub const CATALOG_RELEASE: i32 = 3;
+pub const CATALOG_RELEASE: i32 = 4;
 
 pub(crate) fn constraint(e: &sqlx::Error) -> Option<&str> {
     match e {
@@ -532,33 +532,10 @@ impl Catalog {
                 .map_err(map)?;
             }
             Tier::Pooled => {
-                // The oldest shared database of the server with room, else a new one; creates
-                // on one server take turns here so none overfills a database.
-                sqlx::query("select pg_advisory_xact_lock(727368, 3)")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map)?;
-                let new_id = Uuid::new_v4();
-                let shared: (Uuid, String) = sqlx::query_as(
-                    "with room as (
-                       select sd.id, sd.database_name from shared_databases sd
-                        where sd.db_server_id = $1
-                          and (select count(*) from tenant_placements p
-                                where p.shared_database_id = sd.id) < sd.capacity
-                        order by sd.created_at, sd.id limit 1),
-                     made as (
-                       insert into shared_databases (id, db_server_id, database_name, pool_role, capacity)
-                       select $2, $1, $3, $3, $4 where not exists (select 1 from room)
-                       returning id, database_name)
-                     select id, database_name from room union all select id, database_name from made",
-                )
-                .bind(new.db_server_id)
-                .bind(new_id)
-                .bind(portico_provisioning::pooled::SharedDbNames::for_id(new_id).database)
-                .bind(new.pooled_capacity.max(1))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map)?;
+                let shared =
+                    shared_database_with_room(&mut tx, new.db_server_id, new.pooled_capacity)
+                        .await
+                        .map_err(map)?;
                 sqlx::query(
                     "insert into tenant_placements
                          (tenant_id, db_server_id, database_name, role_name, shared_database_id,
@@ -837,6 +814,42 @@ impl Catalog {
             key,
         }))
     }
+}
+
+/// The oldest shared database of the server with room for one more tenant (counting tenants
+/// placed there and moves on their way there), else a new one recorded now. Placements on one
+/// server take turns here (transaction lock), so none overfills a database.
+pub(crate) async fn shared_database_with_room(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    server: Uuid,
+    capacity: i32,
+) -> std::result::Result<(Uuid, String), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock(727368, 3)")
+        .execute(&mut **tx)
+        .await?;
+    let new_id = Uuid::new_v4();
+    sqlx::query_as(
+        "with room as (
+           select sd.id, sd.database_name from shared_databases sd
+            where sd.db_server_id = $1
+              and (select count(*) from tenant_placements p where p.shared_database_id = sd.id)
+                + (select count(*) from tenant_moves m
+                     join provisioning_runs r on r.id = m.run_id
+                    where m.to_shared_database_id = sd.id
+                      and r.status in ('running', 'failed', 'rolling_back')) < sd.capacity
+            order by sd.created_at, sd.id limit 1),
+         made as (
+           insert into shared_databases (id, db_server_id, database_name, pool_role, capacity)
+           select $2, $1, $3, $3, $4 where not exists (select 1 from room)
+           returning id, database_name)
+         select id, database_name from room union all select id, database_name from made",
+    )
+    .bind(server)
+    .bind(new_id)
+    .bind(portico_provisioning::pooled::SharedDbNames::for_id(new_id).database)
+    .bind(capacity.max(1))
+    .fetch_one(&mut **tx)
+    .await
 }
 
 /// A tenant's advisory-lock key: the first 8 bytes of its id.

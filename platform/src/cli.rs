@@ -215,6 +215,22 @@ enum TenantCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Move a tenant online to another tier or server (or finish an interrupted move of it);
+    /// --rollback undoes a move that has not switched yet.
+    Move {
+        slug: String,
+        /// `dedicated` or `pooled` (default: the tenant's tier).
+        #[arg(long, conflicts_with = "rollback")]
+        to_tier: Option<String>,
+        /// The database server to move to (default: the tenant's).
+        #[arg(long, conflicts_with = "rollback")]
+        to_server: Option<String>,
+        /// Undo the tenant's unfinished move.
+        #[arg(long)]
+        rollback: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Mark a tenant as a canary (migrated in the first wave of every fleet run), or not.
     Canary {
         slug: String,
@@ -741,6 +757,56 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
         TenantCmd::User(cmd) => crate::identity_cli::user(&platform(false).await?, cmd).await?,
         TenantCmd::Migrate { slug, json } => {
             crate::fleet_cli::tenant_migrate(&platform(false).await?, &slug, json).await?
+        }
+        TenantCmd::Move {
+            slug: s,
+            to_tier,
+            to_server,
+            rollback,
+            json: as_json,
+        } => {
+            let slug = slug(&s)?;
+            let p = platform(false).await?;
+            let view = if rollback {
+                crate::moves::rollback_move(&p, &slug).await?
+            } else {
+                let to_tier = to_tier
+                    .map(|t| t.parse::<crate::catalog::Tier>())
+                    .transpose()
+                    .map_err(PlatformError::InvalidInput)?;
+                let to_server = to_server
+                    .map(|n| DbServerName::parse(&n))
+                    .transpose()
+                    .map_err(PlatformError::from)?;
+                crate::moves::move_tenant(
+                    &p,
+                    crate::moves::MoveTenant {
+                        slug,
+                        to_tier,
+                        to_server,
+                    },
+                )
+                .await?
+            };
+            if as_json {
+                json(&view)?;
+            } else if view.status == "rolled_back" {
+                println!(
+                    "undid the move of '{}': it stays {} on '{}'",
+                    view.slug, view.from.tier, view.from.db_server
+                );
+            } else {
+                println!(
+                    "moved '{}' from {} on '{}' to {} on '{}': {} rows copied and verified, writes frozen for {} ms",
+                    view.slug,
+                    view.from.tier,
+                    view.from.db_server,
+                    view.to.tier,
+                    view.to.db_server,
+                    view.rows_copied.unwrap_or(0),
+                    view.write_freeze_ms.unwrap_or(0)
+                );
+            }
         }
         TenantCmd::Canary { slug, state } => {
             crate::fleet_cli::tenant_canary(&platform(false).await?, &slug, state == "on").await?

@@ -16,6 +16,7 @@ pub mod features;
 pub mod fleet;
 pub mod fleet_cli;
 pub mod identity_cli;
+pub mod moves;
 pub mod operators;
 pub mod pgcluster;
 pub mod serve;

@@ -41,7 +41,7 @@ use crate::db_servers;
 use crate::error::{PlatformError, Result};
 
 /// How long a command waits for another process holding the same tenant.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// A tenant create as asked for. Also stored with the run, so a re-run with other options is
 /// refused instead of silently resuming something different.
@@ -97,7 +97,7 @@ pub struct TenantView {
 /// Test hook: when `PORTICO_TEST_PAUSE_AT` names this point, the process announces it on
 /// stderr and stops making progress, so a test can `kill -9` it at a precise step. Only
 /// meaningful to the crash tests; unset in every other use.
-fn checkpoint(point: &str) {
+pub(crate) fn checkpoint(point: &str) {
     if std::env::var("PORTICO_TEST_PAUSE_AT").is_ok_and(|p| p == point) {
         eprintln!("PORTICO_PAUSED_AT {point}");
         loop {
@@ -455,46 +455,11 @@ async fn run_pooled_steps(
             .clone()
             .unwrap_or_else(|| placement.database_name.clone()),
     };
-    let purpose = portico_core::keys::pool_role_purpose(shared);
-    let pool_password = async {
-        let recorded = match placement.pool_password_ciphertext.clone() {
-            Some(c) => c,
-            None => {
-                let fresh = database::generate_password();
-                let ciphertext = platform
-                    .keyring
-                    .encrypt_platform(&purpose, fresh.expose_secret().as_bytes())
-                    .await?;
-                platform
-                    .catalog
-                    .set_pool_password(shared, &ciphertext)
-                    .await?
-            }
-        };
-        let plain = platform
-            .keyring
-            .decrypt_platform(&purpose, &recorded)
-            .await?;
-        String::from_utf8(plain)
-            .map(SecretString::from)
-            .map_err(|_| PlatformError::InvalidState("stored pool password is not UTF-8".into()))
-    };
     let key_step = ctx.key_step();
     let role_and_schema = async {
-        let password = pool_password.await?;
-        // The pool role may open as many sessions as the server's budget allows.
-        let pool_limits = RoleLimits {
-            connection_limit: u32::try_from(
-                platform
-                    .catalog
-                    .db_server_by_id(placement.db_server_id)
-                    .await?
-                    .map_or(100, |s| s.max_connections),
-            )
-            .unwrap_or(100)
-            .max(limits.connection_limit),
-            ..limits
-        };
+        let password =
+            pool_password(platform, shared, placement.pool_password_ciphertext.clone()).await?;
+        let pool_limits = pool_limits(platform, placement.db_server_id, limits).await?;
         ctx.step("role", |_| async {
             let admin = server.admin().await?;
             pooled::ensure_shared_database(server, &admin, &shared_names, &password, pool_limits)
@@ -523,6 +488,57 @@ async fn run_pooled_steps(
     platform.catalog.activate(run, tenant, version).await?;
     tracing::info!(tenant_id = %tenant, run_id = %run, tier = "pooled", "tenant active");
     Ok(())
+}
+
+/// A shared database's pool password: the recorded one, or a new one recorded now (a
+/// concurrent create may record first; its password wins).
+pub(crate) async fn pool_password(
+    platform: &Platform,
+    shared: Uuid,
+    recorded: Option<Vec<u8>>,
+) -> Result<SecretString> {
+    let purpose = portico_core::keys::pool_role_purpose(shared);
+    let recorded = match recorded {
+        Some(c) => c,
+        None => {
+            let fresh = database::generate_password();
+            let ciphertext = platform
+                .keyring
+                .encrypt_platform(&purpose, fresh.expose_secret().as_bytes())
+                .await?;
+            platform
+                .catalog
+                .set_pool_password(shared, &ciphertext)
+                .await?
+        }
+    };
+    let plain = platform
+        .keyring
+        .decrypt_platform(&purpose, &recorded)
+        .await?;
+    String::from_utf8(plain)
+        .map(SecretString::from)
+        .map_err(|_| PlatformError::InvalidState("stored pool password is not UTF-8".into()))
+}
+
+/// A pool role's limits: it may open as many sessions as its server's budget allows.
+pub(crate) async fn pool_limits(
+    platform: &Platform,
+    server: Uuid,
+    limits: RoleLimits,
+) -> Result<RoleLimits> {
+    Ok(RoleLimits {
+        connection_limit: u32::try_from(
+            platform
+                .catalog
+                .db_server_by_id(server)
+                .await?
+                .map_or(100, |s| s.max_connections),
+        )
+        .unwrap_or(100)
+        .max(limits.connection_limit),
+        ..limits
+    })
 }
 
 /// Runs one recorded step: marks it started (counting the attempt), runs it inside a span,
@@ -866,7 +882,7 @@ impl Platform {
     }
 }
 
-async fn tenant_row(platform: &Platform, slug: &str) -> Result<TenantRow> {
+pub(crate) async fn tenant_row(platform: &Platform, slug: &str) -> Result<TenantRow> {
     platform
         .catalog
         .tenant_by_slug(slug)

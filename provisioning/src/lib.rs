@@ -13,6 +13,7 @@
 pub mod database;
 pub mod keys;
 pub mod migrations;
+pub mod moves;
 pub mod pooled;
 pub mod scram;
 pub mod server;

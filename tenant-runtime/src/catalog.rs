@@ -78,6 +78,8 @@ pub struct TenantRoute {
     /// The tenant database's schema version as the catalog records it (`None` until
     /// provisioning has recorded it).
     pub schema_version: Option<i32>,
+    /// A move is copying the tenant: writes are refused (`503 tenant_moving`), reads go on.
+    pub write_frozen: bool,
     /// The tenant's state of every feature flag, decided when the route was read.
     pub features: portico_core::features::Features,
     /// `None` until provisioning has recorded the key and the role.
@@ -109,6 +111,7 @@ struct RouteRow {
     pool_role: Option<String>,
     pool_password_ciphertext: Option<Vec<u8>>,
     server_ca: Option<String>,
+    write_frozen: bool,
 }
 
 impl CatalogReader {
@@ -133,7 +136,7 @@ impl CatalogReader {
                     (select coalesce(json_object_agg(r.flag, r.percent), '{}')
                        from feature_rollouts r) as rollouts,
                     p.schema_name, sd.id as shared_database_id, sd.pool_role,
-                    sd.pool_password_ciphertext, s.ca_pem as server_ca
+                    sd.pool_password_ciphertext, s.ca_pem as server_ca, t.write_frozen
                from tenant_domains d
                join tenants t on t.id = d.tenant_id
                left join tenant_placements p on p.tenant_id = t.id
@@ -217,6 +220,7 @@ impl CatalogReader {
             slug,
             status,
             schema_version,
+            write_frozen: row.write_frozen,
             features: portico_core::features::Features::decide(tenant_id, &settings.0, &rollouts.0),
             placement,
         }))

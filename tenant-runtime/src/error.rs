@@ -20,6 +20,9 @@ pub enum RuntimeError {
         operation: &'static str,
         message: String,
     },
+    /// The tenant's data is read-only for now (a move froze its writes in the database).
+    #[error("tenant query: {operation}: the tenant's data is read-only while it moves")]
+    ReadOnly { operation: &'static str },
     #[error("keys: {0}")]
     Key(#[from] portico_core::keys::KeyError),
     #[error("{0}")]
@@ -41,6 +44,12 @@ impl RuntimeError {
 
     /// A failed tenant query; keeps PostgreSQL's message, never the statement.
     pub fn query(operation: &'static str, e: tokio_postgres::Error) -> Self {
+        // Tenant roles hold every privilege their queries need, except while a move has frozen
+        // the tenant's writes (it revokes them): an instance that has not yet heard of the
+        // freeze gets this, and answers as if it had.
+        if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            return Self::ReadOnly { operation };
+        }
         let message = match e.as_db_error() {
             Some(db) => db.message().to_owned(),
             None => e.to_string(),
@@ -85,6 +94,7 @@ impl From<RuntimeError> for portico_http::Problem {
                 )
                 .retry_after(5)
             }
+            RuntimeError::ReadOnly { .. } => moving(),
             RuntimeError::InvalidInput(m) => portico_http::Problem::invalid_input(m),
             RuntimeError::Conflict(m) => portico_http::Problem::new(
                 axum::http::StatusCode::CONFLICT,
@@ -99,4 +109,14 @@ impl From<RuntimeError> for portico_http::Problem {
             }
         }
     }
+}
+
+/// `503 tenant_moving`: the tenant's writes are frozen while a move copies it; reads go on.
+pub fn moving() -> portico_http::Problem {
+    portico_http::Problem::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        portico_http::ErrorCode::TenantMoving,
+        "This organization's data is being moved; changes are possible again in a few seconds",
+    )
+    .retry_after(2)
 }

@@ -26,7 +26,7 @@ pub(crate) async fn resolve_tenant(
         req.extensions_mut().insert(LoginHost);
         return next.run(req).await;
     }
-    match resolve(&rt, req.headers()).await {
+    match resolve(&rt, req.method(), req.headers()).await {
         Ok(route) => {
             req.extensions_mut().insert(route);
             next.run(req).await
@@ -37,6 +37,7 @@ pub(crate) async fn resolve_tenant(
 
 async fn resolve(
     rt: &Runtime,
+    method: &axum::http::Method,
     headers: &axum::http::HeaderMap,
 ) -> Result<Arc<TenantRoute>, Problem> {
     let host = request_host(headers)?;
@@ -84,6 +85,10 @@ async fn resolve(
             "This tenant's data is being upgraded; retry shortly",
         )
         .retry_after(30));
+    }
+    // A move is copying the tenant: only requests that change nothing go on.
+    if route.write_frozen && !method.is_safe() {
+        return Err(crate::error::moving());
     }
     check_limit(
         rt.tenant_limiter.as_deref(),

@@ -24,6 +24,19 @@ const POINTS: &[&str] = &[
 
 /// Runs `portico args…`, waits until it reports reaching `point`, and kills it with SIGKILL.
 pub fn kill_at(env: &TestEnv, args: &[&str], point: &str) {
+    let (mut child, _watchdog) = pause_at(env, args, point);
+    child.kill().expect("SIGKILL"); // std sends SIGKILL on Unix
+    let status = child.wait().expect("wait");
+    assert!(!status.success());
+}
+
+/// Runs `portico args…` and returns it once it reports having stopped at `point` (it makes no
+/// progress from there; kill it when done), with the watchdog that ends it if the test hangs.
+pub fn pause_at(
+    env: &TestEnv,
+    args: &[&str],
+    point: &str,
+) -> (std::process::Child, crate::support::Watchdog) {
     let mut child = env
         .command()
         .args(args)
@@ -32,7 +45,7 @@ pub fn kill_at(env: &TestEnv, args: &[&str], point: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning portico");
-    let _watchdog = crate::support::Watchdog::arm(child.id(), crate::support::COMMAND_LIMIT);
+    let watchdog = crate::support::Watchdog::arm(child.id(), crate::support::COMMAND_LIMIT);
     let stderr = child.stderr.take().expect("stderr");
     let mut seen = String::new();
     let mut reached = false;
@@ -49,9 +62,7 @@ pub fn kill_at(env: &TestEnv, args: &[&str], point: &str) {
         reached,
         "portico {args:?} never reached {point}; stderr:\n{seen}"
     );
-    child.kill().expect("SIGKILL"); // std sends SIGKILL on Unix
-    let status = child.wait().expect("wait");
-    assert!(!status.success());
+    (child, watchdog)
 }
 
 async fn crash_then(backend: Backend, resume: bool) {

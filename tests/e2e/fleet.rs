@@ -880,6 +880,20 @@ async fn a_tenant_at_a_newer_schema_is_still_served() {
 }
 
 /// Undoes `20261205000001_fleet.sql`: the catalog exactly as the previous release left it.
+/// Undoes catalog release 4 (online moves): the catalog as release 3 left it.
+const UNDO_RELEASE_4: &str = "
+    drop table tenant_moves;
+    drop index provisioning_runs_one_open_move;
+    alter table provisioning_runs drop constraint provisioning_runs_status_check;
+    alter table provisioning_runs add constraint provisioning_runs_status_check
+        check (status in ('running', 'succeeded', 'failed', 'rolling_back'));
+    alter table provisioning_runs drop constraint provisioning_runs_kind_check;
+    alter table provisioning_runs add constraint provisioning_runs_kind_check
+        check (kind in ('create'));
+    alter table tenants drop column write_frozen;
+    delete from catalog_releases where release = 4;
+    delete from _sqlx_migrations where version = 20261206000001;";
+
 /// Undoes catalog release 3 (the pooled tier, TLS to servers): the catalog as release 2 left it.
 const UNDO_RELEASE_3: &str = "
     drop trigger shared_databases_notify on shared_databases;
@@ -954,8 +968,9 @@ async fn the_catalog_serves_the_next_release_and_refuses_an_older_catalog_or_a_l
     // `portico migrate` brings it up, and the tenant is there and served.
     let (_, token) = user(&env, "acme", "ann@acme.example", "admin").await;
     for (release, undo) in [
-        (2, vec![UNDO_RELEASE_3]),
-        (1, vec![UNDO_RELEASE_3, UNDO_RELEASE_2]),
+        (3, vec![UNDO_RELEASE_4]),
+        (2, vec![UNDO_RELEASE_4, UNDO_RELEASE_3]),
+        (1, vec![UNDO_RELEASE_4, UNDO_RELEASE_3, UNDO_RELEASE_2]),
     ] {
         for sql in undo {
             catalog

@@ -18,6 +18,7 @@ mod hardening;
 mod isolation;
 mod lifecycle;
 mod local_accounts;
+mod moves;
 mod nginx;
 mod openapi;
 mod pooled;

@@ -104,6 +104,8 @@ impl TestEnv {
             ("PORTICO_BASE_DOMAIN".into(), BASE_DOMAIN.into()),
             ("HOME".into(), self.dir.path().display().to_string()),
             ("PORTICO_CLAMD".into(), required("PORTICO_TEST_CLAMD")),
+            // Moves drop their source at once: nothing else runs on it in the tests.
+            ("PORTICO_MOVE_DRAIN_MS".into(), "0".into()),
         ];
         if self.pooled {
             v.push(("PORTICO_DEFAULT_TIER".into(), "pooled".into()));

@@ -30,6 +30,7 @@ const KEYS: &[&str] = &[
     "tenant_statement_timeout_ms",
     "default_tier",
     "pooled_tenants_per_database",
+    "move_drain_ms",
     "operator_host",
     "listen",
     "metrics_listen",
@@ -98,6 +99,7 @@ struct Raw {
     tenant_statement_timeout_ms: i64,
     default_tier: String,
     pooled_tenants_per_database: i64,
+    move_drain_ms: i64,
     operator_host: Option<String>,
     listen: String,
     metrics_listen: String,
@@ -140,6 +142,7 @@ impl Default for Raw {
             tenant_statement_timeout_ms: DEFAULT_TENANT_STATEMENT_TIMEOUT_MS.into(),
             default_tier: "dedicated".into(),
             pooled_tenants_per_database: DEFAULT_POOLED_TENANTS_PER_DATABASE.into(),
+            move_drain_ms: DEFAULT_MOVE_DRAIN_MS.into(),
             operator_host: None,
             listen: "127.0.0.1:8080".into(),
             metrics_listen: "127.0.0.1:9464".into(),
@@ -283,6 +286,10 @@ pub struct Settings {
     pub default_tier: DefaultTier,
     /// Most pooled tenants placed in one shared database.
     pub pooled_tenants_per_database: u32,
+    /// How long a tenant move waits after switching before it drops the source, so that
+    /// requests already running there (on instances that have not yet heard of the switch)
+    /// finish.
+    pub move_drain: Duration,
     /// What `portico serve` needs: listen addresses, limits, pools.
     pub runtime: RuntimeSettings,
 }
@@ -519,6 +526,7 @@ impl Settings {
             tenant_statement_timeout_ms: DEFAULT_TENANT_STATEMENT_TIMEOUT_MS,
             default_tier: DefaultTier::Dedicated,
             pooled_tenants_per_database: DEFAULT_POOLED_TENANTS_PER_DATABASE,
+            move_drain: Duration::from_millis(DEFAULT_MOVE_DRAIN_MS.into()),
             runtime: RuntimeSettings::defaults_for(&base_domain),
             base_domain,
         }
@@ -607,9 +615,15 @@ impl Settings {
             .ok()
             .filter(|n| (1..=10_000).contains(n))
             .ok_or_else(|| invalid("pooled_tenants_per_database", "must be between 1 and 10000"))?;
+        let move_drain = u32::try_from(raw.move_drain_ms)
+            .ok()
+            .filter(|n| *n <= 600_000)
+            .map(|n| Duration::from_millis(n.into()))
+            .ok_or_else(|| invalid("move_drain_ms", "must be between 0 and 600000"))?;
         let runtime = RuntimeSettings::validate(&raw, &base_domain)?;
         Ok(Self {
             default_tier,
+            move_drain,
             pooled_tenants_per_database,
             database_url,
             base_domain,
@@ -621,6 +635,10 @@ impl Settings {
         })
     }
 }
+
+/// How long a move waits between switching and dropping the source, unless set: well beyond
+/// the catalog notification's delay and a read's usual length.
+const DEFAULT_MOVE_DRAIN_MS: u32 = 5_000;
 
 /// Pooled tenants per shared database unless set: enough that a thousand tenants need only a
 /// few databases, few enough that one database's catalog stays small (each tenant adds its

@@ -261,13 +261,18 @@ pub async fn current(
         .map_err(|e| RuntimeError::query("reading a session", e))?;
     let Some(r) = row else { return Ok(None) };
     if r.get::<_, bool>(5) {
-        client
+        let touched = client
             .execute(
                 "update sessions set last_seen_at = now() where id_hash = $1",
                 &[&hash],
             )
             .await
-            .map_err(|e| RuntimeError::query("touching a session", e))?;
+            .map_err(|e| RuntimeError::query("touching a session", e));
+        match touched {
+            // A move froze the tenant's writes: the read goes on; the next request touches.
+            Ok(_) | Err(RuntimeError::ReadOnly { .. }) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(Some(Session {
         id_hash: r.get(0),
