@@ -8,7 +8,9 @@
 #                                   SeaweedFS S3), KMS calls per 10,000 document operations
 #   ./infra/bench.sh fleet          M5–M6: fleet migration of 1,000 tenants under read load vs
 #                                   one after another; fleet status and a no-op migrate
-#   ./infra/bench.sh                all four
+#   ./infra/bench.sh moves          a pooled tenant with 100,000 rows moved to a dedicated
+#                                   database on a second cluster under read and write load
+#   ./infra/bench.sh                all five
 # Extra arguments go to `cargo bench`.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 pg_bindir >/dev/null || "$INFRA_REPO_ROOT/infra/install.sh"
@@ -25,12 +27,13 @@ documents() {
   cargo bench --workspace --bench documents "$@"
 }
 case "${1:-all}" in
-  provisioning|routing|fleet) bench="$1"; shift; cargo bench --workspace --bench "$bench" "$@" ;;
+  provisioning|routing|fleet|moves) bench="$1"; shift; cargo bench --workspace --bench "$bench" "$@" ;;
   documents) shift; documents "$@" ;;
   all) [ $# -gt 0 ] && shift
        cargo bench --workspace --bench provisioning "$@"
        cargo bench --workspace --bench routing "$@"
        documents "$@"
-       cargo bench --workspace --bench fleet "$@" ;;
-  *) die "unknown benchmark '$1' (provisioning, routing, documents, fleet)" ;;
+       cargo bench --workspace --bench fleet "$@"
+       cargo bench --workspace --bench moves "$@" ;;
+  *) die "unknown benchmark '$1' (provisioning, routing, documents, fleet, moves)" ;;
 esac
