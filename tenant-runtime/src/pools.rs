@@ -67,6 +67,11 @@ pub struct PoolSettings {
     pub pooled_budget_percent: u32,
 }
 
+/// When a pooled connection was last handed out (or made).
+fn used_at(m: &deadpool::managed::Metrics) -> std::time::Instant {
+    m.recycled.unwrap_or(m.created)
+}
+
 /// A pool with at least this many checkouts in the current or the previous minute has steady
 /// traffic: a dedicated one keeps its last connection (not swept, and reclaimed for another
 /// pool only when no other idle connection is left).
@@ -304,8 +309,8 @@ impl Inner {
         // tenants keep their connections, cold ones give theirs up; a pinned pool keeps its
         // last one.
         // A pinned pool's last connection is taken only when no other idle one is left.
-        let mut oldest: Option<(PoolKey, Duration)> = None;
-        let mut oldest_pinned: Option<(PoolKey, Duration)> = None;
+        let mut oldest: Option<(PoolKey, std::time::Instant)> = None;
+        let mut oldest_pinned: Option<(PoolKey, std::time::Instant)> = None;
         for (key, p) in self.cache.iter() {
             if !Arc::ptr_eq(&p.budget, budget)
                 || *key == except
@@ -319,14 +324,14 @@ impl Inner {
                 &mut oldest
             };
             p.pool.retain(|_, m| {
-                let idle = m.last_used();
-                if slot.is_none_or(|(_, d)| idle > d) {
-                    *slot = Some((*key, idle));
+                let used = used_at(&m);
+                if slot.is_none_or(|(_, u)| used < u) {
+                    *slot = Some((*key, used));
                 }
                 true
             });
         }
-        let Some((victim, age)) = oldest.or(oldest_pinned) else {
+        let Some((victim, used)) = oldest.or(oldest_pinned) else {
             return false;
         };
         let Some(p) = self
@@ -339,7 +344,7 @@ impl Inner {
         };
         let mut taken = false;
         let removed = p.pool.retain(|_, m| {
-            if !taken && m.last_used() >= age {
+            if !taken && used_at(&m) <= used {
                 taken = true;
                 false
             } else {
@@ -670,14 +675,23 @@ impl TenantPools {
     /// Closes idle connections older than a minute (a pinned pool keeps its most recently
     /// used one), and runs the caches' housekeeping.
     pub async fn sweep(&self) {
+        self.sweep_idle_since(CONNECTION_IDLE).await;
+    }
+
+    /// [`TenantPools::sweep`] with another idle limit (the tests use zero: every idle
+    /// connection but those pinned pools keep).
+    pub async fn sweep_idle_since(&self, limit: Duration) {
         self.inner.cache.run_pending_tasks().await;
         self.inner.shares.run_pending_tasks().await;
         for (key, p) in self.inner.cache.iter() {
             let keep_one = p.pinned(*key);
+            // Connections are told apart by when they were last used (an instant, not an
+            // elapsed time, which grows between the two passes).
             let newest = if keep_one {
-                let mut newest: Option<Duration> = None;
+                let mut newest: Option<std::time::Instant> = None;
                 p.pool.retain(|_, m| {
-                    newest = Some(newest.map_or(m.last_used(), |d| d.min(m.last_used())));
+                    let used = used_at(&m);
+                    newest = Some(newest.map_or(used, |n| n.max(used)));
                     true
                 });
                 newest
@@ -686,11 +700,11 @@ impl TenantPools {
             };
             let mut kept = false;
             p.pool.retain(|_, m| {
-                if !kept && newest == Some(m.last_used()) {
+                if !kept && newest == Some(used_at(&m)) {
                     kept = true;
                     return true;
                 }
-                m.last_used() < CONNECTION_IDLE
+                m.last_used() < limit
             });
         }
     }

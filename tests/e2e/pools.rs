@@ -299,5 +299,34 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
         .expect("third, from the steady pool's connection");
     assert_ne!(backend(&t).await, pid);
     drop((o1, o2, t));
+
+    // The sweep closes every idle connection past its limit (zero here) but the one a pool
+    // with steady traffic keeps: its most recently used.
+    let (a, b) = (
+        pools.get(&steady).await.expect("steady a"),
+        pools.get(&steady).await.expect("steady b"),
+    );
+    let (pa, pb) = (backend(&a).await, backend(&b).await);
+    drop(a);
+    drop(b);
+    drop(pools.get(&other).await.expect("other"));
+    let idle = |pools: &portico_tenant_runtime::pools::TenantPools| -> u64 {
+        pools.stats().iter().map(|s| s.idle as u64).sum()
+    };
+    assert!(idle(&pools) >= 3, "idle before the sweep: {}", idle(&pools));
+    pools.sweep_idle_since(std::time::Duration::ZERO).await;
+    assert_eq!(
+        idle(&pools),
+        1,
+        "only the steady pool's last connection is left"
+    );
+    let c = pools.get(&steady).await.expect("steady after the sweep");
+    let kept = backend(&c).await;
+    assert!(
+        kept == pb || kept == pa,
+        "the steady pool kept one of its own"
+    );
+    assert_eq!(kept, pb, "the one it kept is its most recently used");
+    drop(c);
     env.cleanup().await;
 }
