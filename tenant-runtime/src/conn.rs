@@ -10,20 +10,23 @@
 //!   and search path *transaction-locally*, pipelined with it in one round trip:
 //!
 //!   ```text
-//!   BEGIN
-//!   SELECT set_config('role', $1, true), set_config('search_path', $2, true)   (prepared)
+//!   BEGIN; SELECT set_config('role', 't_…', true), set_config('search_path', '…', true)
 //!   <the statement, prepared>                                               (Bind/Execute/Sync)
 //!   COMMIT
 //!   ```
 //!
-//!   All four are written to the socket when the future is first polled, so a future dropped
+//!   (the first line is one simple-query message, its text built once per tenant context).
+//!   All three are written to the socket when the future is first polled, so a future dropped
 //!   half-way (a cancelled query, an abandoned request) has already sent its `COMMIT`: nothing
 //!   of the context survives it. A failed statement aborts its transaction, and its `COMMIT`
 //!   rolls it back. Explicit transactions ([`TenantConn::transaction`]) set the context right
 //!   after `BEGIN`; dropping one uncommitted sends `ROLLBACK`. Statements are prepared inside
-//!   the context (a table name resolves against the tenant's search path), cached per
-//!   connection by their text, and re-analysed by PostgreSQL whenever the search path differs
-//!   from the one they were prepared under.
+//!   the context of the tenant that first needs them (a table name resolves against its search
+//!   path), cached per connection by their text alone, and re-analysed by PostgreSQL whenever
+//!   the search path differs from the one they were last planned under (documented behaviour
+//!   of prepared statements): a shared connection serving hundreds of tenants keeps one
+//!   prepared statement per text instead of one per tenant and text, and a tenant new to the
+//!   connection costs no extra round trip to prepare.
 //!
 //! Store code calls the same methods either way and cannot tell the tiers apart.
 
@@ -38,11 +41,6 @@ use tokio_postgres::{Client, Row, Statement, Transaction};
 /// Statements a connection keeps prepared; past this the oldest are closed.
 const STATEMENT_CACHE: usize = 512;
 
-/// Sets a pooled tenant's context for the current transaction (prepared once per connection:
-/// no parsing or planning per statement).
-const SET_CONTEXT: &str =
-    "SELECT set_config('role', $1, true), set_config('search_path', $2, true)";
-
 /// Search path of a dedicated tenant's sessions: the audit schema first (the tenant role can
 /// create nothing there, so no object of its own can stand in for the audit log), temporary
 /// objects last.
@@ -53,7 +51,10 @@ pub const DEDICATED_SEARCH_PATH: &str = "portico_audit,public,pg_temp";
 pub struct TenantContext {
     role: String,
     search_path: String,
+    /// `SELECT set_config(…)` of role and search path, transaction-locally.
     set: String,
+    /// `BEGIN;` and `set`, as one simple-query message.
+    begin: String,
 }
 
 impl TenantContext {
@@ -73,6 +74,7 @@ impl TenantContext {
         Self {
             role: role.to_owned(),
             search_path,
+            begin: format!("BEGIN; {set}"),
             set,
         }
     }
@@ -116,9 +118,9 @@ impl Sql for Statement {
     }
 }
 
-/// Prepared statements of one connection, by text (pooled tier: by tenant role and text, so a
-/// statement is re-used under the search path it was planned for, and PostgreSQL need not
-/// re-analyse it). The oldest entries go first when it is full.
+/// Prepared statements of one connection, by text (on a shared connection, one per text for
+/// all its tenants: PostgreSQL re-analyses a statement run under another tenant's search
+/// path). The oldest entries go first when it is full.
 #[derive(Default)]
 pub struct StatementCache(Mutex<(HashMap<String, Statement>, VecDeque<String>)>);
 
@@ -317,8 +319,8 @@ impl TenantConn {
         self.session().client()
     }
 
-    /// Runs `body` (which must send its one request when first polled) between `BEGIN` and the
-    /// context's `set_config`, and `COMMIT`, all four pipelined.
+    /// Runs `body` (which must send its one request when first polled) after `BEGIN` and the
+    /// context's `set_config` (one message), then `COMMIT`: all three pipelined.
     async fn scoped<R>(
         &self,
         body: impl Future<Output = Result<R, tokio_postgres::Error>>,
@@ -327,39 +329,21 @@ impl TenantConn {
             return body.await;
         };
         let client = self.client();
-        let set = self.set_context().await?;
-        let params: [&(dyn ToSql + Sync); 2] = [&ctx.role, &ctx.search_path];
-        let (begun, set, result, committed) = tokio::join!(
-            client.batch_execute("BEGIN"),
-            client.execute(&set, &params),
+        let (begun, result, committed) = tokio::join!(
+            client.batch_execute(&ctx.begin),
             body,
             client.batch_execute("COMMIT")
         );
         begun?;
-        set?;
         let result = result?;
         committed?;
         Ok(result)
     }
 
-    /// The connection's prepared `set_config` statement (prepared on first use: it names no
-    /// table, so it needs no context).
-    async fn set_context(&self) -> Result<Statement, tokio_postgres::Error> {
-        let cache = self.session().statements();
-        if let Some(s) = cache.get(SET_CONTEXT) {
-            return Ok(s);
-        }
-        let statement = self.client().prepare(SET_CONTEXT).await?;
-        cache.put(SET_CONTEXT.to_owned(), statement.clone());
-        Ok(statement)
-    }
-
-    /// The cache key of `sql` on this connection: per tenant role in the pooled tier.
+    /// The cache key of `sql` on this connection: its text, on both tiers (PostgreSQL
+    /// re-analyses a statement run under another search path than it was planned under).
     fn cache_key(&self, sql: &str) -> String {
-        match &self.context {
-            Some(ctx) => format!("{}\u{0}{sql}", ctx.role),
-            None => sql.to_owned(),
-        }
+        sql.to_owned()
     }
 
     /// The prepared statement for `sql` in the tenant's context (pooled tier).
