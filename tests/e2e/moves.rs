@@ -410,6 +410,30 @@ async fn tenants_of_both_tiers_move_to_a_second_server_and_back_through_the_oper
         tokens.push((slug, t));
     }
     let admin_host = crate::support::OPERATOR_HOST;
+    // A move stopped during its freeze is undone through the API; undoing again is refused.
+    kill_at(
+        &env,
+        &["tenant", "move", "ded", "--to-server", "second"],
+        "after:freeze",
+    );
+    let undo = async || {
+        server
+            .request(
+                Method::POST,
+                admin_host,
+                "/operator/v1/tenants/ded/moves/rollback",
+                Some(&op),
+                &[],
+                None,
+            )
+            .await
+    };
+    let r = undo().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["status"], "rolled_back", "{r:?}");
+    undo().await.assert_problem(409, "invalid_state");
+    let shown = env.json(&["tenant", "show", "ded", "--json"]);
+    assert_eq!(shown["placement"]["db_server"], "default", "{shown}");
     // Bad input changes nothing.
     let r = server
         .request(
