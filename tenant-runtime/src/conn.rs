@@ -3,7 +3,7 @@
 //!
 //! - **Dedicated tier.** The connection is logged in as the tenant's own role to the tenant's
 //!   own database; its search path (`portico_audit, public, pg_temp`) is pinned at start-up.
-//!   Statements go to the server as they are.
+//!   Statements go to the server as they are, prepared once per connection and kept.
 //! - **Pooled tier.** The connection is logged in as the shared database's pool role, which
 //!   holds no privileges of its own (`NOINHERIT`) and may only `SET ROLE` to the tenant roles
 //!   of that database. Every statement runs in a transaction of its own that first sets role
@@ -228,10 +228,11 @@ impl SessionHandle for Direct {
 macro_rules! run {
     ($self:ident, $sql:ident, $method:ident, $params:ident) => {{
         let client = $self.client();
-        match ($sql.sql(), &$self.context) {
-            (SqlRef::Prepared(s), _) => $self.scoped(client.$method(s, $params)).await,
-            (SqlRef::Text(text), None) => client.$method(text, $params).await,
-            (SqlRef::Text(text), Some(_)) => {
+        match $sql.sql() {
+            SqlRef::Prepared(s) => $self.scoped(client.$method(s, $params)).await,
+            // Text is prepared once per connection and kept (on both tiers): a statement
+            // costs one round trip, not a Parse round trip before every execution.
+            SqlRef::Text(text) => {
                 let statement = $self.prepared(text).await?;
                 match $self.scoped(client.$method(&statement, $params)).await {
                     Err(e) if is_result_type_change(&e) => {
@@ -346,7 +347,7 @@ impl TenantConn {
         sql.to_owned()
     }
 
-    /// The prepared statement for `sql` in the tenant's context (pooled tier).
+    /// The prepared statement for `sql` (in the tenant's context, on a shared connection).
     async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         let cache = self.session().statements();
         let key = self.cache_key(sql);
@@ -392,18 +393,7 @@ impl TenantConn {
 
     /// A statement prepared on this connection (in the tenant's context), kept for reuse.
     pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        match &self.context {
-            Some(_) => self.prepared(sql).await,
-            None => {
-                let cache = self.session().statements();
-                if let Some(s) = cache.get(sql) {
-                    return Ok(s);
-                }
-                let statement = self.client().prepare(sql).await?;
-                cache.put(sql.to_owned(), statement.clone());
-                Ok(statement)
-            }
-        }
+        self.prepared(sql).await
     }
 
     /// Statements without parameters or results (simple query protocol), in the context.
