@@ -158,6 +158,10 @@ pub struct TenantDetailRow {
     pub run_error: Option<String>,
     pub domains: sqlx::types::Json<Vec<DomainRow>>,
     pub steps: sqlx::types::Json<Vec<StepRow>>,
+    pub write_frozen: bool,
+    /// The tenant's unfinished move, if any.
+    pub move_run_id: Option<Uuid>,
+    pub move_status: Option<String>,
 }
 
 /// Everything recorded in one transaction when a tenant create starts.
@@ -431,11 +435,14 @@ impl Catalog {
                                  'error', st.error, 'started_at', st.started_at,
                                  'finished_at', st.finished_at)
                                order by st.position)
-                              from provisioning_steps st where st.run_id = r.id), '[]') as steps
+                              from provisioning_steps st where st.run_id = r.id), '[]') as steps,
+                    t.write_frozen, mv.id as move_run_id, mv.status as move_status
              from tenants t
              left join tenant_placements p on p.tenant_id = t.id
              left join db_servers s on s.id = p.db_server_id
              left join provisioning_runs r on r.tenant_id = t.id and r.kind = 'create'
+             left join provisioning_runs mv on mv.tenant_id = t.id and mv.kind = 'move'
+                  and mv.status in ('running', 'failed', 'rolling_back')
              where $1::text is null or t.slug = $1
              order by t.slug",
         )

@@ -926,6 +926,19 @@ pub(crate) fn print_tenant(t: &TenantView) {
         "  schema version: {}",
         t.schema_version.map_or("-".into(), |v| v.to_string())
     );
+    if let Some(m) = &t.open_move {
+        println!(
+            "  move:           {} (run {}){}; `portico tenant move {}` finishes it, `--rollback` undoes it",
+            m.status,
+            m.run_id,
+            if t.write_frozen {
+                ", writes frozen"
+            } else {
+                ""
+            },
+            t.slug
+        );
+    }
     if let Some(run) = t.provisioning.as_ref().filter(|r| r.status != "succeeded") {
         {
             println!("  provisioning:   {} (run {})", run.status, run.run_id);

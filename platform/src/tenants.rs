@@ -92,6 +92,17 @@ pub struct TenantView {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     pub provisioning: Option<ProvisioningView>,
+    /// A move is copying the tenant: its writes answer `503 tenant_moving`.
+    pub write_frozen: bool,
+    /// The tenant's unfinished move (`running`, `failed` or `rolling_back`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_move: Option<OpenMove>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenMove {
+    pub run_id: Uuid,
+    pub status: String,
 }
 
 /// Test hook: when `PORTICO_TEST_PAUSE_AT` names this point, the process announces it on
@@ -967,6 +978,11 @@ fn view(row: TenantDetailRow) -> TenantView {
         created_at: t.created_at,
         updated_at: t.updated_at,
         provisioning,
+        write_frozen: row.write_frozen,
+        open_move: row
+            .move_run_id
+            .zip(row.move_status)
+            .map(|(run_id, status)| OpenMove { run_id, status }),
     }
 }
 

@@ -259,12 +259,22 @@ async fn during_the_freeze_reads_go_on_writes_answer_503_and_the_database_refuse
     drop(conn);
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
+    // The operator sees the unfinished move and the freeze.
+    let shown = env.json(&["tenant", "show", "acme", "--json"]);
+    assert_eq!(shown["write_frozen"], true, "{shown}");
+    assert_eq!(shown["open_move"]["status"], "running", "{shown}");
+    assert!(
+        env.ok(&["tenant", "show", "acme"])
+            .contains("writes frozen")
+    );
 
     // Undone: the source takes writes again, and nothing of the destination is left.
     let undone = env.json(&["tenant", "move", "acme", "--rollback", "--json"]);
     assert_eq!(undone["status"], "rolled_back", "{undone}");
     let shown = env.json(&["tenant", "show", "acme", "--json"]);
     assert_eq!(shown["tier"], "pooled");
+    assert_eq!(shown["write_frozen"], false, "{shown}");
+    assert!(shown.get("open_move").is_none(), "{shown}");
     let role = shown["placement"]["role"]
         .as_str()
         .expect("role")
