@@ -447,14 +447,15 @@ async fn fleet_runs_go_canary_first_stop_at_the_failure_budget_and_resume_after_
     let slugs = ["ta1", "ta2", "ta3", "ta4", "ta5", "ta6"];
     behind(&env, &slugs).await;
     env.ok(&["tenant", "canary", "ta3", "on"]);
-    // ta5's data makes the migration fail: an object the migration creates is already there.
+    // ta5's data makes the migration fail: an object the newest migration (V6) creates is
+    // already there.
     let (a5, _) = env
         .platform()
         .await
         .connect_as_admin("ta5")
         .await
         .expect("ta5");
-    a5.batch_execute("create schema portico_audit")
+    a5.batch_execute("create table public.object_deletions (x int)")
         .await
         .expect("poison");
 
@@ -517,7 +518,7 @@ async fn fleet_runs_go_canary_first_stop_at_the_failure_budget_and_resume_after_
         .collect();
 
     // Fixed, the same command resumes the same run; finished tenants are not touched again.
-    a5.batch_execute("drop schema portico_audit")
+    a5.batch_execute("drop table public.object_deletions")
         .await
         .expect("fix");
     resume_to_success(&env, &run_id);
@@ -671,7 +672,7 @@ fn resume_to_success(env: &TestEnv, id: &str) -> (String, Vec<Value>) {
 async fn hold_lock(env: &TestEnv, slug: &str) -> portico_tenant_runtime::pools::TenantConn {
     let holder = env.tenant_db(slug).await;
     holder
-        .batch_execute("begin; lock table invitations in access share mode")
+        .batch_execute("begin; lock table documents in access share mode")
         .await
         .expect("lock");
     holder
@@ -1201,11 +1202,11 @@ async fn a_migration_waiting_for_a_lock_gives_up_at_lock_timeout_and_retries() {
     use std::io::BufRead;
     let env = TestEnv::new(Backend::FileLocal).await;
     behind(&env, &["locked"]).await;
-    // As the tenant's own role: an open transaction holding a lock on a table the migration
-    // alters.
+    // As the tenant's own role: an open transaction holding a lock on a table the newest
+    // migration (V6) alters.
     let holder = env.tenant_db("locked").await;
     holder
-        .batch_execute("begin; lock table invitations in access share mode")
+        .batch_execute("begin; lock table documents in access share mode")
         .await
         .expect("lock");
     // Start a migration and wait until it has given up on the lock once.

@@ -23,6 +23,7 @@ mod nginx;
 mod openapi;
 mod pooled;
 mod pools;
+mod records;
 mod routing;
 mod sso_admin;
 mod sso_oidc;

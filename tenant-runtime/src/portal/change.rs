@@ -9,6 +9,7 @@
 //! | [`Change::SaveRole`] | `change_privileged_role` | `roles.manage` and every permission of the role |
 //! | [`Change::CreateSsoConnection`], [`Change::RemoveSsoConnection`] | `change_sso_connection` | `sso.manage` |
 //! | [`Change::DisableApprovalRule`] | `change_approval_policy` | `users.manage`, `roles.manage`, `sso.manage` |
+//! | [`Change::ClearLegalHold`] | `clear_legal_hold` (always four-eyes: no policy row turns it off) | `documents.manage` |
 
 use crate::ids::UserId;
 use serde::{Deserialize, Serialize};
@@ -16,16 +17,19 @@ use serde::{Deserialize, Serialize};
 use crate::caller::Authenticated;
 use crate::http::Problem;
 use crate::identity::admin;
+use crate::ids::DocumentId;
 use crate::store::audit::EventType;
 use crate::store::connections::{self, Connection};
 use crate::store::roles::{self, Permission, Permissions, RoleName};
-use crate::store::{approvals, users};
+use crate::store::{approvals, documents, users};
 
 pub const GRANT_PRIVILEGED_ROLE: &str = "grant_privileged_role";
 pub const CHANGE_PRIVILEGED_ROLE: &str = "change_privileged_role";
 pub const CHANGE_SSO_CONNECTION: &str = "change_sso_connection";
 /// Turning a four-eyes rule off is itself four-eyes (turning one on is not).
 pub const CHANGE_APPROVAL_POLICY: &str = "change_approval_policy";
+/// Lifting a legal hold (setting one is not four-eyes).
+pub const CLEAR_LEGAL_HOLD: &str = "clear_legal_hold";
 
 /// Who may decide on policy changes.
 pub const MANAGERS: [Permission; 3] = [
@@ -63,6 +67,11 @@ pub enum Change {
     DisableApprovalRule {
         action: String,
     },
+    /// Lift a document's legal hold.
+    ClearLegalHold {
+        document: DocumentId,
+        title: String,
+    },
 }
 
 /// What applying a change produced, for the direct path's answer.
@@ -83,6 +92,7 @@ impl Change {
                 CHANGE_SSO_CONNECTION
             }
             Change::DisableApprovalRule { .. } => CHANGE_APPROVAL_POLICY,
+            Change::ClearLegalHold { .. } => CLEAR_LEGAL_HOLD,
         }
     }
 
@@ -94,6 +104,7 @@ impl Change {
             Change::CreateSsoConnection { connection } => connection.name.clone(),
             Change::RemoveSsoConnection { name } => name.clone(),
             Change::DisableApprovalRule { action } => action.clone(),
+            Change::ClearLegalHold { document, .. } => document.to_string(),
         }
     }
 
@@ -121,6 +132,7 @@ impl Change {
                 needs.push(Permission::SsoManage)
             }
             Change::DisableApprovalRule { .. } => needs.extend(MANAGERS),
+            Change::ClearLegalHold { .. } => needs.push(Permission::DocumentsManage),
         }
         Ok(needs.into_iter().collect())
     }
@@ -244,6 +256,18 @@ pub async fn apply(
                 EventType::ApprovalPolicyChanged,
                 action,
                 details(serde_json::json!({"required": false})),
+            )
+            .await?;
+            Ok(Applied::Done)
+        }
+        Change::ClearLegalHold { document, title } => {
+            if !documents::set_legal_hold(&auth.conn, *document, None).await? {
+                return Err(Problem::not_found());
+            }
+            auth.record(
+                EventType::LegalHoldCleared,
+                &document.to_string(),
+                details(serde_json::json!({"title": title})),
             )
             .await?;
             Ok(Applied::Done)

@@ -394,6 +394,9 @@ pub async fn new_version(
 ) -> Result<(StatusCode, Json<VersionDto>), Problem> {
     let doc = visible(&auth, &id).await?;
     auth.require(Permission::DocumentsManage).await?;
+    if doc.legal_hold.is_some() {
+        return Err(legal_hold_active());
+    }
     let mut errors = Vec::new();
     if q.doc_type.is_some()
         || q.title.is_some()
@@ -413,7 +416,18 @@ pub async fn new_version(
     }
     let (mut auth, v, scanned) =
         store_body(&rt, auth, &headers, doc.id, name, valid_until, body).await?;
-    let version = documents::add_version(&mut auth.conn, doc.id, &v).await?;
+    let version = match documents::add_version(&mut auth.conn, doc.id, &v).await {
+        Err(RuntimeError::Conflict(m)) if m == documents::LEGAL_HOLD_ACTIVE => {
+            // Held while the content was uploading: its object goes.
+            let _ = rt
+                .content
+                .store
+                .delete(&ObjectKey::parse(&v.object_key).map_err(|_| Problem::internal())?)
+                .await;
+            return Err(legal_hold_active());
+        }
+        other => other?,
+    };
     auth.record(
         EventType::DocumentVersionCreated,
         &doc.id.to_string(),
@@ -963,4 +977,139 @@ mod tests {
         h.insert(header::RANGE, HeaderValue::from_static("bytes=100-"));
         assert_eq!(parse_range(&h, 100), Err(()));
     }
+}
+
+#[utoipa::path(delete, path = "/api/v1/documents/{id}", tag = "documents",
+    params(("id" = Uuid, Path)),
+    responses((status = 204, description = "Deleted with every version and its content"),
+        (status = 404), (status = 409, description = "`retention_active` or `legal_hold_active`")),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(rt): State<Runtime>,
+    auth: Authenticated,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let doc = visible(&auth, &id).await?;
+    auth.require(Permission::DocumentsManage).await?;
+    let mut auth = auth;
+    let keys = match documents::delete(&mut auth.conn, doc.id).await? {
+        Ok(keys) => keys,
+        Err(documents::DeleteRefused::Retention(until)) => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                ErrorCode::RetentionActive,
+                "The document is kept until its retention date",
+            )
+            .detail(format!("retention_until is {until}")));
+        }
+        Err(documents::DeleteRefused::LegalHold) => return Err(legal_hold_active()),
+    };
+    auth.record(
+        EventType::DocumentDeleted,
+        &doc.id.to_string(),
+        serde_json::json!({"title": doc.title, "versions": keys.len()}),
+    )
+    .await?;
+    remove_queued_objects(&rt, &auth).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes the queued objects of deleted documents from storage (this deletion's, and any an
+/// earlier crash left), then forgets them. Only keys under the tenant's own prefix are
+/// touched; a failure leaves them queued for the next deletion.
+async fn remove_queued_objects(rt: &Runtime, auth: &Authenticated) {
+    let prefix = portico_core::storage::tenant_prefix(auth.tenant.tenant_id);
+    let Ok(queued) = documents::queued_objects(&auth.conn, 1000).await else {
+        return;
+    };
+    let mut removed = Vec::new();
+    for key in queued {
+        let Ok(object) = ObjectKey::parse(&key) else {
+            continue;
+        };
+        if !key.starts_with(&prefix) {
+            tracing::warn!(tenant_id = %auth.tenant.tenant_id, "a queued object deletion names another prefix; left alone");
+            continue;
+        }
+        match rt.content.store.delete(&object).await {
+            Ok(()) => removed.push(key),
+            Err(e) => {
+                tracing::warn!(tenant_id = %auth.tenant.tenant_id, error = %e, "removing a deleted document's object failed; it stays queued");
+            }
+        }
+    }
+    if !removed.is_empty() {
+        let _ = documents::objects_removed(&auth.conn, &removed).await;
+    }
+}
+
+fn legal_hold_active() -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        ErrorCode::LegalHoldActive,
+        "The document is under a legal hold",
+    )
+}
+
+#[utoipa::path(put, path = "/api/v1/documents/{id}/legal-hold", tag = "documents",
+    params(("id" = Uuid, Path)), request_body = LegalHoldRequest,
+    responses((status = 200, body = DocumentDto), (status = 404)), security(("bearer" = [])))]
+pub async fn set_legal_hold(
+    auth: Authenticated,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<LegalHoldRequest>,
+) -> Result<Json<DocumentDto>, Problem> {
+    let doc = visible(&auth, &id).await?;
+    auth.require(Permission::DocumentsManage).await?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+        return Err(Problem::fields(vec![(
+            "reason".into(),
+            "1 to 500 printable characters".into(),
+        )]));
+    }
+    documents::set_legal_hold(&auth.conn, doc.id, Some((reason, &auth.caller.name()))).await?;
+    auth.record(
+        EventType::LegalHoldSet,
+        &doc.id.to_string(),
+        serde_json::json!({"title": doc.title, "reason": reason}),
+    )
+    .await?;
+    let doc = documents::get(&auth.conn, doc.id)
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    Ok(Json(doc.into()))
+}
+
+/// Lifting a hold is four-eyes, always: it answers 202 with the approval a second person with
+/// `documents.manage` decides.
+#[utoipa::path(delete, path = "/api/v1/documents/{id}/legal-hold", tag = "documents",
+    params(("id" = Uuid, Path)),
+    responses((status = 202, body = PendingApprovalDto), (status = 404),
+        (status = 409, description = "the document is not held")),
+    security(("bearer" = [])))]
+pub async fn clear_legal_hold(
+    mut auth: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let doc = visible(&auth, &id).await?;
+    auth.require(Permission::DocumentsManage).await?;
+    if doc.legal_hold.is_none() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            ErrorCode::InvalidTransition,
+            "The document is not under a legal hold",
+        ));
+    }
+    let change = super::change::Change::ClearLegalHold {
+        document: doc.id,
+        title: doc.title,
+    };
+    if change.needs_approval(&auth).await? {
+        return super::access::pending(&auth, &change).await;
+    }
+    super::change::apply(&mut auth, &change, None).await?;
+    Ok(axum::response::IntoResponse::into_response(
+        StatusCode::NO_CONTENT,
+    ))
 }

@@ -243,6 +243,9 @@ pub struct DocumentDto {
     pub created_by: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Set while the document is under a legal hold (it can be neither deleted nor replaced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legal_hold: Option<LegalHoldDto>,
     pub current_version: Option<VersionDto>,
     /// Every version, oldest first (only on `GET /documents/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -261,10 +264,32 @@ impl From<documents::Document> for DocumentDto {
             retention_until: d.retention_until.map(|d| d.to_string()),
             created_by: d.created_by,
             created_at: d.created_at,
+            legal_hold: d.legal_hold.map(|h| LegalHoldDto {
+                reason: h.reason,
+                by: h.by,
+                at: h.at,
+            }),
             current_version: d.current.map(Into::into),
             versions: None,
         }
     }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LegalHoldDto {
+    pub reason: String,
+    /// Who set it.
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// `PUT /documents/{id}/legal-hold`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegalHoldRequest {
+    /// Why the document is held (1 to 500 characters), shown to everyone who sees it.
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

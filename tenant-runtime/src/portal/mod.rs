@@ -54,7 +54,14 @@ pub fn routes() -> Router<Runtime> {
             "/api/v1/documents",
             get(documents::list).post(documents::upload),
         )
-        .route("/api/v1/documents/{id}", get(documents::show))
+        .route(
+            "/api/v1/documents/{id}",
+            get(documents::show).delete(documents::delete),
+        )
+        .route(
+            "/api/v1/documents/{id}/legal-hold",
+            axum::routing::put(documents::set_legal_hold).delete(documents::clear_legal_hold),
+        )
         .route("/api/v1/documents/{id}/content", get(documents::content))
         .route(
             "/api/v1/documents/{id}/versions",

@@ -30,7 +30,17 @@ pub struct Document {
     pub retention_until: Option<Date>,
     pub created_by: String,
     pub created_at: OffsetDateTime,
+    /// Set while the document is under a legal hold.
+    pub legal_hold: Option<LegalHold>,
     pub current: Option<Version>,
+}
+
+/// A legal hold: while it lasts the document can be neither deleted nor replaced.
+#[derive(Debug, Clone)]
+pub struct LegalHold {
+    pub reason: String,
+    pub by: String,
+    pub at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone)]
@@ -111,10 +121,15 @@ fn version_at(r: &tokio_postgres::Row, o: usize) -> Version {
 }
 
 const DOC_COLUMNS: &str = "d.id, d.doc_type, d.title, d.period, d.site, d.status,
-    d.retention_until, d.created_by, d.created_at";
+    d.retention_until, d.created_by, d.created_at, d.legal_hold_reason, d.legal_hold_by,
+    d.legal_hold_at";
 
 fn document(r: &tokio_postgres::Row) -> Document {
-    let current = r.get::<_, Option<Uuid>>(9).map(|_| version_at(r, 9));
+    let current = r.get::<_, Option<Uuid>>(12).map(|_| version_at(r, 12));
+    let legal_hold = match (r.get(9), r.get(10), r.get(11)) {
+        (Some(reason), Some(by), Some(at)) => Some(LegalHold { reason, by, at }),
+        _ => None,
+    };
     Document {
         id: r.get(0),
         doc_type: r.get(1),
@@ -125,6 +140,7 @@ fn document(r: &tokio_postgres::Row) -> Document {
         retention_until: r.get(6),
         created_by: r.get(7),
         created_at: r.get(8),
+        legal_hold,
         current,
     }
 }
@@ -233,13 +249,18 @@ pub async fn add_version(
     let row = tx
         .query_opt(
             "select current_version,
-                    (select coalesce(max(version), 0) from document_versions where document_id = d.id)
+                    (select coalesce(max(version), 0) from document_versions where document_id = d.id),
+                    d.legal_hold_at is not null
                from documents d where d.id = $1 for update",
             &[&document],
         )
         .await
         .map_err(q("recording a version"))?
         .ok_or_else(|| RuntimeError::NotFound("no such document".into()))?;
+    // Checked under the row lock: a hold set while the content was uploading still wins.
+    if row.get::<_, bool>(2) {
+        return Err(RuntimeError::Conflict(LEGAL_HOLD_ACTIVE.into()));
+    }
     let previous: Option<VersionId> = row.get(0);
     let number: i32 = row.get(1);
     insert_version(&tx, document, number + 1, v).await?;
@@ -532,4 +553,121 @@ pub async fn put_tenant_secret(
     tenant_secret(client, name)
         .await?
         .ok_or_else(|| RuntimeError::NotFound("tenant secret".into()))
+}
+
+/// The message of a refusal because of a legal hold (the handlers answer it with its own code).
+pub const LEGAL_HOLD_ACTIVE: &str = "the document is under a legal hold";
+
+/// Why a document could not be deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteRefused {
+    /// Kept until this date.
+    Retention(Date),
+    LegalHold,
+}
+
+/// Sets (`Some((reason, by))`) or clears (`None`) a document's legal hold; `false` when the
+/// document does not exist.
+pub async fn set_legal_hold(
+    client: &TenantConn,
+    id: DocumentId,
+    hold: Option<(&str, &str)>,
+) -> Result<bool, RuntimeError> {
+    let (reason, by) = hold.unzip();
+    let n = client
+        .execute(
+            "update documents
+                set legal_hold_reason = $2, legal_hold_by = $3,
+                    legal_hold_at = case when $2::text is null then null else now() end
+              where id = $1",
+            &[&id, &reason, &by],
+        )
+        .await
+        .map_err(q("changing a legal hold"))?;
+    Ok(n == 1)
+}
+
+/// Deletes a document with its versions, links and ticket attachments in one transaction,
+/// refused while its retention lasts (the database's `current_date` before `retention_until`)
+/// or a legal hold is on.
+/// Returns the object keys of its versions, queued in `object_deletions` in the same
+/// transaction: the caller removes the objects, then [`objects_removed`].
+pub async fn delete(
+    client: &mut TenantConn,
+    id: DocumentId,
+) -> Result<Result<Vec<String>, DeleteRefused>, RuntimeError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(q("deleting a document"))?;
+    let row = tx
+        .query_opt(
+            "select retention_until, legal_hold_at is not null,
+                    coalesce(retention_until > current_date, false)
+               from documents where id = $1 for update",
+            &[&id],
+        )
+        .await
+        .map_err(q("deleting a document"))?
+        .ok_or_else(|| RuntimeError::NotFound("no such document".into()))?;
+    let retention: Option<Date> = row.get(0);
+    if row.get::<_, bool>(1) {
+        return Ok(Err(DeleteRefused::LegalHold));
+    }
+    if let Some(until) = retention.filter(|_| row.get::<_, bool>(2)) {
+        return Ok(Err(DeleteRefused::Retention(until)));
+    }
+    let keys: Vec<String> = tx
+        .query(
+            "insert into object_deletions (object_key)
+             select object_key from document_versions where document_id = $1
+             on conflict on constraint object_deletions_pkey do nothing
+             returning object_key",
+            &[&id],
+        )
+        .await
+        .map_err(q("deleting a document"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for sql in [
+        "delete from document_links where document_id = $1",
+        "delete from ticket_attachments where document_id = $1",
+        "update documents set current_version = null where id = $1",
+        "update document_versions set replaced_by = null where document_id = $1",
+        "delete from document_versions where document_id = $1",
+        "delete from documents where id = $1",
+    ] {
+        tx.execute(sql, &[&id])
+            .await
+            .map_err(q("deleting a document"))?;
+    }
+    tx.commit().await.map_err(q("deleting a document"))?;
+    Ok(Ok(keys))
+}
+
+/// Objects queued for removal (those of the documents deleted just now, and any a crash left).
+pub async fn queued_objects(client: &TenantConn, limit: i64) -> Result<Vec<String>, RuntimeError> {
+    Ok(client
+        .query(
+            "select object_key from object_deletions order by queued_at, object_key limit $1",
+            &[&limit],
+        )
+        .await
+        .map_err(q("reading queued object deletions"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Forgets queued objects that are gone from storage.
+pub async fn objects_removed(client: &TenantConn, keys: &[String]) -> Result<(), RuntimeError> {
+    client
+        .execute(
+            "delete from object_deletions where object_key = any($1)",
+            &[&keys],
+        )
+        .await
+        .map_err(q("recording removed objects"))?;
+    Ok(())
 }
