@@ -40,6 +40,9 @@ use serde_json::json;
 
 const FREEZE_TARGET: Duration = Duration::from_secs(5);
 
+/// Reads answered in the baseline window.
+const BASELINE_READS: u64 = 2_000;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -113,24 +116,23 @@ async fn run(a: &PgCluster, b: &PgCluster) -> anyhow::Result<()> {
     .await?;
     let addr = app.local_addr()?;
     let server = tokio::spawn(app.run_until_stopped(std::future::pending::<()>()));
-    // Warm the tenant's route and pool.
+    // Warm the tenant's route and pool: until both kinds of request have been answered.
     let warm = Load::start(addr, &target, &writer_token, readers, writers);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    warm.until(50, 5).await?;
     warm.stop().await?;
 
     println!(
         "move benchmark: pooled tenant with {rows} tickets, server a -> dedicated on server b, {readers} readers + {writers} writers"
     );
-    // Baseline: the same load, no move, for as long as the move will take (measured after:
-    // the baseline window is a fixed 10 s, and the move's reads are rated per second).
+    // Baseline: the same load, no move, until it has answered as many reads as the move window
+    // typically sees (both are rated per second).
     let baseline = Load::start(addr, &target, &writer_token, readers, writers);
-    let window = Duration::from_secs(10);
-    tokio::time::sleep(window).await;
+    baseline.until(BASELINE_READS, 0).await?;
     let base = baseline.stop().await?;
 
     let load = Load::start(addr, &target, &writer_token, readers, writers);
-    // Some load before the move starts, so the freeze meets running writes.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Writes are landing when the move starts, so the freeze meets running writes.
+    load.until(0, 20).await?;
     let t = Instant::now();
     let view = moves::move_tenant(
         &platform,
@@ -142,7 +144,9 @@ async fn run(a: &PgCluster, b: &PgCluster) -> anyhow::Result<()> {
     )
     .await?;
     let move_time = t.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Writes land again, in the destination, before the window closes.
+    let (_, written) = *load.progress.borrow();
+    load.until(0, written + 20).await?;
     let during = load.stop().await?;
     server.abort();
     anyhow::ensure!(view.status == "succeeded", "the move ended {}", view.status);
@@ -231,6 +235,8 @@ struct Load {
     done: Arc<AtomicBool>,
     started: Instant,
     workers: Vec<tokio::task::JoinHandle<Seen>>,
+    /// Reads answered 200 and writes answered 201 so far.
+    progress: tokio::sync::watch::Receiver<(u64, u64)>,
 }
 
 fn key(status: u16, body: &serde_json::Value) -> String {
@@ -256,8 +262,11 @@ impl Load {
             .build()
             .expect("client");
         let mut workers = Vec::new();
+        let (progress_tx, progress) = tokio::sync::watch::channel((0u64, 0u64));
+        let progress_tx = Arc::new(progress_tx);
         for w in 0..readers + writers {
             let (http, done, host) = (http.clone(), done.clone(), target.host.clone());
+            let progress_tx = progress_tx.clone();
             let write = w >= readers;
             let token = if write {
                 writer_token.to_owned()
@@ -296,6 +305,11 @@ impl Load {
                                 seen.first_moving.get_or_insert(now);
                                 seen.last_moving = Some(now);
                             }
+                            match (write, status) {
+                                (false, 200) => progress_tx.send_modify(|p| p.0 += 1),
+                                (true, 201) => progress_tx.send_modify(|p| p.1 += 1),
+                                _ => {}
+                            }
                             key(status, &body)
                         }
                         Err(e) => format!("transport: {e}"),
@@ -314,6 +328,18 @@ impl Load {
             done,
             started: Instant::now(),
             workers,
+            progress,
+        }
+    }
+
+    /// Waits until at least `reads` reads and `writes` writes have succeeded (an error if that
+    /// takes a minute: something is broken, not slow).
+    async fn until(&self, reads: u64, writes: u64) -> anyhow::Result<()> {
+        let mut rx = self.progress.clone();
+        let reached = rx.wait_for(|(r, w)| *r >= reads && *w >= writes);
+        match tokio::time::timeout(Duration::from_secs(60), reached).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => anyhow::bail!("the load never reached {reads} reads and {writes} writes"),
         }
     }
 
