@@ -569,16 +569,9 @@ impl Catalog {
         .execute(&mut *tx)
         .await
         .map_err(map)?;
-        sqlx::query(
-            "insert into provisioning_steps (run_id, position, step, state)
-             select $1, (s.ord - 1)::int4, s.step, 'pending'
-             from unnest($2::text[]) with ordinality as s(step, ord)",
-        )
-        .bind(run.as_uuid())
-        .bind(CREATE_STEPS)
-        .execute(&mut *tx)
-        .await
-        .map_err(map)?;
+        insert_steps(&mut tx, run, CREATE_STEPS)
+            .await
+            .map_err(map)?;
         tx.commit().await.map_err(map)?;
         Ok(run)
     }
@@ -821,6 +814,24 @@ impl Catalog {
             key,
         }))
     }
+}
+
+/// Records `steps` of `run`, pending, in order.
+pub(crate) async fn insert_steps(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    run: RunId,
+    steps: &[&str],
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into provisioning_steps (run_id, position, step, state)
+         select $1, (s.ord - 1)::int4, s.step, 'pending'
+           from unnest($2::text[]) with ordinality as s(step, ord)",
+    )
+    .bind(run.as_uuid())
+    .bind(steps)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
 }
 
 /// The oldest shared database of the server with room for one more tenant (counting tenants

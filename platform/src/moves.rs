@@ -352,16 +352,9 @@ pub async fn start_move(platform: &Platform, req: MoveTenant) -> Result<StartedM
     .execute(&mut *tx)
     .await
     .map_err(map)?;
-    sqlx::query(
-        "insert into provisioning_steps (run_id, position, step, state)
-         select $1, (s.ord - 1)::int4, s.step, 'pending'
-           from unnest($2::text[]) with ordinality as s(step, ord)",
-    )
-    .bind(run.as_uuid())
-    .bind(MOVE_STEPS)
-    .execute(&mut *tx)
-    .await
-    .map_err(map)?;
+    crate::catalog::insert_steps(&mut tx, run, MOVE_STEPS)
+        .await
+        .map_err(map)?;
     sqlx::query(
         "insert into tenant_moves
              (run_id, tenant_id, from_tier, from_db_server_id, from_database_name,

@@ -215,14 +215,7 @@ pub async fn drop_tenant(
         .get::<_, bool>(0);
     if exists {
         let inside = server.admin_in(&shared.database).await?;
-        inside
-            .batch_execute(&format!(
-                "drop schema if exists {a} cascade; drop schema if exists {s} cascade;",
-                a = ident(&migrations::audit_schema_of(&names.role)),
-                s = ident(&names.role),
-            ))
-            .await
-            .map_err(|e| pg_err("dropping the tenant schema", e))?;
+        crate::moves::drop_schemas(&inside, &target_of(names)).await?;
     }
     admin
         .batch_execute(&format!("drop role if exists {r}", r = ident(&names.role)))

@@ -101,19 +101,15 @@ async fn retention_and_legal_holds_on(env: TestEnv) {
         };
 
     // Another tenant reaches none of it: not by id on its own host, not with its token here.
-    for (m, body) in [
-        (Method::DELETE, None),
-        (Method::PUT, Some(json!({"reason": "theirs"}))),
+    for (m, path, body) in [
+        (Method::DELETE, &doc_path, None),
+        (Method::PUT, &hold_path, Some(json!({"reason": "theirs"}))),
+        (Method::DELETE, &hold_path, None),
     ] {
-        let path = if m == Method::DELETE {
-            doc_path.clone()
-        } else {
-            hold_path.clone()
-        };
-        request(m.clone(), &globex, &path, &g_admin, body.clone())
+        request(m.clone(), &globex, path, &g_admin, body.clone())
             .await
             .assert_problem(404, "not_found");
-        request(m, &acme, &path, &g_admin, body)
+        request(m, &acme, path, &g_admin, body)
             .await
             .assert_problem(401, "invalid_token");
     }
