@@ -60,6 +60,12 @@ enum Command {
     /// Every tenant at once: schema migrations in waves, their ledger, feature rollouts.
     #[command(subcommand)]
     Fleet(crate::fleet_cli::FleetCmd),
+    /// Deletion certificates: verify one offline.
+    #[command(subcommand)]
+    Certificate(crate::deletion_cli::CertificateCmd),
+    /// Tenant exports: the platform's signing key.
+    #[command(subcommand)]
+    Export(crate::deletion_cli::ExportCmd),
 }
 
 #[derive(Subcommand)]
@@ -67,6 +73,9 @@ enum OperatorCmd {
     /// Operator API tokens.
     #[command(subcommand)]
     Token(OperatorTokenCmd),
+    /// Requests waiting for a second operator (tenant deletions): list, approve, reject.
+    #[command(subcommand)]
+    Approvals(crate::deletion_cli::ApprovalsCmd),
     /// The newest operator audit entries.
     Audit {
         #[arg(long, default_value_t = 50)]
@@ -240,6 +249,41 @@ enum TenantCmd {
     /// A tenant's feature flags.
     #[command(subcommand)]
     Feature(crate::fleet_cli::TenantFeatureCmd),
+    /// Ask for a tenant's deletion (acting as the operator whose token is in
+    /// PORTICO_OPERATOR_TOKEN); another operator must approve it. Refused while documents are
+    /// under retention or legal hold, unless --override-retention says why.
+    Delete {
+        slug: String,
+        #[arg(long)]
+        reason: String,
+        /// Grace period in days before the purge (at least the deletion_grace setting).
+        #[arg(long)]
+        grace_days: Option<u32>,
+        /// Delete although documents are under retention or legal hold, for this reason
+        /// (shown to the approver).
+        #[arg(long)]
+        override_retention: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring back a tenant approved for deletion, during its grace period.
+    Restore {
+        slug: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Purge every tenant whose grace period is over, and finish interrupted purges (for
+    /// cron; `portico serve` does it too).
+    PurgeDue {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print (or write) a purged tenant's signed deletion certificate.
+    Certificate {
+        slug: String,
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 /// Entry point of the `portico` binary.
@@ -379,6 +423,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => serve(listen, metrics_listen, only, migrate).await?,
         Command::Operator(cmd) => operator(cmd).await?,
         Command::Fleet(cmd) => crate::fleet_cli::run(&platform(false).await?, cmd).await?,
+        Command::Certificate(cmd) => crate::deletion_cli::verify_certificate(cmd)?,
+        Command::Export(crate::deletion_cli::ExportCmd::PublicKey) => {
+            crate::deletion_cli::public_key(&platform(false).await?).await?
+        }
         Command::Audit(cmd) => {
             let p = platform(false).await?;
             if !crate::audit_cli::run(&p, cmd).await? {
@@ -434,6 +482,9 @@ async fn serve(
 
 async fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
     match cmd {
+        OperatorCmd::Approvals(cmd) => {
+            crate::deletion_cli::approvals(&platform(false).await?, cmd).await?
+        }
         OperatorCmd::Token(OperatorTokenCmd::Create {
             name,
             expires_in,
@@ -813,6 +864,30 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
         }
         TenantCmd::Feature(cmd) => {
             crate::fleet_cli::tenant_feature(&platform(false).await?, cmd).await?
+        }
+        TenantCmd::Delete {
+            slug,
+            reason,
+            grace_days,
+            override_retention,
+            json: as_json,
+        } => {
+            let req = crate::deletion::DeletionRequest {
+                reason,
+                grace_days,
+                override_retention,
+            };
+            crate::deletion_cli::delete(&platform(false).await?, &slug, req, as_json).await?
+        }
+        TenantCmd::Restore {
+            slug,
+            json: as_json,
+        } => crate::deletion_cli::restore(&platform(false).await?, &slug, as_json).await?,
+        TenantCmd::PurgeDue { json: as_json } => {
+            crate::deletion_cli::purge_due(&platform(false).await?, as_json).await?
+        }
+        TenantCmd::Certificate { slug, out } => {
+            crate::deletion_cli::certificate(&platform(false).await?, &slug, out).await?
         }
     }
     Ok(())

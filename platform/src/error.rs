@@ -28,6 +28,16 @@ pub enum PlatformError {
     Busy(String),
     #[error("{0}")]
     Conflict(String),
+    /// Documents under retention or legal hold keep the tenant from being deleted.
+    #[error("{message}")]
+    RetentionBlocked { legal_hold: bool, message: String },
+    #[error("no approval with id '{0}' (see `portico operator approvals list`)")]
+    ApprovalNotFound(String),
+    #[error("approval {0} is already decided")]
+    ApprovalDecided(String),
+    /// Four-eyes: the operator who asked may not approve.
+    #[error("{0}")]
+    SameOperator(String),
     #[error("provisioning step '{step}' failed: {source}")]
     Step {
         step: &'static str,

@@ -10,6 +10,8 @@ pub mod catalog;
 pub mod cli;
 pub mod context;
 pub mod db_servers;
+pub mod deletion;
+pub mod deletion_cli;
 pub mod demo;
 pub mod error;
 pub mod features;
@@ -20,6 +22,7 @@ pub mod moves;
 pub mod operators;
 pub mod pgcluster;
 pub mod serve;
+pub mod signing;
 pub mod tenants;
 
 pub use context::Platform;

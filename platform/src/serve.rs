@@ -163,6 +163,19 @@ impl Application {
                 }
             }))
         });
+        // Tenants past their deletion grace are purged at start-up and every five minutes, by
+        // one control-plane instance at a time (a catalog advisory lock; each purge also holds
+        // its tenant's lock).
+        let _purge_task = (self.role != ServeRole::Tenant).then(|| {
+            let platform = self._platform.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+                loop {
+                    tick.tick().await;
+                    crate::deletion::purge_due_once(&platform).await;
+                }
+            }))
+        });
         let served = axum::serve(
             self.listener,
             self.router

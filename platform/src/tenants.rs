@@ -792,7 +792,12 @@ async fn destroy(platform: &Platform, tenant: TenantId) -> Result<usize> {
             .await?;
     }
     checkpoint("rollback:marked");
-    let objects_deleted = storage::destroy_prefix(&platform.store, tenant).await?;
+    let objects_deleted = usize::try_from(
+        storage::destroy_prefix(&platform.store, tenant)
+            .await?
+            .objects,
+    )
+    .unwrap_or(usize::MAX);
     checkpoint("rollback:storage");
     if let Some(placement) = platform.catalog.placement(tenant).await? {
         // The placement's foreign key keeps its server row alive.

@@ -568,3 +568,22 @@ pub async fn audit_protection_problems(
 
 /// The role that owns the audit log in every tenant database (created by the migrations).
 pub const AUDIT_ROLE: &str = "portico_audit";
+
+/// The last event of a tenant's audit chain (sequence number, hash in hex), read as the admin
+/// in the tenant's database (or shared database); `None` for an empty log.
+pub async fn audit_head(
+    admin_in_db: &Client,
+    target: &crate::migrations::Target,
+) -> Result<Option<(i64, String)>, ProvisionError> {
+    let row = admin_in_db
+        .query_opt(
+            &format!(
+                "select seq, encode(hash, 'hex') from {}.audit_events order by seq desc limit 1",
+                ident(&target.audit_schema())
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| pg_err("reading the audit chain head", e))?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}

@@ -243,6 +243,49 @@ pub async fn destroy_tenant_key(keyring: &Keyring, tenant: TenantId) -> Result<(
     }
 }
 
+/// A tenant key after [`shred_tenant_key`]: which key, and when it is (or was) destroyed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShreddedKey {
+    pub key_id: String,
+    /// The key's state afterwards: `Destroyed` (local key file deleted), or the KMS state
+    /// (`PendingDeletion`).
+    pub state: String,
+    /// When KMS deletes the key (RFC 3339); for a local key, `None`: it is already gone.
+    pub deletion_date: Option<String>,
+}
+
+/// Destroys the tenant's key ([`destroy_tenant_key`]) and reports what became of `key_id`
+/// (the key the catalog recorded), for a deletion certificate. Idempotent: a re-run reports
+/// the pending deletion a previous run scheduled.
+pub async fn shred_tenant_key(
+    keyring: &Keyring,
+    tenant: TenantId,
+    key_id: &str,
+) -> Result<ShreddedKey, ProvisionError> {
+    destroy_tenant_key(keyring, tenant).await?;
+    match keyring {
+        Keyring::Local(_) => Ok(ShreddedKey {
+            key_id: key_id.to_owned(),
+            state: "Destroyed".into(),
+            deletion_date: None,
+        }),
+        Keyring::Kms(kms) => {
+            let meta = describe(kms, key_id).await?;
+            Ok(ShreddedKey {
+                key_id: key_id.to_owned(),
+                state: meta
+                    .as_ref()
+                    .and_then(|m| m.key_state())
+                    .map_or_else(|| "NotFound".to_owned(), |s| s.as_str().to_owned()),
+                deletion_date: meta.as_ref().and_then(|m| m.deletion_date()).and_then(|d| {
+                    d.fmt(aws_sdk_kms::primitives::DateTimeFormat::DateTime)
+                        .ok()
+                }),
+            })
+        }
+    }
+}
+
 /// Whether the tenant still has a usable key. Under KMS this checks key state with
 /// `DescribeKey` rather than trusting the server to refuse use of a deleted key.
 pub async fn tenant_key_presence(

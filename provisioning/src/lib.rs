@@ -20,6 +20,8 @@ pub mod server;
 pub mod storage;
 
 pub use database::{RoleLimits, TenantDbNames, TenantProfile};
+/// Quotes an SQL identifier.
+pub use postgres_protocol::escape::escape_identifier as escape_ident;
 pub use server::{AdminClient, DbServer, ServerInfo};
 
 use portico_core::keys::KeyError;

@@ -44,7 +44,8 @@ fn qualified(schema: &str, table: &str) -> String {
 }
 
 /// The tenant's tables (schema and audit schema), in a stable order.
-async fn tables(
+/// The tenant's tables (schema, name): its data schema's, then its audit schema's.
+pub async fn tenant_tables(
     client: &impl tokio_postgres::GenericClient,
     target: &Target,
 ) -> Result<Vec<(String, String)>, ProvisionError> {
@@ -81,7 +82,7 @@ where
         .transaction()
         .await
         .map_err(|e| pg_err("starting the freeze", e))?;
-    let all = tables(&tx, target).await?;
+    let all = tenant_tables(&tx, target).await?;
     if all.is_empty() {
         return Err(ProvisionError::Conflict("the source holds no tenant tables".into()).into());
     }
@@ -144,7 +145,7 @@ pub async fn unfreeze(
     grants: &[WriteGrant],
 ) -> Result<(), ProvisionError> {
     let grantee = grantee(target);
-    let present = tables(client, target).await?;
+    let present = tenant_tables(client, target).await?;
     let sql: String = grants
         .iter()
         .filter(|g| present.contains(&(g.schema.clone(), g.table.clone())))
@@ -232,8 +233,8 @@ pub async fn copy_tenant(
             dst_target.audit_schema()
         }
     };
-    let src_tables = tables(&src_tx, src_target).await?;
-    let dst_tables = tables(&dst_tx, dst_target).await?;
+    let src_tables = tenant_tables(&src_tx, src_target).await?;
+    let dst_tables = tenant_tables(&dst_tx, dst_target).await?;
     let wanted: Vec<(String, String)> = src_tables
         .iter()
         .map(|(s, t)| (map_schema(s), t.clone()))
@@ -479,7 +480,7 @@ pub async fn fingerprint(
         .await
         .map_err(|e| pg_err("preparing a snapshot", e))?;
     let mut out = Vec::new();
-    for (s, t) in tables(&tx, target).await? {
+    for (s, t) in tenant_tables(&tx, target).await? {
         let (rows, sum) = checksum(&tx, &s, &t).await?;
         let side = if s == target.schema() {
             "data"

@@ -2,7 +2,7 @@
 //! same code for `file://` and `s3://`.
 
 use portico_core::TenantId;
-use portico_core::storage::{ObjectKey, ObjectStore, TENANT_MARKER, tenant_prefix};
+use portico_core::storage::{ObjectKey, ObjectStore, PrefixDeletion, TENANT_MARKER, tenant_prefix};
 
 use crate::ProvisionError;
 
@@ -25,11 +25,11 @@ pub async fn ensure_prefix(
 }
 
 /// Deletes everything under the tenant's prefix (objects, and whatever an interrupted upload
-/// left); returns how many objects were deleted.
+/// left); returns what was deleted.
 pub async fn destroy_prefix(
     store: &ObjectStore,
     tenant: TenantId,
-) -> Result<usize, ProvisionError> {
+) -> Result<PrefixDeletion, ProvisionError> {
     Ok(store.delete_prefix(&tenant_prefix(tenant)).await?)
 }
 

@@ -71,7 +71,15 @@ async fn resolve(
             )
             .retry_after(5));
         }
-        TenantStatus::Deleting | TenantStatus::Deleted => return Err(not_found()),
+        // Approved for deletion (restorable during its grace period) or purged: gone for
+        // every caller at once, whatever session or token it presents.
+        TenantStatus::Deleting | TenantStatus::Deleted => {
+            return Err(Problem::new(
+                StatusCode::GONE,
+                ErrorCode::TenantDeleted,
+                "This tenant has been deleted",
+            ));
+        }
     }
     // Below the oldest schema this code serves: the fleet migration has not reached it yet.
     // (A newer schema than this binary knows is served: removals ship a release later.)

@@ -881,6 +881,17 @@ async fn a_tenant_at_a_newer_schema_is_still_served() {
 }
 
 /// Undoes `20261205000001_fleet.sql`: the catalog exactly as the previous release left it.
+/// Undoes catalog release 5 (tenant deletion): the catalog as release 4 left it.
+const UNDO_RELEASE_5: &str = "
+    drop table tenant_deletions;
+    drop table operator_approvals;
+    drop table signing_keys;
+    alter table provisioning_runs drop constraint provisioning_runs_kind_check;
+    alter table provisioning_runs add constraint provisioning_runs_kind_check
+        check (kind in ('create', 'move'));
+    delete from catalog_releases where release = 5;
+    delete from _sqlx_migrations where version = 20261207000001;";
+
 /// Undoes catalog release 4 (online moves): the catalog as release 3 left it.
 const UNDO_RELEASE_4: &str = "
     drop table tenant_moves;
@@ -969,9 +980,18 @@ async fn the_catalog_serves_the_next_release_and_refuses_an_older_catalog_or_a_l
     // `portico migrate` brings it up, and the tenant is there and served.
     let (_, token) = user(&env, "acme", "ann@acme.example", "admin").await;
     for (release, undo) in [
-        (3, vec![UNDO_RELEASE_4]),
-        (2, vec![UNDO_RELEASE_4, UNDO_RELEASE_3]),
-        (1, vec![UNDO_RELEASE_4, UNDO_RELEASE_3, UNDO_RELEASE_2]),
+        (4, vec![UNDO_RELEASE_5]),
+        (3, vec![UNDO_RELEASE_5, UNDO_RELEASE_4]),
+        (2, vec![UNDO_RELEASE_5, UNDO_RELEASE_4, UNDO_RELEASE_3]),
+        (
+            1,
+            vec![
+                UNDO_RELEASE_5,
+                UNDO_RELEASE_4,
+                UNDO_RELEASE_3,
+                UNDO_RELEASE_2,
+            ],
+        ),
     ] {
         for sql in undo {
             catalog

@@ -11,6 +11,7 @@ mod audit_log;
 mod bad_input;
 mod crash;
 mod db_servers;
+mod deletion;
 mod demo;
 mod documents;
 mod fleet;

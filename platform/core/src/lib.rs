@@ -12,6 +12,7 @@ pub mod ids;
 pub mod keys;
 pub mod pgtls;
 pub mod settings;
+pub mod signing;
 pub mod storage;
 pub mod tokens;
 

@@ -31,6 +31,7 @@ const KEYS: &[&str] = &[
     "default_tier",
     "pooled_tenants_per_database",
     "move_drain_ms",
+    "deletion_grace",
     "operator_host",
     "listen",
     "metrics_listen",
@@ -100,6 +101,7 @@ struct Raw {
     default_tier: String,
     pooled_tenants_per_database: i64,
     move_drain_ms: i64,
+    deletion_grace: String,
     operator_host: Option<String>,
     listen: String,
     metrics_listen: String,
@@ -143,6 +145,7 @@ impl Default for Raw {
             default_tier: "dedicated".into(),
             pooled_tenants_per_database: DEFAULT_POOLED_TENANTS_PER_DATABASE.into(),
             move_drain_ms: DEFAULT_MOVE_DRAIN_MS.into(),
+            deletion_grace: DEFAULT_DELETION_GRACE.into(),
             operator_host: None,
             listen: "127.0.0.1:8080".into(),
             metrics_listen: "127.0.0.1:9464".into(),
@@ -290,6 +293,9 @@ pub struct Settings {
     /// requests already running there (on instances that have not yet heard of the switch)
     /// finish.
     pub move_drain: Duration,
+    /// How long a tenant approved for deletion stays restorable before it is purged: the
+    /// default and the shortest a deletion request may ask for (it may ask for longer).
+    pub deletion_grace: Duration,
     /// What `portico serve` needs: listen addresses, limits, pools.
     pub runtime: RuntimeSettings,
 }
@@ -527,6 +533,7 @@ impl Settings {
             default_tier: DefaultTier::Dedicated,
             pooled_tenants_per_database: DEFAULT_POOLED_TENANTS_PER_DATABASE,
             move_drain: Duration::from_millis(DEFAULT_MOVE_DRAIN_MS.into()),
+            deletion_grace: DEFAULT_DELETION_GRACE_DAYS_AS_DURATION,
             runtime: RuntimeSettings::defaults_for(&base_domain),
             base_domain,
         }
@@ -620,10 +627,20 @@ impl Settings {
             .filter(|n| *n <= 600_000)
             .map(|n| Duration::from_millis(n.into()))
             .ok_or_else(|| invalid("move_drain_ms", "must be between 0 and 600000"))?;
+        let deletion_grace = humantime::parse_duration(raw.deletion_grace.trim())
+            .ok()
+            .filter(|d| *d <= MAX_DELETION_GRACE)
+            .ok_or_else(|| {
+                invalid(
+                    "deletion_grace",
+                    "must be a duration such as 30d or 720h, at most 3650d",
+                )
+            })?;
         let runtime = RuntimeSettings::validate(&raw, &base_domain)?;
         Ok(Self {
             default_tier,
             move_drain,
+            deletion_grace,
             pooled_tenants_per_database,
             database_url,
             base_domain,
@@ -639,6 +656,9 @@ impl Settings {
 /// How long a move waits between switching and dropping the source, unless set: well beyond
 /// the catalog notification's delay and a read's usual length.
 const DEFAULT_MOVE_DRAIN_MS: u32 = 5_000;
+const DEFAULT_DELETION_GRACE: &str = "30d";
+const DEFAULT_DELETION_GRACE_DAYS_AS_DURATION: Duration = Duration::from_secs(30 * 86_400);
+const MAX_DELETION_GRACE: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Pooled tenants per shared database unless set: enough that a thousand tenants need only a
 /// few databases, few enough that one database's catalog stays small (each tenant adds its

@@ -249,6 +249,16 @@ impl ObjectStore {
 
     /// Keys of all objects under `prefix` (which should end in `/`), sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+        Ok(self
+            .list_sized(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Keys and sizes (bytes) of all objects under `prefix`, sorted by key.
+    pub async fn list_sized(&self, prefix: &str) -> Result<Vec<(ObjectKey, u64)>, StorageError> {
         let mut keys = match self {
             Self::File(f) => f.list(prefix).await?,
             Self::S3(s) => s.list(prefix).await?,
@@ -268,16 +278,29 @@ impl ObjectStore {
     /// Deletes everything under `prefix` (which must end in `/`), including what an interrupted
     /// upload left; returns how many objects were deleted. For provisioning, which owns
     /// prefixes.
-    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StorageError> {
-        let keys = self.list(prefix).await?;
-        for key in &keys {
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<PrefixDeletion, StorageError> {
+        let keys = self.list_sized(prefix).await?;
+        let mut gone = PrefixDeletion::default();
+        for (key, size) in &keys {
             self.delete(key).await?;
+            gone.objects += 1;
+            gone.bytes += size;
         }
-        if let Self::File(f) = self {
-            f.remove_dir(prefix).await?;
+        match self {
+            Self::File(f) => f.remove_dir(prefix).await?,
+            Self::S3(s) => gone.uploads_aborted = s.abort_uploads(prefix).await?,
         }
-        Ok(keys.len())
+        Ok(gone)
     }
+}
+
+/// What [`ObjectStore::delete_prefix`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PrefixDeletion {
+    pub objects: u64,
+    pub bytes: u64,
+    /// Unfinished S3 multipart uploads aborted (their parts are not objects, but hold data).
+    pub uploads_aborted: u64,
 }
 
 /// S3 multipart part size: memory held per upload stays at about this much.
@@ -565,7 +588,7 @@ impl FileStore {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<(ObjectKey, u64)>, StorageError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -589,7 +612,8 @@ impl FileStore {
                     } else if let Ok(rel) = path.strip_prefix(&root) {
                         let rel = rel.to_string_lossy().replace('\\', "/");
                         if let (true, Ok(k)) = (rel.starts_with(&prefix), ObjectKey::parse(&rel)) {
-                            out.push(k);
+                            let size = entry.metadata().map_err(|e| io_err(&path, e))?.len();
+                            out.push((k, size));
                         }
                     }
                 }
@@ -709,7 +733,7 @@ impl S3Store {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<(ObjectKey, u64)>, StorageError> {
         let mut out = Vec::new();
         let mut pages = self
             .client
@@ -723,7 +747,7 @@ impl S3Store {
             for obj in page.contents() {
                 let key = obj.key().and_then(|k| k.strip_prefix(&self.prefix));
                 if let Some(Ok(k)) = key.map(ObjectKey::parse) {
-                    out.push(k);
+                    out.push((k, u64::try_from(obj.size().unwrap_or(0)).unwrap_or(0)));
                 }
             }
         }
@@ -739,6 +763,42 @@ impl S3Store {
             .await
             .map_err(|e| s3_err("DeleteObject", &self.bucket, e))?;
         Ok(())
+    }
+
+    /// Aborts every unfinished multipart upload under `prefix`.
+    async fn abort_uploads(&self, prefix: &str) -> Result<u64, StorageError> {
+        let mut aborted = 0;
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(format!("{}{prefix}", self.prefix))
+                .send()
+                .await
+                .map_err(|e| s3_err("ListMultipartUploads", &self.bucket, e))?;
+            let uploads = page.uploads();
+            if uploads.is_empty() {
+                return Ok(aborted);
+            }
+            for u in uploads {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| s3_err("AbortMultipartUpload", &self.bucket, e))?;
+                aborted += 1;
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(aborted);
+            }
+        }
     }
 }
 
@@ -823,7 +883,14 @@ mod tests {
         let tenant_dir = dir.path().join(format!("tenants/{t}"));
         std::fs::write(tenant_dir.join(".tmp-123-abc"), b"partial").unwrap();
         assert_eq!(store.list(&tenant_prefix(t)).await.unwrap(), vec![marker]);
-        assert_eq!(store.delete_prefix(&tenant_prefix(t)).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .delete_prefix(&tenant_prefix(t))
+                .await
+                .unwrap()
+                .objects,
+            1
+        );
         assert!(!tenant_dir.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -2,6 +2,8 @@
 //! operator tokens, every action written to the control-plane audit trail (who, what, target,
 //! outcome, client address, request id). It calls the same workflows as the CLI.
 
+mod deletion;
+
 use portico_http::ErrorCode;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -47,6 +49,20 @@ impl OperatorApi {
                 "/operator/v1/tenants/{slug}/moves/rollback",
                 post(rollback_move),
             )
+            .route(
+                "/operator/v1/tenants/{slug}/deletion",
+                get(deletion::show_deletion).post(deletion::request_deletion),
+            )
+            .route(
+                "/operator/v1/tenants/{slug}/restore",
+                post(deletion::restore),
+            )
+            .route("/operator/v1/approvals", get(deletion::list_approvals))
+            .route(
+                "/operator/v1/approvals/{id}/approve",
+                post(deletion::approve),
+            )
+            .route("/operator/v1/approvals/{id}/reject", post(deletion::reject))
             .route("/operator/v1/runs/{run_id}", get(show_run))
             .route(
                 "/operator/v1/db-servers",
@@ -99,6 +115,39 @@ impl From<PlatformError> for Problem {
             ),
             PlatformError::InvalidState(m) => conflict(ErrorCode::InvalidState, "Invalid state", m),
             PlatformError::Conflict(m) => conflict(ErrorCode::Conflict, "Conflict", m),
+            PlatformError::RetentionBlocked {
+                legal_hold,
+                message,
+            } => {
+                if legal_hold {
+                    conflict(
+                        ErrorCode::LegalHoldActive,
+                        "Documents are under legal hold",
+                        message,
+                    )
+                } else {
+                    conflict(
+                        ErrorCode::RetentionActive,
+                        "Documents are under retention",
+                        message,
+                    )
+                }
+            }
+            PlatformError::ApprovalNotFound(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "No such approval",
+            )
+            .detail(e.to_string()),
+            PlatformError::ApprovalDecided(_) => {
+                conflict(ErrorCode::ApprovalDecided, "Already decided", e.to_string())
+            }
+            PlatformError::SameOperator(m) => Problem::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::SameOperator,
+                "Another operator must approve",
+            )
+            .detail(m),
             PlatformError::TenantNotFound(_) => Problem::new(
                 StatusCode::NOT_FOUND,
                 ErrorCode::TenantNotFound,
