@@ -63,7 +63,7 @@ enum Command {
     /// Deletion certificates: verify one offline.
     #[command(subcommand)]
     Certificate(crate::deletion_cli::CertificateCmd),
-    /// Tenant exports: the platform's signing key.
+    /// Tenant exports: verify one offline; the platform's signing key.
     #[command(subcommand)]
     Export(crate::deletion_cli::ExportCmd),
 }
@@ -278,6 +278,22 @@ enum TenantCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Export a tenant: one snapshot of its tables and every document version's content, in
+    /// an archive encrypted to an age recipient, with a signed manifest.
+    Export {
+        slug: String,
+        /// The archive to write (must not exist; written as FILE.partial until complete).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The age X25519 recipient (age1…) the archive is encrypted to.
+        #[arg(long, conflicts_with = "plaintext")]
+        recipient: Option<String>,
+        /// Write the archive unencrypted (must be asked for).
+        #[arg(long)]
+        plaintext: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print (or write) a purged tenant's signed deletion certificate.
     Certificate {
         slug: String,
@@ -426,6 +442,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certificate(cmd) => crate::deletion_cli::verify_certificate(cmd)?,
         Command::Export(crate::deletion_cli::ExportCmd::PublicKey) => {
             crate::deletion_cli::public_key(&platform(false).await?).await?
+        }
+        Command::Export(crate::deletion_cli::ExportCmd::Verify {
+            file,
+            identity,
+            public_key,
+            json: as_json,
+        }) => {
+            if !crate::deletion_cli::verify_export(file, identity, public_key, as_json)? {
+                // The problems are printed; a broken archive is the command's answer.
+                std::process::exit(1);
+            }
         }
         Command::Audit(cmd) => {
             let p = platform(false).await?;
@@ -885,6 +912,22 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
         } => crate::deletion_cli::restore(&platform(false).await?, &slug, as_json).await?,
         TenantCmd::PurgeDue { json: as_json } => {
             crate::deletion_cli::purge_due(&platform(false).await?, as_json).await?
+        }
+        TenantCmd::Export {
+            slug,
+            out,
+            recipient,
+            plaintext,
+            json: as_json,
+        } => {
+            if recipient.is_none() && !plaintext {
+                return Err(PlatformError::InvalidInput(
+                    "an export is encrypted: give --recipient age1… (or say --plaintext to write it unencrypted)".into(),
+                )
+                .into());
+            }
+            crate::deletion_cli::export(&platform(false).await?, &slug, out, recipient, as_json)
+                .await?
         }
         TenantCmd::Certificate { slug, out } => {
             crate::deletion_cli::certificate(&platform(false).await?, &slug, out).await?

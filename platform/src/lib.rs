@@ -14,6 +14,7 @@ pub mod deletion;
 pub mod deletion_cli;
 pub mod demo;
 pub mod error;
+pub mod export;
 pub mod features;
 pub mod fleet;
 pub mod fleet_cli;

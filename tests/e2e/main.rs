@@ -14,6 +14,7 @@ mod db_servers;
 mod deletion;
 mod demo;
 mod documents;
+mod export;
 mod fleet;
 mod hardening;
 mod isolation;
