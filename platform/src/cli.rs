@@ -294,6 +294,29 @@ enum TenantCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Import an export as a new tenant (or finish an interrupted import of it); the
+    /// archive is verified first. `tenant create --rollback NEW` undoes an unfinished import.
+    Import {
+        file: std::path::PathBuf,
+        /// The new tenant's slug.
+        #[arg(long)]
+        slug: String,
+        /// The recipient's age identity file, for an encrypted archive.
+        #[arg(long)]
+        identity: Option<std::path::PathBuf>,
+        /// The key the manifest must be signed by (default: the key the archive names).
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Display name (default: the exported tenant's).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        #[arg(long)]
+        db_server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print (or write) a purged tenant's signed deletion certificate.
     Certificate {
         slug: String,
@@ -928,6 +951,56 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             }
             crate::deletion_cli::export(&platform(false).await?, &slug, out, recipient, as_json)
                 .await?
+        }
+        TenantCmd::Import {
+            file,
+            slug: s,
+            identity,
+            public_key,
+            name,
+            tier,
+            db_server,
+            json: as_json,
+        } => {
+            let req = crate::import::ImportRequest {
+                file,
+                identities: identity
+                    .as_deref()
+                    .map(crate::export::read_identities)
+                    .transpose()?
+                    .unwrap_or_default(),
+                public_key: public_key
+                    .as_deref()
+                    .map(portico_core::signing::PublicKey::parse)
+                    .transpose()
+                    .map_err(|e| PlatformError::InvalidInput(format!("--public-key: {e}")))?,
+                slug: slug(&s)?,
+                display_name: name,
+                tier: tier
+                    .map(|t| t.parse::<crate::catalog::Tier>())
+                    .transpose()
+                    .map_err(PlatformError::InvalidInput)?,
+                db_server: db_server
+                    .map(|n| DbServerName::parse(&n))
+                    .transpose()
+                    .map_err(PlatformError::from)?,
+            };
+            let p = platform(false).await?;
+            let r = Box::pin(crate::import::import(&p, req)).await?;
+            if as_json {
+                json(&r)?;
+            } else {
+                println!(
+                    "imported '{}' (exported from '{}', {}) as tenant '{}': {} rows, {} document versions; signed by {}",
+                    r.source_slug,
+                    r.source_slug,
+                    r.source_tenant_id,
+                    r.tenant.slug,
+                    r.rows,
+                    r.documents,
+                    r.signed_by
+                );
+            }
         }
         TenantCmd::Certificate { slug, out } => {
             crate::deletion_cli::certificate(&platform(false).await?, &slug, out).await?

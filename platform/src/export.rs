@@ -52,10 +52,14 @@ pub const EXCLUDED_COLUMNS: &[(&str, &[&str])] = &[
     ("tenant_secrets", &["ciphertext"]),
 ];
 
+/// Tables that are not the tenant's data: the migration history (the manifest names the
+/// schema version).
+pub const SKIPPED_TABLES: &[&str] = &["refinery_schema_history"];
+
 /// Rows fetched per round trip from the snapshot's cursor.
 const BATCH: i64 = 2_000;
 /// Bytes per chunk handed to the archive writer.
-const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestTenant {
@@ -133,7 +137,7 @@ pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient> {
 }
 
 /// One message to the archive thread.
-enum Msg {
+pub(crate) enum Msg {
     /// A new entry of `size` bytes; its data follows as `Data` until `End`.
     Entry {
         name: String,
@@ -414,7 +418,10 @@ pub async fn export(
             .map_err(pg("reading the snapshot time"))?
             .get(0);
         let mut manifest_tables = Vec::new();
-        for (schema, table) in &tables {
+        for (schema, table) in tables
+            .iter()
+            .filter(|(_, t)| !SKIPPED_TABLES.contains(&t.as_str()))
+        {
             let side = if *schema == target.schema() {
                 "data"
             } else {
@@ -793,6 +800,15 @@ pub fn verify(
     identities: &[age::x25519::Identity],
     expected: Option<&portico_core::signing::PublicKey>,
 ) -> Result<VerifyReport> {
+    Ok(verify_with_manifest(path, identities, expected)?.0)
+}
+
+/// [`verify`], also returning the manifest when it could be read.
+pub fn verify_with_manifest(
+    path: &Path,
+    identities: &[age::x25519::Identity],
+    expected: Option<&portico_core::signing::PublicKey>,
+) -> Result<(VerifyReport, Option<Manifest>)> {
     let (reader, encrypted) = open_archive(path, identities)?;
     let mut archive = tar::Archive::new(reader);
     let mut seen: std::collections::BTreeMap<String, (u64, String, u64)> = Default::default();
@@ -859,7 +875,7 @@ pub fn verify(
         report
             .problems
             .push("the archive has no manifest.json and manifest.sig: it is incomplete".into());
-        return Ok(report);
+        return Ok((report, None));
     };
     // The signature first: nothing the manifest says counts before it is known to be ours.
     match check_signature(&manifest_bytes, &sig_bytes, expected) {
@@ -872,7 +888,7 @@ pub fn verify(
             report
                 .problems
                 .push(format!("manifest.json is not a manifest: {e}"));
-            return Ok(report);
+            return Ok((report, None));
         }
     };
     report.tenant = Some(manifest.tenant.slug.clone());
@@ -937,7 +953,7 @@ pub fn verify(
             chain.head_seq, chain.events, manifest.audit.head_seq, manifest.audit.events
         ));
     }
-    Ok(report)
+    Ok((report, Some(manifest)))
 }
 
 fn check_signature(

@@ -19,6 +19,7 @@ pub mod features;
 pub mod fleet;
 pub mod fleet_cli;
 pub mod identity_cli;
+pub mod import;
 pub mod moves;
 pub mod operators;
 pub mod pgcluster;

@@ -189,9 +189,24 @@ pub async fn start_create(platform: &Platform, req: CreateTenant) -> Result<Star
     })
 }
 
+/// Work a create runs after the tenant's tables are ready and before the tenant turns `active`
+/// (an import loads its data here); meanwhile the tenant is `provisioning`. It must be
+/// idempotent: a resumed create runs it again.
+pub type BeforeActivate<'a> =
+    &'a (dyn Fn(TenantId) -> futures_util::future::BoxFuture<'a, Result<()>> + Send + Sync);
+
 /// Runs (or re-runs) every step of a recorded create, under the tenant's lock.
-#[tracing::instrument(name = "finish_create", skip_all, fields(tenant_id = %started.tenant, run_id = %started.run))]
 pub async fn finish_create(platform: &Platform, started: &StartedCreate) -> Result<TenantView> {
+    Box::pin(finish_create_then(platform, started, None)).await
+}
+
+/// [`finish_create`], running `before_activate` just before the tenant turns `active`.
+#[tracing::instrument(name = "finish_create", skip_all, fields(tenant_id = %started.tenant, run_id = %started.run))]
+pub async fn finish_create_then<'a>(
+    platform: &'a Platform,
+    started: &StartedCreate,
+    before_activate: Option<BeforeActivate<'a>>,
+) -> Result<TenantView> {
     let (tenant, run, req) = (started.tenant, started.run, &started.req);
     let lock = platform.catalog.lock_tenant(tenant, LOCK_WAIT).await?;
     // Another process may have finished (or rolled back) this tenant while we waited.
@@ -203,6 +218,7 @@ pub async fn finish_create(platform: &Platform, started: &StartedCreate) -> Resu
                 run,
                 &req.slug,
                 &started.display_name,
+                before_activate,
             ))
             .await
         }
@@ -328,12 +344,13 @@ async fn reserve(
 }
 
 #[tracing::instrument(skip_all, fields(tenant_id = %tenant, run_id = %run))]
-async fn run_steps(
-    platform: &Platform,
+async fn run_steps<'a>(
+    platform: &'a Platform,
     tenant: TenantId,
     run: RunId,
     slug: &Slug,
     display_name: &str,
+    before_activate: Option<BeforeActivate<'a>>,
 ) -> Result<()> {
     let placement = platform.catalog.placement(tenant).await?.ok_or_else(|| {
         PlatformError::InvalidState(format!("tenant {tenant} has no placement recorded"))
@@ -352,6 +369,7 @@ async fn run_steps(
         platform,
         run,
         tenant,
+        before_activate,
     };
     if let Some(shared) = placement.shared_database_id {
         let profile = TenantProfile {
@@ -360,7 +378,13 @@ async fn run_steps(
             display_name: display_name.to_owned(),
         };
         return Box::pin(run_pooled_steps(
-            &ctx, &server, &placement, shared, &names, limits, &profile,
+            &ctx,
+            &server,
+            &placement,
+            shared,
+            &names,
+            limits,
+            &profile,
         ))
         .await;
     }
@@ -434,6 +458,9 @@ async fn run_steps(
             database::verify_and_seed(&server, &names, &password, &profile).await
         })
         .await?;
+    if let Some(work) = before_activate {
+        work(tenant).await?;
+    }
     platform.catalog.activate(run, tenant, version).await?;
     tracing::info!(tenant_id = %tenant, run_id = %run, "tenant active");
     Ok(())
@@ -496,6 +523,9 @@ async fn run_pooled_steps(
             pooled::verify_and_seed(server, &shared_names, &password, names, profile)
         })
         .await?;
+    if let Some(work) = ctx.before_activate {
+        work(tenant).await?;
+    }
     platform.catalog.activate(run, tenant, version).await?;
     tracing::info!(tenant_id = %tenant, run_id = %run, tier = "pooled", "tenant active");
     Ok(())
@@ -559,6 +589,7 @@ struct StepCtx<'a> {
     platform: &'a Platform,
     run: RunId,
     tenant: TenantId,
+    before_activate: Option<BeforeActivate<'a>>,
 }
 
 impl StepCtx<'_> {

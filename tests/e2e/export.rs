@@ -221,6 +221,130 @@ async fn export_and_verify(env: TestEnv) {
         );
     }
 
+    // Import as a new tenant on the other tier: same content, new id, keys and prefix.
+    let other_tier = if env.backend == Backend::S3Kms {
+        "pooled"
+    } else {
+        "dedicated"
+    };
+    let imported = env.json(&[
+        "tenant",
+        "import",
+        out.to_str().expect("path"),
+        "--slug",
+        "acme-copy",
+        "--identity",
+        id_file.to_str().expect("path"),
+        "--public-key",
+        &public,
+        "--tier",
+        other_tier,
+        "--json",
+    ]);
+    assert_eq!(imported["tenant"]["status"], "active", "{imported}");
+    assert_eq!(imported["tenant"]["tier"], other_tier, "{imported}");
+    assert_eq!(imported["source_slug"], "acme");
+    assert_ne!(imported["tenant"]["id"], manifest["tenant"]["id"]);
+    let copy = host_of("acme-copy");
+    let copied_server = env.serve(&[]);
+    // Every version, decrypted under the copy's own keys, is what was exported.
+    for d in docs {
+        let path = format!(
+            "/api/v1/documents/{}/content?version={}",
+            d["document_id"].as_str().expect("doc"),
+            d["version_id"].as_str().expect("version")
+        );
+        let (status, _, body) =
+            crate::portal::fetch(&copied_server, &copy, &path, Some(&ann), None).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(
+            hex::encode(Sha256::digest(body.expect("body"))),
+            d["sha256"].as_str().expect("sha"),
+            "{path}"
+        );
+    }
+    let verified = env.ok(&["audit", "verify", "acme-copy"]);
+    assert!(verified.contains("intact"), "{verified}");
+    let next = manifest["audit"]["head_seq"].as_i64().expect("seq") + 1;
+    let last: String = env
+        .tenant_db("acme-copy")
+        .await
+        .query_one(
+            "select event_type from audit_events where seq = $1",
+            &[&next],
+        )
+        .await
+        .expect("event")
+        .get(0);
+    assert_eq!(last, "tenant_imported", "the chain goes on with the import");
+    // Round trip: export the copy; every content hash and count agrees, except the row that
+    // names the tenant and the audit log (which goes on with the import and the downloads).
+    let again = dir.path().join("copy.tar.age");
+    env.ok(&[
+        "tenant",
+        "export",
+        "acme-copy",
+        "--out",
+        again.to_str().expect("path"),
+        "--recipient",
+        &recipient,
+    ]);
+    let m2: Value = serde_json::from_slice(
+        &entries(&decrypt(&std::fs::read(&again).expect("read"), &id_file))["manifest.json"].1,
+    )
+    .expect("manifest");
+    let by_name = |m: &Value| -> BTreeMap<String, Value> {
+        m["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .map(|t| (t["name"].as_str().expect("n").to_owned(), t.clone()))
+            .collect()
+    };
+    let (t1, t2) = (by_name(&manifest), by_name(&m2));
+    assert_eq!(t1.keys().collect::<Vec<_>>(), t2.keys().collect::<Vec<_>>());
+    for (name, a) in &t1 {
+        let b = &t2[name];
+        match name.as_str() {
+            "data.tenant_profile" => {}
+            "audit.audit_events" => assert!(b["rows"].as_u64() > a["rows"].as_u64()),
+            _ => assert_eq!(
+                (&a["sha256"], &a["rows"]),
+                (&b["sha256"], &b["rows"]),
+                "{name} differs after the round trip"
+            ),
+        }
+    }
+    assert_eq!(
+        manifest["documents"], m2["documents"],
+        "document versions differ after the round trip"
+    );
+    let t2 = post(
+        &copied_server,
+        &copy,
+        "/api/v1/tickets",
+        &ann,
+        json!({"title": "After import"}),
+    )
+    .await;
+    assert_eq!(t2.status, 201, "{t2:?}");
+    assert_eq!(t2.body["number"], 2, "ticket numbers continue: {t2:?}");
+    // A changed archive is refused before anything is created.
+    let mut bad = good_plaintext_copy(&env, &dir, &public).await;
+    let n = bad.len();
+    bad[n / 2] ^= 0x01;
+    let f = dir.path().join("bad.tar");
+    std::fs::write(&f, &bad).expect("write");
+    env.run(&[
+        "tenant",
+        "import",
+        f.to_str().expect("path"),
+        "--slug",
+        "acme-bad",
+    ])
+    .assert_error("does not verify");
+    assert!(!env.ok(&["tenant", "list"]).contains("acme-bad"));
+
     // Tampering, on a plaintext export: each change is named.
     let p = dir.path().join("acme.tar");
     env.ok(&[
@@ -307,7 +431,7 @@ async fn export_and_verify(env: TestEnv) {
 }
 
 #[tokio::test]
-async fn a_killed_export_never_leaves_a_file_that_looks_complete() {
+async fn killed_exports_and_imports_leave_nothing_that_looks_complete() {
     let env = TestEnv::new(Backend::FileLocal).await;
     env.ok(&["tenant", "create", "acme"]);
     let (_, ann) = user(&env, "acme", "ann@acme.example", "admin").await;
@@ -353,7 +477,70 @@ async fn a_killed_export_never_leaves_a_file_that_looks_complete() {
         env.ok(&["export", "verify", out.to_str().expect("path")])
             .contains("valid export")
     );
+
+    // A killed import leaves a tenant that is still being created: running the import again
+    // finishes it, `tenant create --rollback` removes it without a trace.
+    for (slug, finish) in [("copy-one", true), ("copy-two", false)] {
+        let import = [
+            "tenant",
+            "import",
+            out.to_str().expect("path"),
+            "--slug",
+            slug,
+        ];
+        let (mut child, _watchdog) = pause_at(&env, &import, "import:loaded");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+        let shown = env.json(&["tenant", "show", slug, "--json"]);
+        assert_eq!(shown["status"], "provisioning", "{shown}");
+        if finish {
+            env.ok(&import);
+            assert_eq!(
+                env.json(&["tenant", "show", slug, "--json"])["status"],
+                "active"
+            );
+            let n: i64 = env
+                .tenant_db(slug)
+                .await
+                .query_one("select count(*) from document_versions", &[])
+                .await
+                .expect("count")
+                .get(0);
+            assert_eq!(n, 1, "the load ran once");
+            assert!(env.ok(&["audit", "verify", slug]).contains("intact"));
+        } else {
+            let id = crate::support::tenant_id(&shown);
+            env.ok(&["tenant", "create", "--rollback", slug]);
+            env.assert_no_trace(id).await;
+        }
+    }
     env.cleanup().await;
+}
+
+/// A fresh plaintext export of acme, verified.
+async fn good_plaintext_copy(env: &TestEnv, dir: &tempfile::TempDir, public: &str) -> Vec<u8> {
+    let p = dir
+        .path()
+        .join(format!("plain-{}.tar", uuid::Uuid::new_v4()));
+    env.ok(&[
+        "tenant",
+        "export",
+        "acme",
+        "--out",
+        p.to_str().expect("path"),
+        "--plaintext",
+    ]);
+    assert!(
+        env.ok(&[
+            "export",
+            "verify",
+            p.to_str().expect("path"),
+            "--public-key",
+            public
+        ])
+        .contains("valid export")
+    );
+    std::fs::read(&p).expect("read")
 }
 
 /// `<out>.partial`, as the export names it.
