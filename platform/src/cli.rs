@@ -263,6 +263,10 @@ enum TenantCmd {
         /// (shown to the approver).
         #[arg(long)]
         override_retention: Option<String>,
+        /// Export the tenant to this age recipient (age1…) before the purge; the certificate
+        /// names the export's manifest hash. Also allows deleting retained documents.
+        #[arg(long)]
+        export_first: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -920,12 +924,14 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             reason,
             grace_days,
             override_retention,
+            export_first,
             json: as_json,
         } => {
             let req = crate::deletion::DeletionRequest {
                 reason,
                 grace_days,
                 override_retention,
+                export_first,
             };
             crate::deletion_cli::delete(&platform(false).await?, &slug, req, as_json).await?
         }

@@ -15,6 +15,7 @@
 //!
 //! | step        | does                                                                   |
 //! |-------------|------------------------------------------------------------------------|
+//! | `export`    | with `export_first`: the tenant exported to the given recipient (kept in the export directory) |
 //! | `inventory` | counts every table's rows, the objects and bytes under the prefix, and the audit chain head (recorded once, before anything is destroyed) |
 //! | `sessions`  | the tenant role may no longer log in; its sessions are ended           |
 //! | `database`  | the tenant database (dedicated) or its two schemas (pooled) dropped    |
@@ -45,6 +46,7 @@ use crate::tenants::{LOCK_WAIT, checkpoint, tenant_row};
 
 /// The steps of a purge, in order.
 pub const PURGE_STEPS: &[&str] = &[
+    "export",
     "inventory",
     "sessions",
     "database",
@@ -64,6 +66,11 @@ pub struct DeletionRequest {
     /// Why the tenant is deleted although documents are under retention or legal hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub override_retention: Option<String>,
+    /// An age recipient: the purge first exports the tenant to it (kept in the export
+    /// directory; the certificate names the manifest's hash). Also lets a tenant with
+    /// retained documents be deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_first: Option<String>,
 }
 
 /// What the approver sees and decides on.
@@ -175,6 +182,9 @@ fn validate(platform: &Platform, req: &DeletionRequest) -> Result<()> {
             "override_retention needs a reason: 1 to 1000 printable characters".into(),
         ));
     }
+    if let Some(r) = &req.export_first {
+        crate::export::parse_recipient(r)?;
+    }
     let min_days = min_grace_days(platform);
     if let Some(days) = req.grace_days
         && (u64::from(days) < min_days || days > 3650)
@@ -221,11 +231,14 @@ pub async fn retained(platform: &Platform, slug: &str) -> Result<Retained> {
 /// Refuses a deletion of a tenant with retained documents unless the request overrides it.
 async fn check_retention(platform: &Platform, slug: &str, req: &DeletionRequest) -> Result<()> {
     let r = retained(platform, slug).await?;
-    if (r.under_retention > 0 || r.legal_holds > 0) && req.override_retention.is_none() {
+    if (r.under_retention > 0 || r.legal_holds > 0)
+        && req.override_retention.is_none()
+        && req.export_first.is_none()
+    {
         return Err(PlatformError::RetentionBlocked {
             legal_hold: r.legal_holds > 0,
             message: format!(
-                "tenant '{slug}' has {} document(s) under retention and {} under legal hold; a deletion must say override_retention with a reason",
+                "tenant '{slug}' has {} document(s) under retention and {} under legal hold; a deletion must say export_first (an export made before the purge) or override_retention with a reason",
                 r.under_retention, r.legal_holds
             ),
         });
@@ -646,6 +659,9 @@ async fn purge_locked(platform: &Platform, tenant: TenantId) -> Result<()> {
         deletion,
     };
 
+    ctx.step("export", || export_first(platform, deletion))
+        .await?;
+
     ctx.step("inventory", || async {
         let mut inv = ctx.inventory().await?;
         if inv.tables.is_none() {
@@ -750,6 +766,48 @@ async fn purge_locked(platform: &Platform, tenant: TenantId) -> Result<()> {
     })
     .await?;
     tracing::info!(tenant_id = %tenant, run_id = %run, "tenant purged");
+    Ok(())
+}
+
+/// The `export` step: with `export_first`, the tenant's export (recorded against the deletion
+/// before it starts, so a re-run finishes the same one).
+async fn export_first(platform: &Platform, deletion: Uuid) -> Result<()> {
+    let (recipient, export_id, slug): (Option<String>, Option<Uuid>, String) = sqlx::query_as(
+        "select a.request->>'export_first', d.export_id, t.slug
+           from tenant_deletions d join operator_approvals a on a.id = d.approval_id
+           join tenants t on t.id = d.tenant_id
+          where d.id = $1",
+    )
+    .bind(deletion)
+    .fetch_one(platform.catalog.pool())
+    .await
+    .map_err(|e| PlatformError::catalog("reading the deletion's export", e))?;
+    let Some(recipient) = recipient else {
+        return Ok(());
+    };
+    let id = match export_id {
+        Some(id) => {
+            let done = crate::exports::show(platform, id)
+                .await?
+                .is_some_and(|v| v.status == "succeeded");
+            if done {
+                return Ok(());
+            }
+            id
+        }
+        None => {
+            let v =
+                crate::exports::start(platform, "platform:purge", &slug, Some(&recipient)).await?;
+            sqlx::query("update tenant_deletions set export_id = $2 where id = $1")
+                .bind(deletion)
+                .bind(v.id)
+                .execute(platform.catalog.pool())
+                .await
+                .map_err(|e| PlatformError::catalog("recording the deletion's export", e))?;
+            v.id
+        }
+    };
+    Box::pin(crate::exports::run(platform, id)).await?;
     Ok(())
 }
 
@@ -946,6 +1004,15 @@ async fn certificate_payload(
     .fetch_all(&mut **tx)
     .await
     .map_err(map)?;
+    let export_sha: Option<String> = sqlx::query_scalar(
+        "select e.report->>'manifest_sha256' from tenant_deletions d
+           join tenant_exports e on e.id = d.export_id where d.id = $1",
+    )
+    .bind(deletion)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(map)?
+    .flatten();
     let inv = &d.inventory.0;
     let tables = inv.tables.clone().unwrap_or_default();
     let rows: i64 = tables.iter().map(|t| t.rows).sum();
@@ -978,7 +1045,7 @@ async fn certificate_payload(
             "keys": inv.keys.clone().unwrap_or_default(),
         },
         "audit_chain_head": inv.audit_head,
-        "export_manifest_sha256": serde_json::Value::Null,
+        "export_manifest_sha256": export_sha,
     }))
 }
 

@@ -343,6 +343,24 @@ fn hex_digest(h: Sha256) -> String {
     hex::encode(h.finalize())
 }
 
+/// How far an export has got (for `GET /operator/v1/exports/{id}`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Progress {
+    pub tables: usize,
+    pub rows: u64,
+    pub documents: usize,
+    pub document_bytes: u64,
+}
+
+/// Where an export reports its progress.
+pub type ProgressSink = std::sync::Mutex<Progress>;
+
+fn report_progress(sink: Option<&ProgressSink>, f: impl FnOnce(&mut Progress)) {
+    if let Some(Ok(mut p)) = sink.map(std::sync::Mutex::lock) {
+        f(&mut p);
+    }
+}
+
 /// Exports `slug` to `out` (which must not exist), encrypted to `recipient` unless `None`
 /// (plaintext, which the caller must have asked for explicitly).
 pub async fn export(
@@ -350,6 +368,17 @@ pub async fn export(
     slug: &str,
     out: &Path,
     recipient: Option<age::x25519::Recipient>,
+) -> Result<ExportReport> {
+    export_with_progress(platform, slug, out, recipient, None).await
+}
+
+/// [`export`], reporting progress to `progress`.
+pub async fn export_with_progress(
+    platform: &Platform,
+    slug: &str,
+    out: &Path,
+    recipient: Option<age::x25519::Recipient>,
+    progress: Option<&ProgressSink>,
 ) -> Result<ExportReport> {
     let t = tenant_row(platform, slug).await?;
     if !matches!(t.status.as_str(), "active" | "suspended" | "deleting") {
@@ -440,6 +469,10 @@ pub async fn export(
                 bytes,
                 sha256: sha,
             });
+            report_progress(progress, |p| {
+                p.tables += 1;
+                p.rows += rows;
+            });
         }
         crate::tenants::checkpoint("export:tables");
         // Every version the snapshot references, decrypted into the archive.
@@ -472,6 +505,10 @@ pub async fn export(
                 file,
                 size,
                 sha256: sha,
+            });
+            report_progress(progress, |p| {
+                p.documents += 1;
+                p.document_bytes += size;
             });
         }
         let audit = audit_summary(&tx, &target).await?;

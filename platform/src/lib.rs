@@ -15,6 +15,7 @@ pub mod deletion_cli;
 pub mod demo;
 pub mod error;
 pub mod export;
+pub mod exports;
 pub mod features;
 pub mod fleet;
 pub mod fleet_cli;

@@ -378,13 +378,7 @@ async fn run_steps<'a>(
             display_name: display_name.to_owned(),
         };
         return Box::pin(run_pooled_steps(
-            &ctx,
-            &server,
-            &placement,
-            shared,
-            &names,
-            limits,
-            &profile,
+            &ctx, &server, &placement, shared, &names, limits, &profile,
         ))
         .await;
     }

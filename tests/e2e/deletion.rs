@@ -33,27 +33,28 @@ async fn op(
 }
 
 /// Asks (as `requester`) and approves (as `approver`) a deletion through the CLI.
+/// Asks (as `requester`, with `args` added to `tenant delete`) and approves (as `approver`) a
+/// deletion through the CLI.
 fn delete_with_cli(
     env: &TestEnv,
     slug: &str,
     requester: &str,
     approver: &str,
     extra: &[(&str, &str)],
+    args: &[&str],
 ) {
     let mut vars = vec![("PORTICO_OPERATOR_TOKEN", requester)];
     vars.extend_from_slice(extra);
-    let a: Value = serde_json::from_str(&env.ok_with(
-        &[
-            "tenant",
-            "delete",
-            slug,
-            "--reason",
-            "Contract ended",
-            "--json",
-        ],
-        &vars,
-    ))
-    .expect("approval json");
+    let mut cmd = vec![
+        "tenant",
+        "delete",
+        slug,
+        "--reason",
+        "Contract ended",
+        "--json",
+    ];
+    cmd.extend_from_slice(args);
+    let a: Value = serde_json::from_str(&env.ok_with(&cmd, &vars)).expect("approval json");
     let id = a["id"].as_str().expect("approval id").to_owned();
     let mut vars = vec![("PORTICO_OPERATOR_TOKEN", approver)];
     vars.extend_from_slice(extra);
@@ -503,6 +504,25 @@ async fn purge_and_certify(env: TestEnv, by_serve: bool) {
         .await;
         assert_eq!(up.status, 201, "{up:?}");
     }
+    // A contract under retention: the deletion must export first.
+    let future = (OffsetDateTime::now_utc() + time::Duration::days(400))
+        .date()
+        .to_string();
+    let kept = upload(
+        &server,
+        &acme,
+        &ann,
+        &[
+            ("type", "contract"),
+            ("title", "Kept"),
+            ("retention_until", &future),
+        ],
+        content(3_000, 3),
+    )
+    .await;
+    assert_eq!(kept.status, 201, "{kept:?}");
+    let dir = tempfile::tempdir().expect("dir");
+    let (identity, recipient) = age_identity(dir.path());
     // What a backup would keep: an object and the wrapped data key of its version.
     let (object_key, wrapped, key_ref): (String, Vec<u8>, String) = {
         let db = env.tenant_db("acme").await;
@@ -572,7 +592,19 @@ async fn purge_and_certify(env: TestEnv, by_serve: bool) {
         std::mem::forget(w);
     }
 
-    delete_with_cli(&env, "acme", &alice, &bob, &[NO_GRACE]);
+    env.run_with(
+        &["tenant", "delete", "acme", "--reason", "Contract ended"],
+        &[("PORTICO_OPERATOR_TOKEN", &alice)],
+    )
+    .assert_error("under retention");
+    delete_with_cli(
+        &env,
+        "acme",
+        &alice,
+        &bob,
+        &[NO_GRACE],
+        &["--export-first", &recipient],
+    );
     server
         .get(&acme, "/api/v1/tenant", Some(&ann))
         .await
@@ -690,7 +722,6 @@ async fn purge_and_certify(env: TestEnv, by_serve: bool) {
     assert!(!copied.is_empty());
 
     // The certificate: signed, complete, verifying offline, failing when edited.
-    let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("acme.json");
     env.ok(&[
         "tenant",
@@ -728,6 +759,25 @@ async fn purge_and_certify(env: TestEnv, by_serve: bool) {
     let unfinished = u64::from(env.backend == Backend::S3Kms);
     assert_eq!(p["destroyed"]["uploads_aborted"], unfinished);
     assert_eq!(p["audit_chain_head"]["seq"], head.0);
+    // The export made before the purge: kept, verifying, named by the certificate.
+    let export = export_of(&env, id).await;
+    let out = env.ok(&[
+        "export",
+        "verify",
+        export.to_str().expect("path"),
+        "--identity",
+        identity.to_str().expect("path"),
+        "--public-key",
+        &public,
+    ]);
+    assert!(
+        out.contains("valid export of tenant 'acme'") && out.contains("3 document versions"),
+        "{out}"
+    );
+    assert_eq!(
+        p["export_manifest_sha256"],
+        manifest_sha(&export, &identity)
+    );
     assert_eq!(p["audit_chain_head"]["hash"], head.1.as_str());
     let steps: Vec<&str> = p["steps"]
         .as_array()
@@ -782,8 +832,64 @@ async fn purge_and_certify(env: TestEnv, by_serve: bool) {
     env.cleanup().await;
 }
 
+/// A fresh age identity in `dir`, and its recipient.
+fn age_identity(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    use age::secrecy::ExposeSecret;
+    let id = age::x25519::Identity::generate();
+    let path = dir.join("compliance.key");
+    std::fs::write(&path, format!("{}\n", id.to_string().expose_secret())).expect("identity");
+    (path, id.to_public().to_string())
+}
+
+/// The archive of the tenant's (last) export in the export directory.
+async fn export_of(env: &TestEnv, id: portico_core::TenantId) -> std::path::PathBuf {
+    let name: String = env
+        .catalog()
+        .await
+        .query_one(
+            "select file_name from tenant_exports where tenant_id = $1 order by created_at desc limit 1",
+            &[&id.as_uuid()],
+        )
+        .await
+        .expect("an export")
+        .get(0);
+    env.dir
+        .path()
+        .join(".local/share/portico/exports")
+        .join(name)
+}
+
+/// SHA-256 (hex) of the archive's manifest.json, read with age and tar only.
+fn manifest_sha(archive: &std::path::Path, identity: &std::path::Path) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    let text = std::fs::read_to_string(identity).expect("identity");
+    let id: age::x25519::Identity = text.trim().parse().expect("identity");
+    let raw = std::fs::read(archive).expect("archive");
+    let mut plain = Vec::new();
+    age::Decryptor::new(&raw[..])
+        .expect("age")
+        .decrypt(std::iter::once(&id as &dyn age::Identity))
+        .expect("decrypt")
+        .read_to_end(&mut plain)
+        .expect("read");
+    let mut tar = tar::Archive::new(&plain[..]);
+    for e in tar.entries().expect("tar") {
+        let mut e = e.expect("entry");
+        if e.path().expect("path").to_string_lossy() == "manifest.json" {
+            let mut m = Vec::new();
+            e.read_to_end(&mut m).expect("manifest");
+            return hex::encode(sha2::Sha256::digest(&m));
+        }
+    }
+    panic!("no manifest in {}", archive.display());
+}
+
 const PURGE_POINTS: &[&str] = &[
     "purge:started",
+    "before:export",
+    "export:tables",
+    "after:export",
     "before:inventory",
     "after:inventory",
     "before:sessions",
@@ -804,11 +910,20 @@ async fn a_purge_killed_at_every_step_is_finished_by_running_it_again() {
     let env = TestEnv::new(Backend::FileLocal).await;
     let alice = env.operator_token("alice");
     let bob = env.operator_token("bob");
+    let keys = tempfile::tempdir().expect("dir");
+    let (identity, recipient) = age_identity(keys.path());
     for (i, point) in PURGE_POINTS.iter().enumerate() {
         let slug = format!("gone{i}");
         let id = tenant_id(&env.json(&["tenant", "create", &slug, "--json"]));
         env.tenant_token(&slug, "svc", "admin");
-        delete_with_cli(&env, &slug, &alice, &bob, &[NO_GRACE]);
+        delete_with_cli(
+            &env,
+            &slug,
+            &alice,
+            &bob,
+            &[NO_GRACE],
+            &["--export-first", &recipient],
+        );
         kill_at(&env, &["tenant", "purge-due"], point);
         assert_ne!(status_of(&env, &slug).await, "deleted", "killed at {point}");
         // A restore is refused once the purge has started.
@@ -869,6 +984,23 @@ async fn a_purge_killed_at_every_step_is_finished_by_running_it_again() {
             "after {point}"
         );
         env.ok(&["certificate", "verify", file.to_str().expect("path")]);
+        let export = export_of(&env, id).await;
+        assert_eq!(
+            cert["payload"]["export_manifest_sha256"],
+            manifest_sha(&export, &identity),
+            "after {point}"
+        );
+        let exports: i64 = env
+            .catalog()
+            .await
+            .query_one(
+                "select count(*) from tenant_exports where tenant_id = $1",
+                &[&id.as_uuid()],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(exports, 1, "after {point}: the purge's export is made once");
     }
     // A purge with nothing due says so.
     assert!(

@@ -547,3 +547,157 @@ async fn good_plaintext_copy(env: &TestEnv, dir: &tempfile::TempDir, public: &st
 pub fn partial(out: &Path) -> PathBuf {
     portico_platform::export::partial_path(out)
 }
+
+#[tokio::test]
+async fn operators_export_through_the_api_and_download_when_done() {
+    use reqwest::Method;
+    let env = TestEnv::new(Backend::S3Kms).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let (_, ann) = user(&env, "acme", "ann@acme.example", "admin").await;
+    let op = env.operator_token("alice");
+    let server = env.serve(&[]);
+    let up = upload(
+        &server,
+        &host_of("acme"),
+        &ann,
+        &[("type", "invoice"), ("title", "One")],
+        content(150_000, 4),
+    )
+    .await;
+    assert_eq!(up.status, 201, "{up:?}");
+    let dir = tempfile::tempdir().expect("dir");
+    let (id_file, recipient) = identity(dir.path(), "compliance.txt");
+    let admin = crate::support::OPERATOR_HOST;
+    let call = |m: Method, path: String, body: Option<Value>| {
+        let (server, op) = (&server, op.clone());
+        async move { server.request(m, admin, &path, Some(&op), &[], body).await }
+    };
+    let exports = "/operator/v1/tenants/acme/exports".to_owned();
+    // Bad input changes nothing.
+    call(Method::POST, exports.clone(), Some(json!({})))
+        .await
+        .assert_problem(422, "invalid_input");
+    call(
+        Method::POST,
+        exports.clone(),
+        Some(json!({"recipient": recipient, "plaintext": true})),
+    )
+    .await
+    .assert_problem(422, "invalid_input");
+    call(
+        Method::POST,
+        exports.clone(),
+        Some(json!({"recipient": "age1nope"})),
+    )
+    .await
+    .assert_problem(422, "invalid_input");
+    call(
+        Method::POST,
+        "/operator/v1/tenants/nobody/exports".into(),
+        Some(json!({"plaintext": true})),
+    )
+    .await
+    .assert_problem(404, "tenant_not_found");
+    let n: i64 = env
+        .catalog()
+        .await
+        .query_one("select count(*) from tenant_exports", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0);
+
+    let started = call(
+        Method::POST,
+        exports.clone(),
+        Some(json!({"recipient": recipient})),
+    )
+    .await;
+    assert_eq!(started.status, 202, "{started:?}");
+    let status_url = started.body["status_url"].as_str().expect("url").to_owned();
+    let download = started.body["download_url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let done = crate::support::within(std::time::Duration::from_secs(60), || {
+        let call = &call;
+        let status_url = status_url.clone();
+        async move {
+            let s = call(Method::GET, status_url, None).await;
+            assert_ne!(s.body["status"], "failed", "{s:?}");
+            s.body["status"] == "succeeded"
+        }
+    })
+    .await;
+    assert!(done.is_some(), "the export did not finish");
+    let shown = call(Method::GET, status_url.clone(), None).await;
+    assert_eq!(shown.body["progress"]["documents"], 1, "{shown:?}");
+    assert_eq!(shown.body["report"]["encrypted"], true, "{shown:?}");
+    let (status, headers, body) = server
+        .send_raw(Method::GET, admin, &download, Some(&op), &[], None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/octet-stream")
+    );
+    let file = dir.path().join("downloaded.tar.age");
+    std::fs::write(&file, body.expect("body")).expect("write");
+    let public = env.ok(&["export", "public-key"]).trim().to_owned();
+    let ok = env.ok(&[
+        "export",
+        "verify",
+        file.to_str().expect("path"),
+        "--identity",
+        id_file.to_str().expect("path"),
+        "--public-key",
+        &public,
+    ]);
+    assert!(ok.contains("valid export of tenant 'acme'"), "{ok}");
+    call(
+        Method::GET,
+        format!("/operator/v1/exports/{}", uuid::Uuid::new_v4()),
+        None,
+    )
+    .await
+    .assert_problem(404, "not_found");
+    // Not on a tenant host, and not without a token.
+    let elsewhere = server
+        .request(
+            Method::GET,
+            &host_of("acme"),
+            &download,
+            Some(&op),
+            &[],
+            None,
+        )
+        .await;
+    assert_ne!(elsewhere.status, 200);
+    let anonymous = server
+        .request(Method::GET, admin, &download, None, &[], None)
+        .await;
+    assert_eq!(anonymous.status, 401);
+    let trail: Vec<String> = env
+        .catalog()
+        .await
+        .query(
+            "select action || ':' || outcome from operator_audit where actor = 'alice' order by id",
+            &[],
+        )
+        .await
+        .expect("audit")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for expected in [
+        "tenant.export:failed",
+        "tenant.export:succeeded",
+        "export.download:succeeded",
+    ] {
+        assert!(
+            trail.iter().any(|t| t == expected),
+            "{expected} not in {trail:?}"
+        );
+    }
+    env.cleanup().await;
+}

@@ -884,13 +884,14 @@ async fn a_tenant_at_a_newer_schema_is_still_served() {
 /// Undoes catalog release 5 (tenant deletion): the catalog as release 4 left it.
 const UNDO_RELEASE_5: &str = "
     drop table tenant_deletions;
+    drop table tenant_exports;
     drop table operator_approvals;
     drop table signing_keys;
     alter table provisioning_runs drop constraint provisioning_runs_kind_check;
     alter table provisioning_runs add constraint provisioning_runs_kind_check
         check (kind in ('create', 'move'));
     delete from catalog_releases where release = 5;
-    delete from _sqlx_migrations where version = 20261207000001;";
+    delete from _sqlx_migrations where version in (20261207000001, 20261207000002);";
 
 /// Undoes catalog release 4 (online moves): the catalog as release 3 left it.
 const UNDO_RELEASE_4: &str = "

@@ -32,6 +32,7 @@ const KEYS: &[&str] = &[
     "pooled_tenants_per_database",
     "move_drain_ms",
     "deletion_grace",
+    "export_dir",
     "operator_host",
     "listen",
     "metrics_listen",
@@ -102,6 +103,7 @@ struct Raw {
     pooled_tenants_per_database: i64,
     move_drain_ms: i64,
     deletion_grace: String,
+    export_dir: Option<String>,
     operator_host: Option<String>,
     listen: String,
     metrics_listen: String,
@@ -146,6 +148,7 @@ impl Default for Raw {
             pooled_tenants_per_database: DEFAULT_POOLED_TENANTS_PER_DATABASE.into(),
             move_drain_ms: DEFAULT_MOVE_DRAIN_MS.into(),
             deletion_grace: DEFAULT_DELETION_GRACE.into(),
+            export_dir: None,
             operator_host: None,
             listen: "127.0.0.1:8080".into(),
             metrics_listen: "127.0.0.1:9464".into(),
@@ -296,6 +299,8 @@ pub struct Settings {
     /// How long a tenant approved for deletion stays restorable before it is purged: the
     /// default and the shortest a deletion request may ask for (it may ask for longer).
     pub deletion_grace: Duration,
+    /// Where exports made by the control plane (operator API, `export_first`) are written.
+    pub export_dir: PathBuf,
     /// What `portico serve` needs: listen addresses, limits, pools.
     pub runtime: RuntimeSettings,
 }
@@ -534,6 +539,7 @@ impl Settings {
             pooled_tenants_per_database: DEFAULT_POOLED_TENANTS_PER_DATABASE,
             move_drain: Duration::from_millis(DEFAULT_MOVE_DRAIN_MS.into()),
             deletion_grace: DEFAULT_DELETION_GRACE_DAYS_AS_DURATION,
+            export_dir: data_dir.join("exports"),
             runtime: RuntimeSettings::defaults_for(&base_domain),
             base_domain,
         }
@@ -636,11 +642,17 @@ impl Settings {
                     "must be a duration such as 30d or 720h, at most 3650d",
                 )
             })?;
+        let export_dir = match raw.export_dir.as_deref() {
+            None | Some("") => data_dir.join("exports"),
+            Some(d) if Path::new(d).is_absolute() => PathBuf::from(d),
+            Some(_) => return Err(invalid("export_dir", "must be an absolute directory path")),
+        };
         let runtime = RuntimeSettings::validate(&raw, &base_domain)?;
         Ok(Self {
             default_tier,
             move_drain,
             deletion_grace,
+            export_dir,
             pooled_tenants_per_database,
             database_url,
             base_domain,

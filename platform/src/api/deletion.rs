@@ -19,6 +19,8 @@ pub(super) struct DeletionBody {
     reason: String,
     grace_days: Option<u32>,
     override_retention: Option<String>,
+    /// An age recipient: export the tenant to it before the purge.
+    export_first: Option<String>,
 }
 
 /// `POST /operator/v1/tenants/{slug}/deletion`: 202 with the approval another operator must
@@ -34,6 +36,7 @@ pub(super) async fn request_deletion(
             reason: body.reason,
             grace_days: body.grace_days,
             override_retention: body.override_retention,
+            export_first: body.export_first,
         };
         Ok(Box::pin(deletion::request(
             &api.platform,

@@ -3,6 +3,7 @@
 //! outcome, client address, request id). It calls the same workflows as the CLI.
 
 mod deletion;
+mod exports;
 
 use portico_http::ErrorCode;
 use std::net::IpAddr;
@@ -57,6 +58,9 @@ impl OperatorApi {
                 "/operator/v1/tenants/{slug}/restore",
                 post(deletion::restore),
             )
+            .route("/operator/v1/tenants/{slug}/exports", post(exports::start))
+            .route("/operator/v1/exports/{id}", get(exports::show))
+            .route("/operator/v1/exports/{id}/download", get(exports::download))
             .route("/operator/v1/approvals", get(deletion::list_approvals))
             .route(
                 "/operator/v1/approvals/{id}/approve",

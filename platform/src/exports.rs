@@ -1,0 +1,211 @@
+//! Exports the control plane makes and keeps: asked for through the operator API
+//! (`POST /operator/v1/tenants/{slug}/exports`, then polled and downloaded) or by a purge whose
+//! deletion said `export_first`. Each is a `tenant_exports` row (who, for which recipient,
+//! progress, the report) and a file in the `export_dir` setting, written by
+//! [`crate::export::export_with_progress`] (so `FILE.partial` until complete).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::context::Platform;
+use crate::error::{PlatformError, Result};
+use crate::export::{Progress, ProgressSink};
+use crate::tenants::tenant_row;
+
+/// A running export that has not reported progress for this long is shown as stalled (its
+/// process probably ended); asking again makes a new one.
+const STALLED_AFTER_S: i64 = 300;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ExportView {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub slug: String,
+    pub requested_by: String,
+    pub recipient: Option<String>,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    pub progress: serde_json::Value,
+    pub report: Option<serde_json::Value>,
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub file_name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// Running, but no progress for five minutes.
+    pub stalled: bool,
+}
+
+const SELECT: &str = "select e.id, e.tenant_id, t.slug, e.requested_by, e.recipient, e.status,
+        e.progress, e.report, e.error, e.file_name, e.created_at, e.updated_at, e.finished_at,
+        (e.status = 'running' and e.updated_at < now() - make_interval(secs => $2)) as stalled
+   from tenant_exports e join tenants t on t.id = e.tenant_id";
+
+pub async fn show(platform: &Platform, id: Uuid) -> Result<Option<ExportView>> {
+    sqlx::query_as(&format!("{SELECT} where e.id = $1"))
+        .bind(id)
+        .bind(STALLED_AFTER_S as f64)
+        .fetch_optional(platform.catalog.pool())
+        .await
+        .map_err(|e| PlatformError::catalog("reading an export", e))
+}
+
+/// The archive's path (in the export directory).
+pub fn path(platform: &Platform, v: &ExportView) -> PathBuf {
+    platform.settings.export_dir.join(&v.file_name)
+}
+
+/// Records a new export of `slug` (running), after checking the tenant and the recipient.
+pub async fn start(
+    platform: &Platform,
+    by: &str,
+    slug: &str,
+    recipient: Option<&str>,
+) -> Result<ExportView> {
+    let t = tenant_row(platform, slug).await?;
+    if !matches!(t.status.as_str(), "active" | "suspended" | "deleting") {
+        return Err(PlatformError::InvalidState(format!(
+            "tenant '{slug}' is {}; there is nothing to export",
+            t.status
+        )));
+    }
+    if let Some(r) = recipient {
+        crate::export::parse_recipient(r)?;
+    }
+    let id = Uuid::new_v4();
+    let file_name = format!(
+        "{}-{id}.{}",
+        t.slug,
+        if recipient.is_some() {
+            "tar.age"
+        } else {
+            "tar"
+        }
+    );
+    sqlx::query(
+        "insert into tenant_exports (id, tenant_id, requested_by, recipient, status, file_name)
+         values ($1, $2, $3, $4, 'running', $5)",
+    )
+    .bind(id)
+    .bind(t.id)
+    .bind(by)
+    .bind(recipient.map(str::trim))
+    .bind(&file_name)
+    .execute(platform.catalog.pool())
+    .await
+    .map_err(|e| PlatformError::catalog("recording an export", e))?;
+    show(platform, id)
+        .await?
+        .ok_or_else(|| PlatformError::InvalidState("the export vanished".into()))
+}
+
+/// Runs a recorded export to its end, recording progress every second and the outcome.
+pub async fn run(platform: &Platform, id: Uuid) -> Result<ExportView> {
+    let v = show(platform, id)
+        .await?
+        .ok_or_else(|| PlatformError::InvalidState(format!("no export {id}")))?;
+    let recipient = v
+        .recipient
+        .as_deref()
+        .map(crate::export::parse_recipient)
+        .transpose()?;
+    tokio::fs::create_dir_all(&platform.settings.export_dir)
+        .await
+        .map_err(|e| {
+            PlatformError::InvalidState(format!(
+                "cannot make the export directory {}: {e}",
+                platform.settings.export_dir.display()
+            ))
+        })?;
+    let out = path(platform, &v);
+    // An earlier attempt of this export that was never recorded as finished.
+    let _ = tokio::fs::remove_file(&out).await;
+    let progress: Arc<ProgressSink> = Arc::new(std::sync::Mutex::new(Progress::default()));
+    let reporter = {
+        let progress = progress.clone();
+        async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now = progress.lock().map(|p| p.clone()).unwrap_or_default();
+                let _ = record_progress(platform, id, &now).await;
+            }
+        }
+    };
+    let work =
+        crate::export::export_with_progress(platform, &v.slug, &out, recipient, Some(&progress));
+    let outcome = tokio::select! {
+        r = work => r,
+        () = reporter => unreachable_reporter(),
+    };
+    let last = progress.lock().map(|p| p.clone()).unwrap_or_default();
+    let map = |e| PlatformError::catalog("recording an export's outcome", e);
+    match &outcome {
+        Ok(report) => {
+            sqlx::query(
+                "update tenant_exports set status = 'succeeded', report = $2, progress = $3,
+                        error = null, updated_at = now(), finished_at = now()
+                  where id = $1",
+            )
+            .bind(id)
+            .bind(serde_json::to_value(report).unwrap_or_default())
+            .bind(serde_json::to_value(&last).unwrap_or_default())
+            .execute(platform.catalog.pool())
+            .await
+            .map_err(map)?;
+        }
+        Err(e) => {
+            sqlx::query(
+                "update tenant_exports set status = 'failed', error = $2, updated_at = now(),
+                        finished_at = now()
+                  where id = $1",
+            )
+            .bind(id)
+            .bind(e.to_string())
+            .execute(platform.catalog.pool())
+            .await
+            .map_err(map)?;
+        }
+    }
+    outcome?;
+    show(platform, id)
+        .await?
+        .ok_or_else(|| PlatformError::InvalidState("the export vanished".into()))
+}
+
+/// The progress loop never ends by itself.
+fn unreachable_reporter() -> Result<crate::export::ExportReport> {
+    Err(PlatformError::InvalidState(
+        "the progress reporter stopped".into(),
+    ))
+}
+
+async fn record_progress(platform: &Platform, id: Uuid, p: &Progress) -> Result<()> {
+    sqlx::query(
+        "update tenant_exports set progress = $2, updated_at = now()
+          where id = $1 and status = 'running'",
+    )
+    .bind(id)
+    .bind(serde_json::to_value(p).unwrap_or_default())
+    .execute(platform.catalog.pool())
+    .await
+    .map_err(|e| PlatformError::catalog("recording export progress", e))?;
+    Ok(())
+}
+
+/// Starts an export in the background (the operator API answers 202 at once).
+pub fn spawn(platform: Arc<Platform>, id: Uuid) {
+    tokio::spawn(async move {
+        if let Err(e) = run(&platform, id).await {
+            tracing::error!(export = %id, error = %portico_core::error_chain(&e), "tenant export failed");
+        }
+    });
+}
