@@ -10,7 +10,10 @@
 #                                   one after another; fleet status and a no-op migrate
 #   ./infra/bench.sh moves          a pooled tenant with 100,000 rows moved to a dedicated
 #                                   database on a second cluster under read and write load
-#   ./infra/bench.sh                all five
+#   ./infra/bench.sh export         a dedicated tenant with 100,000 rows and 1 GiB of documents
+#                                   exported and imported vs pg_dump -Fd / pg_restore plus raw
+#                                   object reads / writes; peak RSS of both
+#   ./infra/bench.sh                all six
 # Extra arguments go to `cargo bench`.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 pg_bindir >/dev/null || "$INFRA_REPO_ROOT/infra/install.sh"
@@ -27,13 +30,14 @@ documents() {
   cargo bench --workspace --bench documents "$@"
 }
 case "${1:-all}" in
-  provisioning|routing|fleet|moves) bench="$1"; shift; cargo bench --workspace --bench "$bench" "$@" ;;
+  provisioning|routing|fleet|moves|export) bench="$1"; shift; cargo bench --workspace --bench "$bench" "$@" ;;
   documents) shift; documents "$@" ;;
   all) [ $# -gt 0 ] && shift
        cargo bench --workspace --bench provisioning "$@"
        cargo bench --workspace --bench routing "$@"
        documents "$@"
        cargo bench --workspace --bench fleet "$@"
-       cargo bench --workspace --bench moves "$@" ;;
-  *) die "unknown benchmark '$1' (provisioning, routing, documents, fleet, moves)" ;;
+       cargo bench --workspace --bench moves "$@"
+       cargo bench --workspace --bench export "$@" ;;
+  *) die "unknown benchmark '$1' (provisioning, routing, documents, fleet, moves, export)" ;;
 esac

@@ -23,6 +23,7 @@ mod local_accounts;
 mod moves;
 mod nginx;
 mod openapi;
+mod personal_data;
 mod pooled;
 mod pools;
 mod records;

@@ -265,7 +265,7 @@ pub async fn list_users(auth: Authenticated) -> Result<Json<Vec<UserDto>>, Probl
 
 /// The user, if the caller may manage them: holding every permission of the user's role,
 /// and (for a site-limited caller) only users limited to the caller's sites.
-async fn managed_user(auth: &Authenticated, id: &str) -> Result<users::User, Problem> {
+pub(super) async fn managed_user(auth: &Authenticated, id: &str) -> Result<users::User, Problem> {
     auth.require(Permission::UsersManage).await?;
     let user = users::get(&auth.conn, path_id(id)?)
         .await?

@@ -9,6 +9,7 @@ pub(crate) mod change;
 pub(crate) mod documents;
 pub(crate) mod dto;
 pub mod openapi;
+pub(crate) mod personal;
 pub(crate) mod profile;
 pub(crate) mod tickets;
 
@@ -34,6 +35,8 @@ pub fn routes() -> Router<Runtime> {
         .route("/api/v1/users", get(access::list_users))
         .route("/api/v1/users/invitations", post(access::invite_user))
         .route("/api/v1/users/{id}/role", put(access::set_user_role))
+        .route("/api/v1/users/{id}/data-export", get(personal::user_data))
+        .route("/api/v1/me/data-export", get(personal::my_data))
         .route("/api/v1/users/{id}/sites", put(access::set_user_sites))
         .route(
             "/api/v1/users/{id}/deactivate",

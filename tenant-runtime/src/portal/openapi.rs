@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, audit_api, documents, dto, profile, tickets};
+use super::{access, audit_api, documents, dto, personal, profile, tickets};
 use crate::identity::connections_api;
 
 struct Bearer;
@@ -132,6 +132,7 @@ impl Modify for Problems {
         tickets::attach,
         audit_api::list,
         profile::get_tenant, profile::get_me, profile::get_features,
+        personal::user_data, personal::my_data,
         connections_api::list_connections, connections_api::show_connection,
         connections_api::create_connection, connections_api::remove_connection,
     ),

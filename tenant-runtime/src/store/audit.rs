@@ -58,6 +58,7 @@ pub enum EventType {
     TokenCreated,
     TokenRevoked,
     ExportRequested,
+    PersonalDataExported,
     PermissionDenied,
 }
 
@@ -102,6 +103,7 @@ impl EventType {
         Self::TokenCreated,
         Self::TokenRevoked,
         Self::ExportRequested,
+        Self::PersonalDataExported,
         Self::PermissionDenied,
     ];
 
@@ -146,6 +148,7 @@ impl EventType {
             Self::TokenCreated => "token_created",
             Self::TokenRevoked => "token_revoked",
             Self::ExportRequested => "export_requested",
+            Self::PersonalDataExported => "personal_data_exported",
             Self::PermissionDenied => "permission_denied",
         }
     }

@@ -6,6 +6,7 @@ pub(crate) mod approvals;
 pub mod audit;
 pub mod connections;
 pub(crate) mod documents;
+pub mod personal;
 pub mod profile;
 pub mod roles;
 pub(crate) mod sessions;
