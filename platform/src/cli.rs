@@ -295,6 +295,10 @@ enum TenantCmd {
         /// Write the archive unencrypted (must be asked for).
         #[arg(long)]
         plaintext: bool,
+        /// Replace personal data by consistent pseudonyms and leave out credentials,
+        /// sessions, tokens and the audit log: for test environments.
+        #[arg(long)]
+        anonymize: bool,
         #[arg(long)]
         json: bool,
     },
@@ -947,6 +951,7 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
             out,
             recipient,
             plaintext,
+            anonymize,
             json: as_json,
         } => {
             if recipient.is_none() && !plaintext {
@@ -955,8 +960,15 @@ async fn tenant(cmd: TenantCmd) -> anyhow::Result<()> {
                 )
                 .into());
             }
-            crate::deletion_cli::export(&platform(false).await?, &slug, out, recipient, as_json)
-                .await?
+            crate::deletion_cli::export(
+                &platform(false).await?,
+                &slug,
+                out,
+                recipient,
+                anonymize,
+                as_json,
+            )
+            .await?
         }
         TenantCmd::Import {
             file,

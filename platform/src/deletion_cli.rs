@@ -80,14 +80,21 @@ pub async fn export(
     slug: &str,
     out: PathBuf,
     recipient: Option<String>,
+    anonymize: bool,
     as_json: bool,
 ) -> anyhow::Result<()> {
     let recipient = recipient
         .as_deref()
         .map(crate::export::parse_recipient)
         .transpose()?;
-    let report =
-        crate::export::export(p, crate::cli::slug(slug)?.as_str(), &out, recipient).await?;
+    let report = crate::export::export(
+        p,
+        crate::cli::slug(slug)?.as_str(),
+        &out,
+        recipient,
+        anonymize,
+    )
+    .await?;
     if as_json {
         json(&report)?;
     } else {

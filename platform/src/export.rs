@@ -105,6 +105,10 @@ pub struct Manifest {
     /// When the snapshot was taken (the database's clock), RFC 3339.
     pub snapshot_at: String,
     pub encrypted: bool,
+    /// Personal data replaced by pseudonyms; credentials, sessions, tokens and the audit log
+    /// left out (see `anonymize.rs`).
+    #[serde(default)]
+    pub anonymized: bool,
     pub tables: Vec<ManifestTable>,
     pub documents: Vec<ManifestDocument>,
     pub audit: ManifestAudit,
@@ -118,6 +122,7 @@ pub struct ExportReport {
     pub file: String,
     pub tenant: String,
     pub encrypted: bool,
+    pub anonymized: bool,
     pub rows: u64,
     pub documents: usize,
     pub document_bytes: u64,
@@ -368,8 +373,9 @@ pub async fn export(
     slug: &str,
     out: &Path,
     recipient: Option<age::x25519::Recipient>,
+    anonymize: bool,
 ) -> Result<ExportReport> {
-    export_with_progress(platform, slug, out, recipient, None).await
+    export_with_progress(platform, slug, out, recipient, anonymize, None).await
 }
 
 /// [`export`], reporting progress to `progress`.
@@ -378,6 +384,7 @@ pub async fn export_with_progress(
     slug: &str,
     out: &Path,
     recipient: Option<age::x25519::Recipient>,
+    anonymize: bool,
     progress: Option<&ProgressSink>,
 ) -> Result<ExportReport> {
     let t = tenant_row(platform, slug).await?;
@@ -446,6 +453,11 @@ pub async fn export_with_progress(
             .await
             .map_err(pg("reading the snapshot time"))?
             .get(0);
+        let mut pseudonyms = if anonymize {
+            Some(pseudonyms(&tx, target.schema()).await?)
+        } else {
+            None
+        };
         let mut manifest_tables = Vec::new();
         for (schema, table) in tables
             .iter()
@@ -459,7 +471,8 @@ pub async fn export_with_progress(
             let name = format!("{side}.{table}");
             let file = format!("tables/{name}.jsonl");
             let tmp = work.path().join(format!("{name}.jsonl"));
-            let (rows, bytes, sha) = dump_table(&tx, schema, table, &tmp).await?;
+            let (rows, bytes, sha) =
+                dump_table(&tx, schema, table, &tmp, pseudonyms.as_mut()).await?;
             archive.entry_from_file(&file, &tmp).await?;
             let _ = tokio::fs::remove_file(&tmp).await;
             manifest_tables.push(ManifestTable {
@@ -511,7 +524,16 @@ pub async fn export_with_progress(
                 p.document_bytes += size;
             });
         }
-        let audit = audit_summary(&tx, &target).await?;
+        let audit = if anonymize {
+            // The audit log is left out of an anonymised export.
+            ManifestAudit {
+                events: 0,
+                head_seq: 0,
+                head_hash: "0".repeat(64),
+            }
+        } else {
+            audit_summary(&tx, &target).await?
+        };
         tx.commit().await.map_err(pg("closing the snapshot"))?;
         let manifest = Manifest {
             format: FORMAT.into(),
@@ -525,6 +547,7 @@ pub async fn export_with_progress(
             schema_version: t.schema_version,
             snapshot_at,
             encrypted,
+            anonymized: anonymize,
             tables: manifest_tables,
             documents,
             audit,
@@ -579,6 +602,7 @@ pub async fn export_with_progress(
         file: out.display().to_string(),
         tenant: slug.to_owned(),
         encrypted,
+        anonymized: manifest.anonymized,
         rows: manifest.tables.iter().map(|t| t.rows).sum(),
         documents: manifest.documents.len(),
         document_bytes: manifest.documents.iter().map(|d| d.size).sum(),
@@ -604,8 +628,10 @@ async fn dump_table(
     schema: &str,
     table: &str,
     path: &Path,
+    mut anonymize: Option<&mut crate::anonymize::Pseudonyms>,
 ) -> Result<(u64, u64, String)> {
     let q = portico_provisioning::escape_ident;
+    let dropped = anonymize.is_some() && crate::anonymize::DROPPED.contains(&table);
     let excluded: Vec<&str> = EXCLUDED_COLUMNS
         .iter()
         .find(|(t, _)| *t == table)
@@ -636,7 +662,8 @@ async fn dump_table(
     tx.execute(
         &format!(
             "declare {cursor} no scroll cursor for
-             select (to_jsonb(t) - $1::text[])::text from {}.{} as t order by {order}",
+             select (to_jsonb(t) - $1::text[])::text from {}.{} as t
+              where not {dropped} order by {order}",
             q(schema),
             q(table)
         ),
@@ -659,7 +686,18 @@ async fn dump_table(
             break;
         }
         for r in &batch {
-            let line: &str = r.get(0);
+            let raw: &str = r.get(0);
+            let anonymized;
+            let line: &str = match anonymize.as_deref_mut() {
+                Some(p) => {
+                    let row: serde_json::Value = serde_json::from_str(raw).map_err(|e| {
+                        PlatformError::InvalidState(format!("a row of {table}: {e}"))
+                    })?;
+                    anonymized = p.row(row).to_string();
+                    &anonymized
+                }
+                None => raw,
+            };
             sha.update(line.as_bytes());
             sha.update(b"\n");
             tokio::io::AsyncWriteExt::write_all(&mut file, line.as_bytes())
@@ -679,6 +717,35 @@ async fn dump_table(
         .await
         .map_err(|e| io_error("writing a temporary file", e))?;
     Ok((rows, bytes, hex_digest(sha)))
+}
+
+/// The pseudonyms of the tenant's people, read from the snapshot.
+async fn pseudonyms(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+) -> Result<crate::anonymize::Pseudonyms> {
+    let q = portico_provisioning::escape_ident(schema);
+    let users: Vec<(uuid::Uuid, String, String)> = tx
+        .query(
+            &format!("select id, email, display_name from {q}.users"),
+            &[],
+        )
+        .await
+        .map_err(pg("reading the tenant's users"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let subjects: Vec<(uuid::Uuid, String)> = tx
+        .query(
+            &format!("select user_id, subject from {q}.user_identities"),
+            &[],
+        )
+        .await
+        .map_err(pg("reading the tenant's identities"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(crate::anonymize::Pseudonyms::new(&users, &subjects))
 }
 
 /// Decrypts one version's content into the archive; returns its SHA-256 (hex).

@@ -140,8 +140,14 @@ pub async fn run(platform: &Platform, id: Uuid) -> Result<ExportView> {
             }
         }
     };
-    let work =
-        crate::export::export_with_progress(platform, &v.slug, &out, recipient, Some(&progress));
+    let work = crate::export::export_with_progress(
+        platform,
+        &v.slug,
+        &out,
+        recipient,
+        false,
+        Some(&progress),
+    );
     let outcome = tokio::select! {
         r = work => r,
         () = reporter => unreachable_reporter(),

@@ -4,6 +4,7 @@
 //! The control plane decides and records; the `portico-provisioning` crate does every
 //! creation and destruction of tenant resources.
 
+pub mod anonymize;
 pub mod api;
 pub mod audit_cli;
 pub mod catalog;

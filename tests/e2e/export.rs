@@ -701,3 +701,130 @@ async fn operators_export_through_the_api_and_download_when_done() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_anonymized_export_becomes_a_staging_tenant_with_nobodys_personal_data() {
+    let env = TestEnv::pooled(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let (_, ann) = user(&env, "acme", "ann@acme.example", "admin").await;
+    let (_, bob) = user(&env, "acme", "bob@acme.example", "member").await;
+    env.tenant_db("acme")
+        .await
+        .execute(
+            "update users set display_name = case email when 'ann@acme.example' then 'Ann Smith' else 'Bob Builder' end",
+            &[],
+        )
+        .await
+        .expect("names");
+    let server = env.serve(&[]);
+    let acme = host_of("acme");
+    let t = post(
+        &server,
+        &acme,
+        "/api/v1/tickets",
+        &bob,
+        json!({
+            "title": "Printer broken, call Bob Builder",
+            "description": "Ann Smith knows. Vendor: carl@vendor.example.com, bob@acme.example"
+        }),
+    )
+    .await;
+    assert_eq!(t.status, 201, "{t:?}");
+    let up = upload(
+        &server,
+        &acme,
+        &ann,
+        &[
+            ("type", "contract"),
+            ("title", "Contract signed by Ann Smith"),
+        ],
+        content(70_000, 6),
+    )
+    .await;
+    assert_eq!(up.status, 201, "{up:?}");
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("anon.tar");
+    let r = env.json(&[
+        "tenant",
+        "export",
+        "acme",
+        "--out",
+        out.to_str().expect("path"),
+        "--plaintext",
+        "--anonymize",
+        "--json",
+    ]);
+    assert_eq!(r["anonymized"], true, "{r}");
+    assert!(
+        env.ok(&["export", "verify", out.to_str().expect("path")])
+            .contains("valid export")
+    );
+    let files = entries(&std::fs::read(&out).expect("read"));
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"].1).expect("manifest");
+    assert_eq!(manifest["anonymized"], true);
+    assert_eq!(manifest["audit"]["events"], 0);
+    for (name, (_, data)) in files.iter().filter(|(n, _)| n.starts_with("tables/")) {
+        let text = String::from_utf8_lossy(data).to_lowercase();
+        for personal in [
+            "ann@acme.example",
+            "bob@acme.example",
+            "ann smith",
+            "bob builder",
+            "carl@vendor.example.com",
+            "127.0.0.1",
+        ] {
+            assert!(!text.contains(personal), "{personal} in {name}: {text}");
+        }
+    }
+    for dropped in [
+        "tables/data.api_tokens.jsonl",
+        "tables/data.sessions.jsonl",
+        "tables/data.local_credentials.jsonl",
+        "tables/audit.audit_events.jsonl",
+    ] {
+        assert!(files[dropped].1.is_empty(), "{dropped} is not empty");
+    }
+    let tickets = String::from_utf8_lossy(&files["tables/data.tickets.jsonl"].1).into_owned();
+    assert!(
+        tickets.contains("User 2") && tickets.contains("person-1@anonymized.invalid"),
+        "{tickets}"
+    );
+    // Document content is business data: kept as it is.
+    let doc = manifest["documents"][0]["file"].as_str().expect("file");
+    assert_eq!(files[doc].1, content(70_000, 6));
+
+    // Imported, it is a working staging tenant whose log starts with the import.
+    env.ok(&[
+        "tenant",
+        "import",
+        out.to_str().expect("path"),
+        "--slug",
+        "acme-staging",
+    ]);
+    assert!(
+        env.ok(&["audit", "verify", "acme-staging"])
+            .contains("intact")
+    );
+    let staff = env.tenant_token("acme-staging", "qa", "admin");
+    let staging = host_of("acme-staging");
+    let list = server.get(&staging, "/api/v1/tickets", Some(&staff)).await;
+    assert_eq!(list.status, 200, "{list:?}");
+    assert!(!list.body.to_string().contains("acme.example"), "{list:?}");
+    let doc_id = up.body["id"].as_str().expect("id");
+    let (status, _, body) = crate::portal::fetch(
+        &server,
+        &staging,
+        &format!("/api/v1/documents/{doc_id}/content"),
+        Some(&staff),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body.expect("body"), content(70_000, 6));
+    // Nobody's credentials came along.
+    server
+        .get(&staging, "/api/v1/tenant", Some(&ann))
+        .await
+        .assert_problem(401, "invalid_token");
+    env.cleanup().await;
+}
