@@ -217,7 +217,10 @@ mod tests {
         assert_eq!(row["payload"]["subject"], "subject-2");
         assert_eq!(row["client_ip"], Value::Null);
         assert_eq!(row["title"], "Invoice 2026-11");
-        assert_eq!(p.text("Bob Builders Ltd, Ann Smithson"), "Bob Builders Ltd, Ann Smithson");
+        assert_eq!(
+            p.text("Bob Builders Ltd, Ann Smithson"),
+            "Bob Builders Ltd, Ann Smithson"
+        );
         // The same unknown address gets the same pseudonym again.
         assert_eq!(
             p.text("carl@vendor.example.com"),

@@ -162,6 +162,8 @@ pub struct TenantDetailRow {
     /// The tenant's unfinished move, if any.
     pub move_run_id: Option<Uuid>,
     pub move_status: Option<String>,
+    /// The tenant's latest deletion (status, grace, who asked and approved), if any.
+    pub deletion: Option<serde_json::Value>,
 }
 
 /// Everything recorded in one transaction when a tenant create starts.
@@ -436,7 +438,12 @@ impl Catalog {
                                  'finished_at', st.finished_at)
                                order by st.position)
                               from provisioning_steps st where st.run_id = r.id), '[]') as steps,
-                    t.write_frozen, mv.id as move_run_id, mv.status as move_status
+                    t.write_frozen, mv.id as move_run_id, mv.status as move_status,
+                    (select json_build_object('status', del.status,
+                                'grace_until', del.grace_until, 'requested_by', del.requested_by,
+                                'approved_by', del.approved_by, 'purged_at', del.purged_at)
+                       from tenant_deletions del where del.tenant_id = t.id
+                      order by del.approved_at desc limit 1) as deletion
              from tenants t
              left join tenant_placements p on p.tenant_id = t.id
              left join db_servers s on s.id = p.db_server_id

@@ -1148,6 +1148,16 @@ pub(crate) fn print_tenant(t: &TenantView) {
             t.slug
         );
     }
+    if let Some(d) = &t.deletion {
+        let text = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+        println!(
+            "  deletion:       {} (asked by {}, approved by {}; restorable until {})",
+            text("status"),
+            text("requested_by"),
+            text("approved_by"),
+            text("grace_until")
+        );
+    }
     if let Some(run) = t.provisioning.as_ref().filter(|r| r.status != "succeeded") {
         {
             println!("  provisioning:   {} (run {})", run.status, run.run_id);

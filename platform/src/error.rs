@@ -35,6 +35,9 @@ pub enum PlatformError {
     ApprovalNotFound(String),
     #[error("approval {0} is already decided")]
     ApprovalDecided(String),
+    /// Content the malware scanner refused.
+    #[error("{0}")]
+    Infected(String),
     /// Four-eyes: the operator who asked may not approve.
     #[error("{0}")]
     SameOperator(String),

@@ -118,7 +118,15 @@ pub async fn import(platform: &Platform, req: ImportRequest) -> Result<ImportRep
         let (file, identities) = (file.clone(), identities.clone());
         Box::pin(async move { load(platform, tenant, &file, identities, manifest_ref).await })
     };
-    let view = Box::pin(tenants::finish_create_then(platform, &started, Some(&load))).await?;
+    let view = match Box::pin(tenants::finish_create_then(platform, &started, Some(&load))).await {
+        Ok(v) => v,
+        // Running it again would find the same: the tenant is removed again at once.
+        Err(PlatformError::Infected(m)) => {
+            tenants::rollback(platform, &req.slug).await?;
+            return Err(invalid(format!("{m}; nothing was imported")));
+        }
+        Err(e) => return Err(e),
+    };
     tracing::info!(tenant_id = %view.id, source = %manifest.tenant.id, "tenant imported");
     Ok(ImportReport {
         tenant: view,
@@ -242,6 +250,8 @@ async fn load(
         .map(|d| (d.file.as_str(), d))
         .collect();
     let data_key = platform.keyring.generate_data_key(tenant, &key).await?;
+    // Imported content is scanned like an upload (unless scanning is turned off).
+    let scanner = content::scan::Scanner::new(platform.settings.runtime.clamd.clone());
     let loaded = async {
         while let Some(msg) = rx.recv().await {
             let Msg::Entry { name, .. } = msg else {
@@ -268,7 +278,13 @@ async fn load(
                 }
                 load_table(&tx, &mut rx, &schema, table).await?;
             } else if let Some(d) = docs.get(name.as_str()) {
-                load_document(platform, &tx, &mut rx, tenant, &key, &data_key, d).await?;
+                let target = DocTarget {
+                    tenant,
+                    key: &key,
+                    data_key: &data_key,
+                    scanner: &scanner,
+                };
+                load_document(platform, &tx, &mut rx, &target, d).await?;
             } else {
                 while next_data(&mut rx).await?.is_some() {}
             }
@@ -395,17 +411,29 @@ async fn load_table(
     Ok(())
 }
 
-/// Stores one version's content encrypted under the new tenant's keys and points its row at it.
-#[allow(clippy::too_many_arguments)]
+/// Where imported content goes: the new tenant, its keys, the scanner.
+struct DocTarget<'a> {
+    tenant: TenantId,
+    key: &'a TenantKeyRef,
+    data_key: &'a portico_core::keys::DataKey,
+    scanner: &'a content::scan::Scanner,
+}
+
+/// Stores one version's content, scanned and encrypted under the new tenant's keys, and points
+/// its row at it.
 async fn load_document(
     platform: &Platform,
     tx: &tokio_postgres::Transaction<'_>,
     rx: &mut tokio::sync::mpsc::Receiver<Msg>,
-    tenant: TenantId,
-    key: &TenantKeyRef,
-    data_key: &portico_core::keys::DataKey,
+    target: &DocTarget<'_>,
     d: &crate::export::ManifestDocument,
 ) -> Result<()> {
+    let (tenant, key, data_key) = (target.tenant, target.key, target.data_key);
+    let scan = target.scanner.start().await.map_err(|e| {
+        PlatformError::InvalidState(format!(
+            "the malware scanner is unreachable ({e}); an import scans every document"
+        ))
+    })?;
     let version = uuid::Uuid::parse_str(&d.version_id)
         .map_err(|_| invalid(format!("bad version id {}", d.version_id)))?;
     let salt = portico_core::keys::random_bytes::<32>();
@@ -426,12 +454,18 @@ async fn load_document(
         &platform.store,
         &object,
         Some(cipher),
-        None,
+        scan,
         Box::pin(body),
         u64::MAX,
     )
     .await
-    .map_err(|e| PlatformError::InvalidState(format!("storing version {}: {e}", d.version_id)))?;
+    .map_err(|e| match e {
+        content::ContentError::Infected(name) => PlatformError::Infected(format!(
+            "document version {} of the archive holds malware ('{name}')",
+            d.version_id
+        )),
+        other => PlatformError::InvalidState(format!("storing version {}: {other}", d.version_id)),
+    })?;
     if stored.size != d.size || hex::encode(&stored.sha256) != d.sha256 {
         return Err(PlatformError::InvalidState(format!(
             "version {}: its content differs from the manifest",

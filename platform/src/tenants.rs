@@ -97,6 +97,10 @@ pub struct TenantView {
     /// The tenant's unfinished move (`running`, `failed` or `rolling_back`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_move: Option<OpenMove>,
+    /// The tenant's latest deletion: `status` (`grace`, `purging`, `purged`, `restored`),
+    /// `grace_until`, `requested_by`, `approved_by`, `purged_at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1013,6 +1017,7 @@ fn view(row: TenantDetailRow) -> TenantView {
             .move_run_id
             .zip(row.move_status)
             .map(|(run_id, status)| OpenMove { run_id, status }),
+        deletion: row.deletion,
     }
 }
 

@@ -203,6 +203,16 @@ async fn deletion_takes_two_operators_and_is_restorable_during_grace() {
     .await;
     twice.assert_problem(409, "approval_decided");
 
+    let shown = env.json(&["tenant", "show", "acme", "--json"]);
+    assert_eq!(
+        (&shown["status"], &shown["deletion"]["status"]),
+        (&json!("deleting"), &json!("grace")),
+        "{shown}"
+    );
+    assert!(
+        env.ok(&["tenant", "show", "acme"])
+            .contains("approved by bob")
+    );
     // Not due: the purge leaves it alone.
     assert!(
         env.ok(&["tenant", "purge-due"])

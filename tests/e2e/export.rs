@@ -828,3 +828,149 @@ async fn an_anonymized_export_becomes_a_staging_tenant_with_nobodys_personal_dat
         .assert_problem(401, "invalid_token");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_import_scans_every_document_and_refuses_malware() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let (_, ann) = user(&env, "acme", "ann@acme.example", "admin").await;
+    let server = env.serve(&[]);
+    let up = upload(
+        &server,
+        &host_of("acme"),
+        &ann,
+        &[("type", "invoice"), ("title", "Clean")],
+        content(5_000, 8),
+    )
+    .await;
+    assert_eq!(up.status, 201, "{up:?}");
+    let dir = tempfile::tempdir().expect("dir");
+    let clean = dir.path().join("clean.tar");
+    env.ok(&[
+        "tenant",
+        "export",
+        "acme",
+        "--out",
+        clean.to_str().expect("path"),
+        "--plaintext",
+    ]);
+
+    // The archive a compromised exporter could sign: a document carrying the scanner's test
+    // marker, every hash made to agree, signed with the platform's own key.
+    let files = {
+        let raw = std::fs::read(&clean).expect("read");
+        let mut out = Vec::new();
+        let mut archive = tar::Archive::new(&raw[..]);
+        for e in archive.entries().expect("tar") {
+            let mut e = e.expect("entry");
+            let name = e.path().expect("path").to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).expect("data");
+            out.push((name, data));
+        }
+        out
+    };
+    let mut manifest: Value = serde_json::from_slice(
+        &files
+            .iter()
+            .find(|(n, _)| n == "manifest.json")
+            .expect("manifest")
+            .1,
+    )
+    .expect("json");
+    let doc_file = manifest["documents"][0]["file"]
+        .as_str()
+        .expect("file")
+        .to_owned();
+    let old_sha = manifest["documents"][0]["sha256"]
+        .as_str()
+        .expect("sha")
+        .to_owned();
+    let marker = b"PORTICO-TEST-MALWARE-MARKER";
+    let mut rebuilt = Vec::new();
+    for (name, mut data) in files
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("manifest."))
+    {
+        if name == doc_file {
+            data[100..100 + marker.len()].copy_from_slice(marker);
+            let sha = hex::encode(Sha256::digest(&data));
+            manifest["documents"][0]["sha256"] = sha.clone().into();
+            manifest["new_sha"] = sha.into();
+        }
+        rebuilt.push((name, data));
+    }
+    let new_sha = manifest["new_sha"].as_str().expect("sha").to_owned();
+    manifest.as_object_mut().expect("object").remove("new_sha");
+    for (name, data) in &mut rebuilt {
+        if name == "tables/data.document_versions.jsonl" {
+            let text = String::from_utf8(data.clone())
+                .expect("utf-8")
+                .replace(&old_sha, &new_sha);
+            *data = text.into_bytes();
+        }
+        if let Some(t) = manifest["tables"]
+            .as_array_mut()
+            .expect("tables")
+            .iter_mut()
+            .find(|t| t["file"] == name.as_str())
+        {
+            t["sha256"] = hex::encode(Sha256::digest(&data[..])).into();
+            t["bytes"] = data.len().into();
+        }
+    }
+    let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("json");
+    let signer = portico_platform::signing::signing_key(&env.platform().await)
+        .await
+        .expect("key");
+    let sig = json!({
+        "alg": "Ed25519",
+        "key": signer.public_key().to_string(),
+        "value": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, signer.sign(&manifest_bytes)),
+    });
+    rebuilt.push(("manifest.json".into(), manifest_bytes));
+    rebuilt.push(("manifest.sig".into(), sig.to_string().into_bytes()));
+    let crafted = dir.path().join("crafted.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&crafted).expect("create"));
+        for (name, data) in &rebuilt {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, &data[..]).expect("append");
+        }
+        b.finish().expect("finish");
+    }
+    let public = env.ok(&["export", "public-key"]).trim().to_owned();
+    assert!(
+        env.ok(&[
+            "export",
+            "verify",
+            crafted.to_str().expect("path"),
+            "--public-key",
+            &public
+        ])
+        .contains("valid export"),
+        "the crafted archive verifies: only the scanner can stop it"
+    );
+
+    env.run(&[
+        "tenant",
+        "import",
+        crafted.to_str().expect("path"),
+        "--slug",
+        "acme-bad",
+    ])
+    .assert_error("malware");
+    env.run(&["tenant", "show", "acme-bad"])
+        .assert_error("no tenant named 'acme-bad'");
+    // The clean archive imports.
+    env.ok(&[
+        "tenant",
+        "import",
+        clean.to_str().expect("path"),
+        "--slug",
+        "acme-good",
+    ]);
+    env.cleanup().await;
+}

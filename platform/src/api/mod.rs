@@ -146,6 +146,12 @@ impl From<PlatformError> for Problem {
             PlatformError::ApprovalDecided(_) => {
                 conflict(ErrorCode::ApprovalDecided, "Already decided", e.to_string())
             }
+            PlatformError::Infected(m) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::UploadInfected,
+                "Malware found",
+            )
+            .detail(m),
             PlatformError::SameOperator(m) => Problem::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::SameOperator,

@@ -5,7 +5,7 @@
 
 pub mod cipher;
 pub mod datakeys;
-pub(crate) mod scan;
+pub mod scan;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
