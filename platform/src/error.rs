@@ -35,6 +35,9 @@ pub enum PlatformError {
     ApprovalNotFound(String),
     #[error("approval {0} is already decided")]
     ApprovalDecided(String),
+    /// An archive whose content does not match its signed manifest.
+    #[error("{0}")]
+    BadArchive(String),
     /// Content the malware scanner refused.
     #[error("{0}")]
     Infected(String),

@@ -862,18 +862,40 @@ pub fn read_identities(path: &Path) -> Result<Vec<age::x25519::Identity>> {
     Ok(ids)
 }
 
+/// An archive opened for reading: the file, or the plaintext of its age encryption (both
+/// seekable: age decrypts only the chunks read).
+pub enum Opened {
+    Plain(std::io::BufReader<std::fs::File>),
+    Age(age::stream::StreamReader<std::io::BufReader<std::fs::File>>),
+}
+
+impl Read for Opened {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(r) => r.read(buf),
+            Self::Age(r) => r.read(buf),
+        }
+    }
+}
+
+impl std::io::Seek for Opened {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Self::Plain(r) => r.seek(pos),
+            Self::Age(r) => r.seek(pos),
+        }
+    }
+}
+
 /// Opens an archive for reading: decrypted with `identities` if it is encrypted.
-pub fn open_archive(
-    path: &Path,
-    identities: &[age::x25519::Identity],
-) -> Result<(Box<dyn Read>, bool)> {
+pub fn open_archive(path: &Path, identities: &[age::x25519::Identity]) -> Result<(Opened, bool)> {
     let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| {
         PlatformError::InvalidInput(format!("cannot read {}: {e}", path.display()))
     })?);
     let head =
         std::io::BufRead::fill_buf(&mut file).map_err(|e| io_error("reading the archive", e))?;
     if !head.starts_with(AGE_MAGIC) {
-        return Ok((Box::new(file), false));
+        return Ok((Opened::Plain(file), false));
     }
     if identities.is_empty() {
         return Err(PlatformError::InvalidInput(format!(
@@ -892,7 +914,81 @@ pub fn open_archive(
         .map_err(|e| {
             PlatformError::InvalidInput(format!("cannot decrypt {}: {e}", path.display()))
         })?;
-    Ok((Box::new(reader), true))
+    Ok((Opened::Age(reader), true))
+}
+
+/// Reads only the manifest of an archive (seeking past every other entry, so an encrypted
+/// archive is decrypted only where its tar headers are) and checks its signature; returns the
+/// manifest and the signing key. The files themselves are checked by whoever reads them.
+pub fn read_manifest(
+    path: &Path,
+    identities: &[age::x25519::Identity],
+    expected: Option<&portico_core::signing::PublicKey>,
+) -> Result<(Manifest, String)> {
+    let (reader, _) = open_archive(path, identities)?;
+    let (manifest, sig) = manifest_entries(path, reader)?;
+    let (Some(manifest), Some(sig)) = (manifest, sig) else {
+        return Err(PlatformError::InvalidInput(format!(
+            "{} has no manifest.json and manifest.sig: it is incomplete",
+            path.display()
+        )));
+    };
+    let key = check_signature(&manifest, &sig, expected)
+        .map_err(|p| PlatformError::InvalidInput(format!("{}: {p}", path.display())))?;
+    let manifest: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
+        PlatformError::InvalidInput(format!(
+            "{}: manifest.json is not a manifest: {e}",
+            path.display()
+        ))
+    })?;
+    Ok((manifest, key))
+}
+
+type ManifestParts = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn manifest_entries<R: Read + std::io::Seek>(path: &Path, reader: R) -> Result<ManifestParts> {
+    let broken = broken_archive(path);
+    let mut archive = tar::Archive::new(reader);
+    let mut parts = (None, None);
+    for entry in archive.entries_with_seek().map_err(&broken)? {
+        let mut entry = entry.map_err(&broken)?;
+        let name = entry_name(&entry).map_err(&broken)?;
+        keep_manifest_part(&name, &mut entry, &mut parts).map_err(&broken)?;
+    }
+    Ok(parts)
+}
+
+/// An archive entry's path as text.
+pub(crate) fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> std::io::Result<String> {
+    Ok(entry.path()?.to_string_lossy().into_owned())
+}
+
+/// The error of an archive that cannot be read to its end.
+fn broken_archive(path: &Path) -> impl Fn(std::io::Error) -> PlatformError + '_ {
+    move |e| {
+        PlatformError::InvalidInput(format!(
+            "{} is not a complete Portico export (or the identity is wrong): {e}",
+            path.display()
+        ))
+    }
+}
+
+/// Keeps `manifest.json` or `manifest.sig` (whichever `name` is) in `parts`; `false` for any
+/// other entry.
+fn keep_manifest_part(
+    name: &str,
+    entry: &mut impl Read,
+    parts: &mut ManifestParts,
+) -> std::io::Result<bool> {
+    let slot = match name {
+        "manifest.json" => &mut parts.0,
+        "manifest.sig" => &mut parts.1,
+        _ => return Ok(false),
+    };
+    let mut buf = Vec::new();
+    entry.take(256 * 1024 * 1024).read_to_end(&mut buf)?;
+    *slot = Some(buf);
+    Ok(true)
 }
 
 /// Checks an archive offline: the manifest's signature (by `expected` if given, else by the
@@ -916,28 +1012,13 @@ pub fn verify_with_manifest(
     let (reader, encrypted) = open_archive(path, identities)?;
     let mut archive = tar::Archive::new(reader);
     let mut seen: std::collections::BTreeMap<String, (u64, String, u64)> = Default::default();
-    let (mut manifest_bytes, mut sig_bytes) = (None, None);
+    let mut parts = (None, None);
     let mut chain = ChainCheck::default();
-    let broken = |e: std::io::Error| {
-        PlatformError::InvalidInput(format!(
-            "{} is not a complete Portico export (or the identity is wrong): {e}",
-            path.display()
-        ))
-    };
-    for entry in archive.entries().map_err(broken)? {
-        let mut entry = entry.map_err(broken)?;
-        let name = entry.path().map_err(broken)?.to_string_lossy().into_owned();
-        if name == "manifest.json" || name == "manifest.sig" {
-            let mut buf = Vec::new();
-            (&mut entry)
-                .take(256 * 1024 * 1024)
-                .read_to_end(&mut buf)
-                .map_err(broken)?;
-            if name == "manifest.json" {
-                manifest_bytes = Some(buf);
-            } else {
-                sig_bytes = Some(buf);
-            }
+    let broken = broken_archive(path);
+    for entry in archive.entries().map_err(&broken)? {
+        let mut entry = entry.map_err(&broken)?;
+        let name = entry_name(&entry).map_err(&broken)?;
+        if keep_manifest_part(&name, &mut entry, &mut parts).map_err(&broken)? {
             continue;
         }
         let is_audit = name == "tables/audit.audit_events.jsonl";
@@ -945,7 +1026,7 @@ pub fn verify_with_manifest(
         let mut line = Vec::new();
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = entry.read(&mut buf).map_err(broken)?;
+            let n = entry.read(&mut buf).map_err(&broken)?;
             if n == 0 {
                 break;
             }
@@ -975,7 +1056,7 @@ pub fn verify_with_manifest(
         audit_events: chain.events,
         problems: Vec::new(),
     };
-    let (Some(manifest_bytes), Some(sig_bytes)) = (manifest_bytes, sig_bytes) else {
+    let (Some(manifest_bytes), Some(sig_bytes)) = parts else {
         report
             .problems
             .push("the archive has no manifest.json and manifest.sig: it is incomplete".into());
@@ -1060,7 +1141,7 @@ pub fn verify_with_manifest(
     Ok((report, Some(manifest)))
 }
 
-fn check_signature(
+pub(crate) fn check_signature(
     manifest: &[u8],
     sig: &[u8],
     expected: Option<&portico_core::signing::PublicKey>,
@@ -1091,11 +1172,11 @@ fn check_signature(
 }
 
 /// Walks the exported audit events (in `seq` order) and recomputes the chain.
-struct ChainCheck {
-    prev: Vec<u8>,
-    events: u64,
-    head_seq: i64,
-    problem: Option<String>,
+pub(crate) struct ChainCheck {
+    pub(crate) prev: Vec<u8>,
+    pub(crate) events: u64,
+    pub(crate) head_seq: i64,
+    pub(crate) problem: Option<String>,
 }
 
 impl Default for ChainCheck {
@@ -1110,7 +1191,7 @@ impl Default for ChainCheck {
 }
 
 impl ChainCheck {
-    fn event(&mut self, line: &[u8]) {
+    pub(crate) fn event(&mut self, line: &[u8]) {
         if self.problem.is_some() {
             return;
         }

@@ -26,7 +26,7 @@ use crate::catalog::Tier;
 use crate::context::Platform;
 use crate::db_servers;
 use crate::error::{PlatformError, Result};
-use crate::export::{CHUNK, Manifest, Msg, open_archive, verify_with_manifest};
+use crate::export::{CHUNK, ChainCheck, Manifest, Msg, open_archive, read_manifest};
 use crate::tenants::{self, CreateTenant};
 
 /// Tables of the archive not loaded: the new tenant's own profile row stays, and the
@@ -68,25 +68,18 @@ fn pg(what: &'static str) -> impl Fn(tokio_postgres::Error) -> PlatformError {
 
 /// Imports an archive as a new tenant (or finishes an interrupted import of it).
 pub async fn import(platform: &Platform, req: ImportRequest) -> Result<ImportReport> {
-    // Everything is checked before anything is created.
-    let (report, manifest) = {
+    // The manifest and its signature first (seeking past the data); every file is checked
+    // against it while it is loaded, and the load commits only if all of them agree.
+    let (manifest, signed_by) = {
         let (file, ids, key) = (
             req.file.clone(),
             req.identities.clone(),
             req.public_key.clone(),
         );
-        tokio::task::spawn_blocking(move || verify_with_manifest(&file, &ids, key.as_ref()))
+        tokio::task::spawn_blocking(move || read_manifest(&file, &ids, key.as_ref()))
             .await
-            .map_err(|e| PlatformError::InvalidState(format!("verifying the archive: {e}")))??
+            .map_err(|e| PlatformError::InvalidState(format!("reading the archive: {e}")))??
     };
-    if let Some(first) = report.problems.first() {
-        return Err(invalid(format!(
-            "{} does not verify ({} problem(s)); the first: {first}",
-            req.file.display(),
-            report.problems.len()
-        )));
-    }
-    let manifest = manifest.ok_or_else(|| invalid("the archive has no manifest"))?;
     if manifest.format != crate::export::FORMAT {
         return Err(invalid(format!(
             "unknown archive format '{}'",
@@ -121,7 +114,7 @@ pub async fn import(platform: &Platform, req: ImportRequest) -> Result<ImportRep
     let view = match Box::pin(tenants::finish_create_then(platform, &started, Some(&load))).await {
         Ok(v) => v,
         // Running it again would find the same: the tenant is removed again at once.
-        Err(PlatformError::Infected(m)) => {
+        Err(PlatformError::Infected(m) | PlatformError::BadArchive(m)) => {
             tenants::rollback(platform, &req.slug).await?;
             return Err(invalid(format!("{m}; nothing was imported")));
         }
@@ -132,9 +125,9 @@ pub async fn import(platform: &Platform, req: ImportRequest) -> Result<ImportRep
         tenant: view,
         source_tenant_id: manifest.tenant.id,
         source_slug: manifest.tenant.slug.clone(),
-        signed_by: report.signed_by.unwrap_or_default(),
-        rows: report.rows,
-        documents: report.documents,
+        signed_by,
+        rows: manifest.tables.iter().map(|t| t.rows).sum(),
+        documents: manifest.documents.len(),
     })
 }
 
@@ -151,7 +144,7 @@ fn read_archive(
     let closed = |_| std::io::Error::other("the import stopped reading");
     for entry in archive.entries()? {
         let mut entry = entry?;
-        let name = entry.path()?.to_string_lossy().into_owned();
+        let name = crate::export::entry_name(&entry)?;
         tx.blocking_send(Msg::Entry {
             name,
             size: entry.size(),
@@ -176,7 +169,7 @@ async fn next_data(rx: &mut tokio::sync::mpsc::Receiver<Msg>) -> Result<Option<B
     match rx.recv().await {
         Some(Msg::Data(b)) => Ok(Some(b)),
         Some(Msg::End) => Ok(None),
-        Some(Msg::Entry { .. }) | None => Err(PlatformError::InvalidState(
+        Some(Msg::Entry { .. }) | None => Err(PlatformError::BadArchive(
             "the archive ended in the middle of an entry".into(),
         )),
     }
@@ -252,6 +245,8 @@ async fn load(
     let data_key = platform.keyring.generate_data_key(tenant, &key).await?;
     // Imported content is scanned like an upload (unless scanning is turned off).
     let scanner = content::scan::Scanner::new(platform.settings.runtime.clamd.clone());
+    let mut seen: HashMap<String, (u64, String, u64)> = HashMap::new();
+    let mut chain = ChainCheck::default();
     let loaded = async {
         while let Some(msg) = rx.recv().await {
             let Msg::Entry { name, .. } = msg else {
@@ -272,11 +267,10 @@ async fn load(
                     _ => return Err(invalid(format!("unexpected entry {name}"))),
                 };
                 let known = tables.iter().any(|(s, t)| *s == schema && t == table);
-                if NOT_LOADED.contains(&table) || !known {
-                    while next_data(&mut rx).await?.is_some() {}
-                    continue;
-                }
-                load_table(&tx, &mut rx, &schema, table).await?;
+                let load = known && !NOT_LOADED.contains(&table);
+                let audit = (table == "audit_events" && side == "audit").then_some(&mut chain);
+                let got = load_table(&tx, &mut rx, &schema, table, load, audit).await?;
+                seen.insert(name.clone(), got);
             } else if let Some(d) = docs.get(name.as_str()) {
                 let target = DocTarget {
                     tenant,
@@ -285,8 +279,13 @@ async fn load(
                     scanner: &scanner,
                 };
                 load_document(platform, &tx, &mut rx, &target, d).await?;
-            } else {
+                seen.insert(name.clone(), (d.size, d.sha256.clone(), 0));
+            } else if name == "manifest.json" || name == "manifest.sig" {
                 while next_data(&mut rx).await?.is_some() {}
+            } else {
+                return Err(PlatformError::BadArchive(format!(
+                    "the archive holds {name}, which its manifest does not list"
+                )));
             }
         }
         Ok(())
@@ -296,9 +295,11 @@ async fn load(
     let read = reader
         .await
         .map_err(|e| PlatformError::InvalidState(format!("reading the archive: {e}")))?;
+    // A broken archive explains whatever the load saw.
+    read.map_err(|e| PlatformError::BadArchive(format!("the archive cannot be read: {e}")))?;
     loaded?;
-    read.map_err(|e| PlatformError::InvalidState(format!("reading the archive: {e}")))?;
 
+    check_seen(manifest, &seen, &chain)?;
     let missing: i64 = tx
         .query_one(
             "select count(*) from document_versions where data_key_ref = ''",
@@ -350,12 +351,19 @@ async fn load(
 }
 
 /// Inserts one table's rows in batches (`jsonb_populate_recordset`), identity values kept.
+/// Returns the file's size, SHA-256 and line count (checked against the manifest later); with
+/// `load` false the rows are only read (a table this tenant does not load). Audit events also
+/// go through `chain`, which recomputes the hash chain.
 async fn load_table(
     tx: &tokio_postgres::Transaction<'_>,
     rx: &mut tokio::sync::mpsc::Receiver<Msg>,
     schema: &str,
     table: &str,
-) -> Result<()> {
+    load: bool,
+    mut chain: Option<&mut ChainCheck>,
+) -> Result<(u64, String, u64)> {
+    use sha2::Digest;
+    let (mut sha, mut size, mut lines) = (sha2::Sha256::new(), 0u64, 0u64);
     let q = portico_provisioning::escape_ident;
     // Columns the export leaves out but the table requires get placeholders, replaced when the
     // document content is stored (and checked afterwards).
@@ -384,11 +392,20 @@ async fn load_table(
     };
     let (mut batch, mut rows, mut partial) = (String::from("["), 0usize, Vec::<u8>::new());
     while let Some(chunk) = next_data(rx).await? {
+        sha.update(&chunk);
+        size += chunk.len() as u64;
         partial.extend_from_slice(&chunk);
         while let Some(end) = partial.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = partial.drain(..=end).collect();
+            lines += 1;
+            if let Some(c) = chain.as_deref_mut() {
+                c.event(&line[..line.len() - 1]);
+            }
+            if !load {
+                continue;
+            }
             let line = std::str::from_utf8(&line[..line.len() - 1])
-                .map_err(|_| invalid(format!("{table}: a row is not UTF-8")))?;
+                .map_err(|_| PlatformError::BadArchive(format!("{table}: a row is not UTF-8")))?;
             if rows > 0 {
                 batch.push(',');
             }
@@ -402,11 +419,49 @@ async fn load_table(
         }
     }
     if !partial.is_empty() {
-        return Err(invalid(format!("{table}: the last row has no line end")));
+        return Err(PlatformError::BadArchive(format!(
+            "{table}: the last row has no line end"
+        )));
     }
     if rows > 0 {
         batch.push(']');
         insert(batch).await?;
+    }
+    Ok((size, hex::encode(sha.finalize()), lines))
+}
+
+/// Every file the manifest lists was loaded, unchanged; the audit chain is intact up to the
+/// manifest's head.
+fn check_seen(
+    manifest: &Manifest,
+    seen: &HashMap<String, (u64, String, u64)>,
+    chain: &ChainCheck,
+) -> Result<()> {
+    let bad = |m: String| Err(PlatformError::BadArchive(m));
+    for t in &manifest.tables {
+        match seen.get(&t.file) {
+            None => return bad(format!("{} is missing from the archive", t.file)),
+            Some((size, sha, lines))
+                if *size != t.bytes || *sha != t.sha256 || *lines != t.rows =>
+            {
+                return bad(format!("{} differs from the manifest", t.file));
+            }
+            Some(_) => {}
+        }
+    }
+    for d in &manifest.documents {
+        if !seen.contains_key(&d.file) {
+            return bad(format!("{} is missing from the archive", d.file));
+        }
+    }
+    if let Some(p) = &chain.problem {
+        return bad(format!("audit chain: {p}"));
+    }
+    if chain.events != manifest.audit.events
+        || chain.head_seq != manifest.audit.head_seq
+        || hex::encode(&chain.prev) != manifest.audit.head_hash
+    {
+        return bad("audit chain: the events do not end at the manifest's head".into());
     }
     Ok(())
 }
@@ -467,7 +522,7 @@ async fn load_document(
         other => PlatformError::InvalidState(format!("storing version {}: {other}", d.version_id)),
     })?;
     if stored.size != d.size || hex::encode(&stored.sha256) != d.sha256 {
-        return Err(PlatformError::InvalidState(format!(
+        return Err(PlatformError::BadArchive(format!(
             "version {}: its content differs from the manifest",
             d.version_id
         )));
