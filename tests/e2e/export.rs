@@ -247,6 +247,39 @@ async fn export_and_verify(env: TestEnv) {
     assert_ne!(imported["tenant"]["id"], manifest["tenant"]["id"]);
     let copy = host_of("acme-copy");
     let copied_server = env.serve(&[]);
+    // Refused before anything is created: the wrong identity, or a signature by another key.
+    let stranger = portico_core::signing::SigningKey::generate()
+        .expect("key")
+        .0
+        .public_key()
+        .to_string();
+    for (args, expected) in [
+        (
+            vec!["--identity", other_id.to_str().expect("path")],
+            "cannot decrypt",
+        ),
+        (
+            vec![
+                "--identity",
+                id_file.to_str().expect("path"),
+                "--public-key",
+                &stranger,
+            ],
+            "not by the expected key",
+        ),
+    ] {
+        let mut cmd = vec![
+            "tenant",
+            "import",
+            out.to_str().expect("path"),
+            "--slug",
+            "acme-nope",
+        ];
+        cmd.extend(args);
+        env.run(&cmd).assert_error(expected);
+        env.run(&["tenant", "show", "acme-nope"])
+            .assert_error("no tenant named");
+    }
     // Every version, decrypted under the copy's own keys, is what was exported.
     for d in docs {
         let path = format!(
