@@ -525,6 +525,8 @@ pub async fn restore(platform: &Platform, slug: &str) -> Result<DeletionView> {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PurgeReport {
     pub purged: Vec<String>,
+    /// Exports whose archive expired and was deleted in this pass.
+    pub exports_expired: usize,
     /// Tenants another process is purging right now (left to it).
     pub busy: Vec<String>,
     /// Tenants whose purge failed, with the error (run it again to resume).
@@ -541,7 +543,10 @@ pub async fn purge_due(platform: &Platform) -> Result<PurgeReport> {
     .fetch_all(platform.catalog.pool())
     .await
     .map_err(|e| PlatformError::catalog("listing due purges", e))?;
-    let mut report = PurgeReport::default();
+    let mut report = PurgeReport {
+        exports_expired: crate::exports::expire_due(platform).await?,
+        ..PurgeReport::default()
+    };
     for (tenant, slug) in due {
         match purge(platform, TenantId::from_uuid(tenant)).await {
             Ok(()) => report.purged.push(slug),
@@ -796,8 +801,10 @@ async fn export_first(platform: &Platform, deletion: Uuid) -> Result<()> {
             id
         }
         None => {
+            // Kept (no expiry): it is the record of what was deleted.
             let v =
-                crate::exports::start(platform, "platform:purge", &slug, Some(&recipient)).await?;
+                crate::exports::start(platform, "platform:purge", &slug, Some(&recipient), false)
+                    .await?;
             sqlx::query("update tenant_deletions set export_id = $2 where id = $1")
                 .bind(deletion)
                 .bind(v.id)

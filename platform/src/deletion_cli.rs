@@ -358,6 +358,9 @@ pub async fn purge_due(p: &Platform, as_json: bool) -> anyhow::Result<()> {
         for (s, e) in &report.failed {
             println!("purge of '{s}' failed: {e}");
         }
+        if report.exports_expired > 0 {
+            println!("deleted {} expired export(s)", report.exports_expired);
+        }
         if report.purged.is_empty() && report.busy.is_empty() && report.failed.is_empty() {
             println!("no tenant is due for purging");
         }

@@ -40,13 +40,16 @@ pub struct ExportView {
     pub updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
+    /// When the archive is deleted (`None`: kept, as a deletion's export is).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
     /// Running, but no progress for five minutes.
     pub stalled: bool,
 }
 
 const SELECT: &str = "select e.id, e.tenant_id, t.slug, e.requested_by, e.recipient, e.status,
         e.progress, e.report, e.error, e.file_name, e.created_at, e.updated_at, e.finished_at,
-        (e.status = 'running' and e.updated_at < now() - make_interval(secs => $2)) as stalled
+        e.expires_at, (e.status = 'running' and e.updated_at < now() - make_interval(secs => $2)) as stalled
    from tenant_exports e join tenants t on t.id = e.tenant_id";
 
 pub async fn show(platform: &Platform, id: Uuid) -> Result<Option<ExportView>> {
@@ -64,11 +67,13 @@ pub fn path(platform: &Platform, v: &ExportView) -> PathBuf {
 }
 
 /// Records a new export of `slug` (running), after checking the tenant and the recipient.
+/// With `expires`, the archive is deleted `export_retention` after it was asked for.
 pub async fn start(
     platform: &Platform,
     by: &str,
     slug: &str,
     recipient: Option<&str>,
+    expires: bool,
 ) -> Result<ExportView> {
     let t = tenant_row(platform, slug).await?;
     if !matches!(t.status.as_str(), "active" | "suspended" | "deleting") {
@@ -91,14 +96,18 @@ pub async fn start(
         }
     );
     sqlx::query(
-        "insert into tenant_exports (id, tenant_id, requested_by, recipient, status, file_name)
-         values ($1, $2, $3, $4, 'running', $5)",
+        "insert into tenant_exports
+             (id, tenant_id, requested_by, recipient, status, file_name, expires_at)
+         values ($1, $2, $3, $4, 'running', $5,
+                 case when $6 then now() + make_interval(secs => $7) end)",
     )
     .bind(id)
     .bind(t.id)
     .bind(by)
     .bind(recipient.map(str::trim))
     .bind(&file_name)
+    .bind(expires)
+    .bind(platform.settings.export_retention.as_secs_f64())
     .execute(platform.catalog.pool())
     .await
     .map_err(|e| PlatformError::catalog("recording an export", e))?;
@@ -214,4 +223,40 @@ pub fn spawn(platform: Arc<Platform>, id: Uuid) {
             tracing::error!(export = %id, error = %portico_core::error_chain(&e), "tenant export failed");
         }
     });
+}
+
+/// Deletes the archives of finished exports past their expiry (and what an interrupted run
+/// left of them); returns how many expired.
+pub async fn expire_due(platform: &Platform) -> Result<usize> {
+    let due: Vec<(Uuid, String)> = sqlx::query_as(
+        "select id, file_name from tenant_exports
+          where status in ('succeeded', 'failed') and expires_at <= now()",
+    )
+    .fetch_all(platform.catalog.pool())
+    .await
+    .map_err(|e| PlatformError::catalog("listing expired exports", e))?;
+    for (id, name) in &due {
+        let path = platform.settings.export_dir.join(name);
+        for p in [path.clone(), crate::export::partial_path(&path)] {
+            match tokio::fs::remove_file(&p).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(PlatformError::InvalidState(format!(
+                        "cannot delete the expired export {}: {e}",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        sqlx::query(
+            "update tenant_exports set status = 'expired', updated_at = now() where id = $1",
+        )
+        .bind(id)
+        .execute(platform.catalog.pool())
+        .await
+        .map_err(|e| PlatformError::catalog("recording an expired export", e))?;
+        tracing::info!(export = %id, "expired export deleted");
+    }
+    Ok(due.len())
 }

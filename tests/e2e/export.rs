@@ -588,7 +588,8 @@ async fn operators_export_through_the_api_and_download_when_done() {
     env.ok(&["tenant", "create", "acme"]);
     let (_, ann) = user(&env, "acme", "ann@acme.example", "admin").await;
     let op = env.operator_token("alice");
-    let server = env.serve(&[]);
+    // Archives expire as soon as they are finished (deleted by the next purge pass).
+    let server = env.serve(&[("PORTICO_EXPORT_RETENTION", "0s")]);
     let up = upload(
         &server,
         &host_of("acme"),
@@ -687,6 +688,20 @@ async fn operators_export_through_the_api_and_download_when_done() {
         &public,
     ]);
     assert!(ok.contains("valid export of tenant 'acme'"), "{ok}");
+    // Expired: the archive is deleted by the purge pass, and the download says so.
+    let out = env.ok(&["tenant", "purge-due"]);
+    assert!(out.contains("deleted 1 expired export(s)"), "{out}");
+    assert_eq!(
+        call(Method::GET, status_url.clone(), None).await.body["status"],
+        "expired"
+    );
+    call(Method::GET, download.clone(), None)
+        .await
+        .assert_problem(410, "not_found");
+    let left = std::fs::read_dir(env.dir.path().join(".local/share/portico/exports"))
+        .expect("export dir")
+        .count();
+    assert_eq!(left, 0, "the expired archive is still there");
     call(
         Method::GET,
         format!("/operator/v1/exports/{}", uuid::Uuid::new_v4()),

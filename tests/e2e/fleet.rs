@@ -891,7 +891,7 @@ const UNDO_RELEASE_5: &str = "
     alter table provisioning_runs add constraint provisioning_runs_kind_check
         check (kind in ('create', 'move'));
     delete from catalog_releases where release = 5;
-    delete from _sqlx_migrations where version in (20261207000001, 20261207000002);";
+    delete from _sqlx_migrations where version in (20261207000001, 20261207000002, 20261207000003);";
 
 /// Undoes catalog release 4 (online moves): the catalog as release 3 left it.
 const UNDO_RELEASE_4: &str = "

@@ -33,6 +33,7 @@ const KEYS: &[&str] = &[
     "move_drain_ms",
     "deletion_grace",
     "export_dir",
+    "export_retention",
     "operator_host",
     "listen",
     "metrics_listen",
@@ -104,6 +105,7 @@ struct Raw {
     move_drain_ms: i64,
     deletion_grace: String,
     export_dir: Option<String>,
+    export_retention: String,
     operator_host: Option<String>,
     listen: String,
     metrics_listen: String,
@@ -149,6 +151,7 @@ impl Default for Raw {
             move_drain_ms: DEFAULT_MOVE_DRAIN_MS.into(),
             deletion_grace: DEFAULT_DELETION_GRACE.into(),
             export_dir: None,
+            export_retention: DEFAULT_EXPORT_RETENTION.into(),
             operator_host: None,
             listen: "127.0.0.1:8080".into(),
             metrics_listen: "127.0.0.1:9464".into(),
@@ -301,6 +304,8 @@ pub struct Settings {
     pub deletion_grace: Duration,
     /// Where exports made by the control plane (operator API, `export_first`) are written.
     pub export_dir: PathBuf,
+    /// How long an archive made through the operator API is kept before it is deleted.
+    pub export_retention: Duration,
     /// What `portico serve` needs: listen addresses, limits, pools.
     pub runtime: RuntimeSettings,
 }
@@ -540,6 +545,7 @@ impl Settings {
             move_drain: Duration::from_millis(DEFAULT_MOVE_DRAIN_MS.into()),
             deletion_grace: DEFAULT_DELETION_GRACE_DAYS_AS_DURATION,
             export_dir: data_dir.join("exports"),
+            export_retention: Duration::from_secs(7 * 86_400),
             runtime: RuntimeSettings::defaults_for(&base_domain),
             base_domain,
         }
@@ -647,12 +653,22 @@ impl Settings {
             Some(d) if Path::new(d).is_absolute() => PathBuf::from(d),
             Some(_) => return Err(invalid("export_dir", "must be an absolute directory path")),
         };
+        let export_retention = humantime::parse_duration(raw.export_retention.trim())
+            .ok()
+            .filter(|d| *d <= MAX_DELETION_GRACE)
+            .ok_or_else(|| {
+                invalid(
+                    "export_retention",
+                    "must be a duration such as 7d or 48h, at most 3650d",
+                )
+            })?;
         let runtime = RuntimeSettings::validate(&raw, &base_domain)?;
         Ok(Self {
             default_tier,
             move_drain,
             deletion_grace,
             export_dir,
+            export_retention,
             pooled_tenants_per_database,
             database_url,
             base_domain,
@@ -669,6 +685,7 @@ impl Settings {
 /// the catalog notification's delay and a read's usual length.
 const DEFAULT_MOVE_DRAIN_MS: u32 = 5_000;
 const DEFAULT_DELETION_GRACE: &str = "30d";
+const DEFAULT_EXPORT_RETENTION: &str = "7d";
 const DEFAULT_DELETION_GRACE_DAYS_AS_DURATION: Duration = Duration::from_secs(30 * 86_400);
 const MAX_DELETION_GRACE: Duration = Duration::from_secs(3650 * 86_400);
 

@@ -51,6 +51,7 @@ pub(super) async fn start(
             &op.identity.name,
             slug.as_str(),
             body.recipient.as_deref(),
+            true,
         )
         .await?)
     }
@@ -112,6 +113,17 @@ pub(super) async fn download(
         let v = exports::show(&api.platform, export_id(&id)?)
             .await?
             .ok_or_else(no_such_export)?;
+        if v.status == "expired" {
+            return Err(Problem::new(
+                StatusCode::GONE,
+                ErrorCode::NotFound,
+                "The export has expired",
+            )
+            .detail(format!(
+                "export {}'s archive was deleted when it expired",
+                v.id
+            )));
+        }
         if v.status != "succeeded" {
             return Err(Problem::new(
                 StatusCode::CONFLICT,
