@@ -75,6 +75,14 @@ pub enum SettingsError {
     Load(String),
 }
 
+/// A duration setting (`30d`, `720h`, `0s`) of at most ten years.
+fn days_setting(key: &'static str, raw: &str) -> Result<Duration, SettingsError> {
+    humantime::parse_duration(raw.trim())
+        .ok()
+        .filter(|d| *d <= MAX_DURATION_SETTING)
+        .ok_or_else(|| invalid(key, "must be a duration such as 30d or 720h, at most 3650d"))
+}
+
 fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
     SettingsError::Invalid {
         env: format!("PORTICO_{}", key.to_ascii_uppercase()),
@@ -639,29 +647,13 @@ impl Settings {
             .filter(|n| *n <= 600_000)
             .map(|n| Duration::from_millis(n.into()))
             .ok_or_else(|| invalid("move_drain_ms", "must be between 0 and 600000"))?;
-        let deletion_grace = humantime::parse_duration(raw.deletion_grace.trim())
-            .ok()
-            .filter(|d| *d <= MAX_DELETION_GRACE)
-            .ok_or_else(|| {
-                invalid(
-                    "deletion_grace",
-                    "must be a duration such as 30d or 720h, at most 3650d",
-                )
-            })?;
+        let deletion_grace = days_setting("deletion_grace", &raw.deletion_grace)?;
         let export_dir = match raw.export_dir.as_deref() {
             None | Some("") => data_dir.join("exports"),
             Some(d) if Path::new(d).is_absolute() => PathBuf::from(d),
             Some(_) => return Err(invalid("export_dir", "must be an absolute directory path")),
         };
-        let export_retention = humantime::parse_duration(raw.export_retention.trim())
-            .ok()
-            .filter(|d| *d <= MAX_DELETION_GRACE)
-            .ok_or_else(|| {
-                invalid(
-                    "export_retention",
-                    "must be a duration such as 7d or 48h, at most 3650d",
-                )
-            })?;
+        let export_retention = days_setting("export_retention", &raw.export_retention)?;
         let runtime = RuntimeSettings::validate(&raw, &base_domain)?;
         Ok(Self {
             default_tier,
@@ -687,7 +679,7 @@ const DEFAULT_MOVE_DRAIN_MS: u32 = 5_000;
 const DEFAULT_DELETION_GRACE: &str = "30d";
 const DEFAULT_EXPORT_RETENTION: &str = "7d";
 const DEFAULT_DELETION_GRACE_DAYS_AS_DURATION: Duration = Duration::from_secs(30 * 86_400);
-const MAX_DELETION_GRACE: Duration = Duration::from_secs(3650 * 86_400);
+const MAX_DURATION_SETTING: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Pooled tenants per shared database unless set: enough that a thousand tenants need only a
 /// few databases, few enough that one database's catalog stays small (each tenant adds its
@@ -869,6 +861,27 @@ mod tests {
             (
                 &[("database_url", "postgres://h/db"), ("storage", "ftp://x")],
                 "PORTICO_STORAGE",
+            ),
+            (
+                &[
+                    ("database_url", "postgres://h/db"),
+                    ("deletion_grace", "a month"),
+                ],
+                "PORTICO_DELETION_GRACE",
+            ),
+            (
+                &[
+                    ("database_url", "postgres://h/db"),
+                    ("export_retention", "99999d"),
+                ],
+                "PORTICO_EXPORT_RETENTION",
+            ),
+            (
+                &[
+                    ("database_url", "postgres://h/db"),
+                    ("export_dir", "exports"),
+                ],
+                "PORTICO_EXPORT_DIR",
             ),
             (
                 &[
