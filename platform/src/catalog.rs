@@ -79,6 +79,19 @@ pub struct PlacementRow {
 }
 
 impl PlacementRow {
+    /// Pooled tier: the shared database and its pool role (the role is named after the
+    /// database when the catalog does not say).
+    pub fn shared_names(&self) -> Option<portico_provisioning::pooled::SharedDbNames> {
+        self.shared_database_id
+            .map(|_| portico_provisioning::pooled::SharedDbNames {
+                database: self.database_name.clone(),
+                pool_role: self
+                    .pool_role
+                    .clone()
+                    .unwrap_or_else(|| self.database_name.clone()),
+            })
+    }
+
     /// Where the tenant's objects live, for migrations.
     pub fn target(&self) -> portico_provisioning::migrations::Target {
         match &self.schema_name {

@@ -411,7 +411,7 @@ pub(crate) fn slug(s: &str) -> Result<Slug, PlatformError> {
     Ok(Slug::parse(s)?)
 }
 
-fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -163,13 +163,13 @@ pub struct Retained {
     pub legal_holds: i64,
 }
 
+/// A reason or note: 1 to 1000 printable characters (line breaks allowed).
+fn text_ok(s: &str) -> bool {
+    let s = s.trim();
+    !s.is_empty() && s.chars().count() <= 1000 && !s.chars().any(|c| c.is_control() && c != '\n')
+}
+
 fn validate(platform: &Platform, req: &DeletionRequest) -> Result<()> {
-    let text_ok = |s: &str| {
-        let s = s.trim();
-        !s.is_empty()
-            && s.chars().count() <= 1000
-            && !s.chars().any(|c| c.is_control() && c != '\n')
-    };
     if !text_ok(&req.reason) {
         return Err(PlatformError::InvalidInput(
             "a deletion needs a reason: 1 to 1000 printable characters".into(),
@@ -320,7 +320,7 @@ pub async fn approve(
     note: Option<&str>,
 ) -> Result<DeletionView> {
     let a = approval(platform, id).await?;
-    decidable(&a, by, true)?;
+    decidable(&a, by, true, note)?;
     let req: DeletionRequest = serde_json::from_value(a.request.clone())
         .map_err(|e| PlatformError::InvalidState(format!("unreadable request: {e}")))?;
     let tenant = TenantId::from_uuid(a.tenant_id);
@@ -414,7 +414,7 @@ pub async fn reject(
     note: Option<&str>,
 ) -> Result<ApprovalView> {
     let a = approval(platform, id).await?;
-    decidable(&a, by, false)?;
+    decidable(&a, by, false, note)?;
     let done = sqlx::query(
         "update operator_approvals
             set status = 'rejected', decided_by = $2, decided_by_token = $3,
@@ -434,7 +434,17 @@ pub async fn reject(
     approval(platform, id).await
 }
 
-fn decidable(a: &ApprovalView, by: &OperatorIdentity, approving: bool) -> Result<()> {
+fn decidable(
+    a: &ApprovalView,
+    by: &OperatorIdentity,
+    approving: bool,
+    note: Option<&str>,
+) -> Result<()> {
+    if note.is_some_and(|n| !text_ok(n)) {
+        return Err(PlatformError::InvalidInput(
+            "a decision's note must be 1 to 1000 printable characters".into(),
+        ));
+    }
     if a.status != "pending" {
         return Err(PlatformError::ApprovalDecided(a.id.to_string()));
     }
@@ -723,11 +733,9 @@ async fn purge_locked(platform: &Platform, tenant: TenantId) -> Result<()> {
     ctx.step("database", || async {
         if let (Some(p), Some(server)) = (&placement, &server) {
             let admin = server.admin().await?;
-            if p.shared_database_id.is_some() {
-                if database_exists(&admin, &p.database_name).await? {
-                    let inside = server.admin_in(&p.database_name).await?;
-                    portico_provisioning::moves::drop_schemas(&inside, &p.target()).await?;
-                }
+            if let Some(shared) = p.shared_names() {
+                // The tenant's schemas (and its role: the `role` step then finds it gone).
+                portico_provisioning::pooled::drop_tenant(server, &admin, &shared, &names).await?;
             } else {
                 database::end_stale_sessions(&admin, &names).await?;
                 database::drop_database(&admin, &names).await?;
@@ -816,17 +824,6 @@ async fn export_first(platform: &Platform, deletion: Uuid) -> Result<()> {
     };
     Box::pin(crate::exports::run(platform, id)).await?;
     Ok(())
-}
-
-async fn database_exists(admin: &tokio_postgres::Client, name: &str) -> Result<bool> {
-    Ok(admin
-        .query_one(
-            "select exists (select 1 from pg_database where datname = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(|e| PlatformError::InvalidState(format!("looking up a database: {e}")))?
-        .get(0))
 }
 
 /// Ends every server session logged in as the role (dedicated tier; a pooled tenant's role

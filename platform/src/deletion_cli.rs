@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use portico_core::signing::{PublicKey, verify_document};
 
+use crate::cli::json;
 use crate::context::Platform;
 use crate::deletion::{self, ApprovalView, DeletionRequest, DeletionView};
 use crate::error::PlatformError;
@@ -213,11 +214,6 @@ async fn audited<T>(
     Ok(result?)
 }
 
-fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
-}
-
 fn print_approval(a: &ApprovalView) {
     println!(
         "{}  {}  {}  requested by {} at {}  [{}]",
@@ -276,38 +272,51 @@ pub async fn approvals(p: &Platform, cmd: ApprovalsCmd) -> anyhow::Result<()> {
             id,
             note,
             json: as_json,
-        } => {
-            let who = operator(p).await?;
-            let result = match approval_id(&id) {
-                Ok(aid) => deletion::approve(p, &who, aid, note.as_deref()).await,
-                Err(e) => Err(e),
-            };
-            let d = audited(p, &who, "approval.approve", &id, result).await?;
-            if as_json {
-                json(&d)?;
-            } else {
-                print_deletion(&d);
-            }
-        }
+        } => decide(p, &id, note.as_deref(), true, as_json).await?,
         ApprovalsCmd::Reject {
             id,
             note,
             json: as_json,
-        } => {
-            let who = operator(p).await?;
-            let result = match approval_id(&id) {
-                Ok(aid) => deletion::reject(p, &who, aid, note.as_deref()).await,
-                Err(e) => Err(e),
-            };
-            let a = audited(p, &who, "approval.reject", &id, result).await?;
-            if as_json {
-                json(&a)?;
-            } else {
-                print_approval(&a);
-            }
-        }
+        } => decide(p, &id, note.as_deref(), false, as_json).await?,
     }
     Ok(())
+}
+
+/// Approves or rejects a request, as the operator of `PORTICO_OPERATOR_TOKEN`, audited.
+async fn decide(
+    p: &Platform,
+    id: &str,
+    note: Option<&str>,
+    approve: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let who = operator(p).await?;
+    let aid = approval_id(id);
+    if approve {
+        let result = match aid {
+            Ok(aid) => deletion::approve(p, &who, aid, note).await,
+            Err(e) => Err(e),
+        };
+        let d = audited(p, &who, "approval.approve", id, result).await?;
+        if as_json {
+            json(&d)
+        } else {
+            print_deletion(&d);
+            Ok(())
+        }
+    } else {
+        let result = match aid {
+            Ok(aid) => deletion::reject(p, &who, aid, note).await,
+            Err(e) => Err(e),
+        };
+        let a = audited(p, &who, "approval.reject", id, result).await?;
+        if as_json {
+            json(&a)
+        } else {
+            print_approval(&a);
+            Ok(())
+        }
+    }
 }
 
 /// `portico tenant delete <slug> --reason …`

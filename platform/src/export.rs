@@ -435,16 +435,7 @@ pub async fn export_with_progress(
     let encrypted = recipient.is_some();
     let tenant = t.tenant_id();
     let produced = async {
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg("opening the snapshot"))?;
-        tx.batch_execute("set local timezone = 'UTC'")
-            .await
-            .map_err(pg("preparing the snapshot"))?;
+        let tx = portico_provisioning::moves::snapshot(&mut client).await?;
         let snapshot_at: String = tx
             .query_one(
                 "select to_char(now() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
@@ -501,12 +492,13 @@ pub async fn export_with_progress(
             )
             .await
             .map_err(pg("listing document versions"))?;
+        let content = content_state(platform);
         let mut documents = Vec::new();
         for v in &versions {
             let (id, document_id): (String, String) = (v.get(0), v.get(1));
             let size = u64::try_from(v.get::<_, i64>(2)).unwrap_or(0);
             let file = format!("documents/{id}");
-            let sha = export_document(platform, &archive, tenant, v, &file, size).await?;
+            let sha = export_document(&content, &archive, tenant, v, &file, size).await?;
             if sha != v.get::<_, String>(7) {
                 return Err(PlatformError::InvalidState(format!(
                     "document version {id}: its content does not match the hash recorded at upload"
@@ -611,6 +603,16 @@ pub async fn export_with_progress(
     })
 }
 
+/// The content pipeline of the runtime (data-key cache, scanner, store), for the control
+/// plane's exports and imports.
+pub(crate) fn content_state(platform: &Platform) -> portico_tenant_runtime::content::ContentState {
+    portico_tenant_runtime::content::ContentState::new(
+        &platform.settings.runtime,
+        platform.keyring.clone(),
+        platform.store.clone(),
+    )
+}
+
 /// `<out>.partial`: where the archive is written until it is complete.
 pub fn partial_path(out: &Path) -> PathBuf {
     let mut name = out
@@ -658,7 +660,8 @@ async fn dump_table(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let cursor = format!("portico_export_{}", table.len());
+    // One table at a time: the cursor is closed before the next one is declared.
+    let cursor = "portico_export";
     tx.execute(
         &format!(
             "declare {cursor} no scroll cursor for
@@ -750,7 +753,7 @@ async fn pseudonyms(
 
 /// Decrypts one version's content into the archive; returns its SHA-256 (hex).
 async fn export_document(
-    platform: &Platform,
+    content: &portico_tenant_runtime::content::ContentState,
     archive: &Archive,
     tenant: TenantId,
     v: &tokio_postgres::Row,
@@ -763,9 +766,10 @@ async fn export_document(
     let object = ObjectKey::parse(v.get::<_, &str>(3))
         .map_err(|e| PlatformError::InvalidState(format!("version {id}: {e}")))?;
     let key = TenantKeyRef::new(v.get::<_, String>(5));
-    let dk = platform
-        .keyring
-        .decrypt_data_key(tenant, &key, v.get::<_, &[u8]>(4))
+    // Versions share data keys: each is unwrapped (a KMS call) once per export.
+    let dk = content
+        .keys
+        .open(tenant, &key, v.get::<_, &[u8]>(4))
         .await?;
     let cipher = ObjectCipher::new(&dk, v.get::<_, &[u8]>(6), tenant, version);
     archive
@@ -777,10 +781,9 @@ async fn export_document(
     let mut sha = Sha256::new();
     let mut sent = 0u64;
     if size > 0 {
-        let mut segments =
-            Segments::open(&platform.store, &object, Some(cipher), size, 0, size - 1)
-                .await
-                .map_err(|e| PlatformError::InvalidState(format!("document version {id}: {e}")))?;
+        let mut segments = Segments::open(&content.store, &object, Some(cipher), size, 0, size - 1)
+            .await
+            .map_err(|e| PlatformError::InvalidState(format!("document version {id}: {e}")))?;
         while let Some(piece) = segments
             .next_piece()
             .await

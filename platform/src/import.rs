@@ -242,9 +242,9 @@ async fn load(
         .iter()
         .map(|d| (d.file.as_str(), d))
         .collect();
-    let data_key = platform.keyring.generate_data_key(tenant, &key).await?;
-    // Imported content is scanned like an upload (unless scanning is turned off).
-    let scanner = content::scan::Scanner::new(platform.settings.runtime.clamd.clone());
+    // The upload path's pieces: data keys shared while their use limit allows, scanning
+    // (unless turned off), the object store.
+    let content = crate::export::content_state(platform);
     let mut seen: HashMap<String, (u64, String, u64)> = HashMap::new();
     let mut chain = ChainCheck::default();
     let loaded = async {
@@ -275,10 +275,9 @@ async fn load(
                 let target = DocTarget {
                     tenant,
                     key: &key,
-                    data_key: &data_key,
-                    scanner: &scanner,
+                    content: &content,
                 };
-                load_document(platform, &tx, &mut rx, &target, d).await?;
+                load_document(&tx, &mut rx, &target, d).await?;
                 seen.insert(name.clone(), (d.size, d.sha256.clone(), 0));
             } else if name == "manifest.json" || name == "manifest.sig" {
                 while next_data(&mut rx).await?.is_some() {}
@@ -466,25 +465,24 @@ fn check_seen(
     Ok(())
 }
 
-/// Where imported content goes: the new tenant, its keys, the scanner.
+/// Where imported content goes: the new tenant, its key, the content pipeline.
 struct DocTarget<'a> {
     tenant: TenantId,
     key: &'a TenantKeyRef,
-    data_key: &'a portico_core::keys::DataKey,
-    scanner: &'a content::scan::Scanner,
+    content: &'a content::ContentState,
 }
 
 /// Stores one version's content, scanned and encrypted under the new tenant's keys, and points
 /// its row at it.
 async fn load_document(
-    platform: &Platform,
     tx: &tokio_postgres::Transaction<'_>,
     rx: &mut tokio::sync::mpsc::Receiver<Msg>,
     target: &DocTarget<'_>,
     d: &crate::export::ManifestDocument,
 ) -> Result<()> {
-    let (tenant, key, data_key) = (target.tenant, target.key, target.data_key);
-    let scan = target.scanner.start().await.map_err(|e| {
+    let (tenant, key, content) = (target.tenant, target.key, target.content);
+    let data_key = content.keys.for_new_content(tenant, key).await?;
+    let scan = content.scanner.start().await.map_err(|e| {
         PlatformError::InvalidState(format!(
             "the malware scanner is unreachable ({e}); an import scans every document"
         ))
@@ -506,7 +504,7 @@ async fn load_document(
         }
     });
     let stored = content::store(
-        &platform.store,
+        &content.store,
         &object,
         Some(cipher),
         scan,

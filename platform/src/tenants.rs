@@ -484,13 +484,9 @@ async fn run_pooled_steps(
 ) -> Result<()> {
     use portico_provisioning::pooled;
     let (platform, run, tenant) = (ctx.platform, ctx.run, ctx.tenant);
-    let shared_names = pooled::SharedDbNames {
-        database: placement.database_name.clone(),
-        pool_role: placement
-            .pool_role
-            .clone()
-            .unwrap_or_else(|| placement.database_name.clone()),
-    };
+    let shared_names = placement.shared_names().ok_or_else(|| {
+        PlatformError::InvalidState(format!("tenant {tenant} has no shared database"))
+    })?;
     let key_step = ctx.key_step();
     let role_and_schema = async {
         let password =
@@ -837,16 +833,9 @@ async fn destroy(platform: &Platform, tenant: TenantId) -> Result<usize> {
             database: placement.database_name.clone(),
             role: placement.role_name.clone(),
         };
-        if placement.shared_database_id.is_some() {
+        if let Some(shared) = placement.shared_names() {
             // The shared database stays (other tenants live there); only this tenant's
             // schemas and role go.
-            let shared = portico_provisioning::pooled::SharedDbNames {
-                database: placement.database_name.clone(),
-                pool_role: placement
-                    .pool_role
-                    .clone()
-                    .unwrap_or_else(|| placement.database_name.clone()),
-            };
             portico_provisioning::pooled::drop_tenant(&server, &admin, &shared, &names).await?;
             checkpoint("rollback:database");
             checkpoint("rollback:role");

@@ -192,6 +192,25 @@ const CANONICAL: &str = "set local timezone = 'UTC'; set local datestyle = 'ISO,
      set local intervalstyle = 'postgres'; set local extra_float_digits = 3;
      set local bytea_output = 'hex'";
 
+/// One consistent, read-only snapshot of a database (`REPEATABLE READ`), with the session
+/// settings that make every value's text form the same on any server (UTC, ISO dates, full
+/// float precision, hex `bytea`): what copies, fingerprints and exports read from.
+pub async fn snapshot(
+    client: &mut Client,
+) -> Result<tokio_postgres::Transaction<'_>, ProvisionError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| pg_err("opening a snapshot", e))?;
+    tx.batch_execute(CANONICAL)
+        .await
+        .map_err(|e| pg_err("preparing a snapshot", e))?;
+    Ok(tx)
+}
+
 /// Copies every table and sequence value of the tenant from `src` (a connection to the source
 /// database, as an admin allowed to read the tenant's tables) to `dst` (the destination
 /// database, as an admin allowed to set `session_replication_role`), replacing whatever the
@@ -203,17 +222,7 @@ pub async fn copy_tenant(
     dst: &mut Client,
     dst_target: &Target,
 ) -> Result<CopyReport, ProvisionError> {
-    let src_tx = src
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| pg_err("opening the source snapshot", e))?;
-    src_tx
-        .batch_execute(CANONICAL)
-        .await
-        .map_err(|e| pg_err("preparing the source snapshot", e))?;
+    let src_tx = snapshot(src).await?;
     let dst_tx = dst
         .transaction()
         .await
@@ -469,16 +478,7 @@ pub async fn fingerprint(
     client: &mut Client,
     target: &Target,
 ) -> Result<Vec<(String, i64, String)>, ProvisionError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| pg_err("opening a snapshot", e))?;
-    tx.batch_execute(CANONICAL)
-        .await
-        .map_err(|e| pg_err("preparing a snapshot", e))?;
+    let tx = snapshot(client).await?;
     let mut out = Vec::new();
     for (s, t) in tenant_tables(&tx, target).await? {
         let (rows, sum) = checksum(&tx, &s, &t).await?;
