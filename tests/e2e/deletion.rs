@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use time::OffsetDateTime;
 
+use crate::archive::{export_dir, identity, manifest_sha};
 use crate::crash::kill_at;
 use crate::portal::{content, fetch, put, upload, user};
 use crate::support::{Backend, OPERATOR_HOST, Server, TestEnv, host_of, tenant_id, within};
@@ -155,6 +156,20 @@ async fn deletion_takes_two_operators_and_is_restorable_during_grace() {
         "{pending:?}"
     );
     assert_eq!(pending.body[0]["request"]["reason"], "Customer left");
+
+    // A note that is not printable text is refused; nothing is decided.
+    for note in ["x".repeat(1001), "bell \u{7}".to_owned()] {
+        op(
+            &server,
+            Method::POST,
+            &format!("/operator/v1/approvals/{id}/approve"),
+            &bob,
+            Some(json!({ "note": note })),
+        )
+        .await
+        .assert_problem(422, "invalid_input");
+    }
+    assert_eq!(status_of(&env, "acme").await, "active");
 
     // Another operator approves: gone at once for every caller, the neighbour untouched.
     let approved = op(
@@ -532,7 +547,7 @@ async fn purge_and_certify(env: TestEnv, by_serve: bool) {
     .await;
     assert_eq!(kept.status, 201, "{kept:?}");
     let dir = tempfile::tempdir().expect("dir");
-    let (identity, recipient) = age_identity(dir.path());
+    let (identity, recipient) = identity(dir.path(), "compliance.key");
     // What a backup would keep: an object and the wrapped data key of its version.
     let (object_key, wrapped, key_ref): (String, Vec<u8>, String) = {
         let db = env.tenant_db("acme").await;
@@ -845,15 +860,6 @@ async fn purge_and_certify(env: TestEnv, by_serve: bool) {
     env.cleanup().await;
 }
 
-/// A fresh age identity in `dir`, and its recipient.
-fn age_identity(dir: &std::path::Path) -> (std::path::PathBuf, String) {
-    use age::secrecy::ExposeSecret;
-    let id = age::x25519::Identity::generate();
-    let path = dir.join("compliance.key");
-    std::fs::write(&path, format!("{}\n", id.to_string().expose_secret())).expect("identity");
-    (path, id.to_public().to_string())
-}
-
 /// The archive of the tenant's (last) export in the export directory.
 async fn export_of(env: &TestEnv, id: portico_core::TenantId) -> std::path::PathBuf {
     let name: String = env
@@ -866,36 +872,7 @@ async fn export_of(env: &TestEnv, id: portico_core::TenantId) -> std::path::Path
         .await
         .expect("an export")
         .get(0);
-    env.dir
-        .path()
-        .join(".local/share/portico/exports")
-        .join(name)
-}
-
-/// SHA-256 (hex) of the archive's manifest.json, read with age and tar only.
-fn manifest_sha(archive: &std::path::Path, identity: &std::path::Path) -> String {
-    use sha2::Digest;
-    use std::io::Read;
-    let text = std::fs::read_to_string(identity).expect("identity");
-    let id: age::x25519::Identity = text.trim().parse().expect("identity");
-    let raw = std::fs::read(archive).expect("archive");
-    let mut plain = Vec::new();
-    age::Decryptor::new(&raw[..])
-        .expect("age")
-        .decrypt(std::iter::once(&id as &dyn age::Identity))
-        .expect("decrypt")
-        .read_to_end(&mut plain)
-        .expect("read");
-    let mut tar = tar::Archive::new(&plain[..]);
-    for e in tar.entries().expect("tar") {
-        let mut e = e.expect("entry");
-        if e.path().expect("path").to_string_lossy() == "manifest.json" {
-            let mut m = Vec::new();
-            e.read_to_end(&mut m).expect("manifest");
-            return hex::encode(sha2::Sha256::digest(&m));
-        }
-    }
-    panic!("no manifest in {}", archive.display());
+    export_dir(env).join(name)
 }
 
 const PURGE_POINTS: &[&str] = &[
@@ -924,7 +901,7 @@ async fn a_purge_killed_at_every_step_is_finished_by_running_it_again() {
     let alice = env.operator_token("alice");
     let bob = env.operator_token("bob");
     let keys = tempfile::tempdir().expect("dir");
-    let (identity, recipient) = age_identity(keys.path());
+    let (identity, recipient) = identity(keys.path(), "compliance.key");
     for (i, point) in PURGE_POINTS.iter().enumerate() {
         let slug = format!("gone{i}");
         let id = tenant_id(&env.json(&["tenant", "create", &slug, "--json"]));

@@ -9,61 +9,13 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use age::secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::archive::{contains, decrypt, entries, export_dir, identity};
 use crate::crash::pause_at;
 use crate::portal::{content, new_version, post, upload, user};
 use crate::support::{Backend, TestEnv, host_of};
-
-/// A fresh age identity written to a file, and its recipient.
-fn identity(dir: &Path, name: &str) -> (PathBuf, String) {
-    let id = age::x25519::Identity::generate();
-    let path = dir.join(name);
-    std::fs::write(
-        &path,
-        format!("# test identity\n{}\n", id.to_string().expose_secret()),
-    )
-    .expect("identity file");
-    (path, id.to_public().to_string())
-}
-
-/// The archive's entries: name → (offset of the data in the file, bytes).
-fn entries(raw: &[u8]) -> BTreeMap<String, (u64, Vec<u8>)> {
-    let mut out = BTreeMap::new();
-    let mut archive = tar::Archive::new(raw);
-    for e in archive.entries().expect("tar") {
-        let mut e = e.expect("entry");
-        let name = e.path().expect("path").to_string_lossy().into_owned();
-        let pos = e.raw_file_position();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).expect("data");
-        out.insert(name, (pos, data));
-    }
-    out
-}
-
-fn decrypt(raw: &[u8], identity: &Path) -> Vec<u8> {
-    let text = std::fs::read_to_string(identity).expect("identity");
-    let id: age::x25519::Identity = text
-        .lines()
-        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-        .expect("key line")
-        .parse()
-        .expect("identity");
-    let d = age::Decryptor::new(raw).expect("age file");
-    let mut r = d
-        .decrypt(std::iter::once(&id as &dyn age::Identity))
-        .expect("decrypt");
-    let mut out = Vec::new();
-    r.read_to_end(&mut out).expect("plaintext");
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 #[tokio::test]
 async fn a_dedicated_tenant_exports_encrypted_and_verifies_offline() {
@@ -362,22 +314,6 @@ async fn export_and_verify(env: TestEnv) {
     .await;
     assert_eq!(t2.status, 201, "{t2:?}");
     assert_eq!(t2.body["number"], 2, "ticket numbers continue: {t2:?}");
-    // A changed archive is refused, and the tenant it was going into removed again.
-    let mut bad = good_plaintext_copy(&env, &dir, &public).await;
-    let n = bad.len();
-    bad[n / 2] ^= 0x01;
-    let f = dir.path().join("bad.tar");
-    std::fs::write(&f, &bad).expect("write");
-    env.run(&[
-        "tenant",
-        "import",
-        f.to_str().expect("path"),
-        "--slug",
-        "acme-bad",
-    ])
-    .assert_error("nothing was imported");
-    assert!(!env.ok(&["tenant", "list"]).contains("acme-bad"));
-
     // Tampering, on a plaintext export: each change is named.
     let p = dir.path().join("acme.tar");
     env.ok(&[
@@ -460,6 +396,20 @@ async fn export_and_verify(env: TestEnv) {
         assert!(!r.success, "a changed {what} passed");
         assert!(r.stderr.contains(expected), "{what}: {}", r.stderr);
     }
+    // Imported, a changed document is found while it loads, and the tenant it was going into
+    // is removed again.
+    let f = dir.path().join("bad.tar");
+    std::fs::write(&f, flip(&doc_file, 10)).expect("write");
+    env.run(&[
+        "tenant",
+        "import",
+        f.to_str().expect("path"),
+        "--slug",
+        "acme-bad",
+    ])
+    .assert_error("nothing was imported");
+    env.run(&["tenant", "show", "acme-bad"])
+        .assert_error("no tenant named 'acme-bad'");
     env.cleanup().await;
 }
 
@@ -550,32 +500,6 @@ async fn killed_exports_and_imports_leave_nothing_that_looks_complete() {
     env.cleanup().await;
 }
 
-/// A fresh plaintext export of acme, verified.
-async fn good_plaintext_copy(env: &TestEnv, dir: &tempfile::TempDir, public: &str) -> Vec<u8> {
-    let p = dir
-        .path()
-        .join(format!("plain-{}.tar", uuid::Uuid::new_v4()));
-    env.ok(&[
-        "tenant",
-        "export",
-        "acme",
-        "--out",
-        p.to_str().expect("path"),
-        "--plaintext",
-    ]);
-    assert!(
-        env.ok(&[
-            "export",
-            "verify",
-            p.to_str().expect("path"),
-            "--public-key",
-            public
-        ])
-        .contains("valid export")
-    );
-    std::fs::read(&p).expect("read")
-}
-
 /// `<out>.partial`, as the export names it.
 pub fn partial(out: &Path) -> PathBuf {
     portico_platform::export::partial_path(out)
@@ -588,8 +512,7 @@ async fn operators_export_through_the_api_and_download_when_done() {
     env.ok(&["tenant", "create", "acme"]);
     let (_, ann) = user(&env, "acme", "ann@acme.example", "admin").await;
     let op = env.operator_token("alice");
-    // Archives expire as soon as they are finished (deleted by the next purge pass).
-    let server = env.serve(&[("PORTICO_EXPORT_RETENTION", "0s")]);
+    let server = env.serve(&[]);
     let up = upload(
         &server,
         &host_of("acme"),
@@ -688,7 +611,27 @@ async fn operators_export_through_the_api_and_download_when_done() {
         &public,
     ]);
     assert!(ok.contains("valid export of tenant 'acme'"), "{ok}");
-    // Expired: the archive is deleted by the purge pass, and the download says so.
+    // Kept for the retention setting (7 days by default); not yet expired, nothing goes.
+    let catalog = env.catalog().await;
+    let kept: f64 = catalog
+        .query_one(
+            "select extract(epoch from expires_at - created_at)::float8 from tenant_exports",
+            &[],
+        )
+        .await
+        .expect("expiry")
+        .get(0);
+    assert_eq!(kept, 7.0 * 86_400.0);
+    assert!(!env.ok(&["tenant", "purge-due"]).contains("expired"));
+    // Its time comes (the clock moved on: the expiry is set back), the purge pass deletes the
+    // archive, and the download says so.
+    catalog
+        .execute(
+            "update tenant_exports set expires_at = now() - interval '1 second'",
+            &[],
+        )
+        .await
+        .expect("expire");
     let out = env.ok(&["tenant", "purge-due"]);
     assert!(out.contains("deleted 1 expired export(s)"), "{out}");
     assert_eq!(
@@ -698,7 +641,7 @@ async fn operators_export_through_the_api_and_download_when_done() {
     call(Method::GET, download.clone(), None)
         .await
         .assert_problem(410, "not_found");
-    let left = std::fs::read_dir(env.dir.path().join(".local/share/portico/exports"))
+    let left = std::fs::read_dir(export_dir(&env))
         .expect("export dir")
         .count();
     assert_eq!(left, 0, "the expired archive is still there");

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `portico` binary and library against a real PostgreSQL cluster,
 //! a SeaweedFS S3 server and moto's KMS endpoint, all started by `infra/test.sh`.
 
+mod archive;
 mod idp;
 mod portal;
 mod support;
