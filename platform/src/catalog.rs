@@ -607,6 +607,16 @@ impl Catalog {
         .map_err(|e| PlatformError::catalog("looking up the provisioning run", e))
     }
 
+    /// A step's recorded state (`pending`, `running`, `done`, `failed`).
+    pub async fn step_state(&self, run: RunId, step: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("select state from provisioning_steps where run_id = $1 and step = $2")
+            .bind(run.as_uuid())
+            .bind(step)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| PlatformError::catalog("reading a step", e))
+    }
+
     /// Marks a step running and counts the attempt; returns the attempt number.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn step_started(&self, run: RunId, step: &str) -> Result<i32> {

@@ -688,11 +688,11 @@ async fn purge_locked(platform: &Platform, tenant: TenantId) -> Result<()> {
                 let server = db_servers::connect_id(platform, p.db_server_id, &p.db_server).await?;
                 let target = p.target();
                 let mut client = server.admin_in(&p.database_name).await?;
-                let counts = portico_provisioning::moves::fingerprint(&mut client, &target).await?;
+                let counts = portico_provisioning::moves::row_counts(&mut client, &target).await?;
                 inv.tables = Some(
                     counts
                         .into_iter()
-                        .map(|(table, rows, _)| TableCount { table, rows })
+                        .map(|(table, rows)| TableCount { table, rows })
                         .collect(),
                 );
                 inv.audit_head = database::audit_head(&client, &target)
@@ -867,50 +867,13 @@ impl PurgeCtx<'_> {
         Ok(())
     }
 
-    /// Runs a step unless it is done (recorded with attempts and errors, like create's steps).
+    /// Runs a step unless a previous attempt finished it.
     async fn step<F, Fut>(&self, name: &'static str, body: F) -> Result<()>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        let state: String = sqlx::query_scalar(
-            "select state from provisioning_steps where run_id = $1 and step = $2",
-        )
-        .bind(self.run.as_uuid())
-        .bind(name)
-        .fetch_one(self.platform.catalog.pool())
-        .await
-        .map_err(|e| PlatformError::catalog("reading a purge step", e))?;
-        if state == "done" {
-            return Ok(());
-        }
-        self.platform.catalog.step_started(self.run, name).await?;
-        checkpoint(&format!("before:{name}"));
-        let span = tracing::info_span!("purge_step", step = name);
-        match tracing::Instrument::instrument(body(), span).await {
-            Ok(()) => {
-                // Durable: the certificate reads these times.
-                sqlx::query(
-                    "update provisioning_steps set state = 'done', finished_at = now(), error = null
-                      where run_id = $1 and step = $2",
-                )
-                .bind(self.run.as_uuid())
-                .bind(name)
-                .execute(self.platform.catalog.pool())
-                .await
-                .map_err(|e| PlatformError::catalog("recording a purge step", e))?;
-                checkpoint(&format!("after:{name}"));
-                Ok(())
-            }
-            Err(e) => {
-                let message = e.to_string();
-                self.platform
-                    .catalog
-                    .step_failed(self.run, name, &message)
-                    .await?;
-                Err(e)
-            }
-        }
+        crate::tenants::recorded_step(self.platform, self.run, name, true, body).await
     }
 }
 

@@ -349,6 +349,14 @@ pub async fn restore(p: &Platform, slug: &str, as_json: bool) -> anyhow::Result<
         json(&d)?;
     } else {
         println!("tenant '{}' restored ({})", d.slug, d.previous_status);
+        // Fleet runs pass over tenants that are being deleted.
+        let t = crate::tenants::show(p, &d.slug).await?;
+        if t.schema_version < Some(portico_provisioning::migrations::latest_version()) {
+            println!(
+                "its tenant schema is behind this release: run `portico tenant migrate {}`",
+                d.slug
+            );
+        }
     }
     Ok(())
 }

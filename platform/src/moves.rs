@@ -486,33 +486,13 @@ impl<'a> MoveCtx<'a> {
         }
     }
 
-    /// Runs one recorded step (attempt counted, failure recorded), with the crash tests'
-    /// checkpoints around it.
+    /// Runs one recorded step of the move.
     async fn step<F, Fut>(&self, name: &'static str, body: F) -> Result<()>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        let run = self.m.run();
-        self.platform.catalog.step_started(run, name).await?;
-        checkpoint(&format!("before:{name}"));
-        let span = tracing::info_span!("move_step", step = name);
-        match tracing::Instrument::instrument(body(), span).await {
-            Ok(()) => {
-                self.platform.catalog.step_done(run, name).await?;
-                checkpoint(&format!("after:{name}"));
-                Ok(())
-            }
-            Err(e) => {
-                let message = portico_core::error_chain(&e);
-                tracing::warn!(tenant_id = %self.m.tenant(), step = name, error = %message, "move step failed");
-                self.platform
-                    .catalog
-                    .step_failed(run, name, &message)
-                    .await?;
-                Err(e)
-            }
-        }
+        crate::tenants::recorded_step(self.platform, self.m.run(), name, false, body).await
     }
 
     /// The dedicated destination's role password: the recorded one, or a new one recorded

@@ -121,6 +121,41 @@ pub(crate) fn checkpoint(point: &str) {
     }
 }
 
+/// Runs one recorded step of a run (a move's, a purge's): the attempt counted, the crash
+/// tests' checkpoints around it, success or the failure with its message recorded. With
+/// `skip_done`, a step a previous attempt finished is not run again.
+pub(crate) async fn recorded_step<F, Fut>(
+    platform: &Platform,
+    run: RunId,
+    name: &'static str,
+    skip_done: bool,
+    body: F,
+) -> Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    if skip_done && platform.catalog.step_state(run, name).await?.as_deref() == Some("done") {
+        return Ok(());
+    }
+    platform.catalog.step_started(run, name).await?;
+    checkpoint(&format!("before:{name}"));
+    let span = tracing::info_span!("step", step = name, run_id = %run);
+    match tracing::Instrument::instrument(body(), span).await {
+        Ok(()) => {
+            platform.catalog.step_done(run, name).await?;
+            checkpoint(&format!("after:{name}"));
+            Ok(())
+        }
+        Err(e) => {
+            let message = portico_core::error_chain(&e);
+            tracing::warn!(run_id = %run, step = name, error = %message, "step failed");
+            platform.catalog.step_failed(run, name, &message).await?;
+            Err(e)
+        }
+    }
+}
+
 fn validate_display_name(name: &str) -> Result<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
