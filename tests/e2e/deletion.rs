@@ -33,6 +33,24 @@ async fn op(
         .await
 }
 
+/// `POST /operator/v1/tenants/{slug}/deletion` as the operator of `token`.
+async fn ask(server: &Server, token: &str, slug: &str, body: Value) -> crate::support::Answer {
+    let path = format!("/operator/v1/tenants/{slug}/deletion");
+    op(server, Method::POST, &path, token, Some(body)).await
+}
+
+/// `POST /operator/v1/approvals/{id}/{verb}` (`approve` or `reject`) as the operator of `token`.
+async fn decide(
+    server: &Server,
+    token: &str,
+    id: &str,
+    verb: &str,
+    body: Option<Value>,
+) -> crate::support::Answer {
+    let path = format!("/operator/v1/approvals/{id}/{verb}");
+    op(server, Method::POST, &path, token, body).await
+}
+
 /// Asks (as `requester`) and approves (as `approver`) a deletion through the CLI.
 /// Asks (as `requester`, with `args` added to `tenant delete`) and approves (as `approver`) a
 /// deletion through the CLI.
@@ -94,55 +112,26 @@ async fn deletion_takes_two_operators_and_is_restorable_during_grace() {
     let doc = doc.body["id"].as_str().expect("id").to_owned();
 
     // Bad input changes nothing.
-    let bad = op(
-        &server,
-        Method::POST,
-        "/operator/v1/tenants/acme/deletion",
-        &alice,
-        Some(json!({"reason": " "})),
-    )
-    .await;
+    let bad = ask(&server, &alice, "acme", json!({"reason": " "})).await;
     bad.assert_problem(422, "invalid_input");
-    let short = op(
+    let short = ask(
         &server,
-        Method::POST,
-        "/operator/v1/tenants/acme/deletion",
         &alice,
-        Some(json!({"reason": "x", "grace_days": 1})),
+        "acme",
+        json!({"reason": "x", "grace_days": 1}),
     )
     .await;
     short.assert_problem(422, "invalid_input");
-    let asked = op(
-        &server,
-        Method::POST,
-        "/operator/v1/tenants/acme/deletion",
-        &alice,
-        Some(json!({"reason": "Customer left"})),
-    )
-    .await;
+    let asked = ask(&server, &alice, "acme", json!({"reason": "Customer left"})).await;
     assert_eq!(asked.status, 202, "{asked:?}");
     assert_eq!(asked.body["status"], "pending");
     assert_eq!(asked.body["requested_by"], "alice");
     let id = asked.body["id"].as_str().expect("id").to_owned();
-    let again = op(
-        &server,
-        Method::POST,
-        "/operator/v1/tenants/acme/deletion",
-        &bob,
-        Some(json!({"reason": "twice"})),
-    )
-    .await;
+    let again = ask(&server, &bob, "acme", json!({"reason": "twice"})).await;
     again.assert_problem(409, "conflict");
 
     // The requester cannot approve their own request; nothing changes.
-    let own = op(
-        &server,
-        Method::POST,
-        &format!("/operator/v1/approvals/{id}/approve"),
-        &alice,
-        None,
-    )
-    .await;
+    let own = decide(&server, &alice, &id, "approve", None).await;
     own.assert_problem(403, "same_operator");
     assert_eq!(status_of(&env, "acme").await, "active");
     assert_eq!(
@@ -159,24 +148,18 @@ async fn deletion_takes_two_operators_and_is_restorable_during_grace() {
 
     // A note that is not printable text is refused; nothing is decided.
     for note in ["x".repeat(1001), "bell \u{7}".to_owned()] {
-        op(
-            &server,
-            Method::POST,
-            &format!("/operator/v1/approvals/{id}/approve"),
-            &bob,
-            Some(json!({ "note": note })),
-        )
-        .await
-        .assert_problem(422, "invalid_input");
+        decide(&server, &bob, &id, "approve", Some(json!({ "note": note })))
+            .await
+            .assert_problem(422, "invalid_input");
     }
     assert_eq!(status_of(&env, "acme").await, "active");
 
     // Another operator approves: gone at once for every caller, the neighbour untouched.
-    let approved = op(
+    let approved = decide(
         &server,
-        Method::POST,
-        &format!("/operator/v1/approvals/{id}/approve"),
         &bob,
+        &id,
+        "approve",
         Some(json!({"note": "checked with sales"})),
     )
     .await;
@@ -208,14 +191,7 @@ async fn deletion_takes_two_operators_and_is_restorable_during_grace() {
             .status,
         200
     );
-    let twice = op(
-        &server,
-        Method::POST,
-        &format!("/operator/v1/approvals/{id}/approve"),
-        &bob,
-        None,
-    )
-    .await;
+    let twice = decide(&server, &bob, &id, "approve", None).await;
     twice.assert_problem(409, "approval_decided");
 
     let shown = env.json(&["tenant", "show", "acme", "--json"]);
@@ -382,21 +358,13 @@ async fn retention_and_legal_holds_refuse_deletion_unless_overridden() {
     .await;
     assert_eq!(hold.status, 200, "{hold:?}");
 
-    let refused = op(
-        &server,
-        Method::POST,
-        "/operator/v1/tenants/acme/deletion",
-        &alice,
-        Some(json!({"reason": "Customer left"})),
-    )
-    .await;
+    let refused = ask(&server, &alice, "acme", json!({"reason": "Customer left"})).await;
     refused.assert_problem(409, "retention_active");
-    let refused = op(
+    let refused = ask(
         &server,
-        Method::POST,
-        "/operator/v1/tenants/globex/deletion",
         &alice,
-        Some(json!({"reason": "Customer left"})),
+        "globex",
+        json!({"reason": "Customer left"}),
     )
     .await;
     refused.assert_problem(409, "legal_hold_active");
@@ -416,7 +384,7 @@ async fn retention_and_legal_holds_refuse_deletion_unless_overridden() {
     assert_eq!(none.body, json!([]), "a refused request records nothing");
 
     // Overridden with a reason, which the approver sees.
-    let asked = op(&server, Method::POST, "/operator/v1/tenants/acme/deletion", &alice, Some(json!({"reason": "Customer left", "override_retention": "Records handed to the customer, ticket LEGAL-7"}))).await;
+    let asked = ask(&server, &alice, "acme", json!({"reason": "Customer left", "override_retention": "Records handed to the customer, ticket LEGAL-7"})).await;
     assert_eq!(asked.status, 202, "{asked:?}");
     let seen = op(&server, Method::GET, "/operator/v1/approvals", &bob, None).await;
     assert_eq!(
@@ -439,14 +407,7 @@ async fn retention_and_legal_holds_refuse_deletion_unless_overridden() {
     )
     .await;
     let late = up.body["id"].as_str().expect("id").to_owned();
-    let i_asked = op(
-        &server,
-        Method::POST,
-        "/operator/v1/tenants/initech/deletion",
-        &alice,
-        Some(json!({"reason": "r"})),
-    )
-    .await;
+    let i_asked = ask(&server, &alice, "initech", json!({"reason": "r"})).await;
     assert_eq!(i_asked.status, 202, "{i_asked:?}");
     let hold = put(
         &server,
@@ -457,27 +418,21 @@ async fn retention_and_legal_holds_refuse_deletion_unless_overridden() {
     )
     .await;
     assert_eq!(hold.status, 200, "{hold:?}");
-    let stopped = op(
+    let stopped = decide(
         &server,
-        Method::POST,
-        &format!(
-            "/operator/v1/approvals/{}/approve",
-            i_asked.body["id"].as_str().expect("id")
-        ),
         &bob,
+        i_asked.body["id"].as_str().expect("id"),
+        "approve",
         None,
     )
     .await;
     stopped.assert_problem(409, "legal_hold_active");
     assert_eq!(status_of(&env, "initech").await, "active");
-    let ok = op(
+    let ok = decide(
         &server,
-        Method::POST,
-        &format!(
-            "/operator/v1/approvals/{}/approve",
-            asked.body["id"].as_str().expect("id")
-        ),
         &bob,
+        asked.body["id"].as_str().expect("id"),
+        "approve",
         None,
     )
     .await;

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::archive::{contains, decrypt, entries, export_dir, identity};
 use crate::crash::pause_at;
 use crate::portal::{content, new_version, post, upload, user};
-use crate::support::{Backend, TestEnv, host_of};
+use crate::support::{Answer, Backend, Server, TestEnv, host_of};
 
 #[tokio::test]
 async fn a_dedicated_tenant_exports_encrypted_and_verifies_offline() {
@@ -416,18 +416,7 @@ async fn export_and_verify(env: TestEnv) {
 #[tokio::test]
 async fn killed_exports_and_imports_leave_nothing_that_looks_complete() {
     let env = TestEnv::new(Backend::FileLocal).await;
-    env.ok(&["tenant", "create", "acme"]);
-    let (_, ann) = user(&env, "acme", "ann@acme.example", "admin").await;
-    let server = env.serve(&[]);
-    let up = upload(
-        &server,
-        &host_of("acme"),
-        &ann,
-        &[("type", "invoice"), ("title", "One")],
-        content(300_000, 3),
-    )
-    .await;
-    assert_eq!(up.status, 201, "{up:?}");
+    acme_with_a_document(&env, content(300_000, 3)).await;
     let dir = tempfile::tempdir().expect("dir");
     let out = dir.path().join("acme.tar");
     let args = [
@@ -500,6 +489,24 @@ async fn killed_exports_and_imports_leave_nothing_that_looks_complete() {
     env.cleanup().await;
 }
 
+/// Tenant acme with an admin (Ann) who has uploaded `bytes`: the server, Ann's token and the
+/// upload's answer.
+async fn acme_with_a_document(env: &TestEnv, bytes: Vec<u8>) -> (Server, String, Answer) {
+    env.ok(&["tenant", "create", "acme"]);
+    let (_, ann) = user(env, "acme", "ann@acme.example", "admin").await;
+    let server = env.serve(&[]);
+    let up = upload(
+        &server,
+        &host_of("acme"),
+        &ann,
+        &[("type", "invoice"), ("title", "One")],
+        bytes,
+    )
+    .await;
+    assert_eq!(up.status, 201, "{up:?}");
+    (server, ann, up)
+}
+
 /// `<out>.partial`, as the export names it.
 pub fn partial(out: &Path) -> PathBuf {
     portico_platform::export::partial_path(out)
@@ -509,19 +516,8 @@ pub fn partial(out: &Path) -> PathBuf {
 async fn operators_export_through_the_api_and_download_when_done() {
     use reqwest::Method;
     let env = TestEnv::new(Backend::S3Kms).await;
-    env.ok(&["tenant", "create", "acme"]);
-    let (_, ann) = user(&env, "acme", "ann@acme.example", "admin").await;
     let op = env.operator_token("alice");
-    let server = env.serve(&[]);
-    let up = upload(
-        &server,
-        &host_of("acme"),
-        &ann,
-        &[("type", "invoice"), ("title", "One")],
-        content(150_000, 4),
-    )
-    .await;
-    assert_eq!(up.status, 201, "{up:?}");
+    let (server, _, _) = acme_with_a_document(&env, content(150_000, 4)).await;
     let dir = tempfile::tempdir().expect("dir");
     let (id_file, recipient) = identity(dir.path(), "compliance.txt");
     let admin = crate::support::OPERATOR_HOST;
@@ -823,18 +819,7 @@ async fn an_anonymized_export_becomes_a_staging_tenant_with_nobodys_personal_dat
 #[tokio::test]
 async fn an_import_scans_every_document_and_refuses_malware() {
     let env = TestEnv::new(Backend::FileLocal).await;
-    env.ok(&["tenant", "create", "acme"]);
-    let (_, ann) = user(&env, "acme", "ann@acme.example", "admin").await;
-    let server = env.serve(&[]);
-    let up = upload(
-        &server,
-        &host_of("acme"),
-        &ann,
-        &[("type", "invoice"), ("title", "Clean")],
-        content(5_000, 8),
-    )
-    .await;
-    assert_eq!(up.status, 201, "{up:?}");
+    acme_with_a_document(&env, content(5_000, 8)).await;
     let dir = tempfile::tempdir().expect("dir");
     let clean = dir.path().join("clean.tar");
     env.ok(&[
