@@ -45,18 +45,12 @@ impl IdpProcess {
             .spawn()
             .expect("spawning node (Node.js 20+ is needed)");
         let watchdog = Watchdog::arm(child.id(), Duration::from_secs(600));
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        out.read_line(&mut line).expect("IdP start line");
-        // Keep both pipes drained: a write to a closed pipe would kill the IdP.
+        // Both pipes are drained from the start (an IdP blocked writing to a full stderr pipe
+        // would never print its start line), and what stderr said is kept for the failure.
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
         let tag = script.to_owned();
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-                sink.clear();
-            }
-        });
+        let log = said.clone();
         std::thread::spawn(move || {
             let mut l = String::new();
             while err.read_line(&mut l).map(|n| n > 0).unwrap_or(false) {
@@ -64,9 +58,36 @@ impl IdpProcess {
                 {
                     eprint!("[{tag}] {l}");
                 }
+                if let Ok(mut log) = log.lock()
+                    && log.len() < 64 * 1024
+                {
+                    log.push_str(&l);
+                }
                 l.clear();
             }
         });
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let (first, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = out.read_line(&mut line);
+            let _ = first.send(line);
+            // Keep stdout drained: a write to a closed pipe would kill the IdP.
+            let mut sink = String::new();
+            while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        // A failure, not a wait: the IdPs print their start line within a second or two.
+        let line = started
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "{script} printed no start line within 60 s; its stderr:\n{}",
+                    said.lock().map(|s| s.clone()).unwrap_or_default()
+                )
+            });
         let info: Value = serde_json::from_str(line.trim())
             .unwrap_or_else(|_| panic!("{script} did not start: {line:?}"));
         Self {
