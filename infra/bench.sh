@@ -25,8 +25,8 @@ documents() {
   trap '"$INFRA_REPO_ROOT/infra/moto.sh" stop "$run_dir/moto" || true; "$INFRA_REPO_ROOT/infra/seaweedfs.sh" stop "$run_dir/s3" || true; rm -rf "$run_dir" 2>/dev/null || true' RETURN
   export AWS_ACCESS_KEY_ID="portico-test" AWS_SECRET_ACCESS_KEY="portico-test-secret-key"
   export AWS_REGION="us-east-1" AWS_EC2_METADATA_DISABLED=true
-  export "$("$INFRA_REPO_ROOT/infra/seaweedfs.sh" start "$run_dir/s3")"
-  export "$("$INFRA_REPO_ROOT/infra/moto.sh" start "$run_dir/moto")"
+  export_started "$INFRA_REPO_ROOT/infra/seaweedfs.sh" start "$run_dir/s3"
+  export_started "$INFRA_REPO_ROOT/infra/moto.sh" start "$run_dir/moto"
   cargo bench --workspace --bench documents "$@"
 }
 case "${1:-all}" in

@@ -16,11 +16,14 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# A free port P on 127.0.0.1 such that P+10000 is free too (SeaweedFS puts each gRPC port
-# 10000 above its HTTP port).
-free_port_pair() {
-  python3 - <<'PY'
-import random, socket
+# N distinct free ports P on 127.0.0.1, each with P+10000 free too (SeaweedFS puts each
+# service's gRPC port 10000 above its HTTP port and refuses a port that equals another
+# service's gRPC port). Every P is drawn from 11000-20999, so every P+10000 falls in
+# 21000-30999: no chosen port can be another's gRPC port, and all of them stay below the
+# kernel's ephemeral range (32768+), where outgoing connections could take them meanwhile.
+free_ports_grpc() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
 def free(p):
     s = socket.socket()
     try:
@@ -29,11 +32,25 @@ def free(p):
         return False
     finally:
         s.close()
-for _ in range(200):
-    p = random.randint(20000, 50000)
-    if free(p) and free(p + 10000):
-        print(p); break
+want, chosen = int(sys.argv[1]), []
+for _ in range(2000):
+    p = random.randint(11000, 20999)
+    if p not in chosen and free(p) and free(p + 10000):
+        chosen.append(p)
+        if len(chosen) == want:
+            break
+if len(chosen) < want:
+    sys.exit("no free ports for SeaweedFS")
+print(" ".join(map(str, chosen)))
 PY
+}
+
+# Run an infra start script, which prints one NAME=VALUE line, and export that line. A script
+# that fails stops the caller here (it has already said why), not at an empty export.
+export_started() {
+  local line
+  line="$("$@")" || exit 1
+  export "$line"
 }
 
 # Wait until a TCP port accepts connections, or fail after $2 seconds. Polls, because the

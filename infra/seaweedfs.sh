@@ -16,8 +16,8 @@ case "$cmd" in
     cat > "$dir/s3.json" <<JSON
 {"identities":[{"name":"portico-test","credentials":[{"accessKey":"${AWS_ACCESS_KEY_ID}","secretKey":"${AWS_SECRET_ACCESS_KEY}"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 JSON
-    s3_port="$(free_port_pair)"; master_port="$(free_port_pair)"
-    volume_port="$(free_port_pair)"; filer_port="$(free_port_pair)"
+    ports="$(free_ports_grpc 4)"
+    read -r s3_port master_port volume_port filer_port <<<"$ports"
     # weed mini also starts a master, volume server, filer and admin; keep every one of them on
     # loopback and on ports we chose, and turn off what the tests do not need.
     nohup "$weed" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \

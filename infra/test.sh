@@ -26,15 +26,15 @@ unset AWS_PROFILE AWS_SESSION_TOKEN
 
 if [ -z "${PORTICO_TEST_DATABASE_URL:-}" ]; then
   log "starting a throwaway PostgreSQL cluster"
-  export "$("$INFRA_REPO_ROOT/infra/postgres.sh" start "$run_dir/pg")"
+  export_started "$INFRA_REPO_ROOT/infra/postgres.sh" start "$run_dir/pg"
   started_pg=1
   # Our cluster uses infra/postgresql/pg_hba.conf; the tests then also check its confinement.
   export PORTICO_TEST_PG_HBA_HARDENED=1
 fi
 log "starting SeaweedFS (S3), moto (KMS) and clamd (ClamAV)"
-export "$("$INFRA_REPO_ROOT/infra/seaweedfs.sh" start "$run_dir/s3")"
-export "$("$INFRA_REPO_ROOT/infra/moto.sh" start "$run_dir/moto")"
-export "$("$INFRA_REPO_ROOT/infra/clamav.sh" start "$run_dir/clamav")"
+export_started "$INFRA_REPO_ROOT/infra/seaweedfs.sh" start "$run_dir/s3"
+export_started "$INFRA_REPO_ROOT/infra/moto.sh" start "$run_dir/moto"
+export_started "$INFRA_REPO_ROOT/infra/clamav.sh" start "$run_dir/clamav"
 
 # The contract checkers (openapi-spec-validator, Schemathesis) that tests/e2e/openapi.rs runs.
 export PORTICO_TEST_VENV="$INFRA_VENV"
