@@ -302,7 +302,7 @@ pub async fn ensure_database(
         .await;
     match created {
         Ok(()) => {}
-        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+        Err(e) if database_exists_now(&e) => {}
         Err(e) => return Err(pg_err("creating the tenant database", e)),
     }
     // Asynchronous commit: the tenant's first login commits its profile row synchronously
@@ -314,6 +314,17 @@ pub async fn ensure_database(
         ))
         .await
         .map_err(|e| pg_err("restricting access to the tenant database", e))
+}
+
+/// Whether a failed `CREATE DATABASE` failed because the database is there: it existed
+/// (`duplicate_database`), or another session's `CREATE DATABASE` of the same name — a killed
+/// run's, still working on the server — committed while this one waited on the name's unique
+/// index (`unique_violation`; had it rolled back, this one would have gone on).
+pub(crate) fn database_exists_now(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(&SqlState::DUPLICATE_DATABASE) | Some(&SqlState::UNIQUE_VIOLATION)
+    )
 }
 
 /// Makes the tenant role the owner of its database — and so, through `pg_database_owner`, of

@@ -17,7 +17,6 @@
 use postgres_protocol::escape::escape_identifier as ident;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::Client;
-use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::database::{
@@ -91,7 +90,7 @@ async fn ensure_shared_locked(
         .await;
     match created {
         Ok(()) => {}
-        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+        Err(e) if crate::database::database_exists_now(&e) => {}
         Err(e) => return Err(pg_err("creating the shared database", e)),
     }
     admin
