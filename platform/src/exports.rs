@@ -7,6 +7,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::http::StatusCode;
+use futures_util::future::BoxFuture;
+use portico_core::TenantId;
+use portico_http::{ErrorCode, Problem};
+use portico_tenant_runtime::exports::{ExportFile, ExportStatus, TenantExports};
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -259,4 +264,176 @@ pub async fn expire_due(platform: &Platform) -> Result<usize> {
         tracing::info!(export = %id, "expired export deleted");
     }
     Ok(due.len())
+}
+
+/// Self-service exports carry who asked on the tenant's side under this prefix.
+const SELF_SERVICE: &str = "tenant:";
+
+/// The control plane's side of tenant self-service exports (`/api/v1/exports` on tenant
+/// hosts): the same exports as the operator API's, recorded as asked by the tenant, and
+/// answered only to that tenant.
+pub struct SelfService {
+    pub platform: Arc<Platform>,
+}
+
+impl SelfService {
+    async fn view(&self, tenant: TenantId, id: Uuid) -> Result<Option<ExportView>> {
+        Ok(show(&self.platform, id).await?.filter(|v| {
+            v.tenant_id == tenant.as_uuid() && v.requested_by.starts_with(SELF_SERVICE)
+        }))
+    }
+}
+
+fn status_of(v: ExportView) -> ExportStatus {
+    ExportStatus {
+        id: v.id,
+        encrypted: v.recipient.is_some(),
+        requested_by: v
+            .requested_by
+            .strip_prefix(SELF_SERVICE)
+            .unwrap_or(&v.requested_by)
+            .to_owned(),
+        status: v.status,
+        progress: v.progress,
+        error: v.error,
+        created_at: v.created_at,
+        finished_at: v.finished_at,
+        expires_at: v.expires_at,
+        stalled: v.stalled,
+    }
+}
+
+impl TenantExports for SelfService {
+    fn check_recipient(&self, recipient: &str) -> std::result::Result<(), String> {
+        crate::export::parse_recipient(recipient)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn start<'a>(
+        &'a self,
+        tenant: TenantId,
+        requested_by: &'a str,
+        recipient: Option<&'a str>,
+    ) -> BoxFuture<'a, std::result::Result<ExportStatus, Problem>> {
+        Box::pin(async move {
+            let slug: String = sqlx::query_scalar("select slug from tenants where id = $1")
+                .bind(tenant.as_uuid())
+                .fetch_one(self.platform.catalog.pool())
+                .await
+                .map_err(|e| PlatformError::catalog("reading a tenant", e))?;
+            let by = format!("{SELF_SERVICE}{requested_by}");
+            let v = start(&self.platform, &by, &slug, recipient, true).await?;
+            spawn(self.platform.clone(), v.id);
+            Ok(status_of(v))
+        })
+    }
+
+    fn list(
+        &self,
+        tenant: TenantId,
+    ) -> BoxFuture<'_, std::result::Result<Vec<ExportStatus>, Problem>> {
+        Box::pin(async move {
+            let rows: Vec<ExportView> = sqlx::query_as(&format!(
+                "{SELECT} where e.tenant_id = $1 and starts_with(e.requested_by, '{SELF_SERVICE}')
+                  order by e.created_at desc, e.id"
+            ))
+            .bind(tenant.as_uuid())
+            .bind(STALLED_AFTER_S as f64)
+            .fetch_all(self.platform.catalog.pool())
+            .await
+            .map_err(|e| PlatformError::catalog("listing exports", e))?;
+            Ok(rows.into_iter().map(status_of).collect())
+        })
+    }
+
+    fn show(
+        &self,
+        tenant: TenantId,
+        id: Uuid,
+    ) -> BoxFuture<'_, std::result::Result<Option<ExportStatus>, Problem>> {
+        Box::pin(async move { Ok(self.view(tenant, id).await?.map(status_of)) })
+    }
+
+    fn open(
+        &self,
+        tenant: TenantId,
+        id: Uuid,
+    ) -> BoxFuture<'_, std::result::Result<ExportFile, Problem>> {
+        Box::pin(async move {
+            let v = self
+                .view(tenant, id)
+                .await?
+                .ok_or_else(Problem::not_found)?;
+            let gone = || {
+                Problem::new(
+                    StatusCode::GONE,
+                    ErrorCode::LinkExpired,
+                    "The export has expired",
+                )
+                .detail("Its archive was deleted; ask for a new export")
+            };
+            if v.status == "expired" || v.expires_at.is_some_and(|t| t <= OffsetDateTime::now_utc())
+            {
+                return Err(gone());
+            }
+            if v.status != "succeeded" {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    ErrorCode::InvalidState,
+                    "The export is not finished",
+                ));
+            }
+            let file = tokio::fs::File::open(path(&self.platform, &v))
+                .await
+                .map_err(|e| {
+                    tracing::error!(export = %v.id, error = %e, "an export's archive is missing");
+                    gone()
+                })?;
+            let len = file.metadata().await.map(|m| m.len()).ok();
+            Ok(ExportFile {
+                file,
+                len,
+                name: v.file_name,
+            })
+        })
+    }
+
+    fn discard(
+        &self,
+        tenant: TenantId,
+        id: Uuid,
+    ) -> BoxFuture<'_, std::result::Result<ExportStatus, Problem>> {
+        Box::pin(async move {
+            let v = self
+                .view(tenant, id)
+                .await?
+                .ok_or_else(Problem::not_found)?;
+            if v.status == "running" && !v.stalled {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    ErrorCode::InvalidState,
+                    "The export is still running",
+                ));
+            }
+            // Due now: the purge pass's own step deletes the archive and marks it expired.
+            sqlx::query(
+                "update tenant_exports
+                    set expires_at = least(expires_at, now()),
+                        status = case when status = 'running' then 'failed' else status end,
+                        error = case when status = 'running' then 'stalled; discarded' else error end
+                  where id = $1 and status <> 'expired'",
+            )
+            .bind(id)
+            .execute(self.platform.catalog.pool())
+            .await
+            .map_err(|e| PlatformError::catalog("discarding an export", e))?;
+            expire_due(&self.platform).await?;
+            let v = self
+                .view(tenant, id)
+                .await?
+                .ok_or_else(Problem::not_found)?;
+            Ok(status_of(v))
+        })
+    }
 }

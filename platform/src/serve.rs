@@ -82,7 +82,10 @@ impl Application {
             state,
             platform.keyring.clone(),
             platform.store.clone(),
-        );
+        )
+        .with_exports(Arc::new(crate::exports::SelfService {
+            platform: platform.clone(),
+        }));
 
         let mut router = runtime.health_routes();
         if options.role != ServeRole::Operator {

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod conn;
 pub mod content;
 pub mod error;
+pub mod exports;
 pub(crate) mod failures;
 /// The HTTP edge (`portico-http`), under its historical path.
 pub use portico_http as http;

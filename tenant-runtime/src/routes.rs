@@ -36,6 +36,14 @@ impl Runtime {
             .route("/sso/saml/{name}/acs", post(sso::saml_acs))
             .route("/sso/oidc/{name}/callback", get(sso::oidc_callback))
             .route("/d/{token}", get(crate::portal::documents::use_link))
+            .merge(
+                Router::new()
+                    .route("/x/{token}", get(crate::portal::exports::download))
+                    .route_layer(middleware::from_fn_with_state(
+                        "data_exports",
+                        crate::tenancy::require_feature,
+                    )),
+            )
             .route_layer(middleware::from_fn_with_state(
                 self.clone(),
                 admit_anonymous,

@@ -33,6 +33,8 @@ pub struct Runtime {
     /// Limits and aggregation of unauthenticated failures (`failures.rs`).
     pub(crate) failures: Arc<AnonymousFailures>,
     pub(crate) tenant_limiter: Option<Arc<KeyedLimiter<TenantId>>>,
+    /// Self-service exports, made by the control plane (`None`: not offered here).
+    pub(crate) exports: Option<crate::exports::Exports>,
     _tasks: Arc<Tasks>,
 }
 
@@ -128,8 +130,16 @@ impl Runtime {
             content,
             failures,
             tenant_limiter,
+            exports: None,
             _tasks: Arc::new(Tasks(vec![listen_task, sweep_task])),
         }
+    }
+
+    /// Hands the runtime the control plane's self-service exports (`/api/v1/exports`), before
+    /// its routes are made.
+    pub fn with_exports(mut self, exports: crate::exports::Exports) -> Self {
+        self.exports = Some(exports);
+        self
     }
 
     /// Records what is still only counted of unauthenticated failures (at shutdown).

@@ -71,3 +71,36 @@ pub fn export_dir(env: &TestEnv) -> PathBuf {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A downloaded archive: the answer is 200 `application/octet-stream`, and its body, written to
+/// `out`, passes `portico export verify` with `identity` and the platform's public key as a
+/// valid export of `slug`.
+pub fn assert_verified_download(
+    env: &TestEnv,
+    answer: (u16, reqwest::header::HeaderMap, Result<Vec<u8>, Vec<u8>>),
+    out: &Path,
+    identity: &Path,
+    slug: &str,
+) {
+    let (status, headers, body) = answer;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/octet-stream")
+    );
+    std::fs::write(out, body.expect("body")).expect("write");
+    let public = env.ok(&["export", "public-key"]).trim().to_owned();
+    let ok = env.ok(&[
+        "export",
+        "verify",
+        out.to_str().expect("path"),
+        "--identity",
+        identity.to_str().expect("path"),
+        "--public-key",
+        &public,
+    ]);
+    assert!(
+        ok.contains(&format!("valid export of tenant '{slug}'")),
+        "{ok}"
+    );
+}

@@ -586,27 +586,11 @@ async fn operators_export_through_the_api_and_download_when_done() {
     let shown = call(Method::GET, status_url.clone(), None).await;
     assert_eq!(shown.body["progress"]["documents"], 1, "{shown:?}");
     assert_eq!(shown.body["report"]["encrypted"], true, "{shown:?}");
-    let (status, headers, body) = server
+    let answer = server
         .send_raw(Method::GET, admin, &download, Some(&op), &[], None)
         .await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        headers.get("content-type").and_then(|v| v.to_str().ok()),
-        Some("application/octet-stream")
-    );
     let file = dir.path().join("downloaded.tar.age");
-    std::fs::write(&file, body.expect("body")).expect("write");
-    let public = env.ok(&["export", "public-key"]).trim().to_owned();
-    let ok = env.ok(&[
-        "export",
-        "verify",
-        file.to_str().expect("path"),
-        "--identity",
-        id_file.to_str().expect("path"),
-        "--public-key",
-        &public,
-    ]);
-    assert!(ok.contains("valid export of tenant 'acme'"), "{ok}");
+    crate::archive::assert_verified_download(&env, answer, &file, &id_file, "acme");
     // Kept for the retention setting (7 days by default); not yet expired, nothing goes.
     let catalog = env.catalog().await;
     let kept: f64 = catalog

@@ -32,5 +32,6 @@ mod routing;
 mod sso_admin;
 mod sso_oidc;
 mod sso_saml;
+mod tenant_exports;
 mod tickets;
 mod tls;

@@ -21,11 +21,18 @@ pub struct Flag {
 
 /// Every flag, by name. A flag gates a whole capability: its routes answer
 /// `404 feature_disabled` for tenants that do not have it.
-pub const FLAGS: &[Flag] = &[Flag {
-    name: "tickets",
-    description: "Service tickets: /api/v1/tickets and everything under it",
-    default: true,
-}];
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        name: "tickets",
+        description: "Service tickets: /api/v1/tickets and everything under it",
+        default: true,
+    },
+    Flag {
+        name: "data_exports",
+        description: "Self-service exports of the organisation's data: /api/v1/exports and export links",
+        default: true,
+    },
+];
 
 /// The flag named `name`, or an error listing the known ones.
 pub fn flag(name: &str) -> Result<&'static Flag, String> {

@@ -2,13 +2,11 @@
 //! progress, download the archive when it is done. Every call is audited.
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use portico_http::{ApiJson, ErrorCode, Problem};
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
 use super::{Operator, OperatorApi, accepted, slug};
@@ -144,30 +142,11 @@ pub(super) async fn download(
     let (v, file, len) = op
         .record(&api, "export.download", Some(&id), result, None)
         .await?;
-    let body = futures_util::stream::unfold(file, |mut f| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
-            }
-            Err(e) => Some((Err(e), f)),
-        }
-    });
-    let mut response = Response::new(Body::from_stream(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Some(len) = len
-        && let Ok(h) = HeaderValue::from_str(&len.to_string())
-    {
-        headers.insert(header::CONTENT_LENGTH, h);
-    }
-    if let Ok(h) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", v.file_name)) {
-        headers.insert(header::CONTENT_DISPOSITION, h);
-    }
-    Ok(response)
+    Ok(portico_tenant_runtime::exports::attachment(
+        portico_tenant_runtime::exports::ExportFile {
+            file,
+            len,
+            name: v.file_name,
+        },
+    ))
 }

@@ -162,7 +162,7 @@ pub async fn create_connection(
     if change.needs_approval(&auth).await? {
         return crate::portal::access::pending(&auth, &change).await;
     }
-    let Applied::Connection(created) = change::apply(&mut auth, &change, None).await? else {
+    let Applied::Connection(created) = change::apply(&rt, &mut auth, &change, None).await? else {
         return Err(Problem::internal());
     };
     Ok((StatusCode::CREATED, Json(ConnectionDto::from(created))).into_response())
@@ -173,6 +173,7 @@ pub async fn create_connection(
     responses((status = 204), (status = 202, body = crate::portal::dto::PendingApprovalDto)),
     security(("bearer" = [])))]
 pub async fn remove_connection(
+    State(rt): State<Runtime>,
     mut auth: Authenticated,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
@@ -188,6 +189,6 @@ pub async fn remove_connection(
     if change.needs_approval(&auth).await? {
         return crate::portal::access::pending(&auth, &change).await;
     }
-    change::apply(&mut auth, &change, None).await?;
+    change::apply(&rt, &mut auth, &change, None).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

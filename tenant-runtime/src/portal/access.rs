@@ -164,12 +164,13 @@ pub async fn list_roles(auth: Authenticated) -> Result<Json<Vec<RoleDto>>, Probl
     responses((status = 201, body = RoleDto), (status = 202, body = PendingApprovalDto)),
     security(("bearer" = [])))]
 pub async fn create_role(
+    State(rt): State<Runtime>,
     auth: Authenticated,
     ApiJson(req): ApiJson<RoleRequest>,
 ) -> Result<Response, Problem> {
     auth.require(Permission::RolesManage).await?;
     let name = role_name("name", req.name.as_deref().unwrap_or(""))?;
-    save_role(auth, name, req, false).await
+    save_role(&rt, auth, name, req, false).await
 }
 
 #[utoipa::path(put, path = "/api/v1/roles/{name}", tag = "access", request_body = RoleRequest,
@@ -177,6 +178,7 @@ pub async fn create_role(
     responses((status = 200, body = RoleDto), (status = 202, body = PendingApprovalDto)),
     security(("bearer" = [])))]
 pub async fn update_role(
+    State(rt): State<Runtime>,
     auth: Authenticated,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<RoleRequest>,
@@ -193,10 +195,11 @@ pub async fn update_role(
         .await?
         .ok_or_else(Problem::not_found)?;
     no_escalation(&auth, existing.permission_set()).await?;
-    save_role(auth, name, req, true).await
+    save_role(&rt, auth, name, req, true).await
 }
 
 async fn save_role(
+    rt: &Runtime,
     mut auth: Authenticated,
     name: RoleName,
     req: RoleRequest,
@@ -219,7 +222,7 @@ async fn save_role(
     if perms.intersects(Permissions::PRIVILEGED) && change.needs_approval(&auth).await? {
         return pending(&auth, &change).await;
     }
-    let Applied::Role(role) = change::apply(&mut auth, &change, None).await? else {
+    let Applied::Role(role) = change::apply(rt, &mut auth, &change, None).await? else {
         return Err(Problem::internal());
     };
     let status = if replace {
@@ -290,6 +293,7 @@ pub(super) async fn managed_user(auth: &Authenticated, id: &str) -> Result<users
     responses((status = 200, body = UserDto), (status = 202, body = PendingApprovalDto)),
     security(("bearer" = [])))]
 pub async fn set_user_role(
+    State(rt): State<Runtime>,
     mut auth: Authenticated,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<SetRoleRequest>,
@@ -306,7 +310,7 @@ pub async fn set_user_role(
     {
         return pending(&auth, &change).await;
     }
-    let Applied::User(updated) = change::apply(&mut auth, &change, None).await? else {
+    let Applied::User(updated) = change::apply(&rt, &mut auth, &change, None).await? else {
         return Err(Problem::internal());
     };
     Ok(Json(UserDto::from(updated)).into_response())
@@ -530,6 +534,7 @@ async fn decidable(
 #[utoipa::path(post, path = "/api/v1/approvals/{id}/approve", tag = "access",
     params(("id" = Uuid, Path)), responses((status = 200, body = ApprovalDto)), security(("bearer" = [])))]
 pub async fn approve(
+    State(rt): State<Runtime>,
     mut auth: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<ApprovalDto>, Problem> {
@@ -546,11 +551,11 @@ pub async fn approve(
         })?;
     auth.record(EventType::ApprovalApproved, &a.target, serde_json::json!({"approval": a.id, "action": a.action, "requested_by": a.payload.get("requested_by_name")}))
     .await?;
-    let applied = change::apply(&mut auth, &change, Some(&a))
-        .await
-        .map(|_| ());
+    let applied = change::apply(&rt, &mut auth, &change, Some(&a)).await;
     let (status, outcome) = match &applied {
-        Ok(()) => ("approved", "applied".to_owned()),
+        // The requester finds what the approval started in the outcome.
+        Ok(Applied::Export(e)) => ("approved", format!("applied: export {}", e.id)),
+        Ok(_) => ("approved", "applied".to_owned()),
         Err(p) => (
             "failed",
             p.detail.clone().unwrap_or_else(|| p.title.to_owned()),

@@ -10,6 +10,7 @@
 //! | [`Change::CreateSsoConnection`], [`Change::RemoveSsoConnection`] | `change_sso_connection` | `sso.manage` |
 //! | [`Change::DisableApprovalRule`] | `change_approval_policy` | `users.manage`, `roles.manage`, `sso.manage` |
 //! | [`Change::ClearLegalHold`] | `clear_legal_hold` (always four-eyes: no policy row turns it off) | `documents.manage` |
+//! | [`Change::ExportTenantData`] | `export_tenant_data` | `data.export` |
 
 use crate::ids::UserId;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use crate::caller::Authenticated;
 use crate::http::Problem;
 use crate::identity::admin;
 use crate::ids::DocumentId;
+use crate::state::Runtime;
 use crate::store::audit::EventType;
 use crate::store::connections::{self, Connection};
 use crate::store::roles::{self, Permission, Permissions, RoleName};
@@ -30,6 +32,8 @@ pub const CHANGE_SSO_CONNECTION: &str = "change_sso_connection";
 pub const CHANGE_APPROVAL_POLICY: &str = "change_approval_policy";
 /// Lifting a legal hold (setting one is not four-eyes).
 pub const CLEAR_LEGAL_HOLD: &str = "clear_legal_hold";
+/// Exporting the whole organisation's data (`POST /api/v1/exports`).
+pub const EXPORT_TENANT_DATA: &str = "export_tenant_data";
 
 /// Who may decide on policy changes.
 pub const MANAGERS: [Permission; 3] = [
@@ -72,6 +76,11 @@ pub enum Change {
         document: DocumentId,
         title: String,
     },
+    /// Export the organisation's data, encrypted to `recipient` (an age public key) unless
+    /// `None` (plaintext, said explicitly when asked).
+    ExportTenantData {
+        recipient: Option<String>,
+    },
 }
 
 /// What applying a change produced, for the direct path's answer.
@@ -79,6 +88,7 @@ pub enum Applied {
     User(users::User),
     Role(roles::Role),
     Connection(Connection),
+    Export(crate::exports::ExportStatus),
     Done,
 }
 
@@ -93,6 +103,7 @@ impl Change {
             }
             Change::DisableApprovalRule { .. } => CHANGE_APPROVAL_POLICY,
             Change::ClearLegalHold { .. } => CLEAR_LEGAL_HOLD,
+            Change::ExportTenantData { .. } => EXPORT_TENANT_DATA,
         }
     }
 
@@ -105,6 +116,7 @@ impl Change {
             Change::RemoveSsoConnection { name } => name.clone(),
             Change::DisableApprovalRule { action } => action.clone(),
             Change::ClearLegalHold { document, .. } => document.to_string(),
+            Change::ExportTenantData { .. } => "organisation".to_owned(),
         }
     }
 
@@ -133,6 +145,7 @@ impl Change {
             }
             Change::DisableApprovalRule { .. } => needs.extend(MANAGERS),
             Change::ClearLegalHold { .. } => needs.push(Permission::DocumentsManage),
+            Change::ExportTenantData { .. } => needs.push(Permission::DataExport),
         }
         Ok(needs.into_iter().collect())
     }
@@ -163,6 +176,7 @@ impl Change {
 /// Carries out `change` as `auth`'s act (the approver's, after an approval), auditing it; the
 /// approval, if any, is named in the audit details.
 pub async fn apply(
+    rt: &Runtime,
     auth: &mut Authenticated,
     change: &Change,
     approval: Option<&approvals::Approval>,
@@ -272,5 +286,26 @@ pub async fn apply(
             .await?;
             Ok(Applied::Done)
         }
+        Change::ExportTenantData { recipient } => {
+            // The export belongs to whoever asked, also when a second person approved it.
+            let by = approval.map_or_else(|| auth.caller.principal(), |a| a.requested_by.clone());
+            let started = exports_of(rt)?
+                .start(auth.tenant.tenant_id, &by, recipient.as_deref())
+                .await?;
+            auth.record(
+                EventType::ExportRequested,
+                &started.id.to_string(),
+                details(serde_json::json!({"encrypted": started.encrypted, "for": by})),
+            )
+            .await?;
+            Ok(Applied::Export(started))
+        }
     }
+}
+
+/// The control plane's self-service exports, where this runtime offers them.
+pub fn exports_of(rt: &Runtime) -> Result<&crate::exports::Exports, Problem> {
+    rt.exports
+        .as_ref()
+        .ok_or_else(|| Problem::not_found().detail("Exports are not offered by this server"))
 }

@@ -687,7 +687,7 @@ async fn pick_version(
 // ---- links -----------------------------------------------------------------------------------
 
 /// The tenant's link-signing key (created on first use, kept encrypted under the tenant key).
-async fn link_key(rt: &Runtime, client: &TenantConn) -> Result<Arc<[u8; 32]>, Problem> {
+pub(super) async fn link_key(rt: &Runtime, client: &TenantConn) -> Result<Arc<[u8; 32]>, Problem> {
     let (tenant, key) = (client.tenant(), client.key_ref());
     let keyring = &rt.content.keyring;
     rt.content
@@ -714,12 +714,49 @@ async fn link_key(rt: &Runtime, client: &TenantConn) -> Result<Arc<[u8; 32]>, Pr
         })
 }
 
-fn mac_input(tenant: TenantId, payload: &[u8]) -> Vec<u8> {
-    let mut m = b"portico-link-v1|".to_vec();
+/// A link token: `prefix`, then base64url of `payload` and its HMAC-SHA256 under the tenant's
+/// link secret, bound to the tenant and to what kind of link it is (`domain`).
+pub(super) fn seal_link(
+    secret: &[u8; 32],
+    domain: &[u8],
+    prefix: &str,
+    tenant: TenantId,
+    mut payload: Vec<u8>,
+) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    let tag = aws_lc_rs::hmac::sign(&key, &mac_message(domain, tenant, &payload));
+    payload.extend_from_slice(tag.as_ref());
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(payload))
+}
+
+/// The `len`-byte payload of a token [`seal_link`] made for this tenant and domain (the MAC
+/// compared in constant time), else `None`.
+pub(super) fn open_link(
+    secret: &[u8; 32],
+    domain: &[u8],
+    prefix: &str,
+    tenant: TenantId,
+    token: &str,
+    len: usize,
+) -> Option<Vec<u8>> {
+    let raw = URL_SAFE_NO_PAD.decode(token.strip_prefix(prefix)?).ok()?;
+    if raw.len() != len + 32 {
+        return None;
+    }
+    let (payload, tag) = raw.split_at(len);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    aws_lc_rs::hmac::verify(&key, &mac_message(domain, tenant, payload), tag).ok()?;
+    Some(payload.to_vec())
+}
+
+fn mac_message(domain: &[u8], tenant: TenantId, payload: &[u8]) -> Vec<u8> {
+    let mut m = domain.to_vec();
     m.extend_from_slice(tenant.as_uuid().as_bytes());
     m.extend_from_slice(payload);
     m
 }
+
+const DOCUMENT_LINK: &[u8] = b"portico-link-v1|";
 
 fn sign(
     secret: &[u8; 32],
@@ -732,23 +769,12 @@ fn sign(
     payload.extend_from_slice(link.as_bytes());
     payload.extend_from_slice(version.as_uuid().as_bytes());
     payload.extend_from_slice(&expires.to_be_bytes());
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
-    let tag = aws_lc_rs::hmac::sign(&key, &mac_input(tenant, &payload));
-    payload.extend_from_slice(tag.as_ref());
-    format!("{LINK_PREFIX}{}", URL_SAFE_NO_PAD.encode(payload))
+    seal_link(secret, DOCUMENT_LINK, LINK_PREFIX, tenant, payload)
 }
 
 /// (link, version, expiry) of a token whose MAC checks out for this tenant.
 fn verify(secret: &[u8; 32], tenant: TenantId, token: &str) -> Option<(Uuid, VersionId, i64)> {
-    let raw = URL_SAFE_NO_PAD
-        .decode(token.strip_prefix(LINK_PREFIX)?)
-        .ok()?;
-    if raw.len() != 40 + 32 {
-        return None;
-    }
-    let (payload, tag) = raw.split_at(40);
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
-    aws_lc_rs::hmac::verify(&key, &mac_input(tenant, payload), tag).ok()?;
+    let payload = open_link(secret, DOCUMENT_LINK, LINK_PREFIX, tenant, token, 40)?;
     let link = Uuid::from_slice(&payload[..16]).ok()?;
     let version = VersionId::from_uuid(Uuid::from_slice(&payload[16..32]).ok()?);
     let expires = i64::from_be_bytes(payload[32..40].try_into().ok()?);
@@ -1089,6 +1115,7 @@ pub async fn set_legal_hold(
         (status = 409, description = "the document is not held")),
     security(("bearer" = [])))]
 pub async fn clear_legal_hold(
+    State(rt): State<Runtime>,
     mut auth: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
@@ -1108,7 +1135,7 @@ pub async fn clear_legal_hold(
     if change.needs_approval(&auth).await? {
         return super::access::pending(&auth, &change).await;
     }
-    super::change::apply(&mut auth, &change, None).await?;
+    super::change::apply(&rt, &mut auth, &change, None).await?;
     Ok(axum::response::IntoResponse::into_response(
         StatusCode::NO_CONTENT,
     ))

@@ -1,5 +1,6 @@
 //! The customer portal API under `/api/v1`: access (roles, users, sites, four-eyes approvals),
-//! documents (encrypted content, versions, links), tickets and the audit log. Request and
+//! documents (encrypted content, versions, links), tickets, self-service exports and the audit
+//! log. Request and
 //! response bodies are DTOs ([`dto`]), separate from the store's domain types; the OpenAPI
 //! document ([`openapi`]) is generated from these handlers and types.
 
@@ -8,6 +9,7 @@ pub(crate) mod audit_api;
 pub(crate) mod change;
 pub(crate) mod documents;
 pub(crate) mod dto;
+pub(crate) mod exports;
 pub mod openapi;
 pub(crate) mod personal;
 pub(crate) mod profile;
@@ -87,6 +89,19 @@ pub fn routes() -> Router<Runtime> {
                 .route("/api/v1/tickets/{id}/attachments", post(tickets::attach))
                 .route_layer(axum::middleware::from_fn_with_state(
                     "tickets",
+                    crate::tenancy::require_feature,
+                )),
+        )
+        .merge(
+            Router::new()
+                .route("/api/v1/exports", get(exports::list).post(exports::request))
+                .route(
+                    "/api/v1/exports/{id}",
+                    get(exports::show).delete(exports::discard),
+                )
+                .route("/api/v1/exports/{id}/links", post(exports::create_link))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    "data_exports",
                     crate::tenancy::require_feature,
                 )),
         )

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, audit_api, documents, dto, personal, profile, tickets};
+use super::{access, audit_api, documents, dto, exports, personal, profile, tickets};
 use crate::identity::connections_api;
 
 struct Bearer;
@@ -133,11 +133,13 @@ impl Modify for Problems {
         audit_api::list,
         profile::get_tenant, profile::get_me, profile::get_features,
         personal::user_data, personal::my_data,
+        exports::request, exports::list, exports::show, exports::discard, exports::create_link,
+        exports::download,
         connections_api::list_connections, connections_api::show_connection,
         connections_api::create_connection, connections_api::remove_connection,
     ),
     components(schemas(dto::ProblemDto, dto::FieldErrorDto, dto::RoleDto, dto::UserDto, dto::ApprovalDto, dto::DocumentDto, dto::TicketDto, dto::AuditEventDto)),
-    tags((name = "tenant"), (name = "access"), (name = "sso"), (name = "documents"), (name = "tickets"), (name = "audit")),
+    tags((name = "tenant"), (name = "access"), (name = "sso"), (name = "documents"), (name = "tickets"), (name = "exports"), (name = "audit")),
 )]
 pub struct ApiDoc;
 

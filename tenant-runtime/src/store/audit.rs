@@ -58,6 +58,9 @@ pub enum EventType {
     TokenCreated,
     TokenRevoked,
     ExportRequested,
+    ExportLinkCreated,
+    ExportDownloaded,
+    ExportDiscarded,
     PersonalDataExported,
     PermissionDenied,
 }
@@ -103,6 +106,9 @@ impl EventType {
         Self::TokenCreated,
         Self::TokenRevoked,
         Self::ExportRequested,
+        Self::ExportLinkCreated,
+        Self::ExportDownloaded,
+        Self::ExportDiscarded,
         Self::PersonalDataExported,
         Self::PermissionDenied,
     ];
@@ -148,6 +154,9 @@ impl EventType {
             Self::TokenCreated => "token_created",
             Self::TokenRevoked => "token_revoked",
             Self::ExportRequested => "export_requested",
+            Self::ExportLinkCreated => "export_link_created",
+            Self::ExportDownloaded => "export_downloaded",
+            Self::ExportDiscarded => "export_discarded",
             Self::PersonalDataExported => "personal_data_exported",
             Self::PermissionDenied => "permission_denied",
         }

@@ -30,10 +30,13 @@ pub enum Permission {
     SsoManage,
     #[serde(rename = "audit.read")]
     AuditRead,
+    /// Export the whole organisation's data (`/api/v1/exports`).
+    #[serde(rename = "data.export")]
+    DataExport,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 10] = [
+    pub const ALL: [Permission; 11] = [
         Self::DocumentsRead,
         Self::DocumentsUpload,
         Self::DocumentsManage,
@@ -44,6 +47,7 @@ impl Permission {
         Self::RolesManage,
         Self::SsoManage,
         Self::AuditRead,
+        Self::DataExport,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +62,7 @@ impl Permission {
             Self::RolesManage => "roles.manage",
             Self::SsoManage => "sso.manage",
             Self::AuditRead => "audit.read",
+            Self::DataExport => "data.export",
         }
     }
 
@@ -79,7 +84,8 @@ impl Permissions {
     pub const PRIVILEGED: Permissions = Permissions(
         (1 << Permission::UsersManage as u16)
             | (1 << Permission::RolesManage as u16)
-            | (1 << Permission::SsoManage as u16),
+            | (1 << Permission::SsoManage as u16)
+            | (1 << Permission::DataExport as u16),
     );
 
     pub fn contains(self, p: Permission) -> bool {
