@@ -29,6 +29,7 @@ pub const DROPPED: &[&str] = &[
     "invitations",
     "idempotency_keys",
     "audit_events",
+    "audit_values",
 ];
 
 /// The pseudonyms of one export.

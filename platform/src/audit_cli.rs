@@ -41,6 +41,11 @@ pub struct Report {
     pub head_seq: i64,
     pub head: String,
     pub anchors_checked: usize,
+    /// Values replaced by erasures (their references still link; they cannot be opened).
+    pub erased_values: i64,
+    /// Events from before tenant schema 8 hashed over a value since erased: links checked,
+    /// content not checkable.
+    pub unverifiable_erased: i64,
     pub intact: bool,
     /// The first broken link: (sequence number, what is wrong).
     pub broken: Option<(i64, String)>,
@@ -119,6 +124,8 @@ pub async fn verify(p: &Platform, slug: &str) -> anyhow::Result<Report> {
         head_seq: v.head_seq,
         head: v.head.clone(),
         anchors_checked: 0,
+        erased_values: v.erased_values,
+        unverifiable_erased: v.unverifiable_erased,
         intact: v.broken.is_none() && protection.is_empty(),
         broken: v.broken.map(|b| (b.seq, b.problem)),
         protection,
@@ -169,8 +176,19 @@ pub async fn run(p: &Platform, cmd: AuditCmd) -> anyhow::Result<bool> {
                 println!("audit log of '{slug}' is BROKEN at event {seq}: {problem}");
             } else {
                 println!(
-                    "audit log of '{slug}' is intact: {} events, head {} (event {}), {} anchor(s) match",
-                    r.events, r.head, r.head_seq, r.anchors_checked
+                    "audit log of '{slug}' is intact: {} events, head {} (event {}), {} anchor(s) match{}",
+                    r.events,
+                    r.head,
+                    r.head_seq,
+                    r.anchors_checked,
+                    if r.erased_values > 0 {
+                        format!(
+                            "; {} value(s) erased ({} older event(s) whose content can no longer be checked)",
+                            r.erased_values, r.unverifiable_erased
+                        )
+                    } else {
+                        String::new()
+                    }
                 );
             }
             Ok(r.intact)

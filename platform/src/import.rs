@@ -344,6 +344,11 @@ async fn load(
         .await
         .map_err(pg("finishing the import"))?;
     record_import(&tx, manifest).await?;
+    // Events written plain (the import's own, and all of an archive from a schema before 8)
+    // move their strings to `audit_values`, as the schema-8 migration does.
+    portico_provisioning::migrations::convert_plain_events(&tx, &audit)
+        .await
+        .map_err(pg("converting the imported audit events"))?;
     crate::tenants::checkpoint("import:loaded");
     tx.commit().await.map_err(pg("committing the import"))?;
     Ok(())

@@ -480,6 +480,7 @@ pub async fn audit_protection_problems(
     // Our schema names (`portico_audit`, `t_<hex>_audit`) never need quoting, so they read
     // the same in `regclass` input and `regprocedure` output.
     let table = format!("{schema}.audit_events");
+    let values = format!("{schema}.audit_values");
     let f = |name: &str| format!("{schema}.{name}()");
     let row = admin_in_tenant_db
         .query_one(
@@ -503,8 +504,13 @@ pub async fn audit_protection_problems(
                coalesce(has_table_privilege($1, $3,
                         'update, delete, truncate, trigger, references'), true),
                coalesce(has_schema_privilege($1, $2, 'create'), true),
-               pg_has_role($1, 'portico_audit', 'member')",
-            &[&tenant_role, &schema, &table],
+               pg_has_role($1, 'portico_audit', 'member'),
+               (select pg_get_userbyid(c.relowner) from pg_class c
+                 where c.oid = to_regclass($4) and c.relkind = 'r'),
+               coalesce(has_table_privilege($1, $4, 'delete, truncate, trigger, references'),
+                        true)
+                 or coalesce(has_column_privilege($1, $4, 'ref', 'update'), true)",
+            &[&tenant_role, &schema, &table, &values],
         )
         .await
         .map_err(|e| pg_err("checking the audit log's protection", e))?;
@@ -573,6 +579,18 @@ pub async fn audit_protection_problems(
     }
     if row.get::<_, bool>(7) {
         problems.push(format!("role {tenant_role} is a member of portico_audit"));
+    }
+    // The values events refer to: the tenant role adds them, and an erasure replaces them
+    // (value, salt, erasure); it can neither delete them nor move a reference.
+    match owner(8).as_deref() {
+        Some(AUDIT_ROLE) => {}
+        Some(o) => problems.push(format!("table {values} is owned by {o}")),
+        None => problems.push(format!("table {values} is missing")),
+    }
+    if row.get::<_, bool>(9) {
+        problems.push(format!(
+            "role {tenant_role} may delete from {values} or change its references"
+        ));
     }
     Ok(problems)
 }

@@ -447,6 +447,15 @@ async fn apply_one(
     } else {
         0
     };
+    if version == CONVERT_AUDIT_AT {
+        tx.batch_execute("reset role").await?;
+        convert_plain_events(&tx, &target.audit_schema()).await?;
+        tx.batch_execute(&format!(
+            "set role {}",
+            postgres_protocol::escape::escape_identifier(target.owner())
+        ))
+        .await?;
+    }
     let applied_on = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default();
@@ -468,6 +477,80 @@ async fn apply_one(
         "tenant migration applied"
     );
     Ok(carried)
+}
+
+/// The migration that moves the strings of audit events to `audit_values` (`V8__erasure`).
+const CONVERT_AUDIT_AT: i32 = 8;
+
+/// Moves the strings of every event still stored as it was written (format 1: by a schema
+/// before 8, a migration or an import) to `audit_values` under fresh salts, leaving references
+/// (format 2). The payload hashes and the chain do not change: a format-2 event is checked by
+/// resolving its references, so the chain and every anchor stay valid across the conversion.
+/// Runs as the database's admin (the table belongs to `portico_audit`), in the caller's
+/// transaction; returns how many events it converted.
+pub async fn convert_plain_events(
+    tx: &Transaction<'_>,
+    audit_schema: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    use portico_core::audit_chain::Commitments;
+    let a = postgres_protocol::escape::escape_identifier(audit_schema);
+    tx.batch_execute(&format!(
+        "alter table {a}.audit_events disable trigger audit_events_no_update"
+    ))
+    .await?;
+    let mut converted = 0u64;
+    let mut last = 0i64;
+    loop {
+        let rows = tx
+            .query(
+                &format!(
+                    "select seq, actor, target, reason, details from {a}.audit_events
+                      where format = 1 and seq > $1 order by seq limit {CARRY_BATCH}"
+                ),
+                &[&last],
+            )
+            .await?;
+        let mut c = Commitments::default();
+        let (mut seqs, mut actors, mut targets, mut reasons, mut details) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for r in &rows {
+            last = r.get(0);
+            seqs.push(last);
+            actors.push(c.commit(r.get(1)));
+            targets.push(r.get::<_, Option<&str>>(2).map(|t| c.commit(t)));
+            reasons.push(r.get::<_, Option<&str>>(3).map(|t| c.commit(t)));
+            details.push(c.commit_json(&r.get::<_, serde_json::Value>(4)));
+        }
+        tx.execute(
+            &format!(
+                "insert into {a}.audit_values (ref, salt, value)
+                 select * from unnest($1::text[], $2::bytea[], $3::text[])"
+            ),
+            &[&c.refs, &c.salts, &c.values],
+        )
+        .await?;
+        tx.execute(
+            &format!(
+                "update {a}.audit_events e
+                    set actor = n.actor, target = n.target, reason = n.reason,
+                        details = n.details, format = 2
+                   from unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+                        as n(seq, actor, target, reason, details)
+                  where e.seq = n.seq"
+            ),
+            &[&seqs, &actors, &targets, &reasons, &details],
+        )
+        .await?;
+        converted += rows.len() as u64;
+        if (rows.len() as i64) < CARRY_BATCH {
+            break;
+        }
+    }
+    tx.batch_execute(&format!(
+        "alter table {a}.audit_events enable trigger audit_events_no_update"
+    ))
+    .await?;
+    Ok(converted)
 }
 
 /// The migration that rebuilds the audit log as a hash chain (`V4__portal` drops the table of

@@ -35,4 +35,4 @@ pub use state::Runtime;
 ///
 /// Raise it only to the version whose objects the code starts to need, in the release that
 /// starts to need them.
-pub const MIN_TENANT_SCHEMA: i32 = 6;
+pub const MIN_TENANT_SCHEMA: i32 = 8;

@@ -131,15 +131,42 @@ async fn the_audit_log_is_append_only_chained_anchored_and_verifiable_on(env: Te
     ))
     .await
     .expect("superuser session");
+    // The actor is stored as a reference to its committed value (`audit_values`).
+    let stored: String = su
+        .query_one("select actor from audit_events where seq = 3", &[])
+        .await
+        .expect("stored actor")
+        .get(0);
+    assert!(stored.starts_with("pv:"), "{stored}");
     su.batch_execute("update audit_events set actor = 'mallory' where seq = 3")
         .await
         .expect("superuser edit");
     let r = env.run(&["audit", "verify", "acme"]);
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stdout.contains("BROKEN at event 3"), "{}", r.stdout);
-    su.batch_execute("update audit_events set actor = 'token:admin' where seq = 3")
-        .await
-        .expect("undo");
+    su.execute(
+        "update audit_events set actor = $1 where seq = 3",
+        &[&stored],
+    )
+    .await
+    .expect("undo");
+    assert!(env.ok(&["audit", "verify", "acme"]).contains("intact"));
+    // So is changing the value it refers to.
+    su.execute(
+        "update audit_values set value = 'mallory' where ref = $1",
+        &[&stored],
+    )
+    .await
+    .expect("superuser edit of the value");
+    let r = env.run(&["audit", "verify", "acme"]);
+    assert!(r.stdout.contains("BROKEN at event 3"), "{}", r.stdout);
+    assert!(r.stdout.contains("was changed"), "{}", r.stdout);
+    su.execute(
+        "update audit_values set value = 'token:admin' where ref = $1",
+        &[&stored],
+    )
+    .await
+    .expect("undo");
     assert!(env.ok(&["audit", "verify", "acme"]).contains("intact"));
     // Deleting an event breaks the link after it.
     su.batch_execute("delete from audit_events where seq = 2")

@@ -550,7 +550,9 @@ async fn infected_uploads_are_rejected_and_a_missing_scanner_refuses_uploads_onl
     let db = p.connect_as_tenant("acme").await.expect("db");
     let reasons: Vec<String> = db
         .query(
-            "select reason from portico_audit.audit_events where event_type = 'upload_rejected' order by seq",
+            "select v.value from portico_audit.audit_events e
+               join portico_audit.audit_values v on v.ref = e.reason
+              where e.event_type = 'upload_rejected' order by e.seq",
             &[],
         )
         .await
@@ -704,7 +706,12 @@ async fn links_are_signed_time_limited_revocable_and_audited() {
         .assert_problem(410, "link_expired");
     // Every use is in the audit log, refused ones with their reason.
     let used: Vec<(String, Option<String>)> = db
-        .query("select outcome, reason from portico_audit.audit_events where event_type = 'document_link_used' order by seq", &[])
+        .query(
+            "select e.outcome, v.value from portico_audit.audit_events e
+               left join portico_audit.audit_values v on v.ref = e.reason
+              where e.event_type = 'document_link_used' order by e.seq",
+            &[],
+        )
         .await
         .expect("audit")
         .iter()

@@ -208,15 +208,9 @@ async fn counts(env: &TestEnv, slug: &str, version: i32) -> Value {
 /// `pg_dump --schema-only` of a tenant's database, with its database and role names (the only
 /// per-tenant names) replaced, and pg_dump's per-run `\restrict` keys left out.
 fn schema_dump(env: &TestEnv, database: &str) -> String {
-    // The directory `initdb` really lives in (it may be reached through a link).
-    let bindir = portico_platform::pgcluster::find_bindir().expect("PostgreSQL binaries");
-    let bindir = std::fs::canonicalize(bindir.join("initdb"))
-        .ok()
-        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
-        .unwrap_or(bindir);
     let url = admin_url(database);
     let out = crate::support::output_within(
-        std::process::Command::new(bindir.join("pg_dump")).args([
+        std::process::Command::new(crate::support::pg_tool("pg_dump")).args([
             "--schema-only",
             "--dbname",
             &url,
@@ -452,7 +446,7 @@ async fn fleet_runs_go_canary_first_stop_at_the_failure_budget_and_resume_after_
     let slugs = ["ta1", "ta2", "ta3", "ta4", "ta5", "ta6"];
     behind(&env, &slugs).await;
     env.ok(&["tenant", "canary", "ta3", "on"]);
-    // ta5's schema makes the migration fail: a constraint the newest migration (V7) replaces
+    // ta5's schema makes the migration fail: a constraint the newest migration (V8) replaces
     // is gone.
     let (a5, _) = env
         .platform()
@@ -525,8 +519,7 @@ async fn fleet_runs_go_canary_first_stop_at_the_failure_budget_and_resume_after_
     // Fixed, the same command resumes the same run; finished tenants are not touched again.
     a5.batch_execute(
         "alter table approval_policy add constraint approval_policy_action_check
-         check (action in ('grant_privileged_role', 'change_privileged_role',
-                           'change_sso_connection'))",
+         check (action is not null)",
     )
     .await
     .expect("fix");
@@ -1233,7 +1226,7 @@ async fn a_migration_waiting_for_a_lock_gives_up_at_lock_timeout_and_retries() {
     let env = TestEnv::new(Backend::FileLocal).await;
     behind(&env, &["locked"]).await;
     // As the tenant's own role: an open transaction holding a lock on a table the newest
-    // migration (V7) alters.
+    // migration (V8) alters.
     let holder = env.tenant_db("locked").await;
     holder
         .batch_execute("begin; lock table approval_policy in access share mode")

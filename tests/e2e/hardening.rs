@@ -396,8 +396,10 @@ async fn a_flood_of_bad_links_leaves_a_bounded_audit_trail() {
     );
     let summary = db
         .query_one(
-            "select client_ip::text, target, reason from portico_audit.audit_events
-              where event_type = 'anonymous_failures' limit 1",
+            "select e.client_ip::text, t.value, r.value from portico_audit.audit_events e
+               join portico_audit.audit_values t on t.ref = e.target
+               join portico_audit.audit_values r on r.ref = e.reason
+              where e.event_type = 'anonymous_failures' limit 1",
             &[],
         )
         .await

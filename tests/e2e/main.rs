@@ -15,6 +15,7 @@ mod db_servers;
 mod deletion;
 mod demo;
 mod documents;
+mod erasure;
 mod export;
 mod fleet;
 mod hardening;

@@ -31,6 +31,17 @@ fn required(var: &str) -> String {
     })
 }
 
+/// A PostgreSQL client program (`pg_dump`, …) from the directory `initdb` really lives in (it
+/// may be reached through a link).
+pub fn pg_tool(name: &str) -> std::path::PathBuf {
+    let bindir = portico_platform::pgcluster::find_bindir().expect("PostgreSQL binaries");
+    std::fs::canonicalize(bindir.join("initdb"))
+        .ok()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .unwrap_or(bindir)
+        .join(name)
+}
+
 /// The superuser URL of the test cluster, for database `db`.
 pub fn admin_url(db: &str) -> String {
     let mut url = url_parse(&required("PORTICO_TEST_DATABASE_URL"));

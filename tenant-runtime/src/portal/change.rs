@@ -11,6 +11,7 @@
 //! | [`Change::DisableApprovalRule`] | `change_approval_policy` | `users.manage`, `roles.manage`, `sso.manage` |
 //! | [`Change::ClearLegalHold`] | `clear_legal_hold` (always four-eyes: no policy row turns it off) | `documents.manage` |
 //! | [`Change::ExportTenantData`] | `export_tenant_data` | `data.export` |
+//! | [`Change::ErasePerson`] | `erase_person` | `users.manage` (and, site-limited, the person within their sites) |
 
 use crate::ids::UserId;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,8 @@ pub const CHANGE_APPROVAL_POLICY: &str = "change_approval_policy";
 pub const CLEAR_LEGAL_HOLD: &str = "clear_legal_hold";
 /// Exporting the whole organisation's data (`POST /api/v1/exports`).
 pub const EXPORT_TENANT_DATA: &str = "export_tenant_data";
+/// Erasing a person's data (`POST /api/v1/users/{id}/erasure`).
+pub const ERASE_PERSON: &str = "erase_person";
 
 /// Who may decide on policy changes.
 pub const MANAGERS: [Permission; 3] = [
@@ -81,6 +84,11 @@ pub enum Change {
     ExportTenantData {
         recipient: Option<String>,
     },
+    /// Erase a person's data (GDPR Art. 17). Named by id only: the approval keeps no
+    /// personal data of theirs.
+    ErasePerson {
+        user_id: UserId,
+    },
 }
 
 /// What applying a change produced, for the direct path's answer.
@@ -89,6 +97,7 @@ pub enum Applied {
     Role(roles::Role),
     Connection(Connection),
     Export(crate::exports::ExportStatus),
+    Erased(crate::store::personal::Erased),
     Done,
 }
 
@@ -104,6 +113,7 @@ impl Change {
             Change::DisableApprovalRule { .. } => CHANGE_APPROVAL_POLICY,
             Change::ClearLegalHold { .. } => CLEAR_LEGAL_HOLD,
             Change::ExportTenantData { .. } => EXPORT_TENANT_DATA,
+            Change::ErasePerson { .. } => ERASE_PERSON,
         }
     }
 
@@ -117,6 +127,7 @@ impl Change {
             Change::DisableApprovalRule { action } => action.clone(),
             Change::ClearLegalHold { document, .. } => document.to_string(),
             Change::ExportTenantData { .. } => "organisation".to_owned(),
+            Change::ErasePerson { user_id } => format!("user:{user_id}"),
         }
     }
 
@@ -146,6 +157,7 @@ impl Change {
             Change::DisableApprovalRule { .. } => needs.extend(MANAGERS),
             Change::ClearLegalHold { .. } => needs.push(Permission::DocumentsManage),
             Change::ExportTenantData { .. } => needs.push(Permission::DataExport),
+            Change::ErasePerson { .. } => needs.push(Permission::UsersManage),
         }
         Ok(needs.into_iter().collect())
     }
@@ -154,7 +166,7 @@ impl Change {
     /// within their sites); `None` for organisation-wide changes.
     pub fn subject_user(&self) -> Option<UserId> {
         match self {
-            Change::GrantRole { user_id, .. } => Some(*user_id),
+            Change::GrantRole { user_id, .. } | Change::ErasePerson { user_id } => Some(*user_id),
             _ => None,
         }
     }
@@ -299,6 +311,33 @@ pub async fn apply(
             )
             .await?;
             Ok(Applied::Export(started))
+        }
+        Change::ErasePerson { user_id } => {
+            // The event first (the erased values name it), then the erasure, in one
+            // transaction: either the person is erased and it is recorded, or neither.
+            let actor = auth.caller.name();
+            let request_id = crate::http::RequestId::current().map(|r| r.0);
+            let mut d = details(serde_json::json!({"user_id": user_id.to_string()}));
+            if let (Some(me), serde_json::Value::Object(map)) = (auth.caller.user_id, &mut d) {
+                map.insert("actor_user_id".into(), me.to_string().into());
+            }
+            let target = format!("user:{user_id}");
+            let mut e = crate::store::audit::Event::new(EventType::PersonErased, &actor, true);
+            e.client_ip = auth.ip;
+            e.request_id = request_id.as_deref();
+            e.target = Some(&target);
+            e.details = d;
+            let tx = auth
+                .conn
+                .transaction()
+                .await
+                .map_err(|e| crate::error::RuntimeError::query("starting a transaction", e))?;
+            let seq = crate::store::audit::record_in(&tx, &e).await?;
+            let erased = crate::store::personal::erase(&tx, *user_id, seq).await?;
+            tx.commit()
+                .await
+                .map_err(|e| crate::error::RuntimeError::query("committing an erasure", e))?;
+            Ok(Applied::Erased(erased))
         }
     }
 }

@@ -39,6 +39,7 @@ pub fn routes() -> Router<Runtime> {
         .route("/api/v1/users/{id}/role", put(access::set_user_role))
         .route("/api/v1/users/{id}/data-export", get(personal::user_data))
         .route("/api/v1/me/data-export", get(personal::my_data))
+        .route("/api/v1/users/{id}/erasure", post(personal::erase_user))
         .route("/api/v1/users/{id}/sites", put(access::set_user_sites))
         .route(
             "/api/v1/users/{id}/deactivate",

@@ -132,7 +132,7 @@ impl Modify for Problems {
         tickets::attach,
         audit_api::list,
         profile::get_tenant, profile::get_me, profile::get_features,
-        personal::user_data, personal::my_data,
+        personal::user_data, personal::my_data, personal::erase_user,
         exports::request, exports::list, exports::show, exports::discard, exports::create_link,
         exports::download,
         connections_api::list_connections, connections_api::show_connection,

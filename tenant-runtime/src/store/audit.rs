@@ -62,6 +62,7 @@ pub enum EventType {
     ExportDownloaded,
     ExportDiscarded,
     PersonalDataExported,
+    PersonErased,
     PermissionDenied,
 }
 
@@ -110,6 +111,7 @@ impl EventType {
         Self::ExportDownloaded,
         Self::ExportDiscarded,
         Self::PersonalDataExported,
+        Self::PersonErased,
         Self::PermissionDenied,
     ];
 
@@ -158,6 +160,7 @@ impl EventType {
             Self::ExportDownloaded => "export_downloaded",
             Self::ExportDiscarded => "export_discarded",
             Self::PersonalDataExported => "personal_data_exported",
+            Self::PersonErased => "person_erased",
             Self::PermissionDenied => "permission_denied",
         }
     }
@@ -195,10 +198,27 @@ impl<'a> Event<'a> {
     }
 }
 
+use portico_core::audit_chain::{Commitments, Format, canonical_v2, commitment, is_ref};
 pub use portico_core::audit_chain::{GENESIS, canonical, link, sha256};
+use std::collections::HashMap;
 
-/// Appends an event; returns its sequence number.
-pub async fn record(client: &TenantConn, e: &Event<'_>) -> Result<i64, RuntimeError> {
+/// An event as it is stored (format 3): its strings committed, its payload hash over the
+/// references.
+struct Committed {
+    at: OffsetDateTime,
+    event_type: &'static str,
+    request_id: Option<String>,
+    actor: String,
+    ip: Option<String>,
+    target: Option<String>,
+    outcome: &'static str,
+    reason: Option<String>,
+    details: serde_json::Value,
+    payload_hash: Vec<u8>,
+    values: Commitments,
+}
+
+fn commit(e: &Event<'_>) -> Committed {
     // Truncated to what PostgreSQL keeps, so the stored row serialises to the same bytes.
     let now = OffsetDateTime::now_utc();
     let at = now
@@ -206,38 +226,86 @@ pub async fn record(client: &TenantConn, e: &Event<'_>) -> Result<i64, RuntimeEr
         .unwrap_or(now);
     let ip = e.client_ip.map(|ip| ip.to_string());
     let outcome = if e.success { "success" } else { "failure" };
-    let details = &e.details;
-    let payload = canonical(
+    let mut values = Commitments::default();
+    let actor = values.commit(e.actor);
+    let target = e.target.map(|t| values.commit(t));
+    let reason = e.reason.map(|r| values.commit(r));
+    let details = values.commit_json(&e.details);
+    let payload = canonical_v2(
         at,
         e.event_type.as_str(),
-        e.actor,
+        &actor,
         ip.as_deref(),
         e.request_id,
-        e.target,
+        target.as_deref(),
         outcome,
-        e.reason,
-        details,
+        reason.as_deref(),
+        &details,
     );
+    Committed {
+        at,
+        event_type: e.event_type.as_str(),
+        request_id: e.request_id.map(str::to_owned),
+        actor,
+        ip,
+        target,
+        outcome,
+        reason,
+        details,
+        payload_hash: sha256(&payload),
+        values,
+    }
+}
+
+/// The values first, then the event that refers to them, in one statement.
+const INSERT: &str = "with v as (
+         insert into audit_values (ref, salt, value)
+         select * from unnest($11::text[], $12::bytea[], $13::text[]))
+     insert into audit_events
+         (at, event_type, actor, client_ip, request_id, target, outcome, reason, details,
+          payload_hash, seq, prev_hash, hash, format)
+     values ($1, $2, $3, $4::text::inet, $5, $6, $7, $8, $9, $10, 0, '', '', 3)
+     returning seq";
+
+impl Committed {
+    /// The parameters of [`INSERT`].
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 13] {
+        [
+            &self.at,
+            &self.event_type,
+            &self.actor,
+            &self.ip,
+            &self.request_id,
+            &self.target,
+            &self.outcome,
+            &self.reason,
+            &self.details,
+            &self.payload_hash,
+            &self.values.refs,
+            &self.values.salts,
+            &self.values.values,
+        ]
+    }
+}
+
+/// Appends an event; returns its sequence number.
+pub async fn record(client: &TenantConn, e: &Event<'_>) -> Result<i64, RuntimeError> {
+    let c = commit(e);
     let row = client
-        .query_one(
-            "insert into audit_events
-                 (at, event_type, actor, client_ip, request_id, target, outcome, reason, details,
-                  payload_hash, seq, prev_hash, hash)
-             values ($1, $2, $3, $4::text::inet, $5, $6, $7, $8, $9, $10, 0, '', '')
-             returning seq",
-            &[
-                &at,
-                &e.event_type.as_str(),
-                &e.actor,
-                &ip,
-                &e.request_id,
-                &e.target,
-                &outcome,
-                &e.reason,
-                details,
-                &sha256(&payload),
-            ],
-        )
+        .query_one(INSERT, &c.params())
+        .await
+        .map_err(|err| RuntimeError::query("recording an audit event", err))?;
+    Ok(row.get(0))
+}
+
+/// [`record`] inside a transaction of the tenant's.
+pub async fn record_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    e: &Event<'_>,
+) -> Result<i64, RuntimeError> {
+    let c = commit(e);
+    let row = tx
+        .query_one(INSERT, &c.params())
         .await
         .map_err(|err| RuntimeError::query("recording an audit event", err))?;
     Ok(row.get(0))
@@ -263,11 +331,20 @@ pub struct Recorded {
     pub hash: String,
     #[serde(skip)]
     payload_hash: Vec<u8>,
+    #[serde(skip)]
+    format: i16,
 }
 
 impl Recorded {
+    /// The canonical bytes of a format-3 event as stored (references), else of the event's
+    /// strings as they are (plain, or resolved).
     fn canonical(&self) -> Vec<u8> {
-        canonical(
+        let f = if self.format == Format::Committed as i16 {
+            canonical_v2
+        } else {
+            canonical
+        };
+        f(
             self.at,
             &self.event_type,
             &self.actor,
@@ -282,7 +359,7 @@ impl Recorded {
 }
 
 const COLUMNS: &str = "seq, at, event_type, actor, host(client_ip), request_id, target, outcome,
-                       reason, details, prev_hash, hash, payload_hash";
+                       reason, details, prev_hash, hash, payload_hash, format";
 
 fn from_row(r: &tokio_postgres::Row) -> Recorded {
     Recorded {
@@ -299,7 +376,91 @@ fn from_row(r: &tokio_postgres::Row) -> Recorded {
         prev_hash: hex::encode(r.get::<_, Vec<u8>>(10)),
         hash: hex::encode(r.get::<_, Vec<u8>>(11)),
         payload_hash: r.get(12),
+        format: r.get(13),
     }
+}
+
+/// A committed value as stored: the value (a pseudonym once erased), and its salt, or the
+/// erasure that dropped it.
+struct Stored {
+    value: String,
+    salt: Option<Vec<u8>>,
+    erased_seq: Option<i64>,
+}
+
+impl Recorded {
+    fn refs(&self, out: &mut Vec<String>) {
+        for s in [
+            Some(&self.actor),
+            self.target.as_ref(),
+            self.reason.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if is_ref(s) {
+                out.push(s.clone());
+            }
+        }
+        portico_core::audit_chain::refs_in(&self.details, out);
+    }
+
+    /// The event with every reference replaced by its value (a missing one left as it is).
+    fn resolved(&self, values: &HashMap<String, Stored>) -> Recorded {
+        let get = |s: &str| {
+            values
+                .get(s)
+                .map_or_else(|| s.to_owned(), |v| v.value.clone())
+        };
+        let mut r = self.clone();
+        r.actor = get(&self.actor);
+        r.target = self.target.as_deref().map(get);
+        r.reason = self.reason.as_deref().map(get);
+        r.details = portico_core::audit_chain::map_strings(&self.details, &mut |s| get(s));
+        r
+    }
+}
+
+async fn values_of(
+    client: &TenantConn,
+    events: &[Recorded],
+) -> Result<HashMap<String, Stored>, RuntimeError> {
+    let mut refs = Vec::new();
+    for e in events {
+        e.refs(&mut refs);
+    }
+    if refs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = client
+        .query(
+            "select ref, value, salt, erased_seq from audit_values where ref = any($1)",
+            &[&refs],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("reading audit values", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Stored {
+                    value: r.get(1),
+                    salt: r.get(2),
+                    erased_seq: r.get(3),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Events with their references resolved, as people read them.
+async fn readable(
+    client: &TenantConn,
+    events: Vec<Recorded>,
+) -> Result<Vec<Recorded>, RuntimeError> {
+    let values = values_of(client, &events).await?;
+    Ok(events.iter().map(|e| e.resolved(&values)).collect())
 }
 
 /// The latest `limit` events, oldest first.
@@ -314,7 +475,7 @@ pub async fn latest(client: &TenantConn, limit: i64) -> Result<Vec<Recorded>, Ru
         )
         .await
         .map_err(|e| RuntimeError::query("reading audit events", e))?;
-    Ok(rows.iter().map(from_row).collect())
+    readable(client, rows.iter().map(from_row).collect()).await
 }
 
 /// Filters for listing events.
@@ -329,8 +490,41 @@ pub struct Filter {
     pub after: Option<i64>,
 }
 
-/// Events matching the filter, oldest first, at most `limit`.
+/// Events matching the filter, oldest first, at most `limit`, as people read them.
 pub async fn list(
+    client: &TenantConn,
+    f: &Filter,
+    limit: i64,
+) -> Result<Vec<Recorded>, RuntimeError> {
+    readable(client, list_stored(client, f, limit).await?).await
+}
+
+/// Events concerning someone known by any of `names` (as actor, target, or the user named in
+/// the details), oldest first, as people read them.
+pub async fn concerning(
+    client: &TenantConn,
+    names: &[String],
+) -> Result<Vec<Recorded>, RuntimeError> {
+    let rows = client
+        .query(
+            &format!(
+                "with refs as (select ref from audit_values where value = any($1))
+                 select {COLUMNS} from audit_events e
+                  where e.actor = any($1) or e.target = any($1)
+                     or e.actor in (select ref from refs) or e.target in (select ref from refs)
+                     or e.details->>'actor_user_id' in (select ref from refs)
+                     or e.details->>'user_id' in (select ref from refs)
+                  order by seq"
+            ),
+            &[&names],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("reading audit events", e))?;
+    readable(client, rows.iter().map(from_row).collect()).await
+}
+
+/// Events as stored (references unresolved).
+async fn list_stored(
     client: &TenantConn,
     f: &Filter,
     limit: i64,
@@ -340,8 +534,10 @@ pub async fn list(
             &format!(
                 "select {COLUMNS} from audit_events
                   where ($1::text is null or event_type = $1)
-                    and ($2::text is null or actor = $2)
-                    and ($3::text is null or target = $3)
+                    and ($2::text is null or actor = $2
+                         or actor in (select ref from audit_values where value = $2))
+                    and ($3::text is null or target = $3
+                         or target in (select ref from audit_values where value = $3))
                     and ($4::timestamptz is null or at >= $4)
                     and ($5::timestamptz is null or at < $5)
                     and seq > coalesce($6::bigint, 0)
@@ -398,18 +594,33 @@ pub struct Verification {
     pub head: String,
     pub head_seq: i64,
     pub broken: Option<Break>,
+    /// Values a person's erasure replaced (their references still link; they can no longer
+    /// be opened).
+    pub erased_values: i64,
+    /// Events written before tenant schema 8 whose payload hash covers a value since erased:
+    /// their links are checked, their content cannot be.
+    pub unverifiable_erased: i64,
 }
 
-/// Walks the whole chain in pages, recomputing every payload hash and every link.
+/// Walks the whole chain in pages: every link, every payload hash (of format-2 events, over
+/// their resolved values unless one was erased), every committed value against its reference,
+/// and every erased value back to a `person_erased` event.
 pub async fn verify(client: &TenantConn) -> Result<Verification, RuntimeError> {
+    let mut v = Verification {
+        events: 0,
+        head: hex::encode(GENESIS),
+        head_seq: 0,
+        broken: None,
+        erased_values: 0,
+        unverifiable_erased: 0,
+    };
     let mut prev = GENESIS.to_vec();
-    let mut expected_seq = 1_i64;
-    let mut count = 0_i64;
+    let mut erasures: Vec<(i64, i64)> = Vec::new();
     loop {
-        let page = list(
+        let page = list_stored(
             client,
             &Filter {
-                after: Some(expected_seq - 1),
+                after: Some(v.head_seq),
                 ..Filter::default()
             },
             5_000,
@@ -418,45 +629,103 @@ pub async fn verify(client: &TenantConn) -> Result<Verification, RuntimeError> {
         if page.is_empty() {
             break;
         }
+        let values = values_of(client, &page).await?;
         for e in &page {
-            let fail = |problem: String| {
-                Ok(Verification {
-                    events: count,
-                    head: hex::encode(&prev),
-                    head_seq: expected_seq - 1,
-                    broken: Some(Break {
-                        seq: e.seq,
-                        problem,
-                    }),
-                })
-            };
-            if e.seq != expected_seq {
-                return fail(format!(
-                    "event {} is missing (next stored is {})",
-                    expected_seq, e.seq
-                ));
+            if let Err(problem) = check(e, &prev, &values, &mut v, &mut erasures) {
+                v.broken = Some(Break {
+                    seq: e.seq,
+                    problem,
+                });
+                return Ok(v);
             }
-            if sha256(&e.canonical()) != e.payload_hash {
-                return fail("its content does not match its payload hash".into());
-            }
-            if e.prev_hash != hex::encode(&prev) {
-                return fail("it does not link to the event before it".into());
-            }
-            let h = link(&prev, &e.payload_hash);
-            if hex::encode(&h) != e.hash {
-                return fail("its chain hash is wrong".into());
-            }
-            prev = h;
-            expected_seq += 1;
-            count += 1;
+            prev = link(&prev, &e.payload_hash);
+            v.head = hex::encode(&prev);
+            v.head_seq = e.seq;
+            v.events += 1;
         }
     }
-    Ok(Verification {
-        events: count,
-        head: hex::encode(&prev),
-        head_seq: expected_seq - 1,
-        broken: None,
-    })
+    // Every erased value names the erasure that replaced it: a `person_erased` event.
+    erasures.sort_unstable();
+    erasures.dedup();
+    let seqs: Vec<i64> = erasures.iter().map(|(s, _)| *s).collect();
+    let found: Vec<i64> = client
+        .query(
+            "select seq from audit_events where seq = any($1) and event_type = 'person_erased'",
+            &[&seqs],
+        )
+        .await
+        .map_err(|e| RuntimeError::query("reading the audit chain", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Some((erasure, event)) = erasures.iter().find(|(s, _)| !found.contains(s)) {
+        v.broken = Some(Break {
+            seq: *event,
+            problem: format!(
+                "a value it refers to was replaced, naming event {erasure}, which is not an erasure"
+            ),
+        });
+    }
+    Ok(v)
+}
+
+/// One event against the chain so far. Erased values are counted in `v` and their erasures
+/// (erasure seq, event seq) collected for the caller to check.
+fn check(
+    e: &Recorded,
+    prev: &[u8],
+    values: &HashMap<String, Stored>,
+    v: &mut Verification,
+    erasures: &mut Vec<(i64, i64)>,
+) -> Result<(), String> {
+    if e.seq != v.head_seq + 1 {
+        return Err(format!(
+            "event {} is missing (next stored is {})",
+            v.head_seq + 1,
+            e.seq
+        ));
+    }
+    let format = Format::from_i16(e.format).ok_or("its format is unknown")?;
+    let mut erased = false;
+    if format != Format::Plain {
+        let mut refs = Vec::new();
+        e.refs(&mut refs);
+        for r in &refs {
+            let stored = values.get(r).ok_or("a value it refers to is missing")?;
+            match (&stored.salt, stored.erased_seq) {
+                (Some(salt), _) => {
+                    if commitment(salt, &stored.value) != *r {
+                        return Err("a value it refers to was changed".into());
+                    }
+                }
+                (None, Some(erasure)) => {
+                    erased = true;
+                    v.erased_values += 1;
+                    erasures.push((erasure, e.seq));
+                }
+                (None, None) => return Err("a value it refers to has no salt".into()),
+            }
+        }
+    }
+    let content = match format {
+        Format::Plain | Format::Committed => Some(e.canonical()),
+        Format::Converted if erased => None,
+        Format::Converted => Some(e.resolved(values).canonical()),
+    };
+    match content {
+        Some(c) if sha256(&c) != e.payload_hash => {
+            return Err("its content does not match its payload hash".into());
+        }
+        Some(_) => {}
+        None => v.unverifiable_erased += 1,
+    }
+    if e.prev_hash != hex::encode(prev) {
+        return Err("it does not link to the event before it".into());
+    }
+    if hex::encode(link(prev, &e.payload_hash)) != e.hash {
+        return Err("its chain hash is wrong".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -47,14 +47,6 @@ pub async fn export(
                      order by i.created_at), '[]')
                    from invitations i, u
                   where i.accepted_by = $1 or lower(i.email) = lower(u.email)),
-               'audit_events', (select coalesce(jsonb_agg(jsonb_build_object(
-                     'seq', e.seq, 'at', e.at, 'event_type', e.event_type, 'actor', e.actor,
-                     'client_ip', host(e.client_ip), 'target', e.target, 'outcome', e.outcome,
-                     'reason', e.reason, 'details', e.details) order by e.seq), '[]')
-                   from audit_events e, refs
-                  where e.actor = any(refs.names) or e.target = any(refs.names)
-                     or e.target = refs.id or e.details->>'actor_user_id' = refs.id
-                     or e.details->>'user_id' = refs.id),
                'tickets', (select coalesce(jsonb_agg(jsonb_build_object(
                      'id', t.id, 'number', t.number, 'title', t.title,
                      'description', t.description, 'status', t.status,
@@ -88,5 +80,262 @@ pub async fn export(
         )
         .await
         .map_err(|e| RuntimeError::query("reading a person's data", e))?;
-    Ok(row.map(|r| r.get(0)))
+    let Some(mut data) = row.map(|r| r.get::<_, serde_json::Value>(0)) else {
+        return Ok(None);
+    };
+    // Audit events refer to their strings (`audit_values`): matched and shown through them.
+    let mut names = vec![user.to_string(), format!("user:{user}")];
+    if let Some(email) = data["user"]["email"].as_str().filter(|e| !e.is_empty()) {
+        names.push(email.to_owned());
+    }
+    let events = crate::store::audit::concerning(conn, &names).await?;
+    data["audit_events"] = events
+        .into_iter()
+        .map(|e| {
+            serde_json::json!({
+                "seq": e.seq,
+                "at": e.at.format(&time::format_description::well_known::Rfc3339).ok(),
+                "event_type": e.event_type, "actor": e.actor,
+                "client_ip": e.client_ip, "target": e.target, "outcome": e.outcome,
+                "reason": e.reason, "details": e.details,
+            })
+        })
+        .collect();
+    Ok(Some(data))
+}
+
+/// What an erasure changed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Erased {
+    /// The names the person is shown by from now on.
+    pub pseudonym_email: String,
+    pub pseudonym_name: String,
+    /// Rows of the tenant's tables changed or deleted.
+    pub rows: u64,
+    /// Audit values replaced (their references stay in the chain).
+    pub audit_values: u64,
+}
+
+/// The pseudonyms of an erased person: derived from their id alone, so they are stable and
+/// reveal nothing the id does not.
+pub fn pseudonyms(user: UserId) -> (String, String, String) {
+    let short: String = user.to_string().replace('-', "").chars().take(12).collect();
+    (
+        format!("erased-{short}@erased.invalid"),
+        format!("Erased user {short}"),
+        format!("erased-{short}"),
+    )
+}
+
+/// `s` as a literal in a PostgreSQL regular expression (ARE: a backslash before a
+/// non-alphanumeric character stands for that character).
+fn regex_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if !c.is_alphanumeric() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Erases a person (GDPR Art. 17), in the caller's transaction, after it recorded the
+/// `person_erased` event `erasure_seq`: deletes their credentials, sessions, tokens and
+/// invitations; replaces their e-mail, name and IdP subjects with pseudonyms in the user row,
+/// in their identities, and wherever else they appear as text in any table of the tenant
+/// (case-insensitively, as whole words; JSON included); and replaces them in the audit log's
+/// values, dropping those values' salts. Their business records stay, attributed to the
+/// pseudonym.
+pub async fn erase(
+    tx: &tokio_postgres::Transaction<'_>,
+    user: UserId,
+    erasure_seq: i64,
+) -> Result<Erased, RuntimeError> {
+    let q = |what: &'static str| {
+        move |e: tokio_postgres::Error| {
+            tracing::warn!(
+                operation = what,
+                error = e.as_db_error().map_or("", |d| d.message()),
+                "erasure step failed"
+            );
+            RuntimeError::query(what, e)
+        }
+    };
+    let row = tx
+        .query_opt(
+            "select email, display_name from users where id = $1 for update",
+            &[&user.as_uuid()],
+        )
+        .await
+        .map_err(q("reading the person"))?
+        .ok_or_else(|| RuntimeError::NotFound("no such user".into()))?;
+    let (email, name): (String, String) = (row.get(0), row.get(1));
+    let subjects: Vec<String> = tx
+        .query(
+            "select subject from user_identities where user_id = $1 order by subject",
+            &[&user.as_uuid()],
+        )
+        .await
+        .map_err(q("reading the person's identities"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (pseudo_email, pseudo_name, pseudo_subject) = pseudonyms(user);
+    // What to replace, longest first (an e-mail may contain the name).
+    let mut terms: Vec<(String, String)> = Vec::new();
+    if !email.is_empty() {
+        terms.push((email.clone(), pseudo_email.clone()));
+    }
+    if name.trim().chars().count() >= 3 {
+        terms.push((name.trim().to_owned(), pseudo_name.clone()));
+    }
+    for (i, s) in subjects.iter().enumerate() {
+        if s.chars().count() >= 3 {
+            terms.push((s.clone(), format!("{pseudo_subject}-{}", i + 1)));
+        }
+    }
+    terms.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
+    let mut done = Erased {
+        pseudonym_email: pseudo_email.clone(),
+        pseudonym_name: pseudo_name.clone(),
+        ..Erased::default()
+    };
+    for sql in [
+        "delete from local_credentials where user_id = $1",
+        "delete from sessions where user_id = $1",
+        "delete from api_tokens where user_id = $1",
+        "delete from invitations where accepted_by = $1
+            or lower(email) = lower((select email from users where id = $1))",
+    ] {
+        done.rows += tx
+            .execute(sql, &[&user.as_uuid()])
+            .await
+            .map_err(q("deleting the person's credentials"))?;
+    }
+    done.rows += tx
+        .execute(
+            "update users set email = $2, display_name = $3, status = 'deactivated'
+              where id = $1",
+            &[&user.as_uuid(), &pseudo_email, &pseudo_name],
+        )
+        .await
+        .map_err(q("pseudonymising the person"))?;
+    done.rows += tx
+        .execute(
+            "update user_identities i set subject = $2 || '-' || n.n
+               from (select ctid, row_number() over (order by subject) as n
+                       from user_identities where user_id = $1) n
+              where i.ctid = n.ctid",
+            &[&user.as_uuid(), &pseudo_subject],
+        )
+        .await
+        .map_err(q("pseudonymising the person's identities"))?;
+    if terms.is_empty() {
+        return Ok(done);
+    }
+    // One nested regexp_replace per column: $1, $2 the first pattern and replacement, and so
+    // on; the last parameter is every pattern at once, to find the rows.
+    let patterns = |json: bool| -> Vec<String> {
+        terms
+            .iter()
+            .map(|(t, _)| {
+                let t = if json {
+                    let quoted = serde_json::to_string(t).unwrap_or_default();
+                    quoted[1..quoted.len().saturating_sub(1)].to_owned()
+                } else {
+                    t.clone()
+                };
+                format!("\\m{}\\M", regex_literal(&t))
+            })
+            .collect()
+    };
+    let replace = |column: &str| -> String {
+        let mut expr = column.to_owned();
+        for i in 0..terms.len() {
+            expr = format!(
+                "regexp_replace({expr}, ${}, ${}, 'gi')",
+                2 * i + 1,
+                2 * i + 2
+            );
+        }
+        expr
+    };
+    let params = |json: bool| -> Vec<String> {
+        let pats = patterns(json);
+        let mut p = Vec::new();
+        for (pat, (_, rep)) in pats.iter().zip(&terms) {
+            p.push(pat.clone());
+            p.push(rep.clone());
+        }
+        p.push(pats.join("|"));
+        p
+    };
+    let last = 2 * terms.len() + 1;
+    let columns = tx
+        .query(
+            "select c.table_schema::text, c.table_name::text, c.column_name::text,
+                    c.data_type::text
+               from information_schema.columns c
+               join information_schema.tables t
+                 on t.table_schema = c.table_schema and t.table_name = c.table_name
+              where c.table_schema = any(current_schemas(false))
+                and t.table_type = 'BASE TABLE'
+                and c.data_type in ('text', 'character varying', 'jsonb', 'json')
+                and c.table_name not in ('refinery_schema_history', 'audit_events', 'audit_values')
+              order by 1, 2, 3",
+            &[],
+        )
+        .await
+        .map_err(q("listing the tenant's columns"))?;
+    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    for c in &columns {
+        let (schema, table, column, kind): (String, String, String, String) =
+            (c.get(0), c.get(1), c.get(2), c.get(3));
+        let json = kind == "jsonb" || kind == "json";
+        let col = ident(&column);
+        let (read, write) = if json {
+            (
+                format!("{col}::text"),
+                format!("({})::{kind}", replace(&format!("{col}::text"))),
+            )
+        } else {
+            (col.clone(), replace(&col))
+        };
+        let sql = format!(
+            "update {s}.{t} set {col} = {write} where {read} ~* ${last}",
+            s = ident(&schema),
+            t = ident(&table)
+        );
+        let p = params(json);
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = p
+            .iter()
+            .map(|s| s as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        done.rows += tx
+            .execute(&sql, &refs)
+            .await
+            .map_err(q("pseudonymising the person's data"))?;
+    }
+    // The audit log's values: replaced, and their salts dropped.
+    let p = params(false);
+    let mut refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = p
+        .iter()
+        .map(|s| s as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    refs.push(&erasure_seq);
+    done.audit_values = tx
+        .execute(
+            &format!(
+                "update audit_values set value = {}, salt = null,
+                        erased_seq = coalesce(erased_seq, ${})
+                  where value ~* ${last}",
+                replace("value"),
+                last + 1
+            ),
+            &refs,
+        )
+        .await
+        .map_err(q("erasing the person from the audit log"))?;
+    Ok(done)
 }
