@@ -1284,3 +1284,97 @@ async fn a_migration_waiting_for_a_lock_gives_up_at_lock_timeout_and_retries() {
     );
     env.cleanup().await;
 }
+
+/// Events written before tenant schema 8 (plain, then converted by its migration: hashed over
+/// the original strings) are erased like newer ones: the person's e-mail leaves the database,
+/// and the chain still verifies, saying how many old events can no longer have their content
+/// checked.
+#[tokio::test]
+async fn a_person_in_events_from_before_schema_8_is_erased_and_the_chain_still_verifies() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    behind(&env, &["old"]).await;
+    let email = "ann.old@old.example";
+    {
+        // As a release-7 runtime wrote them: the strings inside the hashed body.
+        let client = env.tenant_db("old").await;
+        for (i, actor) in [email, "zed@old.example"].into_iter().enumerate() {
+            let at =
+                time::OffsetDateTime::from_unix_timestamp(1_790_000_000 + i as i64).expect("time");
+            let details = json!({"method": "password", "note": format!("by {actor}")});
+            let payload = portico_core::audit_chain::canonical(
+                at,
+                "login_success",
+                actor,
+                None,
+                None,
+                None,
+                "success",
+                None,
+                &details,
+            );
+            client
+                .execute(
+                    "insert into audit_events (at, event_type, actor, outcome, details,
+                                               payload_hash, seq, prev_hash, hash)
+                     values ($1, 'login_success', $2, 'success', $3, $4, 0, '', '')",
+                    &[
+                        &at,
+                        &actor,
+                        &details,
+                        &portico_core::audit_chain::sha256(&payload),
+                    ],
+                )
+                .await
+                .expect("a release-7 event");
+        }
+    }
+    env.ok(&["tenant", "migrate", "old"]);
+    let converted = env.ok(&["audit", "verify", "old"]);
+    assert!(converted.contains("intact"), "{converted}");
+    let (ann_id, _) = user(&env, "old", email, "member").await;
+    let (_, zed) = user(&env, "old", "zed@old.example", "admin").await;
+    let (_, amy) = user(&env, "old", "amy@old.example", "admin").await;
+    let server = env.serve(&[]);
+    let host = host_of("old");
+    let path = format!("/api/v1/users/{ann_id}/erasure");
+    let asked = crate::portal::post(&server, &host, &path, &zed, json!({})).await;
+    assert_eq!(asked.status, 202, "{asked:?}");
+    let approval = asked.body["approval"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let done = crate::portal::post(
+        &server,
+        &host,
+        &format!("/api/v1/approvals/{approval}/approve"),
+        &amy,
+        json!({}),
+    )
+    .await;
+    assert_eq!(done.status, 200, "{done:?}");
+    let verified = env.ok(&["audit", "verify", "old"]);
+    assert!(verified.contains("intact"), "{verified}");
+    assert!(
+        verified.contains("1 older event(s) whose content can no longer be checked"),
+        "{verified}"
+    );
+    let (admin, _) = env
+        .platform()
+        .await
+        .connect_as_admin("old")
+        .await
+        .expect("admin");
+    let left: i64 = admin
+        .query_one(
+            "select (select count(*) from portico_audit.audit_values where value ilike '%' || $1 || '%')
+                  + (select count(*) from portico_audit.audit_events
+                      where actor ilike '%' || $1 || '%' or details::text ilike '%' || $1 || '%')
+                  + (select count(*) from users where email ilike $1)",
+            &[&email],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "{email} is still in the database");
+    env.cleanup().await;
+}
