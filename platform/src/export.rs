@@ -1204,7 +1204,7 @@ impl ChainCheck {
     }
 
     fn check(&mut self, line: &[u8]) -> std::result::Result<(), String> {
-        use portico_core::audit_chain::{Format, canonical, canonical_v2, link, sha256};
+        use portico_core::audit_chain::{Format, canonical, in_format, link, sha256};
         let e: serde_json::Value =
             serde_json::from_slice(line).map_err(|_| "an event is not JSON".to_owned())?;
         let seq = e["seq"].as_i64().ok_or("an event has no seq")?;
@@ -1231,25 +1231,24 @@ impl ChainCheck {
             .ok()
             .and_then(Format::from_i16)
             .ok_or_else(|| format!("event {seq}: unknown format"))?;
-        let serialize = match format {
-            Format::Plain => Some(canonical as fn(_, _, _, _, _, _, _, _, _) -> Vec<u8>),
-            Format::Committed => Some(canonical_v2 as fn(_, _, _, _, _, _, _, _, _) -> Vec<u8>),
-            // Hashed over the strings its references stand for (`audit_values`): its links
-            // are checked here, its content by `portico audit verify` on the tenant.
-            Format::Converted => None,
-        };
         let payload = bytes("payload_hash")?;
-        if let Some(serialize) = serialize {
-            let computed = sha256(&serialize(
-                at,
-                text("event_type").unwrap_or_default(),
-                text("actor").unwrap_or_default(),
-                ip,
-                text("request_id"),
-                text("target"),
-                text("outcome").unwrap_or_default(),
-                text("reason"),
-                &e["details"],
+        // A format-2 event is hashed over the strings its references stand for
+        // (`audit_values`): its links are checked here, its content by `portico audit verify`
+        // on the tenant.
+        if format != Format::Converted {
+            let computed = sha256(&in_format(
+                format,
+                canonical(
+                    at,
+                    text("event_type").unwrap_or_default(),
+                    text("actor").unwrap_or_default(),
+                    ip,
+                    text("request_id"),
+                    text("target"),
+                    text("outcome").unwrap_or_default(),
+                    text("reason"),
+                    &e["details"],
+                ),
             ));
             if computed != payload {
                 return Err(format!(

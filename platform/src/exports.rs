@@ -335,11 +335,12 @@ impl TenantExports for SelfService {
     ) -> BoxFuture<'_, std::result::Result<Vec<ExportStatus>, Problem>> {
         Box::pin(async move {
             let rows: Vec<ExportView> = sqlx::query_as(&format!(
-                "{SELECT} where e.tenant_id = $1 and starts_with(e.requested_by, '{SELF_SERVICE}')
+                "{SELECT} where e.tenant_id = $1 and starts_with(e.requested_by, $3)
                   order by e.created_at desc, e.id"
             ))
             .bind(tenant.as_uuid())
             .bind(STALLED_AFTER_S as f64)
+            .bind(SELF_SERVICE)
             .fetch_all(self.platform.catalog.pool())
             .await
             .map_err(|e| PlatformError::catalog("listing exports", e))?;
@@ -365,14 +366,7 @@ impl TenantExports for SelfService {
                 .view(tenant, id)
                 .await?
                 .ok_or_else(Problem::not_found)?;
-            let gone = || {
-                Problem::new(
-                    StatusCode::GONE,
-                    ErrorCode::LinkExpired,
-                    "The export has expired",
-                )
-                .detail("Its archive was deleted; ask for a new export")
-            };
+            let gone = portico_tenant_runtime::exports::archive_gone;
             if v.status == "expired" || v.expires_at.is_some_and(|t| t <= OffsetDateTime::now_utc())
             {
                 return Err(gone());

@@ -107,6 +107,22 @@ pub struct Authenticated {
 }
 
 impl Authenticated {
+    /// `e` as an act of this caller: client address, the request's id, and the acting user (by
+    /// id) in the details beside the e-mail they had at that moment (the actor).
+    pub fn stamp<'a>(
+        &self,
+        mut e: audit::Event<'a>,
+        request_id: Option<&'a str>,
+    ) -> audit::Event<'a> {
+        e.client_ip = self.ip;
+        e.request_id = request_id;
+        if let (Some(user), serde_json::Value::Object(map)) = (self.caller.user_id, &mut e.details)
+        {
+            map.insert("actor_user_id".into(), user.to_string().into());
+        }
+        e
+    }
+
     /// An audit event by this caller, with client address and request id filled in.
     pub async fn audit(
         &self,
@@ -119,17 +135,10 @@ impl Authenticated {
         let actor = self.caller.name();
         let request_id = crate::http::RequestId::current().map(|r| r.0);
         let mut e = audit::Event::new(event_type, &actor, success);
-        e.client_ip = self.ip;
-        e.request_id = request_id.as_deref();
         e.target = target;
         e.reason = reason;
         e.details = details;
-        // The actor is the user (by id) with the e-mail they had at that moment.
-        if let (Some(user), serde_json::Value::Object(map)) = (self.caller.user_id, &mut e.details)
-        {
-            map.insert("actor_user_id".into(), user.to_string().into());
-        }
-        audit::record(&self.conn, &e).await?;
+        audit::record(&self.conn, &self.stamp(e, request_id.as_deref())).await?;
         Ok(())
     }
 

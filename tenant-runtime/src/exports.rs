@@ -78,6 +78,16 @@ pub trait TenantExports: Send + Sync {
 
 pub type Exports = Arc<dyn TenantExports>;
 
+/// `410`: the export's archive was deleted (expired or discarded); its links end with it.
+pub fn archive_gone() -> Problem {
+    Problem::new(
+        axum::http::StatusCode::GONE,
+        crate::http::ErrorCode::LinkExpired,
+        "The export has expired",
+    )
+    .detail("Its archive was deleted; ask for a new export")
+}
+
 /// A file as a streamed download (64 KiB reads; bounded memory whatever its size).
 pub fn attachment(f: ExportFile) -> Response {
     let body = futures_util::stream::unfold(f.file, |mut f| async move {

@@ -142,6 +142,13 @@ impl Runtime {
         self
     }
 
+    /// The control plane's self-service exports, where this runtime offers them.
+    pub(crate) fn exports(&self) -> Result<&crate::exports::Exports, crate::http::Problem> {
+        self.exports.as_ref().ok_or_else(|| {
+            crate::http::Problem::not_found().detail("Exports are not offered by this server")
+        })
+    }
+
     /// Records what is still only counted of unauthenticated failures (at shutdown).
     pub async fn flush_failures(&self) {
         self.failures

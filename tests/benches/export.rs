@@ -32,7 +32,6 @@ use portico_core::DbServerName;
 use portico_platform::Platform;
 use portico_platform::catalog::Tier;
 use portico_platform::pgcluster::PgCluster;
-use portico_platform::serve::{Application, ServeOptions, ServeRole};
 
 const EXPORT_TARGET: f64 = 1.5;
 const IMPORT_TARGET: f64 = 2.0;
@@ -173,16 +172,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         token.expose_secret().to_owned()
     };
     drop(conn);
-    let app = Application::build(
-        settings.clone(),
-        ServeOptions {
-            role: ServeRole::Tenant,
-            migrate: false,
-        },
-    )
-    .await?;
-    let addr = app.local_addr()?;
-    let server = tokio::spawn(app.run_until_stopped(std::future::pending::<()>()));
+    let (addr, server) = common::serve_tenant_hosts(&settings).await?;
     let http = reqwest::Client::builder().no_proxy().build()?;
     let mut block = vec![0u8; doc_mib << 20];
     for i in 0..docs {

@@ -37,7 +37,6 @@ use portico_core::DbServerName;
 use portico_platform::Platform;
 use portico_platform::fleet::{self, FleetOptions, MigrationSet, Quiet, StopSignal};
 use portico_platform::pgcluster::PgCluster;
-use portico_platform::serve::{Application, ServeOptions, ServeRole};
 use portico_provisioning::migrations::{self, LockPolicy, Migration};
 
 #[tokio::main]
@@ -97,16 +96,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         concurrency: c,
         ..FleetOptions::default()
     };
-    let app = Application::build(
-        settings.clone(),
-        ServeOptions {
-            role: ServeRole::Tenant,
-            migrate: false,
-        },
-    )
-    .await?;
-    let addr = app.local_addr()?;
-    let server = tokio::spawn(app.run_until_stopped(std::future::pending::<()>()));
+    let (addr, server) = common::serve_tenant_hosts(&settings).await?;
     let targets = Arc::new(targets);
 
     // The same steady read load (`rate` requests per second over every tenant, as customers

@@ -35,7 +35,6 @@ use portico_platform::Platform;
 use portico_platform::catalog::Tier;
 use portico_platform::moves::{self, MoveTenant};
 use portico_platform::pgcluster::PgCluster;
-use portico_platform::serve::{Application, ServeOptions, ServeRole};
 use serde_json::json;
 
 const FREEZE_TARGET: Duration = Duration::from_secs(5);
@@ -106,16 +105,7 @@ async fn run(a: &PgCluster, b: &PgCluster) -> anyhow::Result<()> {
         secrecy::ExposeSecret::expose_secret(&token).to_owned()
     };
 
-    let app = Application::build(
-        settings.clone(),
-        ServeOptions {
-            role: ServeRole::Tenant,
-            migrate: false,
-        },
-    )
-    .await?;
-    let addr = app.local_addr()?;
-    let server = tokio::spawn(app.run_until_stopped(std::future::pending::<()>()));
+    let (addr, server) = common::serve_tenant_hosts(&settings).await?;
     // Warm the tenant's route and pool: until both kinds of request have been answered.
     let warm = Load::start(addr, &target, &writer_token, readers, writers);
     warm.until(50, 5).await?;

@@ -200,26 +200,17 @@ pub fn refs_in(v: &serde_json::Value, out: &mut Vec<String>) {
     });
 }
 
-/// The canonical bytes of a format-3 event (its strings are references).
-#[allow(clippy::too_many_arguments)]
-pub fn canonical_v2(
-    at: OffsetDateTime,
-    event_type: &str,
-    actor: &str,
-    client_ip: Option<&str>,
-    request_id: Option<&str>,
-    target: Option<&str>,
-    outcome: &str,
-    reason: Option<&str>,
-    details: &serde_json::Value,
-) -> Vec<u8> {
-    let mut v1 = canonical(
-        at, event_type, actor, client_ip, request_id, target, outcome, reason, details,
-    );
+/// The canonical bytes of an event stored in `format`: [`canonical`]'s bytes (of the strings
+/// as stored, or as resolved for a format-2 event), tagged `portico-audit-v2` for format 3.
+pub fn in_format(format: Format, v1: Vec<u8>) -> Vec<u8> {
+    if format != Format::Committed {
+        return v1;
+    }
     // Same layout, another tag: `["portico-audit-v1",…` becomes `["portico-audit-v2",…`.
+    let mut v = v1;
     let tag = format!("[\"{CANONICAL_V1}\"");
-    v1.splice(..tag.len(), format!("[\"{CANONICAL_V2}\"").into_bytes());
-    v1
+    v.splice(..tag.len(), format!("[\"{CANONICAL_V2}\"").into_bytes());
+    v
 }
 
 #[cfg(test)]
@@ -254,9 +245,8 @@ mod commitment_tests {
         let v1 = canonical(
             at, "login", &a, None, None, None, "success", None, &committed,
         );
-        let v2 = canonical_v2(
-            at, "login", &a, None, None, None, "success", None, &committed,
-        );
+        assert_eq!(in_format(Format::Converted, v1.clone()), v1);
+        let v2 = in_format(Format::Committed, v1.clone());
         let v1 = String::from_utf8(v1).expect("utf8");
         let v2 = String::from_utf8(v2).expect("utf8");
         assert!(v2.starts_with("[\"portico-audit-v2\","), "{v2}");

@@ -301,7 +301,8 @@ pub async fn apply(
         Change::ExportTenantData { recipient } => {
             // The export belongs to whoever asked, also when a second person approved it.
             let by = approval.map_or_else(|| auth.caller.principal(), |a| a.requested_by.clone());
-            let started = exports_of(rt)?
+            let started = rt
+                .exports()?
                 .start(auth.tenant.tenant_id, &by, recipient.as_deref())
                 .await?;
             auth.record(
@@ -317,16 +318,11 @@ pub async fn apply(
             // transaction: either the person is erased and it is recorded, or neither.
             let actor = auth.caller.name();
             let request_id = crate::http::RequestId::current().map(|r| r.0);
-            let mut d = details(serde_json::json!({"user_id": user_id.to_string()}));
-            if let (Some(me), serde_json::Value::Object(map)) = (auth.caller.user_id, &mut d) {
-                map.insert("actor_user_id".into(), me.to_string().into());
-            }
             let target = format!("user:{user_id}");
             let mut e = crate::store::audit::Event::new(EventType::PersonErased, &actor, true);
-            e.client_ip = auth.ip;
-            e.request_id = request_id.as_deref();
             e.target = Some(&target);
-            e.details = d;
+            e.details = details(serde_json::json!({"user_id": user_id.to_string()}));
+            let e = auth.stamp(e, request_id.as_deref());
             let tx = auth
                 .conn
                 .transaction()
@@ -340,11 +336,4 @@ pub async fn apply(
             Ok(Applied::Erased(erased))
         }
     }
-}
-
-/// The control plane's self-service exports, where this runtime offers them.
-pub fn exports_of(rt: &Runtime) -> Result<&crate::exports::Exports, Problem> {
-    rt.exports
-        .as_ref()
-        .ok_or_else(|| Problem::not_found().detail("Exports are not offered by this server"))
 }

@@ -15,8 +15,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt;
 use portico_core::TenantId;
 use portico_core::keys::TenantKeyRef;
@@ -28,6 +26,7 @@ use crate::ids::{DocumentId, VersionId};
 use crate::pools::TenantConn;
 
 use super::dto::*;
+use super::links::{link_key, open_link, seal_link};
 use super::{ApiQuery, decode_cursor, encode_cursor, page_size, path_id};
 use crate::caller::Authenticated;
 use crate::catalog::TenantRoute;
@@ -43,7 +42,6 @@ use crate::store::documents::{
 use crate::store::roles::Permission;
 
 const LINK_PREFIX: &str = "pdl_";
-const LINK_SECRET: &str = "link_hmac";
 const LINK_DEFAULT_S: i64 = 86_400;
 const LINK_MAX_S: i64 = 30 * 86_400;
 
@@ -686,76 +684,6 @@ async fn pick_version(
 
 // ---- links -----------------------------------------------------------------------------------
 
-/// The tenant's link-signing key (created on first use, kept encrypted under the tenant key).
-pub(super) async fn link_key(rt: &Runtime, client: &TenantConn) -> Result<Arc<[u8; 32]>, Problem> {
-    let (tenant, key) = (client.tenant(), client.key_ref());
-    let keyring = &rt.content.keyring;
-    rt.content
-        .link_secrets
-        .try_get_with(tenant, async {
-            let stored = match documents::tenant_secret(client, LINK_SECRET).await? {
-                Some(c) => c,
-                None => {
-                    let fresh = portico_core::keys::random_bytes::<32>();
-                    let sealed = keyring.encrypt_for_tenant(tenant, key, &fresh).await?;
-                    documents::put_tenant_secret(client, LINK_SECRET, &sealed).await?
-                }
-            };
-            let plain = keyring.decrypt_for_tenant(tenant, key, &stored).await?;
-            let k: [u8; 32] = plain
-                .try_into()
-                .map_err(|_| RuntimeError::InvalidInput("link secret".into()))?;
-            Ok::<_, RuntimeError>(Arc::new(k))
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "link secret unavailable");
-            Problem::internal()
-        })
-}
-
-/// A link token: `prefix`, then base64url of `payload` and its HMAC-SHA256 under the tenant's
-/// link secret, bound to the tenant and to what kind of link it is (`domain`).
-pub(super) fn seal_link(
-    secret: &[u8; 32],
-    domain: &[u8],
-    prefix: &str,
-    tenant: TenantId,
-    mut payload: Vec<u8>,
-) -> String {
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
-    let tag = aws_lc_rs::hmac::sign(&key, &mac_message(domain, tenant, &payload));
-    payload.extend_from_slice(tag.as_ref());
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(payload))
-}
-
-/// The `len`-byte payload of a token [`seal_link`] made for this tenant and domain (the MAC
-/// compared in constant time), else `None`.
-pub(super) fn open_link(
-    secret: &[u8; 32],
-    domain: &[u8],
-    prefix: &str,
-    tenant: TenantId,
-    token: &str,
-    len: usize,
-) -> Option<Vec<u8>> {
-    let raw = URL_SAFE_NO_PAD.decode(token.strip_prefix(prefix)?).ok()?;
-    if raw.len() != len + 32 {
-        return None;
-    }
-    let (payload, tag) = raw.split_at(len);
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
-    aws_lc_rs::hmac::verify(&key, &mac_message(domain, tenant, payload), tag).ok()?;
-    Some(payload.to_vec())
-}
-
-fn mac_message(domain: &[u8], tenant: TenantId, payload: &[u8]) -> Vec<u8> {
-    let mut m = domain.to_vec();
-    m.extend_from_slice(tenant.as_uuid().as_bytes());
-    m.extend_from_slice(payload);
-    m
-}
-
 const DOCUMENT_LINK: &[u8] = b"portico-link-v1|";
 
 fn sign(
@@ -968,6 +896,8 @@ pub async fn use_link(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn link_tokens_are_bound_to_secret_and_tenant() {

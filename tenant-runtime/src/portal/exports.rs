@@ -16,9 +16,9 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::change::{self, Applied, Change, exports_of};
-use super::documents::{link_key, open_link, seal_link};
+use super::change::{self, Applied, Change};
 use super::dto::PendingApprovalDto;
+use super::links::{link_key, open_link, seal_link};
 use super::path_id;
 use crate::caller::Authenticated;
 use crate::catalog::TenantRoute;
@@ -70,7 +70,7 @@ pub async fn request(
     ApiJson(req): ApiJson<ExportRequest>,
 ) -> Result<Response, Problem> {
     auth.require(Permission::DataExport).await?;
-    let exports = exports_of(&rt)?;
+    let exports = rt.exports()?;
     let recipient = match (req.recipient, req.plaintext) {
         (Some(_), true) => {
             return Err(Problem::fields(vec![(
@@ -117,13 +117,13 @@ pub async fn list(
     auth: Authenticated,
 ) -> Result<Json<Vec<ExportStatus>>, Problem> {
     auth.require(Permission::DataExport).await?;
-    Ok(Json(exports_of(&rt)?.list(auth.tenant.tenant_id).await?))
+    Ok(Json(rt.exports()?.list(auth.tenant.tenant_id).await?))
 }
 
 async fn visible(rt: &Runtime, auth: &Authenticated, id: &str) -> Result<ExportStatus, Problem> {
     auth.require(Permission::DataExport).await?;
     let id: Uuid = path_id(id)?;
-    exports_of(rt)?
+    rt.exports()?
         .show(auth.tenant.tenant_id, id)
         .await?
         .ok_or_else(Problem::not_found)
@@ -151,9 +151,7 @@ pub async fn discard(
     Path(id): Path<String>,
 ) -> Result<Json<ExportStatus>, Problem> {
     let e = visible(&rt, &auth, &id).await?;
-    let done = exports_of(&rt)?
-        .discard(auth.tenant.tenant_id, e.id)
-        .await?;
+    let done = rt.exports()?.discard(auth.tenant.tenant_id, e.id).await?;
     auth.record(
         EventType::ExportDiscarded,
         &e.id.to_string(),
@@ -186,7 +184,7 @@ pub async fn create_link(
     }
     match e.status.as_str() {
         "succeeded" => {}
-        "expired" => return Err(expired()),
+        "expired" => return Err(crate::exports::archive_gone()),
         other => {
             return Err(Problem::new(
                 StatusCode::CONFLICT,
@@ -222,15 +220,6 @@ pub async fn create_link(
             expires_at: expires.replace_nanosecond(0).unwrap_or(expires),
         }),
     ))
-}
-
-fn expired() -> Problem {
-    Problem::new(
-        StatusCode::GONE,
-        ErrorCode::LinkExpired,
-        "The export has expired",
-    )
-    .detail("Its archive was deleted; ask for a new export")
 }
 
 fn sign(secret: &[u8; 32], tenant: TenantId, export: Uuid, expires: i64) -> String {
@@ -310,7 +299,7 @@ pub async fn download(
             "This link has expired",
         ));
     }
-    let file = match exports_of(&rt)?.open(tenant.tenant_id, export).await {
+    let file = match rt.exports()?.open(tenant.tenant_id, export).await {
         Ok(f) => f,
         Err(p) => {
             record(Some(export), Some("export_unavailable")).await?;

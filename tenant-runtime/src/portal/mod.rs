@@ -10,6 +10,7 @@ pub(crate) mod change;
 pub(crate) mod documents;
 pub(crate) mod dto;
 pub(crate) mod exports;
+pub(crate) mod links;
 pub mod openapi;
 pub(crate) mod personal;
 pub(crate) mod profile;

@@ -198,7 +198,7 @@ impl<'a> Event<'a> {
     }
 }
 
-use portico_core::audit_chain::{Commitments, Format, canonical_v2, commitment, is_ref};
+use portico_core::audit_chain::{Commitments, Format, commitment, in_format, is_ref};
 pub use portico_core::audit_chain::{GENESIS, canonical, link, sha256};
 use std::collections::HashMap;
 
@@ -231,7 +231,7 @@ fn commit(e: &Event<'_>) -> Committed {
     let target = e.target.map(|t| values.commit(t));
     let reason = e.reason.map(|r| values.commit(r));
     let details = values.commit_json(&e.details);
-    let payload = canonical_v2(
+    let payload = canonical(
         at,
         e.event_type.as_str(),
         &actor,
@@ -242,6 +242,7 @@ fn commit(e: &Event<'_>) -> Committed {
         reason.as_deref(),
         &details,
     );
+    let payload = in_format(Format::Committed, payload);
     Committed {
         at,
         event_type: e.event_type.as_str(),
@@ -338,13 +339,8 @@ pub struct Recorded {
 impl Recorded {
     /// The canonical bytes of a format-3 event as stored (references), else of the event's
     /// strings as they are (plain, or resolved).
-    fn canonical(&self) -> Vec<u8> {
-        let f = if self.format == Format::Committed as i16 {
-            canonical_v2
-        } else {
-            canonical
-        };
-        f(
+    fn canonical(&self, format: Format) -> Vec<u8> {
+        let v1 = canonical(
             self.at,
             &self.event_type,
             &self.actor,
@@ -354,7 +350,8 @@ impl Recorded {
             &self.outcome,
             self.reason.as_deref(),
             &self.details,
-        )
+        );
+        in_format(format, v1)
     }
 }
 
@@ -708,9 +705,9 @@ fn check(
         }
     }
     let content = match format {
-        Format::Plain | Format::Committed => Some(e.canonical()),
+        Format::Plain | Format::Committed => Some(e.canonical(format)),
         Format::Converted if erased => None,
-        Format::Converted => Some(e.resolved(values).canonical()),
+        Format::Converted => Some(e.resolved(values).canonical(format)),
     };
     match content {
         Some(c) if sha256(&c) != e.payload_hash => {

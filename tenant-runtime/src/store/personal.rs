@@ -152,16 +152,7 @@ pub async fn erase(
     user: UserId,
     erasure_seq: i64,
 ) -> Result<Erased, RuntimeError> {
-    let q = |what: &'static str| {
-        move |e: tokio_postgres::Error| {
-            tracing::warn!(
-                operation = what,
-                error = e.as_db_error().map_or("", |d| d.message()),
-                "erasure step failed"
-            );
-            RuntimeError::query(what, e)
-        }
-    };
+    let q = |what: &'static str| move |e| RuntimeError::query(what, e);
     let row = tx
         .query_opt(
             "select email, display_name from users where id = $1 for update",

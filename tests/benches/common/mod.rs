@@ -112,3 +112,27 @@ pub async fn provision_in(
     }
     Ok(out)
 }
+
+/// A `portico serve` for tenant hosts only, on `settings` (catalog already migrated), running
+/// until the returned task is aborted; and its address.
+pub async fn serve_tenant_hosts(
+    settings: &portico_core::Settings,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<portico_platform::error::Result<()>>,
+)> {
+    use portico_platform::serve::{Application, ServeOptions, ServeRole};
+    let app = Application::build(
+        settings.clone(),
+        ServeOptions {
+            role: ServeRole::Tenant,
+            migrate: false,
+        },
+    )
+    .await?;
+    let addr = app.local_addr()?;
+    Ok((
+        addr,
+        tokio::spawn(app.run_until_stopped(std::future::pending::<()>())),
+    ))
+}
