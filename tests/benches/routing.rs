@@ -31,7 +31,7 @@
 //! Run: `./infra/bench.sh routing` (or `cargo bench --workspace --bench routing`).
 //! Knobs: `PORTICO_BENCH_TENANTS` (M2 tenant count, default 1000), `PORTICO_BENCH_SECONDS`
 //! (per round, default 5), `PORTICO_BENCH_CONCURRENCY` (default 32),
-//! `PORTICO_BENCH_M2_POOL_SIZE` (M2's per-tenant pool size, default the product's 5).
+//! `PORTICO_BENCH_M2_POOL_SIZE` (M2's per-tenant pool size, default the product's default).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -319,6 +319,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         .pool_max_idle_per_host(concurrency * 2)
         .build()?;
 
+    progress("M3");
     // ---- M3 first, while M2's tenants are still cold, on an instance of its own (stopped
     // afterwards, so its pools do not count against M2's budget).
     let m3_app = Application::build(
@@ -435,6 +436,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     let _ = m3_stop.send(());
     m3_server.await??;
 
+    progress("M1");
     // ---- M1: interleaved rounds, baseline and routed.
     let m1_targets = Arc::new(m1.clone());
     let baseline_targets = Arc::new(vec![m1[0].clone()]);
@@ -568,6 +570,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     ];
     let mut results: Vec<(&str, ZipfResult)> = Vec::new();
     for (label, targets) in runs {
+        progress(label);
         let r = zipf_rounds(
             &http,
             &m2_addrs,
@@ -622,6 +625,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     open_low.sort();
     let (open_4096, open_low) = (open_4096[open_4096.len() / 2], open_low[open_low.len() / 2]);
 
+    progress("M8");
     // ---- M8: one tenant floods at full concurrency while a quiet tenant of the same server,
     // in the same tier, is measured (2 clients); against the quiet tenant measured alone.
     let mut m8 = Vec::new();
@@ -831,6 +835,12 @@ struct ZipfResult {
 
 /// A warm-up round, then two measured rounds of Zipf load over `targets`, sampling the
 /// runtime's connections to `databases` every 50 ms.
+/// Which part runs now, on stderr (the figures come at the end, on stdout): the run is long,
+/// and a profiler can be aimed at one part.
+fn progress(part: &str) {
+    eprintln!("routing benchmark: {part} …");
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn zipf_rounds(
     http: &reqwest::Client,
