@@ -6,33 +6,48 @@
 //!   Statements go to the server as they are, prepared once per connection and kept.
 //! - **Pooled tier.** The connection is logged in as the shared database's pool role, which
 //!   holds no privileges of its own (`NOINHERIT`) and may only `SET ROLE` to the tenant roles
-//!   of that database. Every statement runs in a transaction of its own that first sets role
-//!   and search path *transaction-locally*, pipelined with it in one round trip:
+//!   of that database. Statements run in transactions that first set role and search path
+//!   *transaction-locally*, pipelined with the first statement in one round trip:
 //!
 //!   ```text
-//!   BEGIN; SELECT set_config('role', 't_…', true), set_config('search_path', '…', true)
-//!   <the statement, prepared>                                               (Bind/Execute/Sync)
-//!   COMMIT
+//!   BEGIN READ ONLY; SELECT set_config('role', 't_…', true), set_config('search_path', '…', true)
+//!   <a read, prepared>                                                  (Bind/Execute/Sync)
+//!   <more reads of the request: no extra command>
+//!   COMMIT; BEGIN; SELECT set_config(…)      <a write>      COMMIT       (one round trip)
 //!   ```
 //!
-//!   (the first line is one simple-query message, its text built once per tenant context).
-//!   All three are written to the socket when the future is first polled, so a future dropped
-//!   half-way (a cancelled query, an abandoned request) has already sent its `COMMIT`: nothing
-//!   of the context survives it. A failed statement aborts its transaction, and its `COMMIT`
-//!   rolls it back. Explicit transactions ([`TenantConn::transaction`]) set the context right
-//!   after `BEGIN`; dropping one uncommitted sends `ROLLBACK`. Statements are prepared inside
-//!   the context of the tenant that first needs them (a table name resolves against its search
-//!   path), cached per connection by their text alone, and re-analysed by PostgreSQL whenever
-//!   the search path differs from the one they were last planned under (documented behaviour
-//!   of prepared statements): a shared connection serving hundreds of tenants keeps one
-//!   prepared statement per text instead of one per tenant and text, and a tenant new to the
-//!   connection costs no extra round trip to prepare.
+//!   - **Reads share one read-only transaction per request** (a borrow of the connection):
+//!     the first opens it, the next ones run in it as they are. A statement is a read when its
+//!     text begins with `SELECT` or `WITH`; PostgreSQL itself refuses a write in a read-only
+//!     transaction (`25006`), and such a statement is then rolled back, run as a write and
+//!     remembered as one, so a wrong guess costs one retry and never a write. Under `READ
+//!     COMMITTED` each read still sees what was committed before it, as in autocommit.
+//!   - **A write runs in a transaction of its own**, which first ends the open read-only one
+//!     (`COMMIT; BEGIN; set_config` as one message) and is committed at once: what a request
+//!     wrote stays written whatever its later statements do, as in autocommit.
+//!   - **Errors.** A failed statement aborts its transaction; a failed read rolls back the
+//!     read-only transaction at once (it held nothing but reads), a failed write's `COMMIT`
+//!     rolls it back.
+//!   - **Release.** When the connection goes back to its pool the open read-only transaction is
+//!     rolled back together with the session clean-up (one message, off the request's path),
+//!     and only then is the connection handed to the next borrower. A future dropped half-way
+//!     (a cancelled query, an abandoned request) has sent everything on its first poll; an
+//!     abandoned request's connection is closed instead.
+//!   - Explicit transactions ([`TenantConn::transaction`]) end the open read-only one and set
+//!     the context right after `BEGIN`; dropping one uncommitted sends `ROLLBACK`.
+//!   - Statements are prepared inside the context of the tenant that first needs them (a table
+//!     name resolves against its search path), cached per connection by their text alone, and
+//!     re-analysed by PostgreSQL whenever the search path differs from the one they were last
+//!     planned under (documented behaviour of prepared statements): a shared connection serving
+//!     hundreds of tenants keeps one prepared statement per text instead of one per tenant and
+//!     text, and a tenant new to the connection costs no extra round trip to prepare.
 //!
 //! Store code calls the same methods either way and cannot tell the tiers apart.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio_postgres::types::ToSql;
@@ -53,8 +68,12 @@ pub struct TenantContext {
     search_path: String,
     /// `SELECT set_config(…)` of role and search path, transaction-locally.
     set: String,
-    /// `BEGIN;` and `set`, as one simple-query message.
+    /// `BEGIN;` and `set`, as one simple-query message (a write).
     begin: String,
+    /// `COMMIT;` of the open read-only transaction, then `begin` (a write after reads).
+    commit_begin: String,
+    /// `BEGIN READ ONLY;` and `set` (the request's first read).
+    begin_read: String,
 }
 
 impl TenantContext {
@@ -75,6 +94,8 @@ impl TenantContext {
             role: role.to_owned(),
             search_path,
             begin: format!("BEGIN; {set}"),
+            commit_begin: format!("COMMIT; BEGIN; {set}"),
+            begin_read: format!("BEGIN READ ONLY; {set}"),
             set,
         }
     }
@@ -154,6 +175,52 @@ impl StatementCache {
     }
 }
 
+/// Statement texts that began like reads but wrote (refused in a read-only transaction):
+/// they run as writes from then on. Bounded: past this, a text is simply retried each time.
+const KNOWN_WRITES: usize = 4096;
+static WRITES: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
+
+/// How a pooled statement runs: in the request's read-only transaction, or as a write in a
+/// transaction of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Read,
+    Write,
+}
+
+/// The mode of a statement text: a read when it begins with `SELECT` or `WITH` and has not
+/// been seen writing.
+fn mode_of(sql: &str) -> Mode {
+    let head = sql.trim_start();
+    let begins = |word: &str| {
+        head.get(..word.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(word))
+            && head[word.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| !c.is_ascii_alphanumeric() && c != '_')
+    };
+    let wrote = || WRITES.lock().map(|w| w.contains(sql)).unwrap_or(true);
+    if (begins("select") || begins("with")) && !wrote() {
+        Mode::Read
+    } else {
+        Mode::Write
+    }
+}
+
+fn learn_write(sql: &str) {
+    if let Ok(mut w) = WRITES.lock()
+        && w.len() < KNOWN_WRITES
+    {
+        w.insert(sql.to_owned());
+    }
+}
+
+/// A read that turned out to write (PostgreSQL refused it in the read-only transaction).
+fn is_write_in_read_only(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+}
+
 /// What a [`TenantConn`] talks through.
 pub(crate) trait Session: Send + Sync {
     fn client(&self) -> &Client;
@@ -198,7 +265,7 @@ impl Session for Borrowed {
 }
 
 impl SessionHandle for Borrowed {
-    fn release(self: Box<Self>) {}
+    fn release(self: Box<Self>, _: bool) {}
 }
 
 /// A connection of one tenant, in that tenant's context. See the module docs.
@@ -211,38 +278,59 @@ pub struct TenantConn {
     /// a tenant id beside it that could disagree.
     pub(crate) tenant: portico_core::TenantId,
     pub(crate) key: portico_core::keys::TenantKeyRef,
+    /// Pooled tier: the request's read-only transaction is open (see the module docs).
+    pub(crate) reads_open: AtomicBool,
 }
 
 /// A session together with what to do when its [`TenantConn`] is dropped.
 pub(crate) trait SessionHandle: Session {
-    /// Called once, when the connection is dropped.
-    fn release(self: Box<Self>);
+    /// Called once, when the connection is dropped; `reads_open`: a read-only transaction in
+    /// the tenant's context is still open on it.
+    fn release(self: Box<Self>, reads_open: bool);
 }
 
 impl SessionHandle for Direct {
-    fn release(self: Box<Self>) {}
+    /// The client goes with it, and its connection (with anything open on it) closes.
+    fn release(self: Box<Self>, _: bool) {}
 }
 
-/// Runs one statement: as it is (dedicated), or prepared and scoped (pooled), prepared again
-/// once if a cached plan's result type changed under it (a migration).
+/// Runs one statement: as it is (dedicated), or prepared and scoped (pooled) as a read or a
+/// write (a read that writes runs again as a write), prepared again once if a cached plan's
+/// result type changed under it (a migration).
 macro_rules! run {
     ($self:ident, $sql:ident, $method:ident, $params:ident) => {{
         let client = $self.client();
-        match $sql.sql() {
-            SqlRef::Prepared(s) => $self.scoped(client.$method(s, $params)).await,
+        // A statement prepared by the caller runs as a write (its text is not known here).
+        let (statement, text) = match $sql.sql() {
+            SqlRef::Prepared(s) => (s.clone(), None),
             // Text is prepared once per connection and kept (on both tiers): a statement
             // costs one round trip, not a Parse round trip before every execution.
-            SqlRef::Text(text) => {
-                let statement = $self.prepared(text).await?;
-                match $self.scoped(client.$method(&statement, $params)).await {
-                    Err(e) if is_result_type_change(&e) => {
-                        $self.session().statements().forget(&$self.cache_key(text));
-                        let statement = $self.prepared(text).await?;
-                        $self.scoped(client.$method(&statement, $params)).await
-                    }
-                    other => other,
+            SqlRef::Text(text) => ($self.prepared(text).await?, Some(text.to_owned())),
+        };
+        let mode = text.as_deref().map_or(Mode::Write, mode_of);
+        match $self
+            .scoped(mode, client.$method(&statement, $params))
+            .await
+        {
+            Err(e) if mode == Mode::Read && is_write_in_read_only(&e) => {
+                if let Some(text) = &text {
+                    learn_write(text);
                 }
+                $self
+                    .scoped(Mode::Write, client.$method(&statement, $params))
+                    .await
             }
+            Err(e) if is_result_type_change(&e) => match (&text, $sql.sql()) {
+                (Some(text), SqlRef::Text(_)) => {
+                    $self.session().statements().forget(text);
+                    let statement = $self.prepared(text).await?;
+                    $self
+                        .scoped(mode, client.$method(&statement, $params))
+                        .await
+                }
+                _ => Err(e),
+            },
+            other => other,
         }
     }};
 }
@@ -272,6 +360,7 @@ impl TenantConn {
             _share: None,
             tenant,
             key,
+            reads_open: AtomicBool::new(false),
         }
     }
 
@@ -291,6 +380,7 @@ impl TenantConn {
             _share: None,
             tenant,
             key,
+            reads_open: AtomicBool::new(false),
         }
     }
 
@@ -320,42 +410,75 @@ impl TenantConn {
         self.session().client()
     }
 
-    /// Runs `body` (which must send its one request when first polled) after `BEGIN` and the
-    /// context's `set_config` (one message), then `COMMIT`: all three pipelined.
+    /// Runs `body` (which must send its one request when first polled) in the tenant's
+    /// context: as a read in the request's read-only transaction (opened by this statement if
+    /// none is, pipelined with it), or as a write in a transaction of its own (ending the
+    /// read-only one; `BEGIN`/`set_config`, the statement and `COMMIT` pipelined).
     async fn scoped<R>(
         &self,
+        mode: Mode,
         body: impl Future<Output = Result<R, tokio_postgres::Error>>,
     ) -> Result<R, tokio_postgres::Error> {
         let Some(ctx) = &self.context else {
             return body.await;
         };
         let client = self.client();
-        let (begun, result, committed) = tokio::join!(
-            client.batch_execute(&ctx.begin),
-            body,
-            client.batch_execute("COMMIT")
-        );
-        begun?;
-        let result = result?;
-        committed?;
-        Ok(result)
+        match mode {
+            Mode::Read => {
+                // Set before anything is sent: a future dropped half-way leaves the flag
+                // saying a transaction may be open, and the release rolls it back.
+                let result = if self.reads_open.swap(true, Ordering::AcqRel) {
+                    body.await
+                } else {
+                    let (begun, result) = tokio::join!(client.batch_execute(&ctx.begin_read), body);
+                    begun.and(result)
+                };
+                if result.is_err() {
+                    // The read-only transaction is aborted; it held nothing but reads.
+                    self.reads_open.store(false, Ordering::Release);
+                    client.batch_execute("ROLLBACK").await?;
+                }
+                result
+            }
+            Mode::Write => {
+                let begin = if self.reads_open.swap(false, Ordering::AcqRel) {
+                    &ctx.commit_begin
+                } else {
+                    &ctx.begin
+                };
+                let (begun, result, committed) = tokio::join!(
+                    client.batch_execute(begin),
+                    body,
+                    client.batch_execute("COMMIT")
+                );
+                begun?;
+                let result = result?;
+                committed?;
+                Ok(result)
+            }
+        }
     }
 
-    /// The cache key of `sql` on this connection: its text, on both tiers (PostgreSQL
-    /// re-analyses a statement run under another search path than it was planned under).
-    fn cache_key(&self, sql: &str) -> String {
-        sql.to_owned()
+    /// Ends the request's read-only transaction, if one is open (before a long wait on
+    /// something else, such as an upload's body, so no lock outlives the reads).
+    pub async fn end_reads(&self) -> Result<(), tokio_postgres::Error> {
+        if self.reads_open.swap(false, Ordering::AcqRel) {
+            self.client().batch_execute("COMMIT").await?;
+        }
+        Ok(())
     }
 
-    /// The prepared statement for `sql` (in the tenant's context, on a shared connection).
+    /// The prepared statement for `sql` (in the tenant's context, on a shared connection),
+    /// cached by its text alone on both tiers: PostgreSQL re-analyses a statement run under
+    /// another search path than it was planned under. Parsing writes nothing: it runs in the
+    /// read-only transaction.
     async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         let cache = self.session().statements();
-        let key = self.cache_key(sql);
-        if let Some(s) = cache.get(&key) {
+        if let Some(s) = cache.get(sql) {
             return Ok(s);
         }
-        let statement = self.scoped(self.client().prepare(sql)).await?;
-        cache.put(key, statement.clone());
+        let statement = self.scoped(Mode::Read, self.client().prepare(sql)).await?;
+        cache.put(sql.to_owned(), statement.clone());
         Ok(statement)
     }
 
@@ -398,11 +521,13 @@ impl TenantConn {
 
     /// Statements without parameters or results (simple query protocol), in the context.
     pub async fn batch_execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
-        self.scoped(self.client().batch_execute(sql)).await
+        self.scoped(Mode::Write, self.client().batch_execute(sql))
+            .await
     }
 
     /// A transaction in the tenant's context (set right after `BEGIN`, transaction-locally).
     pub async fn transaction(&mut self) -> Result<Transaction<'_>, tokio_postgres::Error> {
+        self.end_reads().await?;
         let context = self.context.clone();
         let session = match &mut self.session {
             Some(s) => s,
@@ -445,7 +570,7 @@ impl TenantConn {
 impl Drop for TenantConn {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            s.release();
+            s.release(self.reads_open.load(Ordering::Acquire));
         }
     }
 }

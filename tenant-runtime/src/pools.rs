@@ -11,8 +11,10 @@
 //! | event                                   | what happens                                        |
 //! |-----------------------------------------|-----------------------------------------------------|
 //! | first request of a tenant               | pool built (cheap: no connection yet)               |
-//! | request, idle connection in the pool    | taken, recycled (session state cleaned)             |
+//! | request, idle connection in the pool    | taken (cleaned when it was given back)              |
 //! | request, pool below its size            | new connection, after taking a budget permit        |
+//! | budget exhausted, the pool has          | wait up to 100 ms for one of its own to come back   |
+//! | connections (all busy)                  | (no churn of opens between busy tenants), then on   |
 //! | budget exhausted                        | the least recently used idle connection of another  |
 //! |                                         | tenant on the server is closed; wait                |
 //! | a connection goes idle while one waits  | the waiter closes the least recently used idle one  |
@@ -22,9 +24,11 @@
 //! | placement differs from the pool's       | pool rebuilt                                        |
 //! | idle too long / too many open tenants   | evicted by the cache (least recently used), closed  |
 //!
-//! Connections are recycled with deadpool-postgres' `Clean` method (`RESET ALL`, `SET SESSION
-//! AUTHORIZATION DEFAULT`, `UNLISTEN *`, advisory locks released, temp tables discarded), so no
-//! session state survives from one request to the next.
+//! Connections are cleaned when they are given back, before the next borrower can take them
+//! (what deadpool-postgres' `Clean` does at checkout: `RESET ALL`, `SET SESSION AUTHORIZATION
+//! DEFAULT`, `UNLISTEN *`, advisory locks released, temp tables discarded; with a pooled
+//! request's read-only transaction rolled back in the same message), so no session state
+//! survives from one request to the next and a checkout costs no round trip.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -65,6 +69,13 @@ pub struct PoolSettings {
     /// Share of each server's budget kept for shared pools while this instance has one on
     /// that server: dedicated pools together hold at most the rest.
     pub pooled_budget_percent: u32,
+    /// Pools (lanes) per shared database; a pooled tenant always uses the same lane.
+    pub shared_lanes: u32,
+    /// Connections of one lane (at most the server's budget in this instance).
+    pub shared_lane_size: u32,
+    /// How long a busy pool waits for one of its own connections before it takes another
+    /// pool's while the budget is spent ([`OWN_WAIT`] in the runtime).
+    pub own_wait: Duration,
 }
 
 /// When a pooled connection was last handed out (or made).
@@ -89,6 +100,11 @@ pub struct ServerBudget {
     dedicated_cap: u32,
     /// Signalled when a connection of this server goes back to a pool while someone waits.
     idle_returned: tokio::sync::Notify,
+    /// Signalled (to all) whenever a connection of this server goes back to its pool, for
+    /// pools waiting for one of their own ([`TenantPool::wait_for_own`]).
+    returned: tokio::sync::Notify,
+    /// Requests of busy pools waiting for one of their pool's own connections.
+    waiting_own: AtomicUsize,
 }
 
 impl ServerBudget {
@@ -146,11 +162,13 @@ pub struct BudgetedClient {
     _dedicated: Option<DedicatedSlot>,
 }
 
-/// What a pool is keyed by: a dedicated tenant, or a shared database of pooled tenants.
+/// What a pool is keyed by: a dedicated tenant, or one lane of a shared database's pooled
+/// tenants (a tenant's lane is fixed by its id: a connection, and the catalog caches and plans
+/// of its server process, serve a fraction of the database's tenants instead of all of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum PoolKey {
     Tenant(TenantId),
-    Shared(Uuid),
+    Shared(Uuid, u32),
 }
 
 /// What a pool logs in with; a pool whose spec no longer matches the catalog is rebuilt.
@@ -285,7 +303,43 @@ impl TenantPool {
     fn pinned(&self, key: PoolKey) -> bool {
         matches!(key, PoolKey::Tenant(_)) && self.traffic.steady()
     }
+
+    /// While the server's budget is spent, a pool that has connections, all busy, waits a
+    /// moment (`own_wait`, at most until `deadline`) for one of its own to come back instead
+    /// of closing another pool's idle connection, which that pool would then open again: busy
+    /// pools keep their connections, and only pools with none take others' (no churn of
+    /// connection opens between hot tenants).
+    async fn wait_for_own(&self, deadline: Instant, own_wait: Duration) {
+        let limit = deadline.min(Instant::now() + own_wait);
+        let mut counted = None;
+        loop {
+            // Created before the state is read: a return in between is not missed.
+            let returned = self.budget.returned.notified();
+            let status = self.pool.status();
+            if status.size == 0
+                || status.available > 0
+                || status.size >= status.max_size
+                || self.budget.permits.available_permits() > 0
+            {
+                return;
+            }
+            if counted.is_none() {
+                self.budget.waiting_own.fetch_add(1, Ordering::AcqRel);
+                counted = Some(WaitGuard(&self.budget.waiting_own));
+            }
+            if tokio::time::timeout_at(limit.into(), returned)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
 }
+
+/// How long a busy pool waits for one of its own connections before it takes another pool's
+/// while the budget is spent (a request usually gives its connection back well before).
+pub const OWN_WAIT: Duration = Duration::from_millis(100);
 
 struct Inner {
     cache: Cache<PoolKey, Arc<TenantPool>>,
@@ -294,6 +348,7 @@ struct Inner {
     budgets: Mutex<HashMap<Uuid, Arc<ServerBudget>>>,
     keyring: Keyring,
     settings: PoolSettings,
+    returning: Arc<Returning>,
 }
 
 impl Inner {
@@ -362,7 +417,7 @@ impl Inner {
     fn has_shared_pool(&self, budget: &Arc<ServerBudget>) -> bool {
         self.cache
             .iter()
-            .any(|(k, p)| matches!(*k, PoolKey::Shared(_)) && Arc::ptr_eq(&p.budget, budget))
+            .any(|(k, p)| matches!(*k, PoolKey::Shared(..)) && Arc::ptr_eq(&p.budget, budget))
     }
 
     fn budget_for(&self, spec: &PoolSpec) -> Arc<ServerBudget> {
@@ -380,6 +435,8 @@ impl Inner {
                     dedicated_open: AtomicU32::new(0),
                     dedicated_cap: size.saturating_sub(kept).max(1),
                     idle_returned: tokio::sync::Notify::new(),
+                    returned: tokio::sync::Notify::new(),
+                    waiting_own: AtomicUsize::new(0),
                 });
                 budgets.insert(spec.db_server_id, b.clone());
                 b
@@ -393,6 +450,14 @@ impl Inner {
 struct Pooled {
     obj: Object<TenantManager>,
     budget: Arc<ServerBudget>,
+    returning: Arc<Returning>,
+}
+
+/// Connections being cleaned on their way back to their pools.
+#[derive(Default)]
+struct Returning {
+    count: AtomicUsize,
+    done: tokio::sync::Notify,
 }
 
 impl Session for Pooled {
@@ -408,27 +473,65 @@ impl Session for Pooled {
 }
 
 impl SessionHandle for Pooled {
-    fn release(self: Box<Self>) {
-        let Pooled { obj, budget } = *self;
-        if crate::http::request_abandoned() {
+    fn release(self: Box<Self>, reads_open: bool) {
+        let Pooled {
+            obj,
+            budget,
+            returning,
+        } = *self;
+        let runtime = tokio::runtime::Handle::try_current();
+        if crate::http::request_abandoned() || runtime.is_err() {
             // A query may still be running on it: cancel it, and close the connection rather
             // than hand it to the next request.
             let conn = Object::take(obj);
             let cancel = conn.client.cancel_token();
-            tokio::spawn(async move {
-                let _ = cancel.cancel_query(NoTls).await;
-                drop(conn);
-            });
-            metrics::counter!("portico_pool_abandoned_total").increment(1);
-        } else {
-            drop(obj);
-            if budget.waiting.load(Ordering::Acquire) > 0 {
-                // A waiter closes the least recently used idle connection (maybe this one).
-                budget.idle_returned.notify_one();
+            if let Ok(rt) = runtime {
+                rt.spawn(async move {
+                    let _ = cancel.cancel_query(NoTls).await;
+                    drop(conn);
+                });
             }
+            metrics::counter!("portico_pool_abandoned_total").increment(1);
+            return;
         }
+        // Cleaned before anyone else may take it (the pool's own recycling is `Fast`): off the
+        // request's path, and in one message with the rollback of an open read-only
+        // transaction.
+        returning.count.fetch_add(1, Ordering::AcqRel);
+        let _ = runtime.map(|rt| {
+            rt.spawn(async move {
+                let sql = if reads_open { RESET_AFTER_READS } else { RESET };
+                match obj.client.batch_execute(sql).await {
+                    Ok(()) => {
+                        drop(obj);
+                        budget.returned.notify_waiters();
+                        if budget.waiting.load(Ordering::Acquire) > 0 {
+                            // A waiter closes the least recently used idle connection (maybe
+                            // this one).
+                            budget.idle_returned.notify_one();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a connection could not be cleaned; closed");
+                        drop(Object::take(obj));
+                    }
+                }
+                returning.count.fetch_sub(1, Ordering::AcqRel);
+                returning.done.notify_waiters();
+            })
+        });
     }
 }
+
+/// What a connection is cleaned with before it goes back to its pool: everything a session can
+/// carry from one borrower to the next (deadpool-postgres' `Clean`, which keeps prepared
+/// statements).
+const RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+                     SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+/// [`RESET`] after rolling back the request's read-only transaction (pooled tier).
+const RESET_AFTER_READS: &str = "ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; \
+                                 RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); \
+                                 DISCARD TEMP; DISCARD SEQUENCES";
 
 /// Gauges of one server's budget, for `/metrics`.
 #[derive(Debug, Clone)]
@@ -438,6 +541,8 @@ pub struct BudgetStats {
     pub open: u32,
     pub idle: usize,
     pub waiting: usize,
+    /// Requests of busy pools waiting for their own connections (not counted in `waiting`).
+    pub waiting_own: usize,
     pub tenant_pools: usize,
 }
 
@@ -464,7 +569,21 @@ impl TenantPools {
                 budgets: Mutex::new(HashMap::new()),
                 keyring,
                 settings,
+                returning: Arc::default(),
             }),
+        }
+    }
+
+    /// Waits until every connection given back so far is cleaned and in its pool again (for
+    /// tests that count idle connections).
+    pub async fn settled(&self) {
+        loop {
+            // Created before the count is read: a notification in between is not missed.
+            let done = self.inner.returning.done.notified();
+            if self.inner.returning.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            done.await;
         }
     }
 
@@ -473,14 +592,14 @@ impl TenantPools {
         let placement = route.placement.as_ref().ok_or_else(|| {
             RuntimeError::TenantDatabase("the tenant has no database placement yet".into())
         })?;
-        let (key, context) = pool_of(route.tenant_id, placement);
+        let (key, context) = pool_of(route.tenant_id, placement, self.inner.settings.shared_lanes);
         let started = Instant::now();
         let deadline = started + self.inner.settings.wait;
         // A pooled tenant first takes one of its shares of the shared pool, so a flood of one
         // tenant queues behind itself, not in front of the others.
         let share = match key {
             PoolKey::Tenant(_) => None,
-            PoolKey::Shared(_) => {
+            PoolKey::Shared(..) => {
                 let per_tenant = self.inner.settings.per_tenant as usize;
                 let shares = self
                     .inner
@@ -502,6 +621,8 @@ impl TenantPools {
         // Twice at most: a pool closed by a concurrent eviction is rebuilt once.
         for _ in 0..2 {
             let pool = self.pool_for(key, placement, route.tenant_id).await?;
+            pool.wait_for_own(deadline, self.inner.settings.own_wait)
+                .await;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let got = tokio::time::timeout(remaining, pool.pool.get()).await;
             metrics::histogram!("portico_pool_wait_seconds")
@@ -513,11 +634,13 @@ impl TenantPools {
                         session: Some(Box::new(Pooled {
                             obj,
                             budget: pool.budget.clone(),
+                            returning: self.inner.returning.clone(),
                         })),
                         context,
                         _share: share,
                         tenant: route.tenant_id,
                         key: TenantKeyRef::new(placement.key_id.clone()),
+                        reads_open: Default::default(),
                     })
                 }
                 Err(_) | Ok(Err(PoolError::Timeout(_))) => {
@@ -568,7 +691,7 @@ impl TenantPools {
                     )
                     .await?
             }
-            PoolKey::Shared(id) => {
+            PoolKey::Shared(id, _) => {
                 keyring
                     .decrypt_platform(
                         &portico_core::keys::pool_role_purpose(id),
@@ -588,7 +711,7 @@ impl TenantPools {
         // Pooled: nothing at all outside a tenant's context.
         let search_path = match key {
             PoolKey::Tenant(_) => crate::conn::DEDICATED_SEARCH_PATH,
-            PoolKey::Shared(_) => "pg_catalog",
+            PoolKey::Shared(..) => "pg_catalog",
         };
         config
             .dbname(&spec.database)
@@ -598,8 +721,10 @@ impl TenantPools {
             .options(format!("-c search_path={search_path}"))
             .connect_timeout(self.inner.settings.wait.max(Duration::from_secs(1)));
         let budget = self.inner.budget_for(spec);
+        // Connections are cleaned when they are given back (`Pooled::release`), so a
+        // checkout costs no round trip.
         let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Clean,
+            recycling_method: RecyclingMethod::Fast,
         };
         let pg = match &spec.server_ca {
             Some(ca) => {
@@ -618,8 +743,9 @@ impl TenantPools {
         };
         let max_size = match key {
             PoolKey::Tenant(_) => self.inner.settings.per_tenant,
-            // Shared by every pooled tenant of the database: as large as the budget allows.
-            PoolKey::Shared(_) => budget.size,
+            // Shared by the lane's pooled tenants: a few connections, each serving those
+            // tenants often enough to keep their relations and plans cached.
+            PoolKey::Shared(..) => self.inner.settings.shared_lane_size.min(budget.size),
         };
         let pool = Pool::builder(manager)
             .max_size(max_size as usize)
@@ -740,6 +866,7 @@ impl TenantPools {
                     open: b.open(),
                     idle,
                     waiting: b.waiting.load(Ordering::Acquire),
+                    waiting_own: b.waiting_own.load(Ordering::Acquire),
                     tenant_pools,
                 }
             })
@@ -747,15 +874,22 @@ impl TenantPools {
     }
 }
 
-/// The pool a tenant's connections come from, and the context they carry (pooled tier).
-fn pool_of(tenant: TenantId, p: &Placement) -> (PoolKey, Option<Arc<TenantContext>>) {
+/// The pool a tenant's connections come from, and the context they carry (pooled tier): its
+/// shared database's lane `id mod lanes` (tenant ids are random).
+fn pool_of(tenant: TenantId, p: &Placement, lanes: u32) -> (PoolKey, Option<Arc<TenantContext>>) {
     match &p.login {
         Login::Tenant { .. } => (PoolKey::Tenant(tenant), None),
         Login::Pool {
             shared_database_id,
             context,
             ..
-        } => (PoolKey::Shared(*shared_database_id), Some(context.clone())),
+        } => {
+            let lane = tenant.as_uuid().as_u128() % u128::from(lanes.max(1));
+            (
+                PoolKey::Shared(*shared_database_id, u32::try_from(lane).unwrap_or(0)),
+                Some(context.clone()),
+            )
+        }
     }
 }
 

@@ -80,6 +80,9 @@ impl Runtime {
                 wait: rt.pool_wait,
                 instances: rt.instances,
                 pooled_budget_percent: rt.pooled_budget_percent,
+                shared_lanes: rt.shared_pool_lanes,
+                shared_lane_size: rt.shared_lane_size,
+                own_wait: crate::pools::OWN_WAIT,
             },
         );
         let (listener, listen_task) = spawn_listener(catalog, resolver.clone(), pools.clone());

@@ -1,7 +1,8 @@
 //! The pooled tier: tenants as schemas of a shared database, reached through a pool role that
 //! can only switch to them. Their objects are those of a dedicated tenant database; a tenant
-//! context never outlives its statement (errors, cancelled queries, abandoned futures and
-//! session-level `SET`s included); what one tenant's role can reach in the shared database is
+//! context never reaches the next borrower of a connection (errors, cancelled queries,
+//! abandoned futures and session-level `SET`s included); a borrow's reads share one read-only
+//! transaction while each write commits on its own; what one tenant's role can reach in the shared database is
 //! its own schema and an append-only audit log; fleet migrations go over both tiers.
 //!
 //! The HTTP-level isolation suite runs on both tiers too (the `*_pooled` tests of `access`,
@@ -10,7 +11,7 @@
 use std::time::Duration;
 
 use portico_provisioning::migrations::{self, Target};
-use portico_tenant_runtime::catalog::CatalogReader;
+use portico_tenant_runtime::catalog::{CatalogReader, TenantRoute};
 use portico_tenant_runtime::conn::TenantContext;
 use portico_tenant_runtime::pools::{TenantConn, TenantPools};
 use serde_json::Value;
@@ -232,17 +233,24 @@ async fn pid(c: &TenantConn) -> i32 {
         .get(0)
 }
 
-/// What the next borrower would start from: the pool role, the start-up search path, no open
-/// transaction.
-async fn assert_clean(c: &TenantConn, pool_role: &str, what: &str) {
+/// What the next borrower starts from, read before any statement of its own: the pool role,
+/// the start-up search path, no open transaction. Returns that borrower's connection.
+async fn next_borrower_clean(
+    pools: &TenantPools,
+    route: &TenantRoute,
+    pool_role: &str,
+    what: &str,
+) -> TenantConn {
+    let c = pools.get(route).await.expect("next borrower");
     let (user, path, in_tx) = c.session_state().await.expect("session state");
     assert_eq!(user, pool_role, "{what}: role left behind");
     assert_eq!(path, "pg_catalog", "{what}: search path left behind");
     assert!(!in_tx, "{what}: transaction left open");
+    c
 }
 
 #[tokio::test]
-async fn no_tenant_context_survives_its_statement() {
+async fn no_tenant_context_reaches_the_next_borrower() {
     let env = TestEnv::pooled(Backend::FileLocal).await;
     env.ok(&["tenant", "create", "alpha"]);
     env.ok(&["tenant", "create", "bravo"]);
@@ -258,11 +266,10 @@ async fn no_tenant_context_survives_its_statement() {
     let session = pid(&a).await;
     let row = a.query_one(whoami, &[]).await.expect("alpha");
     assert_eq!(row.get::<_, String>(1), "alpha");
-    assert_clean(&a, &pool_role, "after a statement").await;
     drop(a);
 
     // The same text prepared under alpha's context, run in bravo's: bravo's rows.
-    let b = pools.get(&rb).await.expect("bravo");
+    let b = next_borrower_clean(&pools, &rb, &pool_role, "after reads").await;
     assert_eq!(pid(&b).await, session, "one connection");
     let row = b.query_one(whoami, &[]).await.expect("bravo");
     assert_eq!(
@@ -272,16 +279,23 @@ async fn no_tenant_context_survives_its_statement() {
     assert_eq!(row.get::<_, String>(1), "bravo");
     drop(b);
 
-    // A failing statement.
-    let a = pools.get(&ra).await.expect("alpha");
+    // A failing statement: the borrower goes on in its context, the next one starts clean.
+    let a = next_borrower_clean(&pools, &ra, &pool_role, "after bravo's reads").await;
     a.query("select 1 / 0 from tenant_profile", &[])
         .await
         .expect_err("division by zero");
-    assert_clean(&a, &pool_role, "after an error").await;
+    let row = a
+        .query_one(whoami, &[])
+        .await
+        .expect("alpha after an error");
+    assert_eq!(row.get::<_, String>(1), "alpha");
+    a.query("select 1 / 0 from tenant_profile", &[])
+        .await
+        .expect_err("division by zero");
     drop(a);
+    let mut a = next_borrower_clean(&pools, &ra, &pool_role, "after an error").await;
 
     // A transaction dropped uncommitted: rolled back, context gone, nothing written.
-    let mut a = pools.get(&ra).await.expect("alpha");
     {
         let tx = a.transaction().await.expect("tx");
         tx.execute(
@@ -291,7 +305,8 @@ async fn no_tenant_context_survives_its_statement() {
         .await
         .expect("insert");
     }
-    assert_clean(&a, &pool_role, "after an abandoned transaction").await;
+    drop(a);
+    let a = next_borrower_clean(&pools, &ra, &pool_role, "after an abandoned transaction").await;
     let n: i64 = a
         .query_one("select count(*) from sites where code = 'uncommitted'", &[])
         .await
@@ -300,8 +315,8 @@ async fn no_tenant_context_survives_its_statement() {
     assert_eq!(n, 0);
     drop(a);
 
-    // A session-level SET run in the context survives COMMIT on the server: the pool's
-    // clean-up on the next checkout removes it.
+    // A session-level SET run in the context survives COMMIT on the server: the clean-up
+    // when the connection is given back removes it.
     let a = pools.get(&ra).await.expect("alpha");
     let alpha_schema = ra.placement.as_ref().expect("p").role.clone();
     a.batch_execute(&format!(
@@ -310,8 +325,7 @@ async fn no_tenant_context_survives_its_statement() {
     .await
     .expect("session-level set");
     drop(a);
-    let b = pools.get(&rb).await.expect("bravo");
-    assert_clean(&b, &pool_role, "after a session-level SET").await;
+    let b = next_borrower_clean(&pools, &rb, &pool_role, "after a session-level SET").await;
     assert_eq!(pid(&b).await, session);
     let row = b.query_one(whoami, &[]).await.expect("bravo");
     assert_eq!(row.get::<_, String>(1), "bravo");
@@ -344,8 +358,8 @@ async fn no_tenant_context_survives_its_statement() {
         }
     );
     assert!(cancelled.is_err());
-    assert_clean(&a, &pool_role, "after a cancelled query").await;
     drop(a);
+    drop(next_borrower_clean(&pools, &ra, &pool_role, "after a cancelled query").await);
 
     // A future dropped while its statement runs (a request abandoned half-way): everything
     // was sent on its first poll, COMMIT included.
@@ -361,11 +375,126 @@ async fn no_tenant_context_survives_its_statement() {
         "the statement should still have been running"
     );
     drop(a);
-    // Read before any statement of the next borrower (whose own BEGIN/COMMIT would close a
-    // transaction left open, committing what was in it).
-    let b = pools.get(&rb).await.expect("bravo");
-    assert_clean(&b, &pool_role, "after an abandoned statement").await;
+    let b = next_borrower_clean(&pools, &rb, &pool_role, "after an abandoned statement").await;
     assert_eq!(pid(&b).await, session);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_borrows_reads_share_one_read_only_transaction_and_each_write_commits_on_its_own() {
+    let env = TestEnv::pooled(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "alpha"]);
+    let (pool_role, _) = pool_login(&env, "alpha").await;
+    let (pools, reader) = one_connection_pools(&env).await;
+    let ra = route_of(&reader, "alpha").await;
+    let started = "select transaction_timestamp(), current_setting('transaction_read_only')";
+    let begun =
+        |r: tokio_postgres::Row| (r.get::<_, time::OffsetDateTime>(0), r.get::<_, String>(1));
+    let sites = |code: &str| format!("select count(*) from sites where code = '{code}'");
+
+    let a = pools.get(&ra).await.expect("alpha");
+    let first = begun(a.query_one(started, &[]).await.expect("read"));
+    let second = begun(a.query_one(started, &[]).await.expect("read"));
+    assert_eq!(first.1, "on", "reads run read-only");
+    assert_eq!(first.0, second.0, "two reads, one transaction");
+
+    // A write commits on its own, and the reads after it are in a new transaction.
+    a.execute("insert into sites (code, name) values ('w1', 'one')", &[])
+        .await
+        .expect("write");
+    let third = begun(a.query_one(started, &[]).await.expect("read"));
+    assert!(third.0 > second.0, "a new transaction after the write");
+    // A statement that reads like a read but writes: refused read-only, run as a write.
+    let disguised = "with w as (insert into sites (code, name) values ($1, 'two') returning code)
+                     select code from w";
+    let row = a
+        .query_one(disguised, &[&"w2"])
+        .await
+        .expect("disguised write");
+    assert_eq!(row.get::<_, String>(0), "w2");
+    let row = a
+        .query_one(disguised, &[&"w3"])
+        .await
+        .expect("again, as a write");
+    assert_eq!(row.get::<_, String>(0), "w3");
+    // An error after the writes undoes none of them.
+    a.query("select 1 / 0 from tenant_profile", &[])
+        .await
+        .expect_err("division by zero");
+    drop(a);
+
+    let b = next_borrower_clean(&pools, &ra, &pool_role, "after reads and writes").await;
+    for code in ["w1", "w2", "w3"] {
+        let n: i64 = b.query_one(&sites(code), &[]).await.expect("count").get(0);
+        assert_eq!(n, 1, "{code} was acknowledged and must stay written");
+    }
+    // Reads, then an explicit transaction: the read-only one ends first, the explicit one
+    // writes in the tenant's context.
+    let mut b = b;
+    let before = begun(b.query_one(started, &[]).await.expect("read"));
+    {
+        let tx = b.transaction().await.expect("tx");
+        let (at, read_only) = begun(tx.query_one(started, &[]).await.expect("in tx"));
+        assert!(at > before.0 && read_only == "off", "{at} {read_only}");
+        tx.execute("insert into sites (code, name) values ('w4', 'four')", &[])
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+    }
+    let n: i64 = b.query_one(&sites("w4"), &[]).await.expect("count").get(0);
+    assert_eq!(n, 1);
+    // Ended on request (before a long wait on something else): no transaction open.
+    b.end_reads().await.expect("end reads");
+    let (_, _, in_tx) = b.session_state().await.expect("state");
+    assert!(!in_tx, "end_reads leaves no transaction open");
+    drop(b);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_pooled_tenant_always_uses_its_lane_and_lanes_share_no_connection() {
+    let env = TestEnv::pooled(Backend::FileLocal).await;
+    // The first tenant registers the server whose budget the pools read.
+    env.ok(&["tenant", "create", "lane0"]);
+    let (pools, reader) = crate::pools::pools_with(&env, 4, 1, Duration::from_secs(10), |s| {
+        s.shared_lanes = 2;
+        s.shared_lane_size = 1;
+    })
+    .await;
+    // A tenant's lane is its id modulo the lanes (ids are random): create until each of the
+    // two lanes has two tenants.
+    let mut lanes: [Vec<TenantRoute>; 2] = Default::default();
+    for i in 0..40 {
+        if lanes.iter().all(|l| l.len() >= 2) {
+            break;
+        }
+        let slug = format!("lane{i}");
+        if i > 0 {
+            env.ok(&["tenant", "create", &slug]);
+        }
+        let route = route_of(&reader, &slug).await;
+        let lane = usize::from(route.tenant_id.as_uuid().as_u128() % 2 == 1);
+        if lanes[lane].len() < 2 {
+            lanes[lane].push(route);
+        }
+    }
+    assert!(
+        lanes.iter().all(|l| l.len() == 2),
+        "40 random ids, one lane"
+    );
+    let mut held = Vec::new();
+    for lane in &lanes {
+        // A lane of one connection: its two tenants are served by the same one, in turn.
+        let first = pools.get(&lane[0]).await.expect("first");
+        let session = pid(&first).await;
+        drop(first);
+        let second = pools.get(&lane[1]).await.expect("second");
+        assert_eq!(pid(&second).await, session, "one lane, one connection");
+        held.push((session, second));
+    }
+    // Held at once: the other lane has a connection of its own.
+    assert_ne!(held[0].0, held[1].0, "two lanes, one connection");
+    drop(held);
     env.cleanup().await;
 }
 
@@ -586,8 +715,11 @@ async fn a_statement_prepared_before_a_migration_is_prepared_again_after_it() {
     let route = route_of(&reader, "alpha").await;
     let all = "select * from sites";
     let a = pools.get(&route).await.expect("alpha");
+    let session = pid(&a).await;
     assert!(a.query(all, &[]).await.expect("before").is_empty());
-    // A migration adds a column while the connection keeps the statement prepared.
+    // Given back (a migration waits for the locks of a borrower's reads), the connection
+    // keeps the statement prepared while a migration adds a column.
+    drop(a);
     let schema = t["placement"]["schema"].as_str().expect("schema");
     connect(&admin_url(t["placement"]["database"].as_str().expect("db")))
         .await
@@ -597,6 +729,8 @@ async fn a_statement_prepared_before_a_migration_is_prepared_again_after_it() {
         ))
         .await
         .expect("migrating");
+    let a = pools.get(&route).await.expect("alpha");
+    assert_eq!(pid(&a).await, session, "one connection");
     let rows = a.query(all, &[]).await.expect("after the migration");
     assert_eq!(rows.len(), 1);
     assert!(rows[0].columns().iter().any(|c| c.name() == "added_later"));

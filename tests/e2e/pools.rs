@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portico_tenant_runtime::catalog::CatalogReader;
-use portico_tenant_runtime::pools::{PoolSettings, TenantPools};
+use portico_tenant_runtime::pools::{OWN_WAIT, PoolSettings, TenantPools};
 
 use crate::support::{Backend, TestEnv, host_of, within};
 
@@ -26,6 +26,9 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
             wait: Duration::from_secs(5),
             instances: 1,
             pooled_budget_percent: 50,
+            shared_lanes: 1,
+            shared_lane_size: 1000,
+            own_wait: OWN_WAIT,
         },
     );
     let route = |slug: &'static str| {
@@ -155,6 +158,17 @@ pub(crate) async fn pools_of(
     per_tenant: u32,
     wait: Duration,
 ) -> (TenantPools, CatalogReader) {
+    pools_with(env, size, per_tenant, wait, |_| {}).await
+}
+
+/// [`pools_of`] with some of its settings changed by `tweak`.
+pub(crate) async fn pools_with(
+    env: &TestEnv,
+    size: i32,
+    per_tenant: u32,
+    wait: Duration,
+    tweak: impl FnOnce(&mut PoolSettings),
+) -> (TenantPools, CatalogReader) {
     let reader = CatalogReader::new(
         sqlx::PgPool::connect(&env.catalog_url())
             .await
@@ -167,16 +181,18 @@ pub(crate) async fn pools_of(
         .await
         .expect("budget")
         .get(0);
-    let pools = TenantPools::new(
-        env.keyring().await,
-        PoolSettings {
-            max_open_tenants: 10,
-            per_tenant,
-            wait,
-            instances: u32::try_from(max_connections / size).expect("instances"),
-            pooled_budget_percent: 50,
-        },
-    );
+    let mut settings = PoolSettings {
+        max_open_tenants: 10,
+        per_tenant,
+        wait,
+        instances: u32::try_from(max_connections / size).expect("instances"),
+        pooled_budget_percent: 50,
+        shared_lanes: 1,
+        shared_lane_size: 1000,
+        own_wait: OWN_WAIT,
+    };
+    tweak(&mut settings);
+    let pools = TenantPools::new(env.keyring().await, settings);
     (pools, reader)
 }
 
@@ -256,6 +272,57 @@ async fn one_pooled_tenant_cannot_take_the_shared_pool_and_dedicated_pools_keep_
 }
 
 #[tokio::test]
+async fn a_busy_pool_waits_for_its_own_connection_rather_than_take_another_pools() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    for slug in ["busy", "idle"] {
+        env.ok(&["tenant", "create", slug]);
+    }
+    // Waits long enough that only the condition below ends them.
+    let long = Duration::from_secs(30);
+    let (pools, reader) = pools_with(&env, 2, 2, long, |s| s.own_wait = long).await;
+    let (busy, idle) = (
+        route_of(&reader, "busy").await,
+        route_of(&reader, "idle").await,
+    );
+    let pid = async |c: &portico_tenant_runtime::pools::TenantConn| -> i32 {
+        c.query_one("select pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0)
+    };
+    // The budget (2) is spent: one connection of `busy` in use, one of `idle` idle.
+    let b1 = pools.get(&busy).await.expect("busy");
+    let busy_pid = pid(&b1).await;
+    let i1 = pools.get(&idle).await.expect("idle");
+    let idle_pid = pid(&i1).await;
+    drop(i1);
+    pools.settled().await;
+    // A second request of `busy` waits for busy's own connection…
+    let second = {
+        let (pools, busy) = (pools.clone(), busy.clone());
+        tokio::spawn(async move {
+            let c = pools.get(&busy).await.expect("busy, again");
+            c.query_one("select pg_backend_pid()", &[])
+                .await
+                .expect("pid")
+                .get::<_, i32>(0)
+        })
+    };
+    let waiting = within(Duration::from_secs(10), || async {
+        pools.stats().iter().map(|s| s.waiting_own).sum::<usize>() == 1
+    })
+    .await;
+    assert!(waiting.is_some(), "the busy pool did not wait for its own");
+    // …and gets it when it comes back; `idle` keeps its connection.
+    drop(b1);
+    assert_eq!(second.await.expect("task"), busy_pid);
+    let i2 = pools.get(&idle).await.expect("idle, again");
+    assert_eq!(pid(&i2).await, idle_pid, "idle's connection was taken");
+    drop(i2);
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
     let env = TestEnv::new(Backend::FileLocal).await;
     for slug in ["steady", "other", "third"] {
@@ -281,6 +348,7 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
         pid = backend(&c).await;
     }
     drop(pools.get(&third).await.expect("third"));
+    pools.settled().await;
     let o1 = pools.get(&other).await.expect("other 1");
     // The budget (3) is full: `other` takes over an idle connection — `third`'s, not the
     // older one the steady pool keeps.
@@ -292,6 +360,7 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
         "the steady pool's connection was reclaimed"
     );
     drop(c);
+    pools.settled().await;
     // With no other idle connection left, even the steady pool's last one serves a waiter.
     let t = pools
         .get(&third)
@@ -310,6 +379,7 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
     drop(a);
     drop(b);
     drop(pools.get(&other).await.expect("other"));
+    pools.settled().await;
     let idle = |pools: &portico_tenant_runtime::pools::TenantPools| -> u64 {
         pools.stats().iter().map(|s| s.idle as u64).sum()
     };

@@ -45,6 +45,8 @@ const KEYS: &[&str] = &[
     "max_open_tenants",
     "tenant_pool_size",
     "pooled_budget_percent",
+    "shared_pool_lanes",
+    "shared_lane_size",
     "pool_wait_ms",
     "runtime_instances",
     "request_timeout_ms",
@@ -125,6 +127,8 @@ struct Raw {
     max_open_tenants: i64,
     tenant_pool_size: i64,
     pooled_budget_percent: i64,
+    shared_pool_lanes: i64,
+    shared_lane_size: i64,
     pool_wait_ms: i64,
     runtime_instances: i64,
     request_timeout_ms: i64,
@@ -171,6 +175,8 @@ impl Default for Raw {
             max_open_tenants: 1000,
             tenant_pool_size: 5,
             pooled_budget_percent: 25,
+            shared_pool_lanes: 8,
+            shared_lane_size: 2,
             pool_wait_ms: 2000,
             runtime_instances: 1,
             request_timeout_ms: 30_000,
@@ -345,6 +351,13 @@ pub struct RuntimeSettings {
     /// Share of each server's budget (percent) kept for the pooled tier while this instance
     /// serves pooled tenants there: dedicated tenants' pools together hold at most the rest.
     pub pooled_budget_percent: u32,
+    /// Pools per shared database in one instance; a pooled tenant always uses the same one, so
+    /// each connection (and its server process's catalog caches and plans) serves a fraction of
+    /// the database's tenants.
+    pub shared_pool_lanes: u32,
+    /// Connections of one lane (per instance): few, so that each connection's server process
+    /// sees its lane's tenants often and keeps their relations and plans cached.
+    pub shared_lane_size: u32,
     /// How long a request waits for a tenant connection before `503 tenant_busy`.
     pub pool_wait: Duration,
     /// Instances sharing each database server's connection budget (each takes an equal share).
@@ -475,6 +488,8 @@ impl RuntimeSettings {
                 0,
                 100,
             )? as u32,
+            shared_pool_lanes: ranged("shared_pool_lanes", raw.shared_pool_lanes, 1, 64)? as u32,
+            shared_lane_size: ranged("shared_lane_size", raw.shared_lane_size, 1, 1000)? as u32,
             pool_wait: ms(ranged("pool_wait_ms", raw.pool_wait_ms, 1, 600_000)?),
             instances: ranged("runtime_instances", raw.runtime_instances, 1, 1000)? as u32,
             request_timeout: ms(ranged(

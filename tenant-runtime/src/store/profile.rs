@@ -16,12 +16,11 @@ pub struct Profile {
 }
 
 pub async fn get(client: &crate::conn::TenantConn) -> Result<Profile, RuntimeError> {
-    let stmt = client
-        .prepare_cached("select tenant_id, slug, display_name, created_at from tenant_profile")
-        .await
-        .map_err(|e| RuntimeError::query("reading the tenant profile", e))?;
     let row = client
-        .query_one(&stmt, &[])
+        .query_one(
+            "select tenant_id, slug, display_name, created_at from tenant_profile",
+            &[],
+        )
         .await
         .map_err(|e| RuntimeError::query("reading the tenant profile", e))?;
     Ok(Profile {

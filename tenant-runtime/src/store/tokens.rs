@@ -157,8 +157,8 @@ pub async fn authenticate(
     client: &crate::conn::TenantConn,
     digest: &[u8],
 ) -> Result<Option<TokenCaller>, RuntimeError> {
-    let stmt = client
-        .prepare_cached(
+    let row = client
+        .query_opt(
             "select t.id, t.name, coalesce(u.role, t.role), t.user_id, u.email,
                     case when t.user_id is null then t.site_scope else u.site_scope end,
                     array(select p.permission from role_permissions p
@@ -167,11 +167,8 @@ pub async fn authenticate(
               where t.token_hash = $1 and t.revoked_at is null
                 and (t.expires_at is null or t.expires_at > now())
                 and (t.user_id is null or u.status = 'active')",
+            &[&digest],
         )
-        .await
-        .map_err(|e| RuntimeError::query("checking a token", e))?;
-    let row = client
-        .query_opt(&stmt, &[&digest])
         .await
         .map_err(|e| RuntimeError::query("checking a token", e))?;
     Ok(row.and_then(|r| {

@@ -26,6 +26,13 @@ pub struct StartQuery {
     return_to: Option<String>,
 }
 
+async fn end_reads(client: &TenantConn) -> Result<(), Failure> {
+    client
+        .end_reads()
+        .await
+        .map_err(|e| crate::error::RuntimeError::query("ending the reads", e).into())
+}
+
 pub(super) async fn connection(client: &TenantConn, name: &str) -> Result<Connection, Failure> {
     connections::by_name(client, name)
         .await?
@@ -87,6 +94,8 @@ pub(super) async fn sso_start_inner(
             url
         }
         Protocol::Oidc(cfg) => {
+            // The provider may be fetched from the IdP: no read-only transaction waits on it.
+            end_reads(client).await?;
             let provider = web
                 .rt
                 .identity
@@ -262,6 +271,8 @@ async fn oidc_callback_step(
     let Some(req) = sessions::take_request(client, state, &flow.id_hash, conn.id).await? else {
         return Err(Failure::new("oidc_state").on(name));
     };
+    // Discovery and the code exchange talk to the IdP: no read-only transaction waits on them.
+    end_reads(client).await?;
     let provider = web
         .rt
         .identity
