@@ -252,6 +252,7 @@ fn render_metrics(handle: &PrometheusHandle, runtime: &Runtime) -> axum::respons
         gauge("open", f64::from(s.open));
         gauge("idle", s.idle as f64);
         gauge("waiting", s.waiting as f64);
+        gauge("waiting_own", s.waiting_own as f64);
         metrics::gauge!("portico_pool_tenant_pools", "db_server" => server.clone())
             .set(s.tenant_pools as f64);
     }

@@ -434,9 +434,11 @@ impl TenantConn {
                     begun.and(result)
                 };
                 if result.is_err() {
-                    // The read-only transaction is aborted; it held nothing but reads.
+                    // The read-only transaction is aborted; it held nothing but reads. Should
+                    // the rollback fail too, the connection is broken: the clean-up on release
+                    // fails and closes it. The statement's own error is the one to report.
                     self.reads_open.store(false, Ordering::Release);
-                    client.batch_execute("ROLLBACK").await?;
+                    let _ = client.batch_execute("ROLLBACK").await;
                 }
                 result
             }
@@ -514,7 +516,9 @@ impl TenantConn {
         run!(self, sql, execute, params)
     }
 
-    /// A statement prepared on this connection (in the tenant's context), kept for reuse.
+    /// A statement prepared on this connection (in the tenant's context), kept for reuse. In
+    /// the pooled tier, statements passed as text are better: a prepared one runs as a write
+    /// (its text, which says whether it reads, is not known here).
     pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         self.prepared(sql).await
     }

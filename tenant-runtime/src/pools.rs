@@ -479,18 +479,20 @@ impl SessionHandle for Pooled {
             budget,
             returning,
         } = *self;
-        let runtime = tokio::runtime::Handle::try_current();
-        if crate::http::request_abandoned() || runtime.is_err() {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Dropped outside a runtime: nothing can clean it; it is closed.
+            drop(Object::take(obj));
+            return;
+        };
+        if crate::http::request_abandoned() {
             // A query may still be running on it: cancel it, and close the connection rather
             // than hand it to the next request.
             let conn = Object::take(obj);
             let cancel = conn.client.cancel_token();
-            if let Ok(rt) = runtime {
-                rt.spawn(async move {
-                    let _ = cancel.cancel_query(NoTls).await;
-                    drop(conn);
-                });
-            }
+            runtime.spawn(async move {
+                let _ = cancel.cancel_query(NoTls).await;
+                drop(conn);
+            });
             metrics::counter!("portico_pool_abandoned_total").increment(1);
             return;
         }
@@ -498,27 +500,25 @@ impl SessionHandle for Pooled {
         // request's path, and in one message with the rollback of an open read-only
         // transaction.
         returning.count.fetch_add(1, Ordering::AcqRel);
-        let _ = runtime.map(|rt| {
-            rt.spawn(async move {
-                let sql = if reads_open { RESET_AFTER_READS } else { RESET };
-                match obj.client.batch_execute(sql).await {
-                    Ok(()) => {
-                        drop(obj);
-                        budget.returned.notify_waiters();
-                        if budget.waiting.load(Ordering::Acquire) > 0 {
-                            // A waiter closes the least recently used idle connection (maybe
-                            // this one).
-                            budget.idle_returned.notify_one();
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a connection could not be cleaned; closed");
-                        drop(Object::take(obj));
+        runtime.spawn(async move {
+            let sql = if reads_open { RESET_AFTER_READS } else { RESET };
+            match obj.client.batch_execute(sql).await {
+                Ok(()) => {
+                    drop(obj);
+                    budget.returned.notify_waiters();
+                    if budget.waiting.load(Ordering::Acquire) > 0 {
+                        // A waiter closes the least recently used idle connection (maybe
+                        // this one).
+                        budget.idle_returned.notify_one();
                     }
                 }
-                returning.count.fetch_sub(1, Ordering::AcqRel);
-                returning.done.notify_waiters();
-            })
+                Err(e) => {
+                    tracing::warn!(error = %e, "a connection could not be cleaned; closed");
+                    drop(Object::take(obj));
+                }
+            }
+            returning.count.fetch_sub(1, Ordering::AcqRel);
+            returning.done.notify_waiters();
         });
     }
 }
@@ -526,12 +526,15 @@ impl SessionHandle for Pooled {
 /// What a connection is cleaned with before it goes back to its pool: everything a session can
 /// carry from one borrower to the next (deadpool-postgres' `Clean`, which keeps prepared
 /// statements).
-const RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
-                     SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+macro_rules! reset_sql {
+    () => {
+        "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+         SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+    };
+}
+const RESET: &str = reset_sql!();
 /// [`RESET`] after rolling back the request's read-only transaction (pooled tier).
-const RESET_AFTER_READS: &str = "ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; \
-                                 RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); \
-                                 DISCARD TEMP; DISCARD SEQUENCES";
+const RESET_AFTER_READS: &str = concat!("ROLLBACK; ", reset_sql!());
 
 /// Gauges of one server's budget, for `/metrics`.
 #[derive(Debug, Clone)]
@@ -874,8 +877,15 @@ impl TenantPools {
     }
 }
 
+/// The lane of a pooled tenant among `lanes`: its id modulo the lanes (ids are random, so
+/// tenants spread evenly).
+pub fn lane_of(tenant: TenantId, lanes: u32) -> u32 {
+    let lane = tenant.as_uuid().as_u128() % u128::from(lanes.max(1));
+    u32::try_from(lane).unwrap_or(0)
+}
+
 /// The pool a tenant's connections come from, and the context they carry (pooled tier): its
-/// shared database's lane `id mod lanes` (tenant ids are random).
+/// shared database's lane ([`lane_of`]).
 fn pool_of(tenant: TenantId, p: &Placement, lanes: u32) -> (PoolKey, Option<Arc<TenantContext>>) {
     match &p.login {
         Login::Tenant { .. } => (PoolKey::Tenant(tenant), None),
@@ -883,13 +893,10 @@ fn pool_of(tenant: TenantId, p: &Placement, lanes: u32) -> (PoolKey, Option<Arc<
             shared_database_id,
             context,
             ..
-        } => {
-            let lane = tenant.as_uuid().as_u128() % u128::from(lanes.max(1));
-            (
-                PoolKey::Shared(*shared_database_id, u32::try_from(lane).unwrap_or(0)),
-                Some(context.clone()),
-            )
-        }
+        } => (
+            PoolKey::Shared(*shared_database_id, lane_of(tenant, lanes)),
+            Some(context.clone()),
+        ),
     }
 }
 

@@ -244,13 +244,7 @@ async fn erasure_on(env: TestEnv) {
             .connect_as_admin("acme")
             .await
             .expect("admin");
-        let target = env
-            .platform()
-            .await
-            .tenant_target("acme")
-            .await
-            .expect("target");
-        let a = portico_provisioning::escape_ident(&target.audit_schema());
+        let a = portico_provisioning::escape_ident(&env.audit_schema("acme").await);
         admin
             .batch_execute(&format!(
                 "update {a}.audit_values set value = 'someone else'

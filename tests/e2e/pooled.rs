@@ -473,7 +473,7 @@ async fn a_pooled_tenant_always_uses_its_lane_and_lanes_share_no_connection() {
             env.ok(&["tenant", "create", &slug]);
         }
         let route = route_of(&reader, &slug).await;
-        let lane = usize::from(route.tenant_id.as_uuid().as_u128() % 2 == 1);
+        let lane = portico_tenant_runtime::pools::lane_of(route.tenant_id, 2) as usize;
         if lanes[lane].len() < 2 {
             lanes[lane].push(route);
         }
