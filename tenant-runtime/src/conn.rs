@@ -272,8 +272,8 @@ impl SessionHandle for Borrowed {
 pub struct TenantConn {
     pub(crate) session: Option<Box<dyn SessionHandle>>,
     pub(crate) context: Option<Arc<TenantContext>>,
-    /// Pooled tier: one of the tenant's shares of its shared pool, held while connected.
-    pub(crate) _share: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The tenant's admission ([`crate::pools`]' gate), held while connected.
+    pub(crate) _share: Option<crate::pools::GateGuard>,
     /// Whose connection this is, and that tenant's key: code handed a connection never needs
     /// a tenant id beside it that could disagree.
     pub(crate) tenant: portico_core::TenantId,

@@ -10,8 +10,14 @@
 //!
 //! | event                                   | what happens                                        |
 //! |-----------------------------------------|-----------------------------------------------------|
+//! | any request                             | the tenant's gate first ([`TenantGate`]): at most   |
+//! |                                         | `per_tenant` borrows, `flood_connections` for a     |
+//! |                                         | flood (over 4× `per_tenant` requests) beside other  |
+//! |                                         | tenants of the server                               |
 //! | first request of a tenant               | pool built (cheap: no connection yet)               |
 //! | request, idle connection in the pool    | taken (cleaned when it was given back)              |
+//! | request, a connection of the pool is    | wait up to 100 ms for it (a round trip) rather than |
+//! | being cleaned on its way back           | open another                                        |
 //! | request, pool below its size            | new connection, after taking a budget permit        |
 //! | budget exhausted, the pool has          | wait up to 100 ms for one of its own to come back   |
 //! | connections (all busy)                  | (no churn of opens between busy tenants), then on   |
@@ -76,6 +82,9 @@ pub struct PoolSettings {
     /// How long a busy pool waits for one of its own connections before it takes another
     /// pool's while the budget is spent ([`OWN_WAIT`] in the runtime).
     pub own_wait: Duration,
+    /// Connections a flooding tenant (more than [`FLOOD_FACTOR`] × `per_tenant` requests at
+    /// once) holds at once while another tenant uses the same server ([`TenantGate`]).
+    pub flood_connections: u32,
 }
 
 /// When a pooled connection was last handed out (or made).
@@ -296,6 +305,8 @@ pub struct TenantPool {
     pool: Pool,
     budget: Arc<ServerBudget>,
     traffic: Traffic,
+    /// Connections of this pool being cleaned on their way back to it.
+    cleaning: Arc<AtomicUsize>,
 }
 
 impl TenantPool {
@@ -304,11 +315,15 @@ impl TenantPool {
         matches!(key, PoolKey::Tenant(_)) && self.traffic.steady()
     }
 
-    /// While the server's budget is spent, a pool that has connections, all busy, waits a
-    /// moment (`own_wait`, at most until `deadline`) for one of its own to come back instead
-    /// of closing another pool's idle connection, which that pool would then open again: busy
-    /// pools keep their connections, and only pools with none take others' (no churn of
-    /// connection opens between hot tenants).
+    /// A pool that has connections, all busy, waits a moment (`own_wait`, at most until
+    /// `deadline`) for one of its own to come back instead of opening another:
+    /// - while one of them is being cleaned on its way back (a round trip, against a
+    ///   connection set-up many times longer; without this, a tenant whose requests follow
+    ///   each other opens a second connection for the second request);
+    /// - while the server's budget is spent, instead of closing another pool's idle
+    ///   connection, which that pool would then open again: busy pools keep their
+    ///   connections, and only pools with none take others' (no churn of connection opens
+    ///   between hot tenants).
     async fn wait_for_own(&self, deadline: Instant, own_wait: Duration) {
         let limit = deadline.min(Instant::now() + own_wait);
         let mut counted = None;
@@ -316,10 +331,12 @@ impl TenantPool {
             // Created before the state is read: a return in between is not missed.
             let returned = self.budget.returned.notified();
             let status = self.pool.status();
+            let budget_spent = self.budget.permits.available_permits() == 0;
+            let cleaning = self.cleaning.load(Ordering::Acquire) > 0;
             if status.size == 0
                 || status.available > 0
                 || status.size >= status.max_size
-                || self.budget.permits.available_permits() > 0
+                || !(budget_spent || cleaning)
             {
                 return;
             }
@@ -337,14 +354,81 @@ impl TenantPool {
     }
 }
 
+/// One tenant's admission to its connections (both tiers), before its pool is asked:
+/// - at most `tenant_pool_size` borrows at once (so in the pooled tier one tenant cannot take
+///   its lane, and a flood queues behind itself);
+/// - a tenant with more than [`FLOOD_FACTOR`] times as many requests at once as it may hold
+///   connections (a flood) holds at most `flood_connections` at once while another tenant has
+///   taken a connection of the same server within [`OTHERS_WINDOW`]: fewer of its statements
+///   run at once on the server, so the others' do not queue behind them for the server's CPU.
+///   Alone, it has all of them. A tenant that is merely busy (more requests than connections,
+///   as the hottest tenants of a fleet often are) is no flood: cutting it to one connection
+///   would queue its requests behind each other for nothing.
+#[derive(Default)]
+struct TenantGate {
+    state: Mutex<GateState>,
+    /// One waiter is woken when a borrow ends (it wakes the next if there is room).
+    freed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct GateState {
+    in_use: u32,
+    waiting: u32,
+}
+
+/// A borrow admitted by a tenant's gate; ends with the [`TenantConn`] that holds it.
+pub(crate) struct GateGuard(Arc<TenantGate>);
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.in_use -= 1;
+        let wake = state.waiting > 0;
+        drop(state);
+        if wake {
+            self.0.freed.notify_one();
+        }
+    }
+}
+
+/// A request counted as waiting at a gate (until admitted, or dropped: timed out, abandoned).
+struct WaitingGuard(Option<Arc<TenantGate>>);
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        if let Some(gate) = self.0.take() {
+            let mut state = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.waiting -= 1;
+            drop(state);
+            // The wake-up this waiter may have consumed goes to the next one.
+            gate.freed.notify_one();
+        }
+    }
+}
+
+/// The last two tenants that took a connection of a server, and when.
+#[derive(Default)]
+struct Recent([Option<(TenantId, Instant)>; 2]);
+
+/// A tenant with more than this many times `tenant_pool_size` requests at once is a flood.
+/// (Under Zipf access from 32 clients, the hottest of 1,000 tenants has about 4 at once.)
+pub const FLOOD_FACTOR: u32 = 4;
+
+/// How recently another tenant must have used a server for a flood to be held to
+/// `flood_connections` there.
+pub const OTHERS_WINDOW: Duration = Duration::from_secs(1);
+
 /// How long a busy pool waits for one of its own connections before it takes another pool's
 /// while the budget is spent (a request usually gives its connection back well before).
 pub const OWN_WAIT: Duration = Duration::from_millis(100);
 
 struct Inner {
     cache: Cache<PoolKey, Arc<TenantPool>>,
-    /// Per pooled tenant: how many connections of its shared pool it may hold at once.
-    shares: Cache<TenantId, Arc<Semaphore>>,
+    /// Per tenant: its connections in use and the requests waiting for one ([`TenantGate`]).
+    gates: Cache<TenantId, Arc<TenantGate>>,
+    /// Per database server: the last two tenants that took a connection of it, and when.
+    recent: Mutex<HashMap<Uuid, Recent>>,
     budgets: Mutex<HashMap<Uuid, Arc<ServerBudget>>>,
     keyring: Keyring,
     settings: PoolSettings,
@@ -451,6 +535,8 @@ struct Pooled {
     obj: Object<TenantManager>,
     budget: Arc<ServerBudget>,
     returning: Arc<Returning>,
+    /// The pool's count of connections being cleaned ([`TenantPool::cleaning`]).
+    cleaning: Arc<AtomicUsize>,
 }
 
 /// Connections being cleaned on their way back to their pools.
@@ -478,6 +564,7 @@ impl SessionHandle for Pooled {
             obj,
             budget,
             returning,
+            cleaning,
         } = *self;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // Dropped outside a runtime: nothing can clean it; it is closed.
@@ -500,11 +587,15 @@ impl SessionHandle for Pooled {
         // request's path, and in one message with the rollback of an open read-only
         // transaction.
         returning.count.fetch_add(1, Ordering::AcqRel);
+        cleaning.fetch_add(1, Ordering::AcqRel);
         runtime.spawn(async move {
             let sql = if reads_open { RESET_AFTER_READS } else { RESET };
             match obj.client.batch_execute(sql).await {
                 Ok(()) => {
+                    // Back in the pool before the count drops: a borrower waiting for it
+                    // ([`TenantPool::wait_for_own`]) sees one or the other.
                     drop(obj);
+                    cleaning.fetch_sub(1, Ordering::AcqRel);
                     budget.returned.notify_waiters();
                     if budget.waiting.load(Ordering::Acquire) > 0 {
                         // A waiter closes the least recently used idle connection (maybe
@@ -515,6 +606,8 @@ impl SessionHandle for Pooled {
                 Err(e) => {
                     tracing::warn!(error = %e, "a connection could not be cleaned; closed");
                     drop(Object::take(obj));
+                    cleaning.fetch_sub(1, Ordering::AcqRel);
+                    budget.returned.notify_waiters();
                 }
             }
             returning.count.fetch_sub(1, Ordering::AcqRel);
@@ -565,10 +658,11 @@ impl TenantPools {
         Self {
             inner: Arc::new(Inner {
                 cache,
-                shares: Cache::builder()
+                gates: Cache::builder()
                     .max_capacity(settings.max_open_tenants.saturating_mul(4))
                     .time_to_idle(POOL_IDLE)
                     .build(),
+                recent: Mutex::new(HashMap::new()),
                 budgets: Mutex::new(HashMap::new()),
                 keyring,
                 settings,
@@ -590,6 +684,89 @@ impl TenantPools {
         }
     }
 
+    /// `tenant`'s borrows in use and requests waiting at its gate, in this instance.
+    pub async fn admission(&self, tenant: TenantId) -> (u32, u32) {
+        match self.inner.gates.get(&tenant).await {
+            Some(gate) => {
+                let state = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+                (state.in_use, state.waiting)
+            }
+            None => (0, 0),
+        }
+    }
+
+    /// Passes `tenant`'s gate ([`TenantGate`]) by `deadline`, or `None`.
+    async fn admit(
+        &self,
+        gate: Arc<TenantGate>,
+        tenant: TenantId,
+        server: Uuid,
+        deadline: Instant,
+    ) -> Option<GateGuard> {
+        let settings = &self.inner.settings;
+        let mut waiting: Option<WaitingGuard> = None;
+        loop {
+            // Created before the state is read: a release in between is not missed.
+            let freed = gate.freed.notified();
+            {
+                let mut state = gate.state.lock().unwrap_or_else(|p| p.into_inner());
+                let demand = state.in_use + state.waiting + u32::from(waiting.is_none());
+                let flood = demand > settings.per_tenant.saturating_mul(FLOOD_FACTOR);
+                let limit = if flood && self.others_use(server, tenant) {
+                    settings.flood_connections.min(settings.per_tenant)
+                } else {
+                    settings.per_tenant
+                };
+                if state.in_use < limit {
+                    state.in_use += 1;
+                    if let Some(mut w) = waiting.take() {
+                        state.waiting -= 1;
+                        w.0 = None;
+                    }
+                    let more = state.in_use < limit && state.waiting > 0;
+                    drop(state);
+                    self.note_use(server, tenant);
+                    if more {
+                        // Room for another waiter too (the limit rose): pass the wake-up on.
+                        gate.freed.notify_one();
+                    }
+                    return Some(GateGuard(gate.clone()));
+                }
+                if waiting.is_none() {
+                    state.waiting += 1;
+                    waiting = Some(WaitingGuard(Some(gate.clone())));
+                }
+            }
+            if tokio::time::timeout_at(deadline.into(), freed)
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+
+    /// Whether a tenant other than `tenant` took a connection of `server` within
+    /// [`OTHERS_WINDOW`].
+    fn others_use(&self, server: Uuid, tenant: TenantId) -> bool {
+        let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.get(&server).is_some_and(|r| {
+            r.0.iter()
+                .flatten()
+                .any(|(t, at)| *t != tenant && at.elapsed() < OTHERS_WINDOW)
+        })
+    }
+
+    fn note_use(&self, server: Uuid, tenant: TenantId) {
+        let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let r = recent.entry(server).or_default();
+        let now = Instant::now();
+        match r.0[0] {
+            Some((t, _)) if t == tenant => r.0[0] = Some((tenant, now)),
+            _ => r.0 = [Some((tenant, now)), r.0[0]],
+        }
+    }
+
     /// A connection for `route`'s tenant, in its context, within the wait bound.
     pub async fn get(&self, route: &TenantRoute) -> Result<TenantConn, RuntimeError> {
         let placement = route.placement.as_ref().ok_or_else(|| {
@@ -598,29 +775,21 @@ impl TenantPools {
         let (key, context) = pool_of(route.tenant_id, placement, self.inner.settings.shared_lanes);
         let started = Instant::now();
         let deadline = started + self.inner.settings.wait;
-        // A pooled tenant first takes one of its shares of the shared pool, so a flood of one
-        // tenant queues behind itself, not in front of the others.
-        let share = match key {
-            PoolKey::Tenant(_) => None,
-            PoolKey::Shared(..) => {
-                let per_tenant = self.inner.settings.per_tenant as usize;
-                let shares = self
-                    .inner
-                    .shares
-                    .get_with(route.tenant_id, async {
-                        Arc::new(Semaphore::new(per_tenant))
-                    })
-                    .await;
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(remaining, shares.acquire_owned()).await {
-                    Ok(Ok(p)) => Some(p),
-                    _ => {
-                        metrics::counter!("portico_pool_busy_total").increment(1);
-                        return Err(RuntimeError::Busy);
-                    }
-                }
-            }
+        // The tenant's gate first: a flood of one tenant queues behind itself, not in front of
+        // the others, and holds fewer connections while others use the server.
+        let gate = self
+            .inner
+            .gates
+            .get_with(route.tenant_id, async { Arc::new(TenantGate::default()) })
+            .await;
+        let Some(share) = self
+            .admit(gate, route.tenant_id, placement.db_server_id, deadline)
+            .await
+        else {
+            metrics::counter!("portico_pool_busy_total").increment(1);
+            return Err(RuntimeError::Busy);
         };
+        let share = Some(share);
         // Twice at most: a pool closed by a concurrent eviction is rebuilt once.
         for _ in 0..2 {
             let pool = self.pool_for(key, placement, route.tenant_id).await?;
@@ -638,6 +807,7 @@ impl TenantPools {
                             obj,
                             budget: pool.budget.clone(),
                             returning: self.inner.returning.clone(),
+                            cleaning: pool.cleaning.clone(),
                         })),
                         context,
                         _share: share,
@@ -766,6 +936,7 @@ impl TenantPools {
             pool,
             budget,
             traffic: Traffic::default(),
+            cleaning: Arc::default(),
         }))
     }
 
@@ -811,7 +982,7 @@ impl TenantPools {
     /// connection but those pinned pools keep).
     pub async fn sweep_idle_since(&self, limit: Duration) {
         self.inner.cache.run_pending_tasks().await;
-        self.inner.shares.run_pending_tasks().await;
+        self.inner.gates.run_pending_tasks().await;
         for (key, p) in self.inner.cache.iter() {
             let keep_one = p.pinned(*key);
             // Connections are told apart by when they were last used (an instant, not an

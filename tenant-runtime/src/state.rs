@@ -83,6 +83,7 @@ impl Runtime {
                 shared_lanes: rt.shared_pool_lanes,
                 shared_lane_size: rt.shared_lane_size,
                 own_wait: crate::pools::OWN_WAIT,
+                flood_connections: rt.flood_connections,
             },
         );
         let (listener, listen_task) = spawn_listener(catalog, resolver.clone(), pools.clone());

@@ -1,4 +1,4 @@
-//! Routing benchmarks M1–M3: the tenant runtime (`portico serve`'s `Application`, in process)
+//! Routing benchmarks M1–M3 and M8: the tenant runtime (`portico serve`'s `Application`, in process)
 //! against baselines measured in the same run on the same throwaway PostgreSQL cluster, with
 //! the same load generator (in this process, HTTP/1.1 keep-alive over loopback).
 //!
@@ -31,7 +31,9 @@
 //! Run: `./infra/bench.sh routing` (or `cargo bench --workspace --bench routing`).
 //! Knobs: `PORTICO_BENCH_TENANTS` (M2 tenant count, default 1000), `PORTICO_BENCH_SECONDS`
 //! (per round, default 5), `PORTICO_BENCH_CONCURRENCY` (default 32),
-//! `PORTICO_BENCH_M2_POOL_SIZE` (M2's per-tenant pool size, default the product's default).
+//! `PORTICO_BENCH_M2_POOL_SIZE` (M2's per-tenant pool size, default the product's default),
+//! `PORTICO_BENCH_FLOOD_CONNECTIONS` (the `flood_connections` setting, default the product's),
+//! `PORTICO_BENCH_PARTS` (which parts run, see [`Parts`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -238,8 +240,36 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
+/// Which parts run: `PORTICO_BENCH_PARTS`, a comma-separated list of `M1`, `M2`, `M3`, `M8`
+/// and `Opens` (default: all). M2 brings M1 with it (its ratios are against M1's routed
+/// throughput). Without M2, 40 tenants of each tier are provisioned instead of 1,000.
+struct Parts(Option<Vec<String>>);
+
+impl Parts {
+    fn from_env() -> Self {
+        Self(std::env::var("PORTICO_BENCH_PARTS").ok().map(|s| {
+            s.split(',')
+                .map(|p| p.trim().to_ascii_uppercase())
+                .filter(|p| !p.is_empty())
+                .collect()
+        }))
+    }
+    fn has(&self, part: &str) -> bool {
+        let part = part.to_ascii_uppercase();
+        match &self.0 {
+            None => true,
+            Some(list) => list.contains(&part) || (part == "M1" && list.iter().any(|p| p == "M2")),
+        }
+    }
+}
+
 async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
-    let m2_tenants = env_usize("PORTICO_BENCH_TENANTS", 1000).max(200);
+    let parts = Parts::from_env();
+    let m2_tenants = if parts.has("M2") {
+        env_usize("PORTICO_BENCH_TENANTS", 1000).max(200)
+    } else {
+        40
+    };
     let seconds = env_usize("PORTICO_BENCH_SECONDS", 5).max(1) as u64;
     let concurrency = env_usize("PORTICO_BENCH_CONCURRENCY", 32).max(1);
     let round = Duration::from_secs(seconds);
@@ -247,6 +277,9 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let mut settings = common::bench_settings(cluster, data.path()).await?;
     settings.runtime.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    if let Ok(n) = std::env::var("PORTICO_BENCH_FLOOD_CONNECTIONS") {
+        settings.runtime.flood_connections = n.parse()?;
+    }
     let platform = Arc::new(Platform::connect(settings.clone(), true).await?);
     // M1's tenants on a server with room for all of them; M2's on one with a budget of 80.
     let url = cluster.url("postgres");
@@ -261,12 +294,12 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         )
         .await?;
     }
-
+    let m1_tenants = if parts.has("M1") { 100 } else { 0 };
     println!(
-        "routing benchmark: provisioning 100 + {m2_tenants} dedicated + {m2_tenants} pooled tenants (embedded backends)…"
+        "routing benchmark: provisioning {m1_tenants} + {m2_tenants} dedicated + {m2_tenants} pooled tenants (embedded backends)…"
     );
     let provision_started = Instant::now();
-    let m1 = provision(&platform, "mone", 100, "m1").await?;
+    let m1 = provision(&platform, "mone", m1_tenants, "m1").await?;
     let m2 = provision(&platform, "mtwo", m2_tenants, "m2").await?;
     let pooled = provision_in(
         &platform,
@@ -292,36 +325,256 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     let addr = app.local_addr()?;
     let metrics_addr = app.metrics_addr().expect("metrics address");
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
-    // M2 is served by two instances sharing the catalog, each with half of every budget.
-    let mut shared = settings.clone();
-    shared.runtime.instances = 2;
-    shared.runtime.metrics_listen = None;
-    if let Ok(n) = std::env::var("PORTICO_BENCH_M2_POOL_SIZE") {
-        shared.runtime.tenant_pool_size = n.parse()?;
-    }
-    let mut m2_servers = Vec::new();
-    let mut m2_addrs = Vec::new();
-    for _ in 0..2 {
-        let app = Application::build(
-            shared.clone(),
-            ServeOptions {
-                role: ServeRole::Tenant,
-                migrate: true,
-            },
-        )
-        .await?;
-        m2_addrs.push(app.local_addr()?);
-        m2_servers.push(tokio::spawn(app.run_until_stopped(std::future::pending())));
-    }
-    let (baseline_addr, baseline_db) = baseline(&platform, &m1[0]).await?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(concurrency * 2)
         .build()?;
+    let admin = {
+        let (client, conn) = cluster
+            .url("postgres")
+            .parse::<tokio_postgres::Config>()?
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(conn);
+        Arc::new(client)
+    };
 
-    progress("M3");
-    // ---- M3 first, while M2's tenants are still cold, on an instance of its own (stopped
-    // afterwards, so its pools do not count against M2's budget).
+    let m3 = if parts.has("M3") {
+        progress("M3");
+        Some(m3_cold(cluster, &platform, &settings, &http, &m2, &pooled).await?)
+    } else {
+        None
+    };
+    let m1r = if parts.has("M1") {
+        progress("M1");
+        Some(
+            m1_rounds(
+                &platform,
+                &settings,
+                &http,
+                addr,
+                metrics_addr,
+                &m1,
+                concurrency,
+                round,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let m2r = if parts.has("M2") {
+        Some(
+            m2_rounds(
+                cluster,
+                &platform,
+                &settings,
+                &http,
+                metrics_addr,
+                admin.clone(),
+                &m2,
+                &pooled,
+                concurrency,
+                round,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let opens = if parts.has("Opens") {
+        progress("Opens");
+        Some(opens(cluster, &admin).await?)
+    } else {
+        None
+    };
+    let m8 = if parts.has("M8") {
+        progress("M8");
+        Some(m8_rounds(&http, addr, &m2, &pooled, concurrency, round).await)
+    } else {
+        None
+    };
+    server.abort();
+
+    println!();
+    println!(
+        "routing benchmark ({concurrency} concurrent clients, {seconds} s rounds, loopback, same cluster)"
+    );
+    if let Some(M1Result {
+        base,
+        routed,
+        opened,
+        single,
+    }) = &m1r
+    {
+        println!(
+            "M1  GET /api/v1/tenant over 100 warm tenants vs one fixed pool to one database (4 interleaved rounds each)"
+        );
+        println!(
+            "    baseline  {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   errors {:?}",
+            base.rps(),
+            ms(base.pct(0.5)),
+            ms(base.pct(0.99)),
+            base.other
+        );
+        println!(
+            "    routed    {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   errors {:?}",
+            routed.rps(),
+            ms(routed.pct(0.5)),
+            ms(routed.pct(0.99)),
+            routed.other
+        );
+        println!(
+            "    throughput ratio {:.2}x (target >= 0.85x)   p99 ratio {:.2}x (target <= 1.25x)   connections opened {}",
+            routed.rps() / base.rps(),
+            routed.pct(0.99).as_secs_f64() / base.pct(0.99).as_secs_f64(),
+            opened
+        );
+        println!(
+            "    (diagnostic) routed, all load on one tenant, tenant pool of 12 like the baseline's: {:9.0} req/s   p99 {:6.2} ms   ratio {:.2}x   errors {:?}",
+            single.rps(),
+            ms(single.pct(0.99)),
+            single.rps() / base.rps(),
+            single.other
+        );
+    }
+    if let (Some(m1r), Some(m2r)) = (&m1r, &m2r) {
+        let routed = &m1r.routed;
+        println!(
+            "M2  {} tenants, Zipf s=1.0, server budget 80 connections shared by two instances (2 rounds each)",
+            m2.len()
+        );
+        for (label, r) in &m2r.results {
+            let what = match *label {
+                "M2" => "pooled   ",
+                "M2m" => "mixed    ",
+                _ => "dedicated",
+            };
+            let target = match *label {
+                "M2d" => "(no target)",
+                _ => "(target >= 0.60x)",
+            };
+            println!(
+                "    {label:<4}{what} {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   non-200 {:?}",
+                r.out.rps(),
+                ms(r.out.pct(0.5)),
+                ms(r.out.pct(0.99)),
+                r.out.other
+            );
+            println!(
+                "        vs M1 routed {:.2}x {target}   max runtime connections seen {}   connections opened {} ({:.3} per request)",
+                r.out.rps() / routed.rps(),
+                r.max_open,
+                r.opened,
+                r.opened / (r.out.ok.max(1) as f64)
+            );
+        }
+        println!(
+            "    \"too many clients\" in the server log: {}",
+            m2r.too_many
+        );
+        let affine = &m2r.affine;
+        println!(
+            "    M2d with host affinity (hash $host, as infra/nginx): {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   non-200 {:?}   connections opened {}   vs M1 routed {:.2}x",
+            affine.rps(),
+            ms(affine.pct(0.5)),
+            ms(affine.pct(0.99)),
+            affine.other,
+            m2r.opened_affine,
+            affine.rps() / routed.rps()
+        );
+    }
+    if let Some((open_4096, open_low)) = opens {
+        println!(
+            "Opens  connection set-up with SCRAM at 4,096 iterations (before) {:6.2} ms   at {} (now) {:6.2} ms   ratio {:.2}x (medians of 50, interleaved)",
+            ms(open_4096),
+            portico_provisioning::scram::ROLE_ITERATIONS,
+            ms(open_low),
+            open_low.as_secs_f64() / open_4096.as_secs_f64()
+        );
+    }
+    if let Some(m8) = &m8 {
+        println!(
+            "M8  noisy neighbour: one tenant flooding with {concurrency} clients, a quiet tenant of the same server and tier measured with 2"
+        );
+        for (tier, solo, noisy, flood) in m8 {
+            println!(
+                "    {tier:<9} quiet alone p99 {:6.2} ms   beside the flood p99 {:6.2} ms   ratio {:.2}x (target <= 1.50x)   flood {:7.0} req/s non-200 {:?}   quiet non-200 {:?}",
+                ms(solo.pct(0.99)),
+                ms(noisy.pct(0.99)),
+                noisy.pct(0.99).as_secs_f64() / solo.pct(0.99).as_secs_f64(),
+                flood.rps(),
+                flood.other,
+                noisy.other
+            );
+        }
+    }
+    if let Some(m3) = &m3 {
+        let budget = m3.connect + m3.warm * 3;
+        let budget_pooled = m3.connect + m3.warm_pooled * 3;
+        println!(
+            "M3  first request to a cold tenant ({} tenants, medians)",
+            m3.count
+        );
+        println!(
+            "    cold {:6.2} ms   connection set-up {:6.2} ms   warm p50 {:6.2} ms   bound (1 connect + 3x warm p50) {:6.2} ms",
+            ms(m3.cold),
+            ms(m3.connect),
+            ms(m3.warm),
+            ms(budget)
+        );
+        println!(
+            "    ratio cold / bound {:.2}x (target <= 1.00x)",
+            m3.cold.as_secs_f64() / budget.as_secs_f64()
+        );
+        for (label, f) in [
+            ("a new database", &m3.fresh[0]),
+            ("the same again", &m3.fresh[1]),
+        ] {
+            println!(
+                "    (diagnostic) a fresh server process, {label}: connection set-up {:5.2} ms   first token check {:5.2} ms   first profile read {:5.2} ms   profile read again {:5.2} ms",
+                ms(f[0]),
+                ms(f[1]),
+                ms(f[2]),
+                ms(f[3])
+            );
+        }
+        println!(
+            "M3p first request to a cold pooled tenant ({} tenants, medians): cold {:6.2} ms   warm p50 {:6.2} ms   bound (1 connect + 3x warm p50) {:6.2} ms   ratio {:.2}x (target <= 1.00x)",
+            m3.count,
+            ms(m3.cold_pooled),
+            ms(m3.warm_pooled),
+            ms(budget_pooled),
+            m3.cold_pooled.as_secs_f64() / budget_pooled.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// M3's medians.
+struct M3Result {
+    count: usize,
+    cold: Duration,
+    connect: Duration,
+    warm: Duration,
+    cold_pooled: Duration,
+    warm_pooled: Duration,
+    /// Per pass (a new database, then again): connection set-up, first token check, first
+    /// profile read, profile read again.
+    fresh: [[Duration; 4]; 2],
+}
+
+/// M3: the first request to each of 30 cold dedicated tenants (then one connection set-up as
+/// its role, then 21 warm requests), and to 30 cold pooled tenants, on an instance of its own
+/// (stopped afterwards, so its pools count against no later budget).
+async fn m3_cold(
+    cluster: &PgCluster,
+    platform: &Platform,
+    settings: &portico_core::Settings,
+    http: &reqwest::Client,
+    m2: &[Target],
+    pooled: &[Target],
+) -> anyhow::Result<M3Result> {
     let m3_app = Application::build(
         settings.clone(),
         ServeOptions {
@@ -397,6 +650,51 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         warm.sort();
         warm_p50.push(warm[warm.len() / 2]);
     }
+    // Diagnostic: what a fresh server process costs, on 6 more cold tenants, each connected to
+    // twice (first to a database no process has served yet, then again): connection set-up,
+    // the token check and the profile read as the first statements of the process, and the
+    // profile read again. Per pass, medians in ms.
+    let mut fresh: [[Vec<Duration>; 4]; 2] = Default::default();
+    for t in m2.iter().skip(m3_count).take(6) {
+        let password = platform.tenant_role_password(&t.slug).await?;
+        let tenant = platform
+            .catalog
+            .tenant_by_slug(&t.slug)
+            .await?
+            .expect("tenant");
+        let placement = platform
+            .catalog
+            .placement(tenant.tenant_id())
+            .await?
+            .expect("placement");
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(cluster.port())
+            .dbname(&placement.database_name)
+            .user(&placement.role_name)
+            .password(password.expose_secret())
+            .options(format!(
+                "-c search_path={}",
+                portico_tenant_runtime::conn::DEDICATED_SEARCH_PATH
+            ));
+        for pass in &mut fresh {
+            let start = Instant::now();
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+            let conn = tokio::spawn(conn);
+            pass[0].push(start.elapsed());
+            let digest = vec![0u8; 32];
+            let start = Instant::now();
+            client.query_opt(tokens::AUTHENTICATE, &[&digest]).await?;
+            pass[1].push(start.elapsed());
+            for into in [2, 3] {
+                let start = Instant::now();
+                client.query_one(profile::GET, &[]).await?;
+                pass[into].push(start.elapsed());
+            }
+            drop(client);
+            let _ = conn.await;
+        }
+    }
     // The same for pooled tenants: cold ones meet a shared pool that is already open.
     let mut cold_pooled = Vec::new();
     let mut warm_pooled = Vec::new();
@@ -428,21 +726,47 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         v.sort();
         v[v.len() / 2]
     };
-    let (cold_m, connect_m, warm_m) = (med(&mut cold), med(&mut connect), med(&mut warm_p50));
-    let budget = connect_m + warm_m * 3;
-    let (cold_pm, warm_pm) = (med(&mut cold_pooled), med(&mut warm_pooled));
-    let budget_pooled = connect_m + warm_pm * 3;
     // A graceful stop closes its keep-alive connections, so its pools really go away.
     let _ = m3_stop.send(());
     m3_server.await??;
+    Ok(M3Result {
+        count: m3_count,
+        cold: med(&mut cold),
+        connect: med(&mut connect),
+        warm: med(&mut warm_p50),
+        cold_pooled: med(&mut cold_pooled),
+        warm_pooled: med(&mut warm_pooled),
+        fresh: fresh.map(|mut pass| [0, 1, 2, 3].map(|i| med(&mut pass[i]))),
+    })
+}
 
-    progress("M1");
-    // ---- M1: interleaved rounds, baseline and routed.
-    let m1_targets = Arc::new(m1.clone());
+/// M1's outcomes: baseline, routed, connections the runtime opened meanwhile, and the
+/// single-tenant diagnostic.
+struct M1Result {
+    base: Outcome,
+    routed: Outcome,
+    opened: f64,
+    single: Outcome,
+}
+
+/// M1: interleaved rounds, baseline and routed; then the single-tenant diagnostic.
+#[allow(clippy::too_many_arguments)]
+async fn m1_rounds(
+    platform: &Platform,
+    settings: &portico_core::Settings,
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    m1: &[Target],
+    concurrency: usize,
+    round: Duration,
+) -> anyhow::Result<M1Result> {
+    let baseline_addr = baseline(platform, &m1[0]).await?;
+    let m1_targets = Arc::new(m1.to_vec());
     let baseline_targets = Arc::new(vec![m1[0].clone()]);
     // Warm every pool and cache.
     load(
-        &http,
+        http,
         &[addr],
         m1_targets.clone(),
         Pick::Uniform(m1.len()),
@@ -451,7 +775,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     )
     .await;
     load(
-        &http,
+        http,
         &[baseline_addr],
         baseline_targets.clone(),
         Pick::Uniform(1),
@@ -460,13 +784,13 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     )
     .await;
     let opened_before_m1 = counter(
-        &metrics_text(&http, metrics_addr).await,
+        &metrics_text(http, metrics_addr).await,
         "portico_pool_connections_opened_total",
     );
     let (base_addrs, routed_addrs) = ([baseline_addr], [addr]);
     let run_base = || {
         load(
-            &http,
+            http,
             &base_addrs,
             baseline_targets.clone(),
             Pick::Uniform(1),
@@ -476,7 +800,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     };
     let run_routed = || {
         load(
-            &http,
+            http,
             &routed_addrs,
             m1_targets.clone(),
             Pick::Uniform(m1.len()),
@@ -494,8 +818,8 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
             base.merge(run_base().await);
         }
     }
-    let opened_m1 = counter(
-        &metrics_text(&http, metrics_addr).await,
+    let opened = counter(
+        &metrics_text(http, metrics_addr).await,
         "portico_pool_connections_opened_total",
     ) - opened_before_m1;
     // Diagnostic: a routed instance whose tenant pool is as large as the baseline's pool, with
@@ -519,7 +843,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         let _ = wide_stopped.await;
     }));
     load(
-        &http,
+        http,
         &[wide_addr],
         diag_targets.clone(),
         Pick::Uniform(1),
@@ -528,7 +852,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     )
     .await;
     let single = load(
-        &http,
+        http,
         &[wide_addr],
         diag_targets.clone(),
         Pick::Uniform(1),
@@ -538,10 +862,62 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     .await;
     let _ = wide_stop.send(());
     wide_server.await??;
-    // ---- M2 (pooled), M2m (mixed), M2d (dedicated): Zipf over 1,000 tenants, budget 80.
+    Ok(M1Result {
+        base,
+        routed,
+        opened,
+        single,
+    })
+}
+
+/// M2's outcomes: each Zipf run, M2d again with host affinity, and the server log's
+/// "too many clients" count.
+struct M2Result {
+    results: Vec<(&'static str, ZipfResult)>,
+    affine: Outcome,
+    opened_affine: f64,
+    too_many: usize,
+}
+
+/// M2 (pooled), M2m (mixed), M2d (dedicated): Zipf over 1,000 tenants, budget 80, served by
+/// two instances (each with half of every budget) that requests alternate between; then M2d
+/// again with host affinity.
+#[allow(clippy::too_many_arguments)]
+async fn m2_rounds(
+    cluster: &PgCluster,
+    platform: &Platform,
+    settings: &portico_core::Settings,
+    http: &reqwest::Client,
+    metrics_addr: SocketAddr,
+    admin: Arc<tokio_postgres::Client>,
+    m2: &[Target],
+    pooled: &[Target],
+    concurrency: usize,
+    round: Duration,
+) -> anyhow::Result<M2Result> {
+    let mut shared = settings.clone();
+    shared.runtime.instances = 2;
+    shared.runtime.metrics_listen = None;
+    if let Ok(n) = std::env::var("PORTICO_BENCH_M2_POOL_SIZE") {
+        shared.runtime.tenant_pool_size = n.parse()?;
+    }
+    let mut m2_servers = Vec::new();
+    let mut m2_addrs = Vec::new();
+    for _ in 0..2 {
+        let app = Application::build(
+            shared.clone(),
+            ServeOptions {
+                role: ServeRole::Tenant,
+                migrate: true,
+            },
+        )
+        .await?;
+        m2_addrs.push(app.local_addr()?);
+        m2_servers.push(tokio::spawn(app.run_until_stopped(std::future::pending())));
+    }
     let zipf = Pick::zipf(m2.len(), 1.0);
     let mut databases: Vec<String> = Vec::new();
-    for t in m2.iter().chain(&pooled) {
+    for t in m2.iter().chain(pooled) {
         let tenant = platform
             .catalog
             .tenant_by_slug(&t.slug)
@@ -556,7 +932,6 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     }
     databases.sort();
     databases.dedup();
-    let sampler_db = Arc::new(baseline_db);
     let mixed: Vec<Target> = m2
         .iter()
         .take(20)
@@ -564,29 +939,84 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         .cloned()
         .collect();
     let runs = [
-        ("M2", Arc::new(pooled.clone())),
+        ("M2", Arc::new(pooled.to_vec())),
         ("M2m", Arc::new(mixed)),
-        ("M2d", Arc::new(m2.clone())),
+        ("M2d", Arc::new(m2.to_vec())),
     ];
     let mut results: Vec<(&str, ZipfResult)> = Vec::new();
     for (label, targets) in runs {
         progress(label);
         let r = zipf_rounds(
-            &http,
+            http,
             &m2_addrs,
             targets,
             &zipf,
             concurrency,
             round,
             metrics_addr,
-            sampler_db.clone(),
+            admin.clone(),
             databases.clone(),
         )
         .await;
         results.push((label, r));
     }
-    // ---- Connection opens: a role whose SCRAM verifier names PostgreSQL's default 4,096
-    // iterations (what tenant roles had before) vs one at ours, interleaved.
+    // M2d again with host affinity.
+    let m2_targets = Arc::new(m2.to_vec());
+    load_with(
+        http,
+        &m2_addrs,
+        m2_targets.clone(),
+        zipf.clone(),
+        concurrency,
+        Duration::from_secs(2),
+        true,
+    )
+    .await;
+    let opened_before_affinity = counter(
+        &metrics_text(http, metrics_addr).await,
+        "portico_pool_connections_opened_total",
+    );
+    let mut affine = Outcome::default();
+    for _ in 0..2 {
+        affine.merge(
+            load_with(
+                http,
+                &m2_addrs,
+                m2_targets.clone(),
+                zipf.clone(),
+                concurrency,
+                round,
+                true,
+            )
+            .await,
+        );
+    }
+    let opened_affine = counter(
+        &metrics_text(http, metrics_addr).await,
+        "portico_pool_connections_opened_total",
+    ) - opened_before_affinity;
+    let log = std::fs::read_to_string(cluster.log_path()).unwrap_or_default();
+    let too_many = log.matches("too many clients").count()
+        + log
+            .matches("remaining connection slots are reserved")
+            .count();
+    for s in m2_servers {
+        s.abort();
+    }
+    Ok(M2Result {
+        results,
+        affine,
+        opened_affine,
+        too_many,
+    })
+}
+
+/// Connection opens: a role whose SCRAM verifier names PostgreSQL's default 4,096 iterations
+/// (what tenant roles had before) vs one at ours, interleaved; medians of 50.
+async fn opens(
+    cluster: &PgCluster,
+    admin: &tokio_postgres::Client,
+) -> anyhow::Result<(Duration, Duration)> {
     let open_password = "bench-open-password-0123456789abcdef";
     for (role, verifier) in [
         (
@@ -598,7 +1028,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
             portico_provisioning::scram::role_verifier(open_password.as_bytes()),
         ),
     ] {
-        sampler_db
+        admin
             .batch_execute(&format!(
                 "drop role if exists {role}; create role {role} login password '{verifier}'"
             ))
@@ -623,11 +1053,20 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
     }
     open_4096.sort();
     open_low.sort();
-    let (open_4096, open_low) = (open_4096[open_4096.len() / 2], open_low[open_low.len() / 2]);
+    Ok((open_4096[open_4096.len() / 2], open_low[open_low.len() / 2]))
+}
 
-    progress("M8");
-    // ---- M8: one tenant floods at full concurrency while a quiet tenant of the same server,
-    // in the same tier, is measured (2 clients); against the quiet tenant measured alone.
+/// M8: one tenant floods at full concurrency while a quiet tenant of the same server, in the
+/// same tier, is measured (2 clients); against the quiet tenant measured alone. Per tier:
+/// (tier, quiet alone, quiet beside the flood, the flood).
+async fn m8_rounds(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    m2: &[Target],
+    pooled: &[Target],
+    concurrency: usize,
+    round: Duration,
+) -> Vec<(&'static str, Outcome, Outcome, Outcome)> {
     let mut m8 = Vec::new();
     for (tier, flood, quiet) in [
         ("pooled", &pooled[0], &pooled[1]),
@@ -637,7 +1076,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         let flood_t = Arc::new(vec![flood.clone()]);
         let one = [addr];
         load(
-            &http,
+            http,
             &one,
             quiet_t.clone(),
             Pick::Uniform(1),
@@ -645,7 +1084,7 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
             Duration::from_secs(1),
         )
         .await;
-        let solo = load(&http, &one, quiet_t.clone(), Pick::Uniform(1), 2, round).await;
+        let solo = load(http, &one, quiet_t.clone(), Pick::Uniform(1), 2, round).await;
         let flooder = {
             let http = http.clone();
             tokio::spawn(async move {
@@ -660,169 +1099,11 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
                 .await
             })
         };
-        let noisy = load(&http, &one, quiet_t, Pick::Uniform(1), 2, round).await;
-        let flood_out = flooder.await?;
+        let noisy = load(http, &one, quiet_t, Pick::Uniform(1), 2, round).await;
+        let flood_out = flooder.await.expect("flood");
         m8.push((tier, solo, noisy, flood_out));
     }
-    let m2_targets = Arc::new(m2.clone());
-    // M2 again with host affinity.
-    load_with(
-        &http,
-        &m2_addrs,
-        m2_targets.clone(),
-        zipf.clone(),
-        concurrency,
-        Duration::from_secs(2),
-        true,
-    )
-    .await;
-    let opened_before_affinity = counter(
-        &metrics_text(&http, metrics_addr).await,
-        "portico_pool_connections_opened_total",
-    );
-    let mut affine = Outcome::default();
-    for _ in 0..2 {
-        affine.merge(
-            load_with(
-                &http,
-                &m2_addrs,
-                m2_targets.clone(),
-                zipf.clone(),
-                concurrency,
-                round,
-                true,
-            )
-            .await,
-        );
-    }
-    let opened_affine = counter(
-        &metrics_text(&http, metrics_addr).await,
-        "portico_pool_connections_opened_total",
-    ) - opened_before_affinity;
-    let log = std::fs::read_to_string(cluster.log_path()).unwrap_or_default();
-    let too_many = log.matches("too many clients").count()
-        + log
-            .matches("remaining connection slots are reserved")
-            .count();
-    server.abort();
-    for s in m2_servers {
-        s.abort();
-    }
-
-    println!();
-    println!(
-        "routing benchmark ({concurrency} concurrent clients, {seconds} s rounds, loopback, same cluster)"
-    );
-    println!(
-        "M1  GET /api/v1/tenant over 100 warm tenants vs one fixed pool to one database (4 interleaved rounds each)"
-    );
-    println!(
-        "    baseline  {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   errors {:?}",
-        base.rps(),
-        ms(base.pct(0.5)),
-        ms(base.pct(0.99)),
-        base.other
-    );
-    println!(
-        "    routed    {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   errors {:?}",
-        routed.rps(),
-        ms(routed.pct(0.5)),
-        ms(routed.pct(0.99)),
-        routed.other
-    );
-    println!(
-        "    throughput ratio {:.2}x (target >= 0.85x)   p99 ratio {:.2}x (target <= 1.25x)   connections opened {}",
-        routed.rps() / base.rps(),
-        routed.pct(0.99).as_secs_f64() / base.pct(0.99).as_secs_f64(),
-        opened_m1
-    );
-    println!(
-        "    (diagnostic) routed, all load on one tenant, tenant pool of 12 like the baseline's: {:9.0} req/s   p99 {:6.2} ms   ratio {:.2}x   errors {:?}",
-        single.rps(),
-        ms(single.pct(0.99)),
-        single.rps() / base.rps(),
-        single.other
-    );
-    println!(
-        "M2  {} tenants, Zipf s=1.0, server budget 80 connections shared by two instances (2 rounds each)",
-        m2.len()
-    );
-    for (label, r) in &results {
-        let what = match *label {
-            "M2" => "pooled   ",
-            "M2m" => "mixed    ",
-            _ => "dedicated",
-        };
-        let target = match *label {
-            "M2d" => "(no target)",
-            _ => "(target >= 0.60x)",
-        };
-        println!(
-            "    {label:<4}{what} {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   non-200 {:?}",
-            r.out.rps(),
-            ms(r.out.pct(0.5)),
-            ms(r.out.pct(0.99)),
-            r.out.other
-        );
-        println!(
-            "        vs M1 routed {:.2}x {target}   max runtime connections seen {}   connections opened {} ({:.3} per request)",
-            r.out.rps() / routed.rps(),
-            r.max_open,
-            r.opened,
-            r.opened / (r.out.ok.max(1) as f64)
-        );
-    }
-    println!("    \"too many clients\" in the server log: {too_many}");
-    println!(
-        "    M2d with host affinity (hash $host, as infra/nginx): {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   non-200 {:?}   connections opened {}   vs M1 routed {:.2}x",
-        affine.rps(),
-        ms(affine.pct(0.5)),
-        ms(affine.pct(0.99)),
-        affine.other,
-        opened_affine,
-        affine.rps() / routed.rps()
-    );
-    println!(
-        "Opens  connection set-up with SCRAM at 4,096 iterations (before) {:6.2} ms   at {} (now) {:6.2} ms   ratio {:.2}x (medians of 50, interleaved)",
-        ms(open_4096),
-        portico_provisioning::scram::ROLE_ITERATIONS,
-        ms(open_low),
-        open_low.as_secs_f64() / open_4096.as_secs_f64()
-    );
-    println!(
-        "M8  noisy neighbour: one tenant flooding with {concurrency} clients, a quiet tenant of the same server and tier measured with 2"
-    );
-    for (tier, solo, noisy, flood) in &m8 {
-        println!(
-            "    {tier:<9} quiet alone p99 {:6.2} ms   beside the flood p99 {:6.2} ms   ratio {:.2}x (target <= 1.50x)   flood {:7.0} req/s non-200 {:?}   quiet non-200 {:?}",
-            ms(solo.pct(0.99)),
-            ms(noisy.pct(0.99)),
-            noisy.pct(0.99).as_secs_f64() / solo.pct(0.99).as_secs_f64(),
-            flood.rps(),
-            flood.other,
-            noisy.other
-        );
-    }
-    println!("M3  first request to a cold tenant ({m3_count} tenants, medians)");
-    println!(
-        "    cold {:6.2} ms   connection set-up {:6.2} ms   warm p50 {:6.2} ms   bound (1 connect + 3x warm p50) {:6.2} ms",
-        ms(cold_m),
-        ms(connect_m),
-        ms(warm_m),
-        ms(budget)
-    );
-    println!(
-        "    ratio cold / bound {:.2}x (target <= 1.00x)",
-        cold_m.as_secs_f64() / budget.as_secs_f64()
-    );
-    println!(
-        "M3p first request to a cold pooled tenant ({m3_count} tenants, medians): cold {:6.2} ms   warm p50 {:6.2} ms   bound (1 connect + 3x warm p50) {:6.2} ms   ratio {:.2}x (target <= 1.00x)",
-        ms(cold_pm),
-        ms(warm_pm),
-        ms(budget_pooled),
-        cold_pm.as_secs_f64() / budget_pooled.as_secs_f64()
-    );
-    Ok(())
+    m8
 }
 
 /// One Zipf measurement: the outcome, the most runtime connections seen on the server at
@@ -924,10 +1205,7 @@ struct Baseline {
 
 /// The baseline: the same handler (token check and profile read through the same store
 /// functions) in a bare axum app, from one fixed pool (same recycling) to one tenant database.
-async fn baseline(
-    platform: &Platform,
-    tenant: &Target,
-) -> anyhow::Result<(SocketAddr, tokio_postgres::Client)> {
+async fn baseline(platform: &Platform, tenant: &Target) -> anyhow::Result<SocketAddr> {
     let slug = tenant.slug.as_str();
     let t = platform
         .catalog
@@ -974,21 +1252,7 @@ async fn baseline(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
-    // An admin connection on the catalog's server, for sampling pg_stat_activity.
-    let mut admin_cfg: tokio_postgres::Config = server.display_url.parse()?;
-    admin_cfg.dbname("postgres").password(
-        platform
-            .settings
-            .database_url
-            .expose()
-            .parse::<tokio_postgres::Config>()?
-            .get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default(),
-    );
-    let (client, conn) = admin_cfg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok((addr, client))
+    Ok(addr)
 }
 
 async fn baseline_handler(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portico_tenant_runtime::catalog::CatalogReader;
-use portico_tenant_runtime::pools::{OWN_WAIT, PoolSettings, TenantPools};
+use portico_tenant_runtime::pools::{FLOOD_FACTOR, OWN_WAIT, PoolSettings, TenantPools};
 
 use crate::support::{Backend, TestEnv, host_of, within};
 
@@ -29,6 +29,7 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
             shared_lanes: 1,
             shared_lane_size: 1000,
             own_wait: OWN_WAIT,
+            flood_connections: 1,
         },
     );
     let route = |slug: &'static str| {
@@ -190,6 +191,7 @@ pub(crate) async fn pools_with(
         shared_lanes: 1,
         shared_lane_size: 1000,
         own_wait: OWN_WAIT,
+        flood_connections: 1,
     };
     tweak(&mut settings);
     let pools = TenantPools::new(env.keyring().await, settings);
@@ -319,6 +321,110 @@ async fn a_busy_pool_waits_for_its_own_connection_rather_than_take_another_pools
     let i2 = pools.get(&idle).await.expect("idle, again");
     assert_eq!(pid(&i2).await, idle_pid, "idle's connection was taken");
     drop(i2);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_flooding_tenant_holds_fewer_connections_while_another_tenant_uses_the_server() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    for slug in ["flood", "quiet"] {
+        env.ok(&["tenant", "create", slug]);
+    }
+    // 2 connections per tenant, so a flood is more than 8 requests at once; a request not
+    // admitted within 500 ms is refused as busy.
+    let per_tenant = 2;
+    let flood_demand = per_tenant * FLOOD_FACTOR;
+    let (pools, reader) = pools_with(&env, 20, per_tenant, Duration::from_millis(500), |s| {
+        s.flood_connections = 1;
+    })
+    .await;
+    let (flood, quiet) = (
+        route_of(&reader, "flood").await,
+        route_of(&reader, "quiet").await,
+    );
+    // `waiters` more requests of `flood` while it holds all its connections, then one of them
+    // given back: every waiter's outcome, in the order they end.
+    let queue_then_give_one_back = async |waiters: u32| {
+        let mut held = Vec::new();
+        for _ in 0..per_tenant {
+            held.push(pools.get(&flood).await.expect("flood"));
+        }
+        let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..waiters {
+            let (pools, flood, done) = (pools.clone(), flood.clone(), done.clone());
+            tokio::spawn(async move {
+                let _ = done.send(pools.get(&flood).await.map(|_| ()));
+            });
+        }
+        let queued = within(Duration::from_secs(10), || async {
+            pools.admission(flood.tenant_id).await == (per_tenant, waiters)
+        })
+        .await;
+        assert!(queued.is_some(), "the flood's requests did not queue");
+        held.pop();
+        let mut outcomes = Vec::new();
+        for _ in 0..waiters {
+            outcomes.push(!busy(finished.recv().await.expect("a waiter")));
+        }
+        outcomes
+    };
+    // Alone on the server, a flood has all of its connections: each one given back goes to a
+    // waiting request at once.
+    let alone = queue_then_give_one_back(flood_demand).await;
+    assert!(
+        alone.iter().all(|ok| *ok),
+        "alone, the flood was refused: {alone:?}"
+    );
+    // Beside another tenant that has just used the server, a busy tenant that is no flood
+    // (more requests than connections, not more than the flood threshold) keeps them…
+    drop(pools.get(&quiet).await.expect("quiet"));
+    let busy_tenant = queue_then_give_one_back(flood_demand - per_tenant).await;
+    assert!(
+        busy_tenant[0],
+        "a busy tenant was held back beside another: {busy_tenant:?}"
+    );
+    // …and a flood is held to one connection: with one still in use, no waiting request is
+    // admitted, and the first to end does so by its time-out (once enough have given up, the
+    // rest are no flood any more and may be admitted).
+    drop(pools.get(&quiet).await.expect("quiet, again"));
+    let beside = queue_then_give_one_back(flood_demand).await;
+    assert!(
+        !beside[0],
+        "beside another tenant, the flood got a second connection: {beside:?}"
+    );
+    // The other tenant is never held back by the flood's gate.
+    drop(pools.get(&quiet).await.expect("quiet, during the flood"));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn requests_that_follow_each_other_reuse_one_connection_while_it_is_cleaned() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "steady"]);
+    env.ok(&["tenant", "create", "shared", "--tier", "pooled"]);
+    // The wait for a connection being cleaned is long enough that only its return ends it.
+    let long = Duration::from_secs(30);
+    let (pools, reader) = pools_with(&env, 10, 5, long, |s| s.own_wait = long).await;
+    for slug in ["steady", "shared"] {
+        let route = route_of(&reader, slug).await;
+        let mut pids = std::collections::BTreeSet::new();
+        // Each borrow is given back (its clean-up starts) just before the next one is asked.
+        for _ in 0..20 {
+            let c = pools.get(&route).await.expect("connection");
+            let pid: i32 = c
+                .query_one("select pg_backend_pid()", &[])
+                .await
+                .expect("pid")
+                .get(0);
+            pids.insert(pid);
+        }
+        pools.settled().await;
+        assert_eq!(
+            pids.len(),
+            1,
+            "{slug}: one connection per request: {pids:?}"
+        );
+    }
     env.cleanup().await;
 }
 

@@ -47,6 +47,7 @@ const KEYS: &[&str] = &[
     "pooled_budget_percent",
     "shared_pool_lanes",
     "shared_lane_size",
+    "flood_connections",
     "pool_wait_ms",
     "runtime_instances",
     "request_timeout_ms",
@@ -129,6 +130,7 @@ struct Raw {
     pooled_budget_percent: i64,
     shared_pool_lanes: i64,
     shared_lane_size: i64,
+    flood_connections: i64,
     pool_wait_ms: i64,
     runtime_instances: i64,
     request_timeout_ms: i64,
@@ -177,6 +179,7 @@ impl Default for Raw {
             pooled_budget_percent: 25,
             shared_pool_lanes: 8,
             shared_lane_size: 2,
+            flood_connections: 1,
             pool_wait_ms: 2000,
             runtime_instances: 1,
             request_timeout_ms: 30_000,
@@ -358,6 +361,10 @@ pub struct RuntimeSettings {
     /// Connections of one lane (per instance): few, so that each connection's server process
     /// sees its lane's tenants often and keeps their relations and plans cached.
     pub shared_lane_size: u32,
+    /// Connections a tenant with more than 4 × `tenant_pool_size` requests at once (a flood)
+    /// holds at once while another tenant uses the same database server, so the others'
+    /// statements do not queue behind its statements for the server's CPU.
+    pub flood_connections: u32,
     /// How long a request waits for a tenant connection before `503 tenant_busy`.
     pub pool_wait: Duration,
     /// Instances sharing each database server's connection budget (each takes an equal share).
@@ -490,6 +497,7 @@ impl RuntimeSettings {
             )? as u32,
             shared_pool_lanes: ranged("shared_pool_lanes", raw.shared_pool_lanes, 1, 64)? as u32,
             shared_lane_size: ranged("shared_lane_size", raw.shared_lane_size, 1, 1000)? as u32,
+            flood_connections: ranged("flood_connections", raw.flood_connections, 1, 1000)? as u32,
             pool_wait: ms(ranged("pool_wait_ms", raw.pool_wait_ms, 1, 600_000)?),
             instances: ranged("runtime_instances", raw.runtime_instances, 1, 1000)? as u32,
             request_timeout: ms(ranged(

@@ -15,12 +15,12 @@ pub struct Profile {
     pub created_at: OffsetDateTime,
 }
 
+/// What [`get`] runs.
+pub const GET: &str = "select tenant_id, slug, display_name, created_at from tenant_profile";
+
 pub async fn get(client: &crate::conn::TenantConn) -> Result<Profile, RuntimeError> {
     let row = client
-        .query_one(
-            "select tenant_id, slug, display_name, created_at from tenant_profile",
-            &[],
-        )
+        .query_one(GET, &[])
         .await
         .map_err(|e| RuntimeError::query("reading the tenant profile", e))?;
     Ok(Profile {

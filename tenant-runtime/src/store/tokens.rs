@@ -151,6 +151,16 @@ pub async fn revoke(client: &TenantConn, name: &str) -> Result<TokenInfo, Runtim
     info(&row)
 }
 
+/// What [`authenticate`] runs (`$1`: the presented token's digest).
+pub const AUTHENTICATE: &str = "select t.id, t.name, coalesce(u.role, t.role), t.user_id, u.email,
+            case when t.user_id is null then t.site_scope else u.site_scope end,
+            array(select p.permission from role_permissions p
+                   where p.role = coalesce(u.role, t.role))
+       from api_tokens t left join users u on u.id = t.user_id
+      where t.token_hash = $1 and t.revoked_at is null
+        and (t.expires_at is null or t.expires_at > now())
+        and (t.user_id is null or u.status = 'active')";
+
 /// The caller behind a presented token's digest: active (not revoked, not expired) tokens only,
 /// and for a user's token, active users only.
 pub async fn authenticate(
@@ -158,17 +168,7 @@ pub async fn authenticate(
     digest: &[u8],
 ) -> Result<Option<TokenCaller>, RuntimeError> {
     let row = client
-        .query_opt(
-            "select t.id, t.name, coalesce(u.role, t.role), t.user_id, u.email,
-                    case when t.user_id is null then t.site_scope else u.site_scope end,
-                    array(select p.permission from role_permissions p
-                           where p.role = coalesce(u.role, t.role))
-               from api_tokens t left join users u on u.id = t.user_id
-              where t.token_hash = $1 and t.revoked_at is null
-                and (t.expires_at is null or t.expires_at > now())
-                and (t.user_id is null or u.status = 'active')",
-            &[&digest],
-        )
+        .query_opt(AUTHENTICATE, &[&digest])
         .await
         .map_err(|e| RuntimeError::query("checking a token", e))?;
     Ok(row.and_then(|r| {
