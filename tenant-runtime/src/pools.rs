@@ -85,6 +85,9 @@ pub struct PoolSettings {
     /// Connections a flooding tenant (more than [`FLOOD_FACTOR`] × `per_tenant` requests at
     /// once) holds at once while another tenant uses the same server ([`TenantGate`]).
     pub flood_connections: u32,
+    /// How recently another tenant must have used a server for a flood to be held there
+    /// ([`OTHERS_WINDOW`] in the runtime).
+    pub others_window: Duration,
 }
 
 /// When a pooled connection was last handed out (or made).
@@ -114,12 +117,33 @@ pub struct ServerBudget {
     returned: tokio::sync::Notify,
     /// Requests of busy pools waiting for one of their pool's own connections.
     waiting_own: AtomicUsize,
+    /// The last two tenants that took a connection of this server, and when.
+    recent: Mutex<Recent>,
 }
 
 impl ServerBudget {
     fn open(&self) -> u32 {
         let available = u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX);
         self.size.saturating_sub(available)
+    }
+
+    /// Whether a tenant other than `tenant` took a connection of this server within `window`.
+    fn others_use(&self, tenant: TenantId, window: Duration) -> bool {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .0
+            .iter()
+            .flatten()
+            .any(|(t, at)| *t != tenant && at.elapsed() < window)
+    }
+
+    fn note_use(&self, tenant: TenantId) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        recent.0 = match recent.0[0] {
+            Some((t, _)) if t == tenant => [Some((tenant, now)), recent.0[1]],
+            _ => [Some((tenant, now)), recent.0[0]],
+        };
     }
 }
 
@@ -359,7 +383,7 @@ impl TenantPool {
 ///   its lane, and a flood queues behind itself);
 /// - a tenant with more than [`FLOOD_FACTOR`] times as many requests at once as it may hold
 ///   connections (a flood) holds at most `flood_connections` at once while another tenant has
-///   taken a connection of the same server within [`OTHERS_WINDOW`]: fewer of its statements
+///   taken a connection of the same server within `others_window` ([`OTHERS_WINDOW`]): fewer of its statements
 ///   run at once on the server, so the others' do not queue behind them for the server's CPU.
 ///   Alone, it has all of them. A tenant that is merely busy (more requests than connections,
 ///   as the hottest tenants of a fleet often are) is no flood: cutting it to one connection
@@ -427,8 +451,6 @@ struct Inner {
     cache: Cache<PoolKey, Arc<TenantPool>>,
     /// Per tenant: its connections in use and the requests waiting for one ([`TenantGate`]).
     gates: Cache<TenantId, Arc<TenantGate>>,
-    /// Per database server: the last two tenants that took a connection of it, and when.
-    recent: Mutex<HashMap<Uuid, Recent>>,
     budgets: Mutex<HashMap<Uuid, Arc<ServerBudget>>>,
     keyring: Keyring,
     settings: PoolSettings,
@@ -521,6 +543,7 @@ impl Inner {
                     idle_returned: tokio::sync::Notify::new(),
                     returned: tokio::sync::Notify::new(),
                     waiting_own: AtomicUsize::new(0),
+                    recent: Mutex::default(),
                 });
                 budgets.insert(spec.db_server_id, b.clone());
                 b
@@ -662,7 +685,6 @@ impl TenantPools {
                     .max_capacity(settings.max_open_tenants.saturating_mul(4))
                     .time_to_idle(POOL_IDLE)
                     .build(),
-                recent: Mutex::new(HashMap::new()),
                 budgets: Mutex::new(HashMap::new()),
                 keyring,
                 settings,
@@ -700,7 +722,7 @@ impl TenantPools {
         &self,
         gate: Arc<TenantGate>,
         tenant: TenantId,
-        server: Uuid,
+        budget: &ServerBudget,
         deadline: Instant,
     ) -> Option<GateGuard> {
         let settings = &self.inner.settings;
@@ -712,7 +734,7 @@ impl TenantPools {
                 let mut state = gate.state.lock().unwrap_or_else(|p| p.into_inner());
                 let demand = state.in_use + state.waiting + u32::from(waiting.is_none());
                 let flood = demand > settings.per_tenant.saturating_mul(FLOOD_FACTOR);
-                let limit = if flood && self.others_use(server, tenant) {
+                let limit = if flood && budget.others_use(tenant, settings.others_window) {
                     settings.flood_connections.min(settings.per_tenant)
                 } else {
                     settings.per_tenant
@@ -725,7 +747,7 @@ impl TenantPools {
                     }
                     let more = state.in_use < limit && state.waiting > 0;
                     drop(state);
-                    self.note_use(server, tenant);
+                    budget.note_use(tenant);
                     if more {
                         // Room for another waiter too (the limit rose): pass the wake-up on.
                         gate.freed.notify_one();
@@ -746,27 +768,6 @@ impl TenantPools {
         }
     }
 
-    /// Whether a tenant other than `tenant` took a connection of `server` within
-    /// [`OTHERS_WINDOW`].
-    fn others_use(&self, server: Uuid, tenant: TenantId) -> bool {
-        let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.get(&server).is_some_and(|r| {
-            r.0.iter()
-                .flatten()
-                .any(|(t, at)| *t != tenant && at.elapsed() < OTHERS_WINDOW)
-        })
-    }
-
-    fn note_use(&self, server: Uuid, tenant: TenantId) {
-        let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let r = recent.entry(server).or_default();
-        let now = Instant::now();
-        match r.0[0] {
-            Some((t, _)) if t == tenant => r.0[0] = Some((tenant, now)),
-            _ => r.0 = [Some((tenant, now)), r.0[0]],
-        }
-    }
-
     /// A connection for `route`'s tenant, in its context, within the wait bound.
     pub async fn get(&self, route: &TenantRoute) -> Result<TenantConn, RuntimeError> {
         let placement = route.placement.as_ref().ok_or_else(|| {
@@ -782,8 +783,9 @@ impl TenantPools {
             .gates
             .get_with(route.tenant_id, async { Arc::new(TenantGate::default()) })
             .await;
+        let mut pool = self.pool_for(key, placement, route.tenant_id).await?;
         let Some(share) = self
-            .admit(gate, route.tenant_id, placement.db_server_id, deadline)
+            .admit(gate, route.tenant_id, &pool.budget, deadline)
             .await
         else {
             metrics::counter!("portico_pool_busy_total").increment(1);
@@ -791,8 +793,10 @@ impl TenantPools {
         };
         let share = Some(share);
         // Twice at most: a pool closed by a concurrent eviction is rebuilt once.
-        for _ in 0..2 {
-            let pool = self.pool_for(key, placement, route.tenant_id).await?;
+        for attempt in 0..2 {
+            if attempt > 0 {
+                pool = self.pool_for(key, placement, route.tenant_id).await?;
+            }
             pool.wait_for_own(deadline, self.inner.settings.own_wait)
                 .await;
             let remaining = deadline.saturating_duration_since(Instant::now());

@@ -84,6 +84,7 @@ impl Runtime {
                 shared_lane_size: rt.shared_lane_size,
                 own_wait: crate::pools::OWN_WAIT,
                 flood_connections: rt.flood_connections,
+                others_window: crate::pools::OTHERS_WINDOW,
             },
         );
         let (listener, listen_task) = spawn_listener(catalog, resolver.clone(), pools.clone());

@@ -610,25 +610,7 @@ async fn m3_cold(
         r.bytes().await?;
         cold.push(start.elapsed());
         // One connection set-up as the tenant's role (what a cold tenant must pay once).
-        let password = platform.tenant_role_password(&slug).await?;
-        let placement = platform
-            .catalog
-            .placement(
-                platform
-                    .catalog
-                    .tenant_by_slug(&slug)
-                    .await?
-                    .expect("tenant")
-                    .tenant_id(),
-            )
-            .await?
-            .expect("placement");
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1")
-            .port(cluster.port())
-            .dbname(&placement.database_name)
-            .user(&placement.role_name)
-            .password(password.expose_secret());
+        let cfg = role_config(cluster, platform, &slug).await?;
         let start = Instant::now();
         let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
         let setup = start.elapsed();
@@ -656,27 +638,11 @@ async fn m3_cold(
     // profile read again. Per pass, medians in ms.
     let mut fresh: [[Vec<Duration>; 4]; 2] = Default::default();
     for t in m2.iter().skip(m3_count).take(6) {
-        let password = platform.tenant_role_password(&t.slug).await?;
-        let tenant = platform
-            .catalog
-            .tenant_by_slug(&t.slug)
-            .await?
-            .expect("tenant");
-        let placement = platform
-            .catalog
-            .placement(tenant.tenant_id())
-            .await?
-            .expect("placement");
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1")
-            .port(cluster.port())
-            .dbname(&placement.database_name)
-            .user(&placement.role_name)
-            .password(password.expose_secret())
-            .options(format!(
-                "-c search_path={}",
-                portico_tenant_runtime::conn::DEDICATED_SEARCH_PATH
-            ));
+        let mut cfg = role_config(cluster, platform, &t.slug).await?;
+        cfg.options(format!(
+            "-c search_path={}",
+            portico_tenant_runtime::conn::DEDICATED_SEARCH_PATH
+        ));
         for pass in &mut fresh {
             let start = Instant::now();
             let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
@@ -738,6 +704,40 @@ async fn m3_cold(
         warm_pooled: med(&mut warm_pooled),
         fresh: fresh.map(|mut pass| [0, 1, 2, 3].map(|i| med(&mut pass[i]))),
     })
+}
+
+/// Where `slug`'s tenant lives.
+async fn placement_of(
+    platform: &Platform,
+    slug: &str,
+) -> anyhow::Result<portico_platform::catalog::PlacementRow> {
+    let tenant = platform
+        .catalog
+        .tenant_by_slug(slug)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no tenant {slug}"))?;
+    platform
+        .catalog
+        .placement(tenant.tenant_id())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("tenant {slug} has no placement"))
+}
+
+/// A connection set-up to `slug`'s own database as its own role (a dedicated tenant).
+async fn role_config(
+    cluster: &PgCluster,
+    platform: &Platform,
+    slug: &str,
+) -> anyhow::Result<tokio_postgres::Config> {
+    let placement = placement_of(platform, slug).await?;
+    let password = platform.tenant_role_password(slug).await?;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(cluster.port())
+        .dbname(&placement.database_name)
+        .user(&placement.role_name)
+        .password(password.expose_secret());
+    Ok(cfg)
 }
 
 /// M1's outcomes: baseline, routed, connections the runtime opened meanwhile, and the
@@ -918,17 +918,7 @@ async fn m2_rounds(
     let zipf = Pick::zipf(m2.len(), 1.0);
     let mut databases: Vec<String> = Vec::new();
     for t in m2.iter().chain(pooled) {
-        let tenant = platform
-            .catalog
-            .tenant_by_slug(&t.slug)
-            .await?
-            .expect("tenant");
-        let p = platform
-            .catalog
-            .placement(tenant.tenant_id())
-            .await?
-            .expect("placement");
-        databases.push(p.database_name);
+        databases.push(placement_of(platform, &t.slug).await?.database_name);
     }
     databases.sort();
     databases.dedup();

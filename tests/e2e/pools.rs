@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use portico_tenant_runtime::catalog::CatalogReader;
-use portico_tenant_runtime::pools::{FLOOD_FACTOR, OWN_WAIT, PoolSettings, TenantPools};
+use portico_tenant_runtime::pools::{
+    FLOOD_FACTOR, OTHERS_WINDOW, OWN_WAIT, PoolSettings, TenantPools,
+};
 
 use crate::support::{Backend, TestEnv, host_of, within};
 
@@ -30,6 +32,7 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
             shared_lane_size: 1000,
             own_wait: OWN_WAIT,
             flood_connections: 1,
+            others_window: OTHERS_WINDOW,
         },
     );
     let route = |slug: &'static str| {
@@ -192,6 +195,7 @@ pub(crate) async fn pools_with(
         shared_lane_size: 1000,
         own_wait: OWN_WAIT,
         flood_connections: 1,
+        others_window: OTHERS_WINDOW,
     };
     tweak(&mut settings);
     let pools = TenantPools::new(env.keyring().await, settings);
@@ -334,8 +338,11 @@ async fn a_flooding_tenant_holds_fewer_connections_while_another_tenant_uses_the
     // admitted within 500 ms is refused as busy.
     let per_tenant = 2;
     let flood_demand = per_tenant * FLOOD_FACTOR;
+    // Another tenant's use counts for a minute here, so a slow machine does not end it
+    // between the steps below.
     let (pools, reader) = pools_with(&env, 20, per_tenant, Duration::from_millis(500), |s| {
         s.flood_connections = 1;
+        s.others_window = Duration::from_secs(60);
     })
     .await;
     let (flood, quiet) = (
