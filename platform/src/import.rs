@@ -141,7 +141,9 @@ fn read_archive(
     use std::io::Read;
     let (reader, _) = open_archive(file, identities).map_err(std::io::Error::other)?;
     let mut archive = tar::Archive::new(reader);
-    let closed = |_| std::io::Error::other("the import stopped reading");
+    // The load stopped taking entries (it failed, and its error is the one to report).
+    let closed =
+        |_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the import stopped reading");
     for entry in archive.entries()? {
         let mut entry = entry?;
         let name = crate::export::entry_name(&entry)?;
@@ -294,9 +296,17 @@ async fn load(
     let read = reader
         .await
         .map_err(|e| PlatformError::InvalidState(format!("reading the archive: {e}")))?;
-    // A broken archive explains whatever the load saw.
-    read.map_err(|e| PlatformError::BadArchive(format!("the archive cannot be read: {e}")))?;
-    loaded?;
+    match (read, loaded) {
+        // The reading stopped because the load did: the load's error explains.
+        (Err(e), Err(load)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Err(load),
+        // Otherwise a broken archive explains whatever the load saw.
+        (Err(e), _) => {
+            return Err(PlatformError::BadArchive(format!(
+                "the archive cannot be read: {e}"
+            )));
+        }
+        (Ok(()), loaded) => loaded?,
+    }
 
     check_seen(manifest, &seen, &chain)?;
     let missing: i64 = tx
@@ -389,48 +399,87 @@ async fn load_table(
     let insert = |batch: String| {
         let (sql, fill) = (&sql, &fill);
         async move {
-            tx.execute(sql, &[&batch, fill])
-                .await
-                .map_err(|e| PlatformError::InvalidState(format!("loading {table}: {e}")))
+            tx.execute(sql, &[&batch, fill]).await.map_err(|e| {
+                // Rows the table refuses (a value of the wrong kind, a broken constraint) are
+                // the archive's fault: the create is rolled back, not left to be resumed.
+                let refused = e.code().is_some_and(|c| {
+                    let c = c.code();
+                    c.starts_with("22") || c.starts_with("23")
+                });
+                let m = format!("loading {table}: {e}");
+                if refused {
+                    PlatformError::BadArchive(m)
+                } else {
+                    PlatformError::InvalidState(m)
+                }
+            })
         }
     };
-    let (mut batch, mut rows, mut partial) = (String::from("["), 0usize, Vec::<u8>::new());
-    while let Some(chunk) = next_data(rx).await? {
-        sha.update(&chunk);
-        size += chunk.len() as u64;
-        partial.extend_from_slice(&chunk);
-        while let Some(end) = partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=end).collect();
-            lines += 1;
-            if let Some(c) = chain.as_deref_mut() {
-                c.event(&line[..line.len() - 1]);
-            }
-            if !load {
-                continue;
-            }
-            let line = std::str::from_utf8(&line[..line.len() - 1])
-                .map_err(|_| PlatformError::BadArchive(format!("{table}: a row is not UTF-8")))?;
-            if rows > 0 {
-                batch.push(',');
-            }
-            batch.push_str(line);
-            rows += 1;
-            if rows >= BATCH_ROWS || batch.len() >= BATCH_BYTES {
-                batch.push(']');
-                insert(std::mem::replace(&mut batch, String::from("["))).await?;
-                rows = 0;
-            }
+    // Batches are inserted by a second future while the next one is read and built, so the
+    // server's inserting overlaps the archive's decrypting and the line splitting here.
+    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel::<String>(1);
+    let inserting = async {
+        // Owned here: a failed insert drops the receiver, and the reading stops at its next
+        // batch instead of waiting for room forever.
+        let mut batch_rx = batch_rx;
+        while let Some(batch) = batch_rx.recv().await {
+            insert(batch).await?;
         }
-    }
-    if !partial.is_empty() {
-        return Err(PlatformError::BadArchive(format!(
-            "{table}: the last row has no line end"
-        )));
-    }
-    if rows > 0 {
-        batch.push(']');
-        insert(batch).await?;
-    }
+        Ok::<(), PlatformError>(())
+    };
+    let reading = async {
+        let (mut batch, mut rows, mut partial) = (String::from("["), 0usize, Vec::<u8>::new());
+        let stopped = || PlatformError::InvalidState(format!("loading {table} stopped"));
+        while let Some(chunk) = next_data(rx).await? {
+            sha.update(&chunk);
+            size += chunk.len() as u64;
+            partial.extend_from_slice(&chunk);
+            // Every whole line of the buffer, then the rest moved to its front once (moving
+            // it after each line cost as much as the load itself).
+            let mut start = 0;
+            while let Some(len) = partial[start..].iter().position(|b| *b == b'\n') {
+                let line = &partial[start..start + len];
+                start += len + 1;
+                lines += 1;
+                if let Some(c) = chain.as_deref_mut() {
+                    c.event(line);
+                }
+                if !load {
+                    continue;
+                }
+                let line = std::str::from_utf8(line).map_err(|_| {
+                    PlatformError::BadArchive(format!("{table}: a row is not UTF-8"))
+                })?;
+                if rows > 0 {
+                    batch.push(',');
+                }
+                batch.push_str(line);
+                rows += 1;
+                if rows >= BATCH_ROWS || batch.len() >= BATCH_BYTES {
+                    batch.push(']');
+                    let full = std::mem::replace(&mut batch, String::from("["));
+                    batch_tx.send(full).await.map_err(|_| stopped())?;
+                    rows = 0;
+                }
+            }
+            partial.drain(..start);
+        }
+        if !partial.is_empty() {
+            return Err(PlatformError::BadArchive(format!(
+                "{table}: the last row has no line end"
+            )));
+        }
+        if rows > 0 {
+            batch.push(']');
+            batch_tx.send(batch).await.map_err(|_| stopped())?;
+        }
+        drop(batch_tx);
+        Ok(())
+    };
+    let (read, inserted) = tokio::join!(reading, inserting);
+    // A failed insert stops the reading; its error is the one that explains.
+    inserted?;
+    read?;
     Ok((size, hex::encode(sha.finalize()), lines))
 }
 

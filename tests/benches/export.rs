@@ -110,7 +110,8 @@ fn read_all(dir: &Path) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// Copies every file under `from` to `to` (raw), synced like the import's writes.
+/// Copies every file under `from` to `to` (raw), each synced before the next like the
+/// import's object writes (file storage syncs an object before it is visible).
 fn write_all(from: &Path, to: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
     for entry in walk(from)? {
@@ -119,8 +120,32 @@ fn write_all(from: &Path, to: &Path) -> anyhow::Result<u64> {
             std::fs::create_dir_all(parent)?;
         }
         total += std::fs::copy(&entry, &dest)?;
+        std::fs::File::open(&dest)?.sync_all()?;
     }
     Ok(total)
+}
+
+/// Writes `bytes` of incompressible data to a new file and syncs it: what putting an archive
+/// of that size on this disk costs by itself.
+fn write_synced(path: &Path, bytes: u64) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    let mut block = vec![0u8; 1 << 20];
+    for (i, b) in block.iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(2_654_435_761) as u8;
+    }
+    let t = Instant::now();
+    let mut f = std::fs::File::create(path)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(block.len() as u64))?;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    let took = t.elapsed();
+    drop(f);
+    std::fs::remove_file(path)?;
+    Ok(took)
 }
 
 fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -275,7 +300,19 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         plain.as_secs_f64(),
         std::fs::metadata(&plain_out)?.len() >> 20
     );
+    // The baseline writes nothing the size of the documents; the export must write (and
+    // sync) an archive of their size. What that write costs by itself, on this disk:
+    let archive_bytes = std::fs::metadata(work.join("export-0.tar.age"))?.len();
+    let write_only = write_synced(&work.join("write-only"), archive_bytes)?;
     let export_ratio = export_best.as_secs_f64() / base_best.as_secs_f64();
+    let with_write = base_best + write_only;
+    println!(
+        "  (writing and syncing {} MiB raw: {:.2} s; pg_dump -Fd + raw object reads + that write: {:.2} s, the export {:.2}x of it)",
+        archive_bytes >> 20,
+        write_only.as_secs_f64(),
+        with_write.as_secs_f64(),
+        export_best.as_secs_f64() / with_write.as_secs_f64()
+    );
     println!(
         "export: {:.2} s vs pg_dump -Fd + raw object reads {:.2} s: {export_ratio:.2}x (target <= {EXPORT_TARGET}x: {}); peak RSS {rss_export:.1} MiB (target <= {RSS_TARGET_MIB} MiB: {})",
         export_best.as_secs_f64(),
@@ -328,6 +365,18 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         import_best = import_best.min(took);
         rss_import = rss_import.max(rss);
     }
+    // Where the import's time goes: creating an empty tenant is part of it.
+    let (create, _) = measured(&mut portico(&[
+        "tenant",
+        "create",
+        "bare",
+        "--tier",
+        "dedicated",
+    ]))?;
+    println!(
+        "  (a bare `tenant create --tier dedicated`: {:.2} s)",
+        create.as_secs_f64()
+    );
     let import_ratio = import_best.as_secs_f64() / restore_best.as_secs_f64();
     println!(
         "import: {:.2} s vs pg_restore + raw object writes {:.2} s: {import_ratio:.2}x (target <= {IMPORT_TARGET}x: {}); peak RSS {rss_import:.1} MiB",

@@ -819,90 +819,34 @@ async fn an_import_scans_every_document_and_refuses_malware() {
 
     // The archive a compromised exporter could sign: a document carrying the scanner's test
     // marker, every hash made to agree, signed with the platform's own key.
-    let files = {
-        let raw = std::fs::read(&clean).expect("read");
-        let mut out = Vec::new();
-        let mut archive = tar::Archive::new(&raw[..]);
-        for e in archive.entries().expect("tar") {
-            let mut e = e.expect("entry");
-            let name = e.path().expect("path").to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            e.read_to_end(&mut data).expect("data");
-            out.push((name, data));
-        }
-        out
-    };
-    let mut manifest: Value = serde_json::from_slice(
-        &files
-            .iter()
-            .find(|(n, _)| n == "manifest.json")
-            .expect("manifest")
-            .1,
-    )
-    .expect("json");
-    let doc_file = manifest["documents"][0]["file"]
-        .as_str()
-        .expect("file")
-        .to_owned();
-    let old_sha = manifest["documents"][0]["sha256"]
-        .as_str()
-        .expect("sha")
-        .to_owned();
     let marker = b"PORTICO-TEST-MALWARE-MARKER";
-    let mut rebuilt = Vec::new();
-    for (name, mut data) in files
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with("manifest."))
-    {
-        if name == doc_file {
-            data[100..100 + marker.len()].copy_from_slice(marker);
-            let sha = hex::encode(Sha256::digest(&data));
-            manifest["documents"][0]["sha256"] = sha.clone().into();
-            manifest["new_sha"] = sha.into();
-        }
-        rebuilt.push((name, data));
-    }
-    let new_sha = manifest["new_sha"].as_str().expect("sha").to_owned();
-    manifest.as_object_mut().expect("object").remove("new_sha");
-    for (name, data) in &mut rebuilt {
-        if name == "tables/data.document_versions.jsonl" {
-            let text = String::from_utf8(data.clone())
-                .expect("utf-8")
-                .replace(&old_sha, &new_sha);
-            *data = text.into_bytes();
-        }
-        if let Some(t) = manifest["tables"]
-            .as_array_mut()
-            .expect("tables")
-            .iter_mut()
-            .find(|t| t["file"] == name.as_str())
-        {
-            t["sha256"] = hex::encode(Sha256::digest(&data[..])).into();
-            t["bytes"] = data.len().into();
-        }
-    }
-    let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("json");
-    let signer = portico_platform::signing::signing_key(&env.platform().await)
-        .await
-        .expect("key");
-    let sig = json!({
-        "alg": "Ed25519",
-        "key": signer.public_key().to_string(),
-        "value": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, signer.sign(&manifest_bytes)),
-    });
-    rebuilt.push(("manifest.json".into(), manifest_bytes));
-    rebuilt.push(("manifest.sig".into(), sig.to_string().into_bytes()));
     let crafted = dir.path().join("crafted.tar");
-    {
-        let mut b = tar::Builder::new(std::fs::File::create(&crafted).expect("create"));
-        for (name, data) in &rebuilt {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            b.append_data(&mut h, name, &data[..]).expect("append");
-        }
-        b.finish().expect("finish");
-    }
+    resigned(env.platform().await, &clean, &crafted, |manifest, files| {
+        let doc_file = manifest["documents"][0]["file"]
+            .as_str()
+            .expect("file")
+            .to_owned();
+        let old_sha = manifest["documents"][0]["sha256"]
+            .as_str()
+            .expect("sha")
+            .to_owned();
+        let (_, data) = files
+            .iter_mut()
+            .find(|(n, _)| *n == doc_file)
+            .expect("document");
+        data[100..100 + marker.len()].copy_from_slice(marker);
+        let new_sha = hex::encode(Sha256::digest(&data[..]));
+        manifest["documents"][0]["sha256"] = new_sha.clone().into();
+        let (_, rows) = files
+            .iter_mut()
+            .find(|(n, _)| n == "tables/data.document_versions.jsonl")
+            .expect("versions");
+        *rows = String::from_utf8(rows.clone())
+            .expect("utf-8")
+            .replace(&old_sha, &new_sha)
+            .into_bytes();
+    })
+    .await;
     let public = env.ok(&["export", "public-key"]).trim().to_owned();
     assert!(
         env.ok(&[
@@ -935,4 +879,144 @@ async fn an_import_scans_every_document_and_refuses_malware() {
         "acme-good",
     ]);
     env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_import_whose_rows_a_table_refuses_changes_nothing() {
+    let env = TestEnv::new(Backend::FileLocal).await;
+    env.ok(&["tenant", "create", "acme"]);
+    let db = env
+        .platform()
+        .await
+        .connect_as_tenant("acme")
+        .await
+        .expect("db");
+    // More rows than one insert batch: the archive is still being read when the first batch
+    // fails.
+    db.execute(
+        "insert into tickets (id, title, description, created_by)
+         select gen_random_uuid(), 'Ticket ' || i, 'Leaks', 'test'
+           from generate_series(1, 3500) as i",
+        &[],
+    )
+    .await
+    .expect("tickets");
+    drop(db);
+    let dir = tempfile::tempdir().expect("dir");
+    let clean = dir.path().join("clean.tar");
+    env.ok(&[
+        "tenant",
+        "export",
+        "acme",
+        "--out",
+        clean.to_str().expect("path"),
+        "--plaintext",
+    ]);
+    // Signed and every hash agreeing, but the tenth ticket has no title.
+    let crafted = dir.path().join("crafted.tar");
+    resigned(env.platform().await, &clean, &crafted, |_, files| {
+        let (_, rows) = files
+            .iter_mut()
+            .find(|(n, _)| n == "tables/data.tickets.jsonl")
+            .expect("tickets");
+        let text = String::from_utf8(rows.clone()).expect("utf-8");
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        let mut row: Value = serde_json::from_str(&lines[9]).expect("row");
+        row["title"] = Value::Null;
+        lines[9] = row.to_string();
+        *rows = format!("{}\n", lines.join("\n")).into_bytes();
+    })
+    .await;
+    env.run(&[
+        "tenant",
+        "import",
+        crafted.to_str().expect("path"),
+        "--slug",
+        "acme-bad",
+    ])
+    .assert_error("tickets");
+    env.run(&["tenant", "show", "acme-bad"])
+        .assert_error("no tenant named 'acme-bad'");
+    // The clean archive imports, every ticket with it.
+    env.ok(&[
+        "tenant",
+        "import",
+        clean.to_str().expect("path"),
+        "--slug",
+        "acme-good",
+    ]);
+    let copied: i64 = env
+        .platform()
+        .await
+        .connect_as_tenant("acme-good")
+        .await
+        .expect("db")
+        .query_one("select count(*) from tickets", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(copied, 3500);
+    env.cleanup().await;
+}
+
+/// Rewrites the plaintext archive `from` into `to` as a compromised exporter could: `edit`
+/// changes the manifest and the files, then every table's hash, size and row count are made to
+/// agree and the manifest is signed with the platform's own key.
+async fn resigned(
+    platform: portico_platform::Platform,
+    from: &Path,
+    to: &Path,
+    edit: impl FnOnce(&mut Value, &mut Vec<(String, Vec<u8>)>),
+) {
+    let raw = std::fs::read(from).expect("read");
+    let mut files = Vec::new();
+    let mut archive = tar::Archive::new(&raw[..]);
+    for e in archive.entries().expect("tar") {
+        let mut e = e.expect("entry");
+        let name = e.path().expect("path").to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).expect("data");
+        files.push((name, data));
+    }
+    let mut manifest: Value = serde_json::from_slice(
+        &files
+            .iter()
+            .find(|(n, _)| n == "manifest.json")
+            .expect("manifest")
+            .1,
+    )
+    .expect("json");
+    files.retain(|(n, _)| !n.starts_with("manifest."));
+    edit(&mut manifest, &mut files);
+    for (name, data) in &files {
+        if let Some(t) = manifest["tables"]
+            .as_array_mut()
+            .expect("tables")
+            .iter_mut()
+            .find(|t| t["file"] == name.as_str())
+        {
+            t["sha256"] = hex::encode(Sha256::digest(&data[..])).into();
+            t["bytes"] = data.len().into();
+            t["rows"] = data.iter().filter(|b| **b == b'\n').count().into();
+        }
+    }
+    let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("json");
+    let signer = portico_platform::signing::signing_key(&platform)
+        .await
+        .expect("key");
+    let sig = json!({
+        "alg": "Ed25519",
+        "key": signer.public_key().to_string(),
+        "value": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, signer.sign(&manifest_bytes)),
+    });
+    files.push(("manifest.json".into(), manifest_bytes));
+    files.push(("manifest.sig".into(), sig.to_string().into_bytes()));
+    let mut b = tar::Builder::new(std::fs::File::create(to).expect("create"));
+    for (name, data) in &files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &data[..]).expect("append");
+    }
+    b.finish().expect("finish");
 }
