@@ -249,6 +249,9 @@ async fn load(
     let content = crate::export::content_state(platform);
     let mut seen: HashMap<String, (u64, String, u64)> = HashMap::new();
     let mut chain = ChainCheck::default();
+    // Objects written but still being synced and made visible; all of them are, before the
+    // load commits. Dropped on failure, they leave nothing behind.
+    let mut finishing = tokio::task::JoinSet::new();
     let loaded = async {
         while let Some(msg) = rx.recv().await {
             let Msg::Entry { name, .. } = msg else {
@@ -279,7 +282,12 @@ async fn load(
                     key: &key,
                     content: &content,
                 };
-                load_document(&tx, &mut rx, &target, d).await?;
+                let writer = load_document(&tx, &mut rx, &target, d).await?;
+                // The object is synced and made visible while the next one is written.
+                finishing.spawn(writer.finish());
+                while finishing.len() > FINISHING {
+                    finished(finishing.join_next().await)?;
+                }
                 seen.insert(name.clone(), (d.size, d.sha256.clone(), 0));
             } else if name == "manifest.json" || name == "manifest.sig" {
                 while next_data(&mut rx).await?.is_some() {}
@@ -288,6 +296,9 @@ async fn load(
                     "the archive holds {name}, which its manifest does not list"
                 )));
             }
+        }
+        while let Some(done) = finishing.join_next().await {
+            finished(Some(done))?;
         }
         Ok(())
     }
@@ -519,6 +530,29 @@ fn check_seen(
     Ok(())
 }
 
+/// Objects an import may have synced and made visible in the background at once.
+const FINISHING: usize = 4;
+
+/// The outcome of one object's finish.
+fn finished(
+    done: Option<
+        std::result::Result<
+            std::result::Result<(), portico_core::storage::StorageError>,
+            tokio::task::JoinError,
+        >,
+    >,
+) -> Result<()> {
+    match done {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(PlatformError::InvalidState(format!(
+            "storing a document: {e}"
+        ))),
+        Some(Err(e)) => Err(PlatformError::InvalidState(format!(
+            "storing a document: {e}"
+        ))),
+    }
+}
+
 /// Where imported content goes: the new tenant, its key, the content pipeline.
 struct DocTarget<'a> {
     tenant: TenantId,
@@ -526,14 +560,14 @@ struct DocTarget<'a> {
     content: &'a content::ContentState,
 }
 
-/// Stores one version's content, scanned and encrypted under the new tenant's keys, and points
-/// its row at it.
+/// Writes one version's content, scanned and encrypted under the new tenant's keys, and points
+/// its row at it; returns the object's writer, to be finished (made visible) before commit.
 async fn load_document(
     tx: &tokio_postgres::Transaction<'_>,
     rx: &mut tokio::sync::mpsc::Receiver<Msg>,
     target: &DocTarget<'_>,
     d: &crate::export::ManifestDocument,
-) -> Result<()> {
+) -> Result<portico_core::storage::ObjectWriter> {
     let (tenant, key, content) = (target.tenant, target.key, target.content);
     let data_key = content.keys.for_new_content(tenant, key).await?;
     let scan = content.scanner.start().await.map_err(|e| {
@@ -557,7 +591,7 @@ async fn load_document(
             Err(e) => Some((Err(e.to_string()), rx)),
         }
     });
-    let stored = content::store(
+    let (stored, writer) = content::store_unfinished(
         &content.store,
         &object,
         Some(cipher),
@@ -602,7 +636,7 @@ async fn load_document(
             d.version_id
         )));
     }
-    Ok(())
+    Ok(writer)
 }
 
 /// Appends the `tenant_imported` event (the chain trigger links it to the imported head).

@@ -9,7 +9,7 @@ pub mod scan;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use portico_core::storage::{ObjectKey, ObjectReader, ObjectStore, StorageError};
+use portico_core::storage::{ObjectKey, ObjectReader, ObjectStore, ObjectWriter, StorageError};
 
 use cipher::{CipherError, Layout, ObjectCipher, SEGMENT, TAG};
 use scan::{ScanError, ScanSession, Verdict};
@@ -51,10 +51,31 @@ pub async fn store<S, E>(
     store: &ObjectStore,
     key: &ObjectKey,
     cipher: Option<ObjectCipher>,
-    mut scan: Option<ScanSession>,
+    scan: Option<ScanSession>,
     body: S,
     max: u64,
 ) -> Result<Stored, ContentError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let (stored, writer) = store_unfinished(store, key, cipher, scan, body, max).await?;
+    writer.finish().await?;
+    Ok(stored)
+}
+
+/// [`store`] up to the last step: the content written and found clean, and the writer whose
+/// `finish` (sync and rename, or completing the multipart upload) makes the object visible.
+/// For a caller that stores many objects and may finish one while writing the next (an
+/// import); a writer dropped unfinished leaves nothing behind.
+pub async fn store_unfinished<S, E>(
+    store: &ObjectStore,
+    key: &ObjectKey,
+    cipher: Option<ObjectCipher>,
+    mut scan: Option<ScanSession>,
+    body: S,
+    max: u64,
+) -> Result<(Stored, ObjectWriter), ContentError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -105,10 +126,7 @@ where
         }
     };
     match outcome {
-        Ok(stored) => {
-            writer.finish().await?;
-            Ok(stored)
-        }
+        Ok(stored) => Ok((stored, writer)),
         Err(e) => {
             writer.abort().await;
             Err(e)
