@@ -284,9 +284,15 @@ async fn load(
                 };
                 let writer = load_document(&tx, &mut rx, &target, d).await?;
                 // The object is synced and made visible while the next one is written.
-                finishing.spawn(writer.finish());
+                finishing.spawn(async move {
+                    writer.finish().await.map_err(|e| {
+                        PlatformError::InvalidState(format!("storing a document: {e}"))
+                    })
+                });
                 while finishing.len() > FINISHING {
-                    finished(finishing.join_next().await)?;
+                    if let Some(done) = finishing.join_next().await {
+                        joined(done)?;
+                    }
                 }
                 seen.insert(name.clone(), (d.size, d.sha256.clone(), 0));
             } else if name == "manifest.json" || name == "manifest.sig" {
@@ -298,7 +304,7 @@ async fn load(
             }
         }
         while let Some(done) = finishing.join_next().await {
-            finished(Some(done))?;
+            joined(done)?;
         }
         Ok(())
     }
@@ -533,24 +539,9 @@ fn check_seen(
 /// Objects an import may have synced and made visible in the background at once.
 const FINISHING: usize = 4;
 
-/// The outcome of one object's finish.
-fn finished(
-    done: Option<
-        std::result::Result<
-            std::result::Result<(), portico_core::storage::StorageError>,
-            tokio::task::JoinError,
-        >,
-    >,
-) -> Result<()> {
-    match done {
-        None | Some(Ok(Ok(()))) => Ok(()),
-        Some(Ok(Err(e))) => Err(PlatformError::InvalidState(format!(
-            "storing a document: {e}"
-        ))),
-        Some(Err(e)) => Err(PlatformError::InvalidState(format!(
-            "storing a document: {e}"
-        ))),
-    }
+/// The outcome of one object's background finish.
+fn joined(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    done.map_err(|e| PlatformError::InvalidState(format!("storing a document: {e}")))?
 }
 
 /// Where imported content goes: the new tenant, its key, the content pipeline.

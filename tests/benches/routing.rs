@@ -410,20 +410,15 @@ async fn run(cluster: &PgCluster) -> anyhow::Result<()> {
         println!(
             "M1  GET /api/v1/tenant over 100 warm tenants vs one fixed pool to one database (4 interleaved rounds each)"
         );
-        println!(
-            "    baseline  {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   errors {:?}",
-            base.rps(),
-            ms(base.pct(0.5)),
-            ms(base.pct(0.99)),
-            base.other
-        );
-        println!(
-            "    routed    {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   errors {:?}",
-            routed.rps(),
-            ms(routed.pct(0.5)),
-            ms(routed.pct(0.99)),
-            routed.other
-        );
+        for (label, out) in [("baseline", base), ("routed", routed)] {
+            println!(
+                "    {label:<9} {:9.0} req/s   p50 {:6.2} ms   p99 {:6.2} ms   errors {:?}",
+                out.rps(),
+                ms(out.pct(0.5)),
+                ms(out.pct(0.99)),
+                out.other
+            );
+        }
         println!(
             "    throughput ratio {:.2}x (target >= 0.85x)   p99 ratio {:.2}x (target <= 1.25x)   connections opened {}",
             routed.rps() / base.rps(),

@@ -807,15 +807,7 @@ async fn an_import_scans_every_document_and_refuses_malware() {
     let env = TestEnv::new(Backend::FileLocal).await;
     acme_with_a_document(&env, content(5_000, 8)).await;
     let dir = tempfile::tempdir().expect("dir");
-    let clean = dir.path().join("clean.tar");
-    env.ok(&[
-        "tenant",
-        "export",
-        "acme",
-        "--out",
-        clean.to_str().expect("path"),
-        "--plaintext",
-    ]);
+    let clean = plaintext_export(&env, dir.path());
 
     // The archive a compromised exporter could sign: a document carrying the scanner's test
     // marker, every hash made to agree, signed with the platform's own key.
@@ -860,24 +852,7 @@ async fn an_import_scans_every_document_and_refuses_malware() {
         "the crafted archive verifies: only the scanner can stop it"
     );
 
-    env.run(&[
-        "tenant",
-        "import",
-        crafted.to_str().expect("path"),
-        "--slug",
-        "acme-bad",
-    ])
-    .assert_error("malware");
-    env.run(&["tenant", "show", "acme-bad"])
-        .assert_error("no tenant named 'acme-bad'");
-    // The clean archive imports.
-    env.ok(&[
-        "tenant",
-        "import",
-        clean.to_str().expect("path"),
-        "--slug",
-        "acme-good",
-    ]);
+    refused_then_clean_imports(&env, &crafted, &clean, "malware");
     env.cleanup().await;
 }
 
@@ -903,15 +878,7 @@ async fn an_import_whose_rows_a_table_refuses_changes_nothing() {
     .expect("tickets");
     drop(db);
     let dir = tempfile::tempdir().expect("dir");
-    let clean = dir.path().join("clean.tar");
-    env.ok(&[
-        "tenant",
-        "export",
-        "acme",
-        "--out",
-        clean.to_str().expect("path"),
-        "--plaintext",
-    ]);
+    let clean = plaintext_export(&env, dir.path());
     // Signed and every hash agreeing, but the tenth ticket has no title.
     let crafted = dir.path().join("crafted.tar");
     resigned(env.platform().await, &clean, &crafted, |_, files| {
@@ -927,24 +894,8 @@ async fn an_import_whose_rows_a_table_refuses_changes_nothing() {
         *rows = format!("{}\n", lines.join("\n")).into_bytes();
     })
     .await;
-    env.run(&[
-        "tenant",
-        "import",
-        crafted.to_str().expect("path"),
-        "--slug",
-        "acme-bad",
-    ])
-    .assert_error("tickets");
-    env.run(&["tenant", "show", "acme-bad"])
-        .assert_error("no tenant named 'acme-bad'");
-    // The clean archive imports, every ticket with it.
-    env.ok(&[
-        "tenant",
-        "import",
-        clean.to_str().expect("path"),
-        "--slug",
-        "acme-good",
-    ]);
+    refused_then_clean_imports(&env, &crafted, &clean, "tickets");
+    // Every ticket came with the clean archive.
     let copied: i64 = env
         .platform()
         .await
@@ -957,6 +908,42 @@ async fn an_import_whose_rows_a_table_refuses_changes_nothing() {
         .get(0);
     assert_eq!(copied, 3500);
     env.cleanup().await;
+}
+
+/// `acme` exported `--plaintext` into `dir`.
+fn plaintext_export(env: &TestEnv, dir: &Path) -> PathBuf {
+    let out = dir.join("clean.tar");
+    env.ok(&[
+        "tenant",
+        "export",
+        "acme",
+        "--out",
+        out.to_str().expect("path"),
+        "--plaintext",
+    ]);
+    out
+}
+
+/// The crafted archive is refused naming `why`, with no tenant left behind; the clean one
+/// imports (as `acme-good`).
+fn refused_then_clean_imports(env: &TestEnv, crafted: &Path, clean: &Path, why: &str) {
+    env.run(&[
+        "tenant",
+        "import",
+        crafted.to_str().expect("path"),
+        "--slug",
+        "acme-bad",
+    ])
+    .assert_error(why);
+    env.run(&["tenant", "show", "acme-bad"])
+        .assert_error("no tenant named 'acme-bad'");
+    env.ok(&[
+        "tenant",
+        "import",
+        clean.to_str().expect("path"),
+        "--slug",
+        "acme-good",
+    ]);
 }
 
 /// Rewrites the plaintext archive `from` into `to` as a compromised exporter could: `edit`

@@ -71,11 +71,7 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
 
     // Leave every kind of session state behind…
     let conn = pools.get(&ra).await.expect("connection");
-    let pid: i32 = conn
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let pid: i32 = backend_pid(&conn).await;
     conn.batch_execute(
         "set search_path = pg_catalog; set statement_timeout = 1234;
          create temp table scratch (a int); select pg_advisory_lock(42); listen somewhere",
@@ -142,13 +138,7 @@ async fn pooled_connections_are_the_tenants_own_and_come_back_clean() {
         "evicted pool's connection stayed open"
     );
     let conn = pools.get(&ra).await.expect("a new pool");
-    assert_ne!(
-        conn.query_one("select pg_backend_pid()", &[])
-            .await
-            .expect("pid")
-            .get::<_, i32>(0),
-        pid
-    );
+    assert_ne!(backend_pid(&conn).await, pid);
     drop(conn);
     drop(pools);
     env.cleanup().await;
@@ -215,6 +205,14 @@ pub(crate) async fn route_of(
 
 /// How long the budget tests wait before a `Busy` they expect.
 const SHORT: Duration = Duration::from_millis(300);
+
+/// The PostgreSQL backend serving a borrowed connection.
+async fn backend_pid(c: &portico_tenant_runtime::pools::TenantConn) -> i32 {
+    c.query_one("select pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0)
+}
 
 fn busy<T>(r: Result<T, portico_tenant_runtime::error::RuntimeError>) -> bool {
     matches!(r, Err(portico_tenant_runtime::error::RuntimeError::Busy))
@@ -290,17 +288,11 @@ async fn a_busy_pool_waits_for_its_own_connection_rather_than_take_another_pools
         route_of(&reader, "busy").await,
         route_of(&reader, "idle").await,
     );
-    let pid = async |c: &portico_tenant_runtime::pools::TenantConn| -> i32 {
-        c.query_one("select pg_backend_pid()", &[])
-            .await
-            .expect("pid")
-            .get(0)
-    };
     // The budget (2) is spent: one connection of `busy` in use, one of `idle` idle.
     let b1 = pools.get(&busy).await.expect("busy");
-    let busy_pid = pid(&b1).await;
+    let busy_pid = backend_pid(&b1).await;
     let i1 = pools.get(&idle).await.expect("idle");
-    let idle_pid = pid(&i1).await;
+    let idle_pid = backend_pid(&i1).await;
     drop(i1);
     pools.settled().await;
     // A second request of `busy` waits for busy's own connection…
@@ -308,10 +300,7 @@ async fn a_busy_pool_waits_for_its_own_connection_rather_than_take_another_pools
         let (pools, busy) = (pools.clone(), busy.clone());
         tokio::spawn(async move {
             let c = pools.get(&busy).await.expect("busy, again");
-            c.query_one("select pg_backend_pid()", &[])
-                .await
-                .expect("pid")
-                .get::<_, i32>(0)
+            backend_pid(&c).await
         })
     };
     let waiting = within(Duration::from_secs(10), || async {
@@ -323,7 +312,11 @@ async fn a_busy_pool_waits_for_its_own_connection_rather_than_take_another_pools
     drop(b1);
     assert_eq!(second.await.expect("task"), busy_pid);
     let i2 = pools.get(&idle).await.expect("idle, again");
-    assert_eq!(pid(&i2).await, idle_pid, "idle's connection was taken");
+    assert_eq!(
+        backend_pid(&i2).await,
+        idle_pid,
+        "idle's connection was taken"
+    );
     drop(i2);
     env.cleanup().await;
 }
@@ -418,11 +411,7 @@ async fn requests_that_follow_each_other_reuse_one_connection_while_it_is_cleane
         // Each borrow is given back (its clean-up starts) just before the next one is asked.
         for _ in 0..20 {
             let c = pools.get(&route).await.expect("connection");
-            let pid: i32 = c
-                .query_one("select pg_backend_pid()", &[])
-                .await
-                .expect("pid")
-                .get(0);
+            let pid: i32 = backend_pid(&c).await;
             pids.insert(pid);
         }
         pools.settled().await;
@@ -447,18 +436,12 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
         route_of(&reader, "other").await,
         route_of(&reader, "third").await,
     );
-    let backend = async |c: &portico_tenant_runtime::pools::TenantConn| -> i32 {
-        c.query_one("select pg_backend_pid()", &[])
-            .await
-            .expect("pid")
-            .get(0)
-    };
     // `steady` has steady traffic; its one idle connection is the least recently used one on
     // the server, `third`'s is newer.
     let mut pid = 0;
     for _ in 0..40 {
         let c = pools.get(&steady).await.expect("steady");
-        pid = backend(&c).await;
+        pid = backend_pid(&c).await;
     }
     drop(pools.get(&third).await.expect("third"));
     pools.settled().await;
@@ -468,7 +451,7 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
     let o2 = pools.get(&other).await.expect("other 2");
     let c = pools.get(&steady).await.expect("steady");
     assert_eq!(
-        backend(&c).await,
+        backend_pid(&c).await,
         pid,
         "the steady pool's connection was reclaimed"
     );
@@ -479,7 +462,7 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
         .get(&third)
         .await
         .expect("third, from the steady pool's connection");
-    assert_ne!(backend(&t).await, pid);
+    assert_ne!(backend_pid(&t).await, pid);
     drop((o1, o2, t));
 
     // The sweep closes every idle connection past its limit (zero here) but the one a pool
@@ -488,7 +471,7 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
         pools.get(&steady).await.expect("steady a"),
         pools.get(&steady).await.expect("steady b"),
     );
-    let (pa, pb) = (backend(&a).await, backend(&b).await);
+    let (pa, pb) = (backend_pid(&a).await, backend_pid(&b).await);
     drop(a);
     drop(b);
     drop(pools.get(&other).await.expect("other"));
@@ -504,7 +487,7 @@ async fn a_dedicated_pool_with_steady_traffic_keeps_its_last_connection() {
         "only the steady pool's last connection is left"
     );
     let c = pools.get(&steady).await.expect("steady after the sweep");
-    let kept = backend(&c).await;
+    let kept = backend_pid(&c).await;
     assert!(
         kept == pb || kept == pa,
         "the steady pool kept one of its own"
